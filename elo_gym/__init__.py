@@ -1,0 +1,31 @@
+"""elo-gym: learned-optimizer meta-training as a Gymnasium environment."""
+
+import pathlib as _pathlib
+
+# In a source checkout, envs/ and agents/ sit beside this package; installed, pyproject maps
+# them to elo_gym.envs and elo_gym.agents. Extending __path__ gives the same import names in
+# both cases (e.g. when running from the repository root, where the checkout shadows the
+# installed copy).
+_checkout = _pathlib.Path(__file__).resolve().parent.parent
+if (_checkout / "pyproject.toml").is_file() and (_checkout / "envs" / "__init__.py").is_file():
+    __path__.append(str(_checkout))
+
+from elo_gym.registration import ENV_IDS, register_envs  # noqa: E402
+from elo_gym.lopt import (  # noqa: E402
+    MetaParams,
+    SmallFcLOptState,
+    init_meta_params,
+    meta_params_from_reference,
+    small_fc_lopt,
+)
+
+register_envs()
+
+__all__ = [
+    "ENV_IDS",
+    "MetaParams",
+    "SmallFcLOptState",
+    "init_meta_params",
+    "meta_params_from_reference",
+    "small_fc_lopt",
+]

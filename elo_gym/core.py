@@ -1,0 +1,426 @@
+"""The pure functional core of the ELO environment (ELO Sec. 4, Alg. 1, Eq. 8-10).
+
+One env copy is one optimizee being trained. The core always works on a batch of C
+copies (the single-copy Gymnasium env uses C = 1) because copies share the replay buffer.
+
+Per inner step n of a copy, from parameters theta_n and the gradient g_n of the task
+loss on this step's batch (computed once, fed to both Adam and the LO features):
+
+- the observation is the LO's features of every parameter, (P, 39), rows in
+  :func:`param_layout` order, plus the inner step, the task loss and alpha;
+- the action (P, 2) = (d, m) proposes dtheta_O = -step_mult * d * exp(exp_mult * m);
+- Adam proposes dtheta_H; the optimizee moves to theta_n + (1-alpha) dtheta_H + alpha
+  dtheta_O (Eq. 8);
+- the reward is -[(1-alpha) * bc_scale * L_bc + alpha * L_task(theta_n)] with
+  L_bc = ||dtheta_O - dtheta_H||^2 (Eq. 9-10).
+
+Episodes start fresh (K = 0) or, in ``elo`` mode, from a replay-buffer snapshot with
+probability 1 - p_th, run N inner steps, and push one snapshot into the buffer at inner
+step N_push. The state is kept "prepared": it holds the gradient and the Adam proposal for
+the current parameters, so that the observation can be returned before the action.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from elo_gym import buffer as replay
+from elo_gym import demonstrator, lopt
+
+MODES = ("elo", "naive", "uniform", "curriculum")
+BUFFER_SCOPES = ("shared", "pair")
+PUSH_POLICIES = ("uniform", "failure_aware")
+BC_LOSSES = ("l2", "cosine_norm")
+
+
+def _check_choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvConfig:
+    """Settings that fix shapes and code paths (static under jit; hashable).
+
+    Attributes:
+      task: the optimizee task (a hashable task spec from ``elo_gym.envs``).
+      num_copies: C, the number of optimizees stepped together.
+      mode: reset distribution. ``elo``: replay buffer + N ~ U[n_min, n_max];
+        ``naive``: fresh init + N log-uniform in (n_min, n_max]; ``uniform``: fresh init
+        + uniform N; ``curriculum``: as naive, with n_max raised by the agent over the
+        outer steps (see :func:`elo_gym.schedules.curriculum_n_max`).
+      buffer_size: M, capacity of each buffer queue.
+      buffer_scope: ``shared`` (one queue, the paper) or ``pair`` (one queue per
+        antithetic pair, the ELO authors' code; needs ``paired``).
+      push_policy: ``uniform`` (push at N_push ~ U{K+1..K+N}, the paper) or
+        ``failure_aware`` (push at the first step whose loss exceeds its running mean by
+        ``push_tolerance``, falling back to N_push).
+      bc_loss: ``l2`` (Eq. 9) or ``cosine_norm`` (0.7 (1 - cos) + 0.3 |norm ratio - 1|).
+      paired: copies 2i and 2i+1 share keys, hence reset draws and data batches, and
+        end their episodes together (antithetic pairs for PES).
+      step_mult, exp_mult: the LO update's multipliers (Eq. 2).
+      expert_learning_rate: Adam's learning rate.
+    """
+
+    task: Any
+    num_copies: int = 1
+    mode: str = "elo"
+    buffer_size: int = 4
+    buffer_scope: str = "shared"
+    push_policy: str = "uniform"
+    bc_loss: str = "l2"
+    paired: bool = False
+    step_mult: float = lopt.STEP_MULT
+    exp_mult: float = lopt.EXP_MULT
+    expert_learning_rate: float = demonstrator.EXPERT_LEARNING_RATE
+
+    def __post_init__(self):
+        _check_choice("mode", self.mode, MODES)
+        _check_choice("buffer_scope", self.buffer_scope, BUFFER_SCOPES)
+        _check_choice("push_policy", self.push_policy, PUSH_POLICIES)
+        _check_choice("bc_loss", self.bc_loss, BC_LOSSES)
+        if self.num_copies < 1:
+            raise ValueError(f"num_copies must be >= 1, got {self.num_copies}")
+        if self.buffer_size < 1:
+            raise ValueError(f"buffer_size must be >= 1, got {self.buffer_size}")
+        if self.paired and self.num_copies % 2:
+            raise ValueError(f"paired copies need an even num_copies, got {self.num_copies}")
+        if self.buffer_scope == "pair" and not self.paired:
+            raise ValueError("buffer_scope='pair' needs paired=True")
+
+    @property
+    def uses_buffer(self) -> bool:
+        return self.mode == "elo"
+
+    @property
+    def num_queues(self) -> int:
+        return self.num_copies // 2 if self.buffer_scope == "pair" else 1
+
+
+@flax.struct.dataclass
+class EnvParams:
+    """Numeric knobs (pytree leaves: changing them never recompiles) and the data."""
+
+    data: Any  # the task's device-resident dataset
+    alpha: jax.Array  # () float32: weight of the LO in Eq. 8 and of L_task in Eq. 10
+    p_th: jax.Array  # () float32: probability of a fresh start (buffer threshold)
+    n_min: jax.Array  # () int32: shortest episode
+    n_max: jax.Array  # () int32: longest episode
+    outer_step: jax.Array  # () int32: the agent's outer step t (buffer only when t > 0)
+    bc_scale: jax.Array  # () float32: multiplies L_bc in the reward
+    push_tolerance: jax.Array  # () float32: relative loss rise that marks a failure
+
+
+def make_params(data: Any, *, alpha: float = 0.0, p_th: float = 0.2, n_min: int = 1,
+                n_max: int = 200, outer_step: int = 1, bc_scale: float = 1.0,
+                push_tolerance: float = 0.1) -> EnvParams:
+    """Validated :class:`EnvParams`. Errors name the bad value and the valid range."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if not 0.0 <= p_th <= 1.0:
+        raise ValueError(f"p_th must be in [0, 1], got {p_th}")
+    if n_min < 1:
+        raise ValueError(f"n_min must be >= 1, got {n_min}")
+    if n_min > n_max:
+        raise ValueError(f"n_min ({n_min}) must be <= n_max ({n_max})")
+    if bc_scale < 0:
+        raise ValueError(f"bc_scale must be >= 0, got {bc_scale}")
+    return EnvParams(data=data, alpha=jnp.float32(alpha), p_th=jnp.float32(p_th),
+                     n_min=jnp.int32(n_min), n_max=jnp.int32(n_max),
+                     outer_step=jnp.int32(outer_step), bc_scale=jnp.float32(bc_scale),
+                     push_tolerance=jnp.float32(push_tolerance))
+
+
+class Snapshot(flax.struct.PyTreeNode):
+    """An optimizee between two inner steps: what the replay buffer stores (theta, zeta)."""
+
+    params: Any  # optimizee params pytree
+    lo: lopt.SmallFcLOptState  # LO accumulators; lo.count = inner step index n
+    adam: Any  # the expert's optax.adam state
+
+
+@flax.struct.dataclass
+class EnvState:
+    """One env copy, prepared for its next action (leaves get a leading C axis in a batch)."""
+
+    params: Any  # theta_n
+    grads: Any  # g_n, gradient of the task loss at theta_n on this step's batch
+    lo: lopt.SmallFcLOptState  # accumulators including g_n; count = n
+    adam: Any  # Adam state including g_n
+    expert_update: Any  # dtheta_H for g_n (params-shaped)
+    loss: jax.Array  # () float32: task loss L_task(theta_n) on this step's batch
+    start_step: jax.Array  # () int32: K, the inner step the episode started at
+    episode_length: jax.Array  # () int32: N
+    push_step: jax.Array  # () int32: N_push in {K+1..K+N}
+    from_buffer: jax.Array  # () bool: episode restored from the replay buffer
+    pushed: jax.Array  # () bool: this episode already pushed its snapshot
+    loss_ema: jax.Array  # () float32: running mean of the loss (failure-aware push)
+    key: jax.Array  # (2,) uint32 PRNG key
+
+    @property
+    def inner_step(self) -> jax.Array:
+        return self.lo.count
+
+
+@flax.struct.dataclass
+class VecEnvState:
+    """All copies and the replay buffer they share."""
+
+    copies: EnvState  # leaves (C, ...)
+    buffer: replay.ReplayBuffer
+
+
+def param_layout(task: Any) -> tuple[jax.tree_util.PyTreeDef, tuple[tuple[int, ...], ...]]:
+    """(treedef, leaf shapes) of the optimizee: rows of observations and actions follow
+    ``jax.tree.leaves`` order, each tensor flattened in C order."""
+    shapes = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+    leaves, treedef = jax.tree.flatten(shapes)
+    return treedef, tuple(tuple(leaf.shape) for leaf in leaves)
+
+
+def num_params(task: Any) -> int:
+    """P, the number of optimizee parameters (rows of an observation)."""
+    return sum(math.prod(s) for s in param_layout(task)[1])
+
+
+def flatten_rows(tree: Any) -> jax.Array:
+    """Params-shaped pytree -> (P,) in :func:`param_layout` order."""
+    return jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)])
+
+
+def unflatten_rows(task: Any, rows: jax.Array) -> Any:
+    """(P, ...) rows -> params-shaped pytree (trailing axes dropped if of size 1)."""
+    treedef, shapes = param_layout(task)
+    sizes = [math.prod(s) for s in shapes]
+    offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+    return treedef.unflatten([rows[o:o + n].reshape(s)
+                              for o, n, s in zip(offsets, sizes, shapes, strict=True)])
+
+
+def _fresh_snapshot(cfg: EnvConfig, key: jax.Array) -> Snapshot:
+    params = cfg.task.init(key)
+    adam = demonstrator.adam_expert(cfg.expert_learning_rate).init(params)
+    return Snapshot(params, lopt.init_state(params), adam)
+
+
+def _sample_length(cfg: EnvConfig, key: jax.Array, p: EnvParams) -> jax.Array:
+    if cfg.mode in ("naive", "curriculum"):
+        # Log-uniform on (n_min, n_max] (ELO Sec. 4.1).
+        lo, hi = p.n_min.astype(jnp.float32), p.n_max.astype(jnp.float32)
+        n = jnp.ceil(jnp.exp(jax.random.uniform(key, (), minval=jnp.log(lo),
+                                                maxval=jnp.log(hi))))
+        return jnp.clip(n.astype(jnp.int32), jnp.minimum(p.n_min + 1, p.n_max), p.n_max)
+    return jax.random.randint(key, (), p.n_min, p.n_max + 1)
+
+
+def _begin_episode(cfg: EnvConfig, key: jax.Array, buf: replay.ReplayBuffer,
+                   queue: jax.Array, p: EnvParams) -> tuple[Snapshot, dict]:
+    """Draws the start state and episode length (Alg. 1): one copy."""
+    k_u, k_pick, k_init, k_len, k_push = jax.random.split(key, 5)
+    snapshot = _fresh_snapshot(cfg, k_init)
+    from_buffer = jnp.bool_(False)
+    if cfg.uses_buffer:
+        stored, available = replay.sample(buf, k_pick, queue)
+        from_buffer = (jax.random.uniform(k_u) > p.p_th) & available & (p.outer_step > 0)
+        snapshot = jax.tree.map(lambda s, f: jnp.where(from_buffer, s, f), stored, snapshot)
+    start = snapshot.lo.count
+    length = _sample_length(cfg, k_len, p)
+    episode = dict(start_step=start, episode_length=length,
+                   push_step=start + jax.random.randint(k_push, (), 1, length + 1),
+                   from_buffer=from_buffer)
+    return snapshot, episode
+
+
+def _prepare(cfg: EnvConfig, snapshot: Snapshot, key: jax.Array, p: EnvParams,
+             episode: dict, pushed: jax.Array, loss_ema: jax.Array,
+             next_key: jax.Array) -> EnvState:
+    """Computes the gradient at the snapshot once and feeds Adam and the LO with it."""
+    batch = cfg.task.sample_batch(p.data, key)
+    loss, grads = jax.value_and_grad(cfg.task.loss)(snapshot.params, batch)
+    lo_state = lopt.accumulate(grads, snapshot.lo, lopt.default_decays())
+    expert_update, adam = demonstrator.adam_expert(cfg.expert_learning_rate).update(
+        grads, snapshot.adam, snapshot.params)
+    return EnvState(params=snapshot.params, grads=grads, lo=lo_state, adam=adam,
+                    expert_update=expert_update, loss=loss, pushed=pushed,
+                    loss_ema=loss_ema, key=next_key, **episode)
+
+
+def copy_keys(cfg: EnvConfig, seed: int) -> jax.Array:
+    """(C, 2) keys: copy i gets PRNGKey(seed + i), or PRNGKey(seed + i // 2) when paired,
+    so that copy i of a vector env replays a single env seeded like it."""
+    offsets = jnp.arange(cfg.num_copies) // (2 if cfg.paired else 1)
+    return jax.vmap(jax.random.PRNGKey)(seed + offsets)
+
+
+def _queues(cfg: EnvConfig) -> jax.Array:
+    if cfg.buffer_scope == "pair":
+        return jnp.arange(cfg.num_copies, dtype=jnp.int32) // 2
+    return jnp.zeros((cfg.num_copies,), jnp.int32)
+
+
+def observe(cfg: EnvConfig, state: EnvState, p: EnvParams) -> dict:
+    """The observation of one prepared copy."""
+    feats = lopt.features(state.grads, state.params, state.lo)
+    return {"features": jnp.concatenate([f.reshape(-1, lopt.NUM_FEATURES) for f in feats]),
+            "inner_step": state.lo.count.astype(jnp.float32),
+            "loss": state.loss.astype(jnp.float32),
+            "alpha": p.alpha.astype(jnp.float32)}
+
+
+def _info(cfg: EnvConfig, state: EnvState) -> dict:
+    update = flatten_rows(state.expert_update)
+    return {"expert_update": update,
+            "expert_action": demonstrator.expert_action(update, cfg.step_mult),
+            "inner_step": state.lo.count, "start_step": state.start_step,
+            "episode_length": state.episode_length, "from_buffer": state.from_buffer}
+
+
+def _start_copy(cfg: EnvConfig, key: jax.Array, buf: replay.ReplayBuffer,
+                queue: jax.Array, p: EnvParams) -> EnvState:
+    k_next, k_episode, k_batch = jax.random.split(key, 3)
+    snapshot, episode = _begin_episode(cfg, k_episode, buf, queue, p)
+    return _prepare(cfg, snapshot, k_batch, p, episode, jnp.bool_(False),
+                    jnp.float32(0.0), k_next)
+
+
+def _observe_all(cfg: EnvConfig, copies: EnvState, p: EnvParams) -> tuple[dict, dict]:
+    obs = jax.vmap(observe, (None, 0, None))(cfg, copies, p)
+    info = jax.vmap(_info, (None, 0))(cfg, copies)
+    return obs, info
+
+
+def reset(cfg: EnvConfig, keys: jax.Array, p: EnvParams) -> tuple[VecEnvState, dict, dict]:
+    """Starts every copy with an empty replay buffer.
+
+    Args:
+      cfg: static config.
+      keys: (C, 2) per-copy PRNG keys (see :func:`copy_keys`); paired copies must get
+        equal keys.
+      p: numeric knobs and data.
+
+    Returns:
+      (state, obs, info); obs["features"] is (C, P, 39), info["expert_action"] (C, P, 2).
+    """
+    example = jax.eval_shape(functools.partial(_fresh_snapshot, cfg), jax.random.PRNGKey(0))
+    buf = replay.init_buffer(example, cfg.buffer_size, cfg.num_queues)
+    copies = jax.vmap(_start_copy, (None, 0, None, 0, None))(
+        cfg, keys, buf, _queues(cfg), p)
+    obs, info = _observe_all(cfg, copies, p)
+    info.update(task_loss=copies.loss, bc_loss=jnp.zeros_like(copies.loss))
+    return VecEnvState(copies, buf), obs, info
+
+
+def reset_copies(cfg: EnvConfig, state: VecEnvState, mask: jax.Array,
+                 p: EnvParams) -> tuple[VecEnvState, dict, dict]:
+    """Starts new episodes in the copies where ``mask`` (C,) is True (buffer kept)."""
+    restarted = jax.vmap(_start_copy, (None, 0, None, 0, None))(
+        cfg, state.copies.key, state.buffer, _queues(cfg), p)
+    copies = _select(mask, restarted, state.copies)
+    obs, info = _observe_all(cfg, copies, p)
+    info.update(task_loss=copies.loss, bc_loss=jnp.zeros_like(copies.loss))
+    return VecEnvState(copies, state.buffer), obs, info
+
+
+def _select(mask: jax.Array, new: Any, old: Any) -> Any:
+    def pick(n, o):
+        return jnp.where(mask.reshape(mask.shape + (1,) * (n.ndim - 1)), n, o)
+
+    return jax.tree.map(pick, new, old)
+
+
+def _bc_loss(cfg: EnvConfig, lo_update: jax.Array, expert_update: jax.Array) -> jax.Array:
+    diff = lo_update - expert_update
+    if cfg.bc_loss == "l2":
+        return jnp.sum(diff**2)
+    norm_lo, norm_ex = jnp.linalg.norm(lo_update), jnp.linalg.norm(expert_update)
+    cosine = jnp.dot(lo_update, expert_update) / (norm_lo * norm_ex + 1e-12)
+    return 0.7 * (1.0 - cosine) + 0.3 * jnp.abs(norm_lo / (norm_ex + 1e-12) - 1.0)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _apply_action(cfg: EnvConfig, s: EnvState, action: jax.Array, p: EnvParams):
+    """Eq. 8-10 for one copy: the mixed update, the reward and the push decision."""
+    lo_update_rows = -lopt.step_from_action(action, cfg.step_mult, cfg.exp_mult)
+    expert_rows = flatten_rows(s.expert_update)
+    moved = flatten_rows(s.params) + ((1.0 - p.alpha) * expert_rows
+                                      + p.alpha * lo_update_rows)
+    params = jax.tree.map(lambda new, old: new.astype(old.dtype),
+                          unflatten_rows(cfg.task, moved), s.params)
+    bc = _bc_loss(cfg, lo_update_rows, expert_rows)
+    reward = -((1.0 - p.alpha) * p.bc_scale * bc + p.alpha * s.loss)
+    snapshot = Snapshot(params, s.lo._replace(count=s.lo.count + 1), s.adam)
+    diverged = ~jnp.isfinite(s.loss) | ~_all_finite(params) | ~jnp.isfinite(reward)
+    ema = jnp.where(s.lo.count == s.start_step, s.loss, 0.9 * s.loss_ema + 0.1 * s.loss)
+    due = snapshot.lo.count >= s.push_step
+    if cfg.push_policy == "failure_aware":
+        due |= s.loss > ema * (1.0 + p.push_tolerance)
+    push = cfg.uses_buffer & due & ~s.pushed & ~diverged
+    truncated = snapshot.lo.count - s.start_step >= s.episode_length
+    return snapshot, reward, bc, diverged, truncated, push, ema
+
+
+def step(cfg: EnvConfig, state: VecEnvState, actions: jax.Array, p: EnvParams, *,
+         final_obs: bool = False) -> tuple[VecEnvState, dict, jax.Array, jax.Array,
+                                            jax.Array, dict]:
+    """One inner step of every copy, with auto-reset of finished copies.
+
+    Args:
+      cfg: static config.
+      state: the copies and the buffer.
+      actions: (C, P, 2) LO actions (d, m) per parameter.
+      p: numeric knobs and data.
+      final_obs: also return, in info["final_obs"], the observation a finished copy
+        reached before its reset (costs one extra gradient, only on steps where some
+        copy finishes).
+
+    Returns:
+      (state, obs, reward (C,), terminated (C,), truncated (C,), info). ``terminated``
+      marks a diverged copy (non-finite loss, reward or params); ``truncated`` an
+      episode that ran its N steps. Both restart the copy in the same call.
+    """
+    c = state.copies
+    snapshots, reward, bc, diverged, truncated, push, ema = jax.vmap(
+        _apply_action, (None, 0, 0, None))(cfg, c, actions, p)
+    buf = state.buffer
+    if cfg.uses_buffer:
+        buf = replay.push(buf, snapshots, push, _queues(cfg))
+    done = diverged | truncated
+    if cfg.paired:
+        # Antithetic partners end together so they keep sharing data and resets.
+        done = jnp.repeat(done.reshape(-1, 2).any(axis=1), 2)
+    keys = jax.vmap(lambda k: jax.random.split(k, 3))(c.key)
+    k_next, k_batch, k_episode = keys[:, 0], keys[:, 1], keys[:, 2]
+    episode = dict(start_step=c.start_step, episode_length=c.episode_length,
+                   push_step=c.push_step, from_buffer=c.from_buffer)
+
+    def restart(_):
+        fresh, new_episode = jax.vmap(_begin_episode, (None, 0, None, 0, None))(
+            cfg, k_episode, buf, _queues(cfg), p)
+        return _select(done, fresh, snapshots), _select(done, new_episode, episode)
+
+    start, episode = jax.lax.cond(jnp.any(done), restart, lambda _: (snapshots, episode),
+                                  None)
+    copies = jax.vmap(_prepare, (None, 0, 0, None, 0, 0, 0, 0))(
+        cfg, start, k_batch, p, episode, (c.pushed | push) & ~done,
+        jnp.where(done, 0.0, ema), k_next)
+    obs, info = _observe_all(cfg, copies, p)
+    info.update(task_loss=c.loss, bc_loss=bc, diverged=diverged, pushed=push)
+    if final_obs:
+        def reached(_):
+            before = jax.vmap(_prepare, (None, 0, 0, None, 0, 0, 0, 0))(
+                cfg, snapshots, k_batch, p, episode, c.pushed, ema, k_next)
+            return jax.vmap(observe, (None, 0, None))(cfg, before, p)
+
+        info["final_obs"] = jax.lax.cond(jnp.any(done), reached, lambda _: obs, None)
+    return VecEnvState(copies, buf), obs, reward, diverged, done & ~diverged, info

@@ -1,0 +1,227 @@
+"""Gymnasium faces of the ELO environment: thin stateful shells over :mod:`elo_gym.core`.
+
+``gymnasium.make("ELO-Digits-MLP")`` gives :class:`ELOEnv` (one optimizee);
+``gymnasium.make_vec("ELO-Digits-MLP", num_envs=N)`` gives :class:`ELOVectorEnv`. Both
+hold only the core's state, its numeric params and their spaces, jit the core once at
+construction, and return JAX arrays (``metadata["jax"] = True``; wrap with
+``gymnasium.wrappers.JaxToNumpy`` or ``gymnasium.wrappers.vector.JaxToNumpy`` for numpy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import gymnasium as gym
+import jax
+import jax.numpy as jnp
+import numpy as np
+from gymnasium.vector import AutoresetMode
+
+from elo_gym import core, schedules, spaces
+from elo_gym.envs import make_image_mlp_task
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvSettings:
+    """Everything an ELO env id is made from; keyword arguments of ``gymnasium.make``."""
+
+    dataset: str = "digits"
+    hidden_sizes: tuple[int, ...] | None = None  # None: the dataset's default MLP
+    activation: str = "relu"
+    batch_size: int | None = None  # None: the dataset's default
+    augment: bool | None = None  # None: the dataset's default augmentation
+    data_dir: str | None = None
+    mode: str = "elo"
+    p_th: float = 0.2
+    buffer_size: int = 4
+    n_min: int = 1
+    n_max: int = 200
+    n_max_final: int | None = None  # curriculum: n_max reached at the last outer step
+    alpha: float = 0.0
+    bc_scale: float = 1.0
+    buffer_scope: str = "shared"
+    push_policy: str = "uniform"
+    push_tolerance: float = 0.1
+    bc_loss: str = "l2"
+    paired: bool = False
+
+    def task(self):
+        hidden = None if self.hidden_sizes is None else tuple(self.hidden_sizes)
+        return make_image_mlp_task(self.dataset, hidden_sizes=hidden,
+                                   activation=self.activation, batch_size=self.batch_size,
+                                   augment=self.augment, data_dir=self.data_dir)
+
+    def config(self, num_copies: int) -> core.EnvConfig:
+        return core.EnvConfig(task=self.task(), num_copies=num_copies, mode=self.mode,
+                              buffer_size=self.buffer_size, buffer_scope=self.buffer_scope,
+                              push_policy=self.push_policy, bc_loss=self.bc_loss,
+                              paired=self.paired)
+
+    def params(self, data: Any) -> core.EnvParams:
+        if self.n_max_final is not None and self.n_max_final < self.n_max:
+            raise ValueError(f"n_max_final ({self.n_max_final}) must be >= n_max "
+                             f"({self.n_max})")
+        return core.make_params(data, alpha=self.alpha, p_th=self.p_th, n_min=self.n_min,
+                                n_max=self.n_max, bc_scale=self.bc_scale,
+                                push_tolerance=self.push_tolerance)
+
+
+def _spaces(cfg: core.EnvConfig) -> tuple[gym.spaces.Dict, spaces.Array]:
+    p = core.num_params(cfg.task)
+    scalar = gym.spaces.Box(-np.inf, np.inf, shape=(), dtype=np.float32)
+    obs = gym.spaces.Dict({"features": spaces.Array((p, 39)), "inner_step": scalar,
+                           "loss": scalar, "alpha": scalar})
+    return obs, spaces.Array((p, 2))
+
+
+class _Shell:
+    """What both faces share: config, params, jitted core, alpha/outer-step setters."""
+
+    def _build(self, settings: EnvSettings, num_copies: int) -> None:
+        self.settings = settings
+        self.config = settings.config(num_copies)
+        self.params = settings.params(self.config.task.load_data())
+        # The core is jitted once here; knobs live in self.params, so changing them
+        # (alpha, n_max, outer step) never recompiles.
+        self._reset = jax.jit(functools.partial(core.reset, self.config))
+        self._reset_copies = jax.jit(functools.partial(core.reset_copies, self.config))
+        self._step = jax.jit(functools.partial(core.step, self.config,
+                                               final_obs=self._wants_final_obs))
+        self.state: core.VecEnvState | None = None
+        self._seed_rng = np.random.default_rng()
+
+    _wants_final_obs = False
+
+    def set_alpha(self, alpha: float) -> None:
+        """Sets alpha (Eq. 8-10) for the following steps."""
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        self.params = self.params.replace(alpha=jnp.float32(alpha))
+
+    def set_outer_step(self, outer_step: int, num_outer_steps: int,
+                       alpha_schedule: str | None = "linear") -> None:
+        """Tells the env the agent's progress: alpha_t = t / (T - 1) (unless
+        ``alpha_schedule`` is None), curriculum n_max, and t > 0 for buffer restores."""
+        s = self.settings
+        n_max = s.n_max
+        if self.config.mode == "curriculum" and s.n_max_final is not None:
+            n_max = schedules.curriculum_n_max(outer_step, num_outer_steps, s.n_max,
+                                               s.n_max_final)
+        self.params = self.params.replace(outer_step=jnp.int32(outer_step),
+                                          n_max=jnp.int32(n_max))
+        if alpha_schedule is not None:
+            self.set_alpha(schedules.alpha_at(outer_step, num_outer_steps, alpha_schedule))
+
+    def _apply_options(self, options: dict | None) -> None:
+        options = dict(options or {})
+        if "alpha" in options:
+            self.set_alpha(float(options.pop("alpha")))
+        if "outer_step" in options:
+            self.set_outer_step(int(options.pop("outer_step")),
+                                int(options.pop("num_outer_steps")), None)
+        if options:
+            raise ValueError(f"unknown reset options {sorted(options)}; valid: alpha, "
+                             "outer_step (with num_outer_steps)")
+
+    def _check_actions(self, actions: Any, shape: tuple[int, ...]) -> jax.Array:
+        if not hasattr(actions, "shape") or tuple(actions.shape) != shape:
+            raise ValueError(f"action must be an array of shape {shape} (one (d, m) row "
+                             f"per optimizee parameter), got "
+                             f"{getattr(actions, 'shape', type(actions).__name__)}")
+        if not jnp.issubdtype(actions.dtype, jnp.floating):
+            raise TypeError(f"action must be a float array, got dtype {actions.dtype}")
+        return jnp.asarray(actions, jnp.float32)
+
+
+class ELOEnv(_Shell, gym.Env):
+    """One optimizee trained by whatever acts: the ELO environment, single copy.
+
+    Observation: dict with ``features`` (P, 39), ``inner_step``, ``loss`` and ``alpha``.
+    Action: (P, 2) = (d, m) per parameter. Reward: -[(1-alpha) L_bc + alpha L_task].
+    ``info`` carries ``task_loss``, ``bc_loss``, ``expert_action`` ((P, 2), Adam's
+    update as an action: d* = -dtheta_H / step_mult, m* = 0), ``expert_update`` ((P,)),
+    ``inner_step``, ``start_step``, ``episode_length`` and ``from_buffer``. The replay
+    buffer persists across ``reset()`` calls; ``reset(seed=...)`` empties it.
+    """
+
+    metadata = {"render_modes": [], "jax": True, "autoreset_mode": AutoresetMode.DISABLED}
+
+    def __init__(self, **kwargs: Any):
+        self._build(EnvSettings(**kwargs), num_copies=1)
+        self.observation_space, self.action_space = _spaces(self.config)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._apply_options(options)
+        if seed is not None or self.state is None:
+            seed = int(self.np_random.integers(2**31)) if seed is None else seed
+            self.state, obs, info = self._reset(core.copy_keys(self.config, seed),
+                                                self.params)
+        else:
+            self.state, obs, info = self._reset_copies(self.state, jnp.ones(1, bool),
+                                                       self.params)
+        return _first(obs), _first(info)
+
+    def step(self, action: Any):
+        if self.state is None:
+            raise RuntimeError("call reset() before step()")
+        action = self._check_actions(action, self.action_space.shape)
+        self.state, obs, reward, term, trunc, info = self._step(self.state, action[None],
+                                                                self.params)
+        return _first(obs), reward[0], term[0], trunc[0], _first(info)
+
+
+def _first(tree: dict) -> dict:
+    return jax.tree.map(lambda x: x[0], tree)
+
+
+class ELOVectorEnv(_Shell, gym.vector.VectorEnv):
+    """``num_envs`` optimizees stepped together in one jitted call, sharing one buffer.
+
+    Auto-reset is ``SAME_STEP``: a copy that finishes restarts inside the same ``step``;
+    ``info["final_obs"]`` holds the observation it reached (masked by
+    ``info["_final_obs"]``). Every other info entry has shape (num_envs, ...) and a
+    ``_name`` mask, as Gymnasium's vector envs do.
+    """
+
+    metadata = {"render_modes": [], "jax": True, "autoreset_mode": AutoresetMode.SAME_STEP}
+    _wants_final_obs = True
+
+    def __init__(self, num_envs: int = 1, **kwargs: Any):
+        self.num_envs = num_envs
+        self._build(EnvSettings(**kwargs), num_copies=num_envs)
+        self.single_observation_space, self.single_action_space = _spaces(self.config)
+        self.observation_space = gym.vector.utils.batch_space(
+            self.single_observation_space, num_envs)
+        self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
+
+    def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None):
+        if isinstance(seed, list | tuple):
+            raise ValueError("ELOVectorEnv takes one int seed; copy i uses seed + i")
+        if seed is not None:
+            self._seed_rng = np.random.default_rng(seed)
+        self._apply_options(options)
+        seed = int(self._seed_rng.integers(2**31)) if seed is None else seed
+        self.state, obs, info = self._reset(core.copy_keys(self.config, seed), self.params)
+        return obs, _with_masks(info, self.num_envs)
+
+    def step(self, actions: Any):
+        if self.state is None:
+            raise RuntimeError("call reset() before step()")
+        actions = self._check_actions(actions, self.action_space.shape)
+        self.state, obs, reward, term, trunc, info = self._step(self.state, actions,
+                                                                self.params)
+        done = term | trunc
+        info = _with_masks(info, self.num_envs)
+        info["_final_obs"] = done
+        return obs, reward, term, trunc, info
+
+
+def _with_masks(info: dict, n: int) -> dict:
+    everywhere = jnp.ones((n,), bool)
+    out = dict(info)
+    for name in info:
+        out[f"_{name}"] = everywhere
+    return out

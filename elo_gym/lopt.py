@@ -1,0 +1,367 @@
+"""small_fc_lopt: the per-parameter MLP learned optimizer of Metz et al. (2022).
+
+This is the one implementation of the learned optimizer's accumulators, its 39 input
+features, its MLP and its update. The environment, the agents and the optax face
+(:func:`small_fc_lopt`) all call these functions.
+
+It reproduces ``AdafacMLPLOpt`` of google/learned_optimization (hidden size 32, two
+hidden layers, step_mult = exp_mult = 1e-3); ``tests/elo_gym/test_lopt.py`` checks it
+against a golden fixture recorded from that code. Feature order (per parameter element):
+
+====== ==========================================================================
+index  feature
+====== ==========================================================================
+0      gradient g
+1      parameter p (before this step's update)
+2-4    momenta m_k, decays (0.9, 0.99, 0.999)
+5      rms r (decay 0.999)
+6-8    m_k * rsqrt(r + 1e-6)
+9      rsqrt(r + 1e-6)
+10-12  Adafactor-preconditioned gradient, decays (0.9, 0.99, 0.999)
+13-15  row second moment (factored) or v_k (not factored)
+16-18  column second moment (factored) or v_k again
+19-24  rsqrt(features 13-18 + 1e-8)
+25-27  m_k preconditioned by the Adafactor factors
+28-38  tanh(i / T_j - 1), T_j = 1, 3, 10, ..., 1e5; i = iteration count
+====== ==========================================================================
+
+Features 0-27 are normalized per tensor by their root mean square. Tensors of rank >= 2
+keep factored (row, column) second moments over their two largest axes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+NUM_FEATURES = 39
+NUM_NORMALIZED = 28
+MOMENTUM_DECAYS = (0.9, 0.99, 0.999)
+RMS_DECAYS = (0.999,)
+ADAFACTOR_DECAYS = (0.9, 0.99, 0.999)
+STEP_TIMESCALES = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000)
+STEP_MULT = 1e-3
+EXP_MULT = 1e-3
+
+
+class SmallFcMLP(nn.Module):
+    """The per-parameter network: 39 -> hidden -> ReLU -> hidden -> ReLU -> 2."""
+
+    hidden_size: int = 32
+    hidden_layers: int = 2
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for _ in range(self.hidden_layers):
+            x = nn.relu(_dense(self.hidden_size)(x))
+        return _dense(2)(x)
+
+
+def _fan_in_truncated_normal(key: jax.Array, shape: tuple[int, ...],
+                             dtype: Any = jnp.float32) -> jax.Array:
+    # As the reference (haiku): stddev 1/sqrt(fan_in), cut at 2 stddev, no variance fix-up.
+    return nn.initializers.truncated_normal(1.0 / np.sqrt(shape[0]))(key, shape, dtype)
+
+
+def _dense(features: int) -> nn.Dense:
+    return nn.Dense(features, kernel_init=_fan_in_truncated_normal)
+
+
+class MetaParams(NamedTuple):
+    """Meta-parameters of small_fc_lopt (what meta-training learns)."""
+
+    mlp: dict  # flax params of SmallFcMLP: {"Dense_0": {"kernel", "bias"}, ...}
+    momentum_decays: jax.Array  # (3,) float32 offsets theta of the momentum decays
+    rms_decays: jax.Array  # (1,) float32 offset of the RMS decay
+    adafactor_decays: jax.Array  # (3,) float32 offsets of the Adafactor decays
+
+
+class TensorAccumulators(NamedTuple):
+    """Running statistics of one parameter tensor of shape S (scalars use S = (1,))."""
+
+    momentum: jax.Array  # S + (3,)
+    rms: jax.Array  # S + (1,)
+    v_row: jax.Array  # factored: S without axis d0, + (3,); else S + (3,)
+    v_col: jax.Array  # factored: S without axis d1, + (3,); else (0,) (unused)
+
+
+class SmallFcLOptState(NamedTuple):
+    """Optimizer state: the iteration counter and per-tensor accumulators."""
+
+    count: jax.Array  # () int32: iterations done; feeds the step features
+    accumulators: Any  # params-shaped pytree whose leaves are TensorAccumulators
+
+
+def init_meta_params(key: jax.Array, hidden_size: int = 32) -> MetaParams:
+    """Initializes meta-parameters like the reference (truncated normal, zero offsets).
+
+    Args:
+      key: PRNG key.
+      hidden_size: width of the two hidden layers.
+
+    Returns:
+      Fresh :class:`MetaParams`.
+    """
+    mlp = SmallFcMLP(hidden_size).init(key, jnp.zeros((1, NUM_FEATURES)))["params"]
+    return MetaParams(
+        mlp=mlp,
+        momentum_decays=jnp.zeros(len(MOMENTUM_DECAYS), jnp.float32),
+        rms_decays=jnp.zeros(len(RMS_DECAYS), jnp.float32),
+        adafactor_decays=jnp.zeros(len(ADAFACTOR_DECAYS), jnp.float32),
+    )
+
+
+def meta_params_from_reference(arrays: Mapping[str, Any]) -> MetaParams:
+    """Builds meta-parameters from learned_optimization's haiku layout.
+
+    Args:
+      arrays: mapping with keys ``meta/nn/~/w0`` ... ``meta/nn/~/b2``,
+        ``meta/momentum_decays``, ``meta/rms_decays`` and ``meta/adafactor_decays``
+        (the golden fixture's keys).
+
+    Returns:
+      :class:`MetaParams`.
+    """
+    missing = [k for k in _REFERENCE_KEYS if k not in arrays]
+    if missing:
+        raise KeyError(f"reference meta-parameters lack keys {missing}; "
+                       f"expected all of {list(_REFERENCE_KEYS)}")
+    f32 = lambda k: jnp.asarray(np.asarray(arrays[k]), jnp.float32)  # noqa: E731
+    mlp = {f"Dense_{i}": {"kernel": f32(f"meta/nn/~/w{i}"), "bias": f32(f"meta/nn/~/b{i}")}
+           for i in range(3)}
+    if mlp["Dense_0"]["kernel"].shape[0] != NUM_FEATURES:
+        raise ValueError(f"meta/nn/~/w0 has shape {mlp['Dense_0']['kernel'].shape}; "
+                         f"expected ({NUM_FEATURES}, hidden)")
+    return MetaParams(mlp, f32("meta/momentum_decays"), f32("meta/rms_decays"),
+                      f32("meta/adafactor_decays"))
+
+
+_REFERENCE_KEYS = tuple(f"meta/nn/~/{w}{i}" for i in range(3) for w in "wb") + (
+    "meta/momentum_decays", "meta/rms_decays", "meta/adafactor_decays")
+
+
+class Decays(NamedTuple):
+    """Effective decay rates (float32 arrays) after applying the meta-learned offsets."""
+
+    momentum: jax.Array  # (3,)
+    rms: jax.Array  # (1,)
+    adafactor: jax.Array  # (3,)
+
+
+def effective_decays(meta_params: MetaParams) -> Decays:
+    """Applies the offsets: decay = 1 - exp(10 * (log(1 - d0) / 10 + theta))."""
+
+    def shift(initial, theta):
+        base = jnp.log(1.0 - jnp.asarray(initial, jnp.float32)) / 10.0
+        return 1.0 - jnp.exp(10.0 * (base + theta))
+
+    return Decays(
+        momentum=shift(MOMENTUM_DECAYS, meta_params.momentum_decays),
+        rms=jnp.clip(shift(RMS_DECAYS, meta_params.rms_decays), 0.0, 1.0),
+        adafactor=jnp.clip(shift(ADAFACTOR_DECAYS, meta_params.adafactor_decays), 0.0, 1.0),
+    )
+
+
+def default_decays() -> Decays:
+    """Effective decays of untrained meta-parameters (all offsets zero)."""
+    zeros = lambda n: jnp.zeros(n, jnp.float32)  # noqa: E731
+    return effective_decays(MetaParams({}, zeros(3), zeros(1), zeros(3)))
+
+
+def factored_dims(shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """(d0, d1) = the largest and second-largest axes of a rank >= 2 shape, else None.
+
+    Ties go to the higher axis index, as the reference's stable argsort does.
+    """
+    if len(shape) < 2:
+        return None
+    order = np.argsort(np.asarray(shape), kind="stable")
+    return int(order[-1]), int(order[-2])
+
+
+def _internal_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    # The reference treats scalars as shape (1,).
+    return shape if shape else (1,)
+
+
+def _init_tensor(p: jax.Array) -> TensorAccumulators:
+    shape = _internal_shape(p.shape)
+    dims = factored_dims(shape)
+    if dims is None:
+        v_row, v_col = jnp.zeros(shape + (3,)), jnp.zeros((0,))
+    else:
+        d0, d1 = dims
+        v_row = jnp.zeros(tuple(s for i, s in enumerate(shape) if i != d0) + (3,))
+        v_col = jnp.zeros(tuple(s for i, s in enumerate(shape) if i != d1) + (3,))
+    return TensorAccumulators(jnp.zeros(shape + (3,)), jnp.zeros(shape + (1,)), v_row,
+                              v_col)
+
+
+def init_state(params: Any) -> SmallFcLOptState:
+    """Zero accumulators for a params pytree (any shapes, scalars included)."""
+    accumulators = jax.tree.map(_init_tensor, params)
+    return SmallFcLOptState(jnp.zeros((), jnp.int32), accumulators)
+
+
+def sanitize_gradient(g: jax.Array) -> jax.Array:
+    """Maps non-finite gradient entries to zero, so they cannot poison the accumulators.
+
+    The learned optimizer then makes no move on those entries; callers that care (the
+    env) detect divergence from the loss and parameters instead.
+    """
+    return jnp.where(jnp.isfinite(g), g, 0.0)
+
+
+def _accumulate_tensor(g: jax.Array, acc: TensorAccumulators,
+                       decays: Decays) -> TensorAccumulators:
+    g = g.reshape(acc.momentum.shape[:-1])
+    g3 = g[..., None]
+    momentum = decays.momentum * acc.momentum + (1.0 - decays.momentum) * g3
+    rms = decays.rms * acc.rms + (1.0 - decays.rms) * g3**2
+    q = g3**2 + 1e-30
+    a = decays.adafactor
+    dims = factored_dims(g.shape)
+    if dims is None:
+        v_row, v_col = a * acc.v_row + (1.0 - a) * q, acc.v_col
+    else:
+        d0, d1 = dims
+        v_row = a * acc.v_row + (1.0 - a) * jnp.mean(q, axis=d0)
+        v_col = a * acc.v_col + (1.0 - a) * jnp.mean(q, axis=d1)
+    return TensorAccumulators(momentum, rms, v_row, v_col)
+
+
+def accumulate(grads: Any, state: SmallFcLOptState, decays: Decays) -> SmallFcLOptState:
+    """Folds a gradient into the accumulators (done before features are built).
+
+    Non-finite gradient entries are treated as zero (see :func:`sanitize_gradient`).
+    The iteration counter is not advanced; :func:`lopt_update` does that.
+    """
+    g_leaves, treedef = jax.tree.flatten(grads)
+    acc_leaves = treedef.flatten_up_to(state.accumulators)
+    new = [_accumulate_tensor(sanitize_gradient(g), a, decays)
+           for g, a in zip(g_leaves, acc_leaves, strict=True)]
+    return state._replace(accumulators=treedef.unflatten(new))
+
+
+def step_features(count: jax.Array) -> jax.Array:
+    """The 11 features tanh(i / T_j - 1) of iteration count i, shape (11,)."""
+    timescales = jnp.asarray(STEP_TIMESCALES, jnp.float32)
+    return jnp.tanh(count.astype(jnp.float32) / timescales - 1.0)
+
+
+def raw_tensor_features(g: jax.Array, p: jax.Array,
+                        acc: TensorAccumulators) -> jax.Array:
+    """Features 0-27 of one tensor before normalization, shape S + (28,).
+
+    ``acc`` must already include ``g`` (see :func:`accumulate`).
+    """
+    shape = acc.momentum.shape[:-1]
+    g = sanitize_gradient(g).reshape(shape)[..., None]
+    p = p.reshape(shape)[..., None]
+    m, r = acc.momentum, acc.rms
+    rsqrt_r = jax.lax.rsqrt(r + 1e-6)
+    dims = factored_dims(shape)
+    if dims is None:
+        v = acc.v_row
+        fac_g = g * jax.lax.rsqrt(jnp.maximum(v + 1e-9, 1e-9))
+        row = col = v
+        fac_m = m * jax.lax.rsqrt(v + 1e-6)
+    else:
+        d0, d1 = dims
+        reduced_d1 = d1 - 1 if d1 > d0 else d1
+        row_mean = jnp.mean(acc.v_row, axis=reduced_d1, keepdims=True)
+        row_factor = jax.lax.rsqrt(jnp.maximum(acc.v_row / (row_mean + 1e-9), 1e-9))
+        col_factor = jax.lax.rsqrt(jnp.maximum(acc.v_col, 1e-9))
+        both = jnp.expand_dims(row_factor, d0) * jnp.expand_dims(col_factor, d1)
+        fac_g = g * both
+        fac_m = m * both
+        full = shape + (3,)
+        row = jnp.broadcast_to(jnp.expand_dims(acc.v_row, d0), full)
+        col = jnp.broadcast_to(jnp.expand_dims(acc.v_col, d1), full)
+    return jnp.concatenate(
+        [g, p, m, r, m * rsqrt_r, rsqrt_r, fac_g, row, col,
+         jax.lax.rsqrt(row + 1e-8), jax.lax.rsqrt(col + 1e-8), fac_m], axis=-1)
+
+
+def tensor_features(g: jax.Array, p: jax.Array, acc: TensorAccumulators,
+                    count: jax.Array) -> jax.Array:
+    """All 39 features of one tensor, shape S' + (39,) with S' = S (or (1,) for scalars).
+
+    Features 0-27 are scaled by rsqrt(1e-5 + mean over the tensor of their square).
+    """
+    raw = raw_tensor_features(g, p, acc)
+    axes = tuple(range(raw.ndim - 1))
+    normalized = raw * jax.lax.rsqrt(1e-5 + jnp.mean(raw**2, axis=axes, keepdims=True))
+    steps = jnp.broadcast_to(step_features(count), raw.shape[:-1] + (11,))
+    return jnp.concatenate([normalized, steps], axis=-1)
+
+
+def features(grads: Any, params: Any, state: SmallFcLOptState) -> list[jax.Array]:
+    """Per-tensor features, one S' + (39,) array per leaf in ``jax.tree.leaves`` order.
+
+    ``state`` must already include ``grads`` (see :func:`accumulate`).
+    """
+    g_leaves, treedef = jax.tree.flatten(grads)
+    p_leaves = treedef.flatten_up_to(params)
+    acc_leaves = treedef.flatten_up_to(state.accumulators)
+    return [tensor_features(g, p, a, state.count)
+            for g, p, a in zip(g_leaves, p_leaves, acc_leaves, strict=True)]
+
+
+def apply_mlp(mlp_params: dict, x: jax.Array) -> jax.Array:
+    """Runs the per-parameter network on features (..., 39) -> (..., 2) = (d, m)."""
+    hidden = mlp_params["Dense_0"]["kernel"].shape[1]
+    layers = len(mlp_params) - 1
+    return SmallFcMLP(hidden, layers).apply({"params": mlp_params}, x)
+
+
+def step_from_action(action: jax.Array, step_mult: float = STEP_MULT,
+                     exp_mult: float = EXP_MULT) -> jax.Array:
+    """Amount subtracted from a parameter: step_mult * d * exp(exp_mult * m) (Eq. 2).
+
+    Args:
+      action: (..., 2) with direction d in [..., 0] and magnitude m in [..., 1].
+    """
+    return step_mult * action[..., 0] * jnp.exp(exp_mult * action[..., 1])
+
+
+def lopt_update(meta_params: MetaParams, grads: Any, state: SmallFcLOptState,
+                params: Any, step_mult: float = STEP_MULT,
+                exp_mult: float = EXP_MULT) -> tuple[Any, SmallFcLOptState]:
+    """One learned-optimizer step. Returns (updates, new_state); new params = p + updates."""
+    state = accumulate(grads, state, effective_decays(meta_params))
+    feats = features(grads, params, state)
+    p_leaves, treedef = jax.tree.flatten(params)
+    updates = [(-step_from_action(apply_mlp(meta_params.mlp, x), step_mult, exp_mult))
+               .reshape(p.shape).astype(p.dtype) for x, p in zip(feats, p_leaves, strict=True)]
+    return treedef.unflatten(updates), state._replace(count=state.count + 1)
+
+
+def small_fc_lopt(meta_params: MetaParams, step_mult: float = STEP_MULT,
+                  exp_mult: float = EXP_MULT) -> optax.GradientTransformation:
+    """small_fc_lopt as an ``optax.GradientTransformation``.
+
+    Works on any params pytree. ``update`` needs ``params``; the returned updates are
+    new params minus params. Non-finite gradient entries produce no move on that entry.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, elo_gym
+      >>> opt = elo_gym.small_fc_lopt(elo_gym.init_meta_params(jax.random.key(0)))
+      >>> params = {"w": jnp.ones((3, 2))}
+      >>> state = opt.init(params)
+      >>> updates, state = opt.update({"w": jnp.ones((3, 2))}, state, params)
+      >>> params = optax.apply_updates(params, updates)
+    """
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError("small_fc_lopt needs params: call update(grads, state, params)")
+        return lopt_update(meta_params, updates, state, params, step_mult, exp_mult)
+
+    return optax.GradientTransformation(init_state, update_fn)

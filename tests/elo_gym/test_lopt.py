@@ -1,0 +1,161 @@
+"""small_fc_lopt: parity with learned_optimization's AdafacMLPLOpt, and the optax face."""
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import elo_gym
+from elo_gym import lopt
+
+FIXTURE = pathlib.Path(__file__).parents[1] / "fixtures" / "small_fc_lopt_golden.npz"
+NAMES = ("w", "b", "s", "k")  # 2-D, 1-D, scalar, 4-D
+LEAF_ORDER = sorted(NAMES)  # jax.tree.leaves orders dict keys
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return dict(np.load(FIXTURE))
+
+
+def _close(mine, ref):
+    """The fixture README's check for state, features, direction, magnitude and step."""
+    ref = np.asarray(ref)
+    mine = np.asarray(mine).reshape(ref.shape)
+    np.testing.assert_allclose(mine, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+
+
+def _params_close(mine, ref):
+    np.testing.assert_allclose(np.asarray(mine).reshape(ref.shape), ref, rtol=0, atol=1e-7)
+
+
+def _step(meta, params, state, grads):
+    """One update, returning every intermediate the fixture records."""
+    decays = lopt.effective_decays(meta)
+    acc_state = lopt.accumulate(grads, state, decays)
+    feats = dict(zip(LEAF_ORDER, lopt.features(grads, params, acc_state), strict=True))
+    accs = {n: acc_state.accumulators[n] for n in NAMES}
+    raws = {n: lopt.raw_tensor_features(grads[n], params[n], accs[n]) for n in NAMES}
+    outs = {n: lopt.apply_mlp(meta.mlp, feats[n]) for n in NAMES}
+    updates, new_state = lopt.lopt_update(meta, grads, state, params)
+    new_params = optax.apply_updates(params, updates)
+    return feats, raws, outs, accs, new_params, new_state
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_parity_with_reference_fixture(golden, jit):
+    meta = elo_gym.meta_params_from_reference(golden)
+    for name, key in [("momentum", "momentum"), ("rms", "rms"), ("adafactor", "adafactor")]:
+        np.testing.assert_array_equal(getattr(lopt.effective_decays(meta), name),
+                                      golden[f"config/effective_{key}_decays"])
+    for n in ("w", "k"):
+        assert lopt.factored_dims(golden[f"params0/{n}"].shape) == tuple(
+            golden[f"config/factored_dims/{n}"])
+    params = {n: jnp.asarray(golden[f"params0/{n}"]) for n in NAMES}
+    state = lopt.init_state(params)
+    step = jax.jit(_step) if jit else _step
+    for t in range(1, 13):
+        grads = {n: jnp.asarray(golden[f"grad/{t}/{n}"]) for n in NAMES}
+        feats, raws, outs, accs, params, state = step(meta, params, state, grads)
+        for n in NAMES:
+            _close(feats[n][..., :28], golden[f"features/{t}/{n}"][..., :28])
+            np.testing.assert_allclose(np.asarray(feats[n][..., 28:]).reshape(-1, 11),
+                                       np.broadcast_to(golden[f"step_feature/{t}"], (
+                                           feats[n][..., 0].size, 11)), atol=1e-6)
+            _close(raws[n], golden[f"features_raw/{t}/{n}"])
+            _close(outs[n][..., 0], golden[f"direction/{t}/{n}"])
+            _close(outs[n][..., 1], golden[f"magnitude/{t}/{n}"])
+            _close(lopt.step_from_action(outs[n]), golden[f"step/{t}/{n}"])
+            _params_close(params[n], golden[f"params/{t}/{n}"])
+            _close(accs[n].momentum, golden[f"state/{t}/momentum/{n}"])
+            _close(accs[n].rms, golden[f"state/{t}/rms/{n}"])
+            if n in ("w", "k"):
+                _close(accs[n].v_row, golden[f"state/{t}/fac_v_row/{n}"])
+                _close(accs[n].v_col, golden[f"state/{t}/fac_v_col/{n}"])
+            else:
+                _close(accs[n].v_row, golden[f"state/{t}/fac_v_diag/{n}"])
+        assert int(state.count) == t
+
+
+def test_meta_params_from_reference_names_missing_keys():
+    with pytest.raises(KeyError, match="meta/nn/~/w0"):
+        elo_gym.meta_params_from_reference({})
+
+
+def test_init_meta_params_shapes_and_scale():
+    meta = elo_gym.init_meta_params(jax.random.key(0))
+    shapes = jax.tree.map(jnp.shape, meta.mlp)
+    assert shapes == {"Dense_0": {"kernel": (39, 32), "bias": (32,)},
+                      "Dense_1": {"kernel": (32, 32), "bias": (32,)},
+                      "Dense_2": {"kernel": (32, 2), "bias": (2,)}}
+    w0 = np.asarray(meta.mlp["Dense_0"]["kernel"])
+    # Truncated normal at 2 std of 1/sqrt(fan_in): bounded, zero-mean, right scale.
+    assert np.abs(w0).max() <= 2.0 / np.sqrt(39) + 1e-6
+    assert 0.6 / np.sqrt(39) < w0.std() < 1.1 / np.sqrt(39)
+    assert not np.any(meta.mlp["Dense_0"]["bias"])
+    assert not np.any(meta.momentum_decays) and meta.rms_decays.shape == (1,)
+    wide = elo_gym.init_meta_params(jax.random.key(0), hidden_size=8)
+    assert wide.mlp["Dense_1"]["kernel"].shape == (8, 8)
+
+
+def test_nonzero_decay_offsets_use_the_reference_mapping():
+    meta = elo_gym.init_meta_params(jax.random.key(0))._replace(
+        momentum_decays=jnp.array([0.1, -0.1, 0.0]))
+    decays = lopt.effective_decays(meta)
+    expected = 1 - (1 - np.array([0.9, 0.99, 0.999])) * np.exp(10 * np.array([0.1, -0.1, 0]))
+    np.testing.assert_allclose(decays.momentum, expected, rtol=1e-5)
+
+
+def _tiny_model():
+    params = {"dense": {"kernel": jnp.ones((4, 3)) * 0.1, "bias": jnp.zeros(3)},
+              "scale": jnp.array(1.0), "conv": jnp.full((2, 2, 3, 3), 0.05)}
+    x = jax.random.normal(jax.random.key(1), (16, 4))
+
+    def loss(p):
+        h = x @ p["dense"]["kernel"] + p["dense"]["bias"]
+        return jnp.mean((p["scale"] * h - 1.0) ** 2) + jnp.sum(p["conv"] ** 2)
+
+    return params, loss
+
+
+def test_optax_face_trains_any_pytree_under_jit():
+    params, loss = _tiny_model()
+    opt = elo_gym.small_fc_lopt(elo_gym.init_meta_params(jax.random.key(0)))
+    state = opt.init(params)
+
+    @jax.jit
+    def train_step(params, state):
+        grads = jax.grad(loss)(params)
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    p1, s1 = train_step(params, state)
+    assert jax.tree.structure(p1) == jax.tree.structure(params)
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(params), strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        assert np.all(np.isfinite(a))
+        # Each move is at most step_mult * |d| * exp(exp_mult * m): small.
+        assert np.abs(np.asarray(a - b)).max() < 0.05
+    assert int(s1.count) == 1
+
+
+def test_update_requires_params():
+    opt = elo_gym.small_fc_lopt(elo_gym.init_meta_params(jax.random.key(0)))
+    params = {"w": jnp.ones(3)}
+    with pytest.raises(ValueError, match="needs params"):
+        opt.update(params, opt.init(params))
+
+
+def test_non_finite_gradients_are_contained():
+    params, _ = _tiny_model()
+    opt = elo_gym.small_fc_lopt(elo_gym.init_meta_params(jax.random.key(0)))
+    state = opt.init(params)
+    grads = jax.tree.map(jnp.ones_like, params)
+    grads["dense"]["kernel"] = grads["dense"]["kernel"].at[0, 0].set(jnp.nan)
+    grads["scale"] = jnp.array(jnp.inf)
+    updates, state = opt.update(grads, state, params)
+    for leaf in jax.tree.leaves((updates, state)):
+        assert np.all(np.isfinite(leaf))
