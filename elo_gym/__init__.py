@@ -10,6 +10,7 @@ _checkout = _pathlib.Path(__file__).resolve().parent.parent
 if (_checkout / "pyproject.toml").is_file() and (_checkout / "envs" / "__init__.py").is_file():
     __path__.append(str(_checkout))
 
+from elo_gym.checkpoint import load_optimizer  # noqa: E402
 from elo_gym.registration import ENV_IDS, register_envs  # noqa: E402
 from elo_gym.lopt import (  # noqa: E402
     MetaParams,
@@ -26,6 +27,7 @@ __all__ = [
     "MetaParams",
     "SmallFcLOptState",
     "init_meta_params",
+    "load_optimizer",
     "meta_params_from_reference",
     "small_fc_lopt",
 ]

@@ -1,0 +1,17 @@
+"""Test-session settings shared by every test module."""
+
+import os
+import pathlib
+import tempfile
+
+import jax
+
+# XLA compiles dominate this suite's time, and many tests (and the subprocesses some of
+# them start) compile the same programs: share them through JAX's persistent cache.
+_CACHE = pathlib.Path(tempfile.gettempdir()) / "elo_gym_test_jax_cache"
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
