@@ -40,14 +40,33 @@ from elo_gym import checkpoint, core, env, lopt, registration, schedules
 
 MODES = ("elo", "naive", "curriculum", "uniform", "bc", "buffer")
 # mode -> (env reset distribution, behavior cloning on)
-MODE_SETTINGS = {"elo": ("elo", True), "naive": ("naive", False),
-                 "curriculum": ("curriculum", False), "uniform": ("uniform", False),
-                 "bc": ("uniform", True), "buffer": ("elo", False)}
+MODE_SETTINGS = {
+    "elo": ("elo", True),
+    "naive": ("naive", False),
+    "curriculum": ("curriculum", False),
+    "uniform": ("uniform", False),
+    "bc": ("uniform", True),
+    "buffer": ("elo", False),
+}
 ENV_DATASETS = {env_id: kw["dataset"] for env_id, kw in registration.ENV_IDS.items()}
-METRICS = ("outer_step", "meta_loss", "task_loss", "bc_loss", "alpha", "n_max",
-           "mean_inner_step", "max_inner_step", "buffer_fill", "frac_from_buffer",
-           "episodes_ended", "diverged", "grad_norm", "grad_norm_bc", "grad_norm_task",
-           "inner_steps_per_s")
+METRICS = (
+    "outer_step",
+    "meta_loss",
+    "task_loss",
+    "bc_loss",
+    "alpha",
+    "n_max",
+    "mean_inner_step",
+    "max_inner_step",
+    "buffer_fill",
+    "frac_from_buffer",
+    "episodes_ended",
+    "diverged",
+    "grad_norm",
+    "grad_norm_bc",
+    "grad_norm_task",
+    "inner_steps_per_s",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,20 +140,36 @@ class Args:
         """Fills preset values and defaults that depend on other fields."""
         args = self
         if args.preset == "paper":
-            args = dataclasses.replace(args, env="ELO-ImageNet32-MLP", batch_size=4096,
-                                       outer_steps=5000, n_min=100, n_max=1000,
-                                       truncation=50)
+            args = dataclasses.replace(
+                args,
+                env="ELO-ImageNet32-MLP",
+                batch_size=4096,
+                outer_steps=5000,
+                n_min=100,
+                n_max=1000,
+                truncation=50,
+            )
         if args.n_max_final is None:
             args = dataclasses.replace(args, n_max_final=10 * args.n_max)
         return args
 
     def validate(self) -> None:
         if self.env not in ENV_DATASETS:
-            raise ValueError(f"unknown env {self.env!r}; valid: {', '.join(ENV_DATASETS)}")
+            raise ValueError(
+                f"unknown env {self.env!r}; valid: {', '.join(ENV_DATASETS)}"
+            )
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
-        positive = ("outer_steps", "num_pairs", "truncation", "sigma", "learning_rate",
-                    "max_grad_norm", "checkpoint_every", "hidden_size")
+        positive = (
+            "outer_steps",
+            "num_pairs",
+            "truncation",
+            "sigma",
+            "learning_rate",
+            "max_grad_norm",
+            "checkpoint_every",
+            "hidden_size",
+        )
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -146,20 +181,31 @@ def env_settings(args: Args) -> env.EnvSettings:
     """The env the agent meta-trains in: paired copies, the mode's reset distribution."""
     reset_mode, _ = MODE_SETTINGS[args.mode]
     return env.EnvSettings(
-        dataset=ENV_DATASETS[args.env], hidden_sizes=args.hidden_sizes,
-        batch_size=args.batch_size, data_dir=args.data_dir, mode=reset_mode,
-        p_th=args.p_th, buffer_size=args.buffer_size, n_min=args.n_min, n_max=args.n_max,
-        n_max_final=args.n_max_final, bc_scale=args.bc_scale,
-        buffer_scope=args.buffer_scope, push_policy=args.push_policy,
-        bc_loss=args.bc_loss, paired=True)
+        dataset=ENV_DATASETS[args.env],
+        hidden_sizes=args.hidden_sizes,
+        batch_size=args.batch_size,
+        data_dir=args.data_dir,
+        mode=reset_mode,
+        p_th=args.p_th,
+        buffer_size=args.buffer_size,
+        n_min=args.n_min,
+        n_max=args.n_max,
+        n_max_final=args.n_max_final,
+        bc_scale=args.bc_scale,
+        buffer_scope=args.buffer_scope,
+        push_policy=args.push_policy,
+        bc_loss=args.bc_loss,
+        paired=True,
+    )
 
 
 def alpha_for(args: Args, outer_step: int) -> float:
     """alpha_t: the schedule in BC modes, 1 (pure LO, no BC) otherwise."""
     if not MODE_SETTINGS[args.mode][1]:
         return 1.0
-    return schedules.alpha_at(outer_step, args.outer_steps, args.alpha_schedule,
-                              args.hold_fraction)
+    return schedules.alpha_at(
+        outer_step, args.outer_steps, args.alpha_schedule, args.hold_fraction
+    )
 
 
 @flax.struct.dataclass
@@ -186,8 +232,10 @@ class PESConfig:
 
 
 def outer_optimizer(args: Args) -> optax.GradientTransformation:
-    return optax.chain(optax.clip_by_global_norm(args.max_grad_norm),
-                       optax.adamw(args.learning_rate, weight_decay=args.weight_decay))
+    return optax.chain(
+        optax.clip_by_global_norm(args.max_grad_norm),
+        optax.adamw(args.learning_rate, weight_decay=args.weight_decay),
+    )
 
 
 def init_state(args: Args, cfg: PESConfig, env_params: core.EnvParams) -> PESState:
@@ -196,12 +244,20 @@ def init_state(args: Args, cfg: PESConfig, env_params: core.EnvParams) -> PESSta
     key, k_meta, k_env = jax.random.split(key, 3)
     meta = lopt.init_meta_params(k_meta, args.hidden_size)
     env_state, _, _ = jax.jit(functools.partial(core.reset, cfg.env))(
-        jax.vmap(jax.random.fold_in, (None, 0))(k_env, jnp.arange(args.num_pairs)
-                                                 ).repeat(2, axis=0), env_params)
+        jax.vmap(jax.random.fold_in, (None, 0))(
+            k_env, jnp.arange(args.num_pairs)
+        ).repeat(2, axis=0),
+        env_params,
+    )
     dim = ravel_pytree(meta.mlp)[0].size
-    return PESState(meta=meta, opt_state=outer_optimizer(args).init(meta.mlp),
-                    env=env_state, accumulator=jnp.zeros((args.num_pairs, dim)), key=key,
-                    outer_step=jnp.int32(0))
+    return PESState(
+        meta=meta,
+        opt_state=outer_optimizer(args).init(meta.mlp),
+        env=env_state,
+        accumulator=jnp.zeros((args.num_pairs, dim)),
+        key=key,
+        outer_step=jnp.int32(0),
+    )
 
 
 def policy_actions(mlp_flat: jax.Array, unravel, features: jax.Array) -> jax.Array:
@@ -209,8 +265,14 @@ def policy_actions(mlp_flat: jax.Array, unravel, features: jax.Array) -> jax.Arr
     return jax.vmap(lambda w, x: lopt.apply_mlp(unravel(w), x))(mlp_flat, features)
 
 
-def unroll(cfg: PESConfig, meta: lopt.MetaParams, env_state: core.VecEnvState,
-           accumulator: jax.Array, key: jax.Array, env_params: core.EnvParams):
+def unroll(
+    cfg: PESConfig,
+    meta: lopt.MetaParams,
+    env_state: core.VecEnvState,
+    accumulator: jax.Array,
+    key: jax.Array,
+    env_params: core.EnvParams,
+):
     """One truncation of every antithetic pair; returns the PES gradient and metrics."""
     theta, unravel = ravel_pytree(meta.mlp)
     eps = cfg.sigma * jax.random.normal(key, accumulator.shape)
@@ -222,59 +284,99 @@ def unroll(cfg: PESConfig, meta: lopt.MetaParams, env_state: core.VecEnvState,
         state, obs, xi, grad_sums = carry
         actions = policy_actions(weights, unravel, obs["features"])
         state, obs, reward, terminated, truncated, info = core.step(
-            cfg.env, state, actions, env_params)
+            cfg.env, state, actions, env_params
+        )
         # Clip the per-step meta-loss; NaN maps to the cap, so one diverging copy cannot
         # poison the estimate.
         alpha = env_params.alpha
-        parts = {"meta": -reward, "bc": (1.0 - alpha) * env_params.bc_scale
-                 * info["bc_loss"], "task": alpha * info["task_loss"]}
-        parts = {k: jnp.minimum(jnp.nan_to_num(v, nan=cfg.loss_cap, posinf=cfg.loss_cap,
-                                               neginf=-cfg.loss_cap), cfg.loss_cap)
-                 for k, v in parts.items()}
-        grad_sums = {k: grad_sums[k] + (parts[k][0::2] - parts[k][1::2])[:, None] * xi
-                     for k in grad_sums}
+        parts = {
+            "meta": -reward,
+            "bc": (1.0 - alpha) * env_params.bc_scale * info["bc_loss"],
+            "task": alpha * info["task_loss"],
+        }
+        parts = {
+            k: jnp.minimum(
+                jnp.nan_to_num(
+                    v, nan=cfg.loss_cap, posinf=cfg.loss_cap, neginf=-cfg.loss_cap
+                ),
+                cfg.loss_cap,
+            )
+            for k, v in parts.items()
+        }
+        grad_sums = {
+            k: grad_sums[k] + (parts[k][0::2] - parts[k][1::2])[:, None] * xi
+            for k in grad_sums
+        }
         ended = (terminated | truncated)[0::2]
         restart_xi = eps
         if cfg.keep_accumulator_on_restore:
             restart_xi = jnp.where(info["from_buffer"][0::2, None], xi, eps)
         xi = jnp.where(ended[:, None], restart_xi, xi)
-        metrics = {"meta_loss": parts["meta"].mean(), "task_loss": info["task_loss"].mean(),
-                   "bc_loss": info["bc_loss"].mean(),
-                   "inner_step": info["inner_step"].astype(jnp.float32).mean(),
-                   "max_inner_step": info["inner_step"].max(),
-                   "from_buffer": info["from_buffer"].astype(jnp.float32).mean(),
-                   "episodes_ended": ended.sum(), "diverged": terminated.sum()}
+        metrics = {
+            "meta_loss": parts["meta"].mean(),
+            "task_loss": info["task_loss"].mean(),
+            "bc_loss": info["bc_loss"].mean(),
+            "inner_step": info["inner_step"].astype(jnp.float32).mean(),
+            "max_inner_step": info["inner_step"].max(),
+            "from_buffer": info["from_buffer"].astype(jnp.float32).mean(),
+            "episodes_ended": ended.sum(),
+            "diverged": terminated.sum(),
+        }
         return (state, obs, xi, grad_sums), metrics
 
     zero = jnp.zeros_like(accumulator)
-    carry = (env_state, obs, accumulator + eps, {"meta": zero, "bc": zero, "task": zero})
-    (env_state, _, xi, grad_sums), metrics = jax.lax.scan(inner, carry, None,
-                                                          length=cfg.truncation)
+    carry = (
+        env_state,
+        obs,
+        accumulator + eps,
+        {"meta": zero, "bc": zero, "task": zero},
+    )
+    (env_state, _, xi, grad_sums), metrics = jax.lax.scan(
+        inner, carry, None, length=cfg.truncation
+    )
     scale = 1.0 / (2.0 * cfg.sigma**2 * cfg.truncation)
     grads = {k: unravel(v.mean(axis=0) * scale) for k, v in grad_sums.items()}
     return grads, env_state, xi, metrics
 
 
-def outer_step(cfg: PESConfig, optimizer: optax.GradientTransformation, state: PESState,
-               env_params: core.EnvParams) -> tuple[PESState, dict]:
+def outer_step(
+    cfg: PESConfig,
+    optimizer: optax.GradientTransformation,
+    state: PESState,
+    env_params: core.EnvParams,
+) -> tuple[PESState, dict]:
     """One PES meta-gradient step (jit with ``cfg`` and ``optimizer`` static)."""
     key, k_eps = jax.random.split(state.key)
-    grads, env_state, accumulator, m = unroll(cfg, state.meta, state.env,
-                                              state.accumulator, k_eps, env_params)
-    updates, opt_state = optimizer.update(grads["meta"], state.opt_state, state.meta.mlp)
+    grads, env_state, accumulator, m = unroll(
+        cfg, state.meta, state.env, state.accumulator, k_eps, env_params
+    )
+    updates, opt_state = optimizer.update(
+        grads["meta"], state.opt_state, state.meta.mlp
+    )
     meta = state.meta._replace(mlp=optax.apply_updates(state.meta.mlp, updates))
     buf = env_state.buffer
-    metrics = {"meta_loss": m["meta_loss"].mean(), "task_loss": m["task_loss"].mean(),
-               "bc_loss": m["bc_loss"].mean(), "mean_inner_step": m["inner_step"].mean(),
-               "max_inner_step": m["max_inner_step"].max(),
-               "buffer_fill": buf.size.sum() / (buf.capacity * buf.size.shape[0]),
-               "frac_from_buffer": m["from_buffer"].mean(),
-               "episodes_ended": m["episodes_ended"].sum(), "diverged": m["diverged"].sum(),
-               "grad_norm": optax.tree.norm(grads["meta"]),
-               "grad_norm_bc": optax.tree.norm(grads["bc"]),
-               "grad_norm_task": optax.tree.norm(grads["task"])}
-    new_state = PESState(meta=meta, opt_state=opt_state, env=env_state,
-                         accumulator=accumulator, key=key, outer_step=state.outer_step + 1)
+    metrics = {
+        "meta_loss": m["meta_loss"].mean(),
+        "task_loss": m["task_loss"].mean(),
+        "bc_loss": m["bc_loss"].mean(),
+        "mean_inner_step": m["inner_step"].mean(),
+        "max_inner_step": m["max_inner_step"].max(),
+        "buffer_fill": buf.size.sum() / (buf.capacity * buf.size.shape[0]),
+        "frac_from_buffer": m["from_buffer"].mean(),
+        "episodes_ended": m["episodes_ended"].sum(),
+        "diverged": m["diverged"].sum(),
+        "grad_norm": optax.tree.norm(grads["meta"]),
+        "grad_norm_bc": optax.tree.norm(grads["bc"]),
+        "grad_norm_task": optax.tree.norm(grads["task"]),
+    }
+    new_state = PESState(
+        meta=meta,
+        opt_state=opt_state,
+        env=env_state,
+        accumulator=accumulator,
+        key=key,
+        outer_step=state.outer_step + 1,
+    )
     return new_state, metrics
 
 
@@ -283,42 +385,57 @@ def shard_state(state: PESState, num_pairs: int) -> PESState:
     outer optimizer and the buffer are replicated."""
     devices = jax.devices()
     if num_pairs % len(devices):
-        raise ValueError(f"num_pairs ({num_pairs}) must be a multiple of the number of "
-                         f"devices ({len(devices)}) so pairs stay on one device")
+        raise ValueError(
+            f"num_pairs ({num_pairs}) must be a multiple of the number of "
+            f"devices ({len(devices)}) so pairs stay on one device"
+        )
     mesh = Mesh(np.asarray(devices), ("pairs",))
     split = NamedSharding(mesh, PartitionSpec("pairs"))
     whole = NamedSharding(mesh, PartitionSpec())
     return state.replace(
         meta=jax.device_put(state.meta, whole),
         opt_state=jax.device_put(state.opt_state, whole),
-        env=state.env.replace(copies=jax.device_put(state.env.copies, split),
-                              buffer=jax.device_put(state.env.buffer, whole)),
+        env=state.env.replace(
+            copies=jax.device_put(state.env.copies, split),
+            buffer=jax.device_put(state.env.buffer, whole),
+        ),
         accumulator=jax.device_put(state.accumulator, split),
         key=jax.device_put(state.key, whole),
-        outer_step=jax.device_put(state.outer_step, whole))
+        outer_step=jax.device_put(state.outer_step, whole),
+    )
 
 
 def default_run_dir(args: Args) -> pathlib.Path:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return pathlib.Path("runs") / "__".join([args.env, args.mode, str(args.seed), stamp])
+    return pathlib.Path("runs") / "__".join(
+        [args.env, args.mode, str(args.seed), stamp]
+    )
 
 
 def prepare_run_dir(args: Args) -> pathlib.Path:
     """Creates the run dir and writes config.json, or checks it matches on resume."""
     run_dir = pathlib.Path(args.run_dir) if args.run_dir else default_run_dir(args)
-    config = {k: v for k, v in dataclasses.asdict(args).items()
-              if k not in ("run_dir", "progress")}
+    config = {
+        k: v
+        for k, v in dataclasses.asdict(args).items()
+        if k not in ("run_dir", "progress")
+    }
     config.update(step_mult=lopt.STEP_MULT, exp_mult=lopt.EXP_MULT)
     config = json.loads(json.dumps(config))  # tuples -> lists, as read back
     config_file = run_dir / "config.json"
     if config_file.is_file():
         saved = json.loads(config_file.read_text())
-        diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+        diff = sorted(
+            k for k in set(saved) | set(config) if saved.get(k) != config.get(k)
+        )
         if diff:
-            details = "; ".join(f"{k}: saved {saved.get(k)!r}, now {config.get(k)!r}"
-                                for k in diff)
-            raise ValueError(f"{run_dir} holds a run with another config ({details}); "
-                             "use another --run-dir or the same settings to resume")
+            details = "; ".join(
+                f"{k}: saved {saved.get(k)!r}, now {config.get(k)!r}" for k in diff
+            )
+            raise ValueError(
+                f"{run_dir} holds a run with another config ({details}); "
+                "use another --run-dir or the same settings to resume"
+            )
         return run_dir
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -326,8 +443,10 @@ def prepare_run_dir(args: Args) -> pathlib.Path:
         tmp.write_text(json.dumps(config, indent=2))
         tmp.replace(config_file)
     except OSError as e:
-        raise OSError(f"cannot write the run directory {run_dir}: {e}; choose a writable "
-                      "--run-dir") from e
+        raise OSError(
+            f"cannot write the run directory {run_dir}: {e}; choose a writable "
+            "--run-dir"
+        ) from e
     return run_dir
 
 
@@ -338,7 +457,9 @@ class MetricsLog:
         rows = []
         if path.is_file() and resume_step > 0:
             with path.open() as f:
-                rows = [r for r in csv.DictReader(f) if int(r["outer_step"]) < resume_step]
+                rows = [
+                    r for r in csv.DictReader(f) if int(r["outer_step"]) < resume_step
+                ]
         self._file = path.open("w", newline="")
         self._writer = csv.DictWriter(self._file, fieldnames=METRICS)
         self._writer.writeheader()
@@ -362,9 +483,13 @@ def main(args: Args) -> pathlib.Path:
     data = env_cfg.task.load_data()
     env_params = settings.params(data)
     loss_cap = args.loss_cap or 2.0 * math.log(env_cfg.task.num_classes)
-    cfg = PESConfig(env=env_cfg, truncation=args.truncation, sigma=args.sigma,
-                    loss_cap=loss_cap,
-                    keep_accumulator_on_restore=args.keep_accumulator_on_restore)
+    cfg = PESConfig(
+        env=env_cfg,
+        truncation=args.truncation,
+        sigma=args.sigma,
+        loss_cap=loss_cap,
+        keep_accumulator_on_restore=args.keep_accumulator_on_restore,
+    )
     run_dir = prepare_run_dir(args)
     manager = checkpoint.checkpoint_manager(run_dir)
     state = init_state(args, cfg, env_params)
@@ -374,8 +499,9 @@ def main(args: Args) -> pathlib.Path:
         state, start = restored
     state = shard_state(state, args.num_pairs)
     log = MetricsLog(run_dir / "metrics.csv", start)
-    step_fn = jax.jit(functools.partial(outer_step, cfg, outer_optimizer(args)),
-                      donate_argnums=0)
+    step_fn = jax.jit(
+        functools.partial(outer_step, cfg, outer_optimizer(args)), donate_argnums=0
+    )
     interrupted = False
 
     def on_sigint(signum, frame):  # finish the current outer step, save, exit cleanly
@@ -383,42 +509,67 @@ def main(args: Args) -> pathlib.Path:
         interrupted = True
 
     previous = signal.signal(signal.SIGINT, on_sigint)
-    bar = tqdm(total=args.outer_steps, initial=start, disable=not args.progress,
-               desc=f"PES {args.mode}", dynamic_ncols=True)
+    bar = tqdm(
+        total=args.outer_steps,
+        initial=start,
+        disable=not args.progress,
+        desc=f"PES {args.mode}",
+        dynamic_ncols=True,
+    )
     try:
         for t in range(start, args.outer_steps):
             alpha = alpha_for(args, t)
             n_max = args.n_max
             if args.mode == "curriculum":
-                n_max = schedules.curriculum_n_max(t, args.outer_steps, args.n_max,
-                                                   args.n_max_final)
-            params_t = env_params.replace(alpha=jnp.float32(alpha), n_max=jnp.int32(n_max),
-                                          outer_step=jnp.int32(t))
+                n_max = schedules.curriculum_n_max(
+                    t, args.outer_steps, args.n_max, args.n_max_final
+                )
+            params_t = env_params.replace(
+                alpha=jnp.float32(alpha),
+                n_max=jnp.int32(n_max),
+                outer_step=jnp.int32(t),
+            )
             tic = time.perf_counter()
             state, metrics = step_fn(state, params_t)
             metrics = jax.device_get(metrics)  # one host sync per outer step
             seconds = time.perf_counter() - tic
             row = {k: float(v) for k, v in metrics.items()}
-            row.update(outer_step=t, alpha=alpha, n_max=n_max,
-                       inner_steps_per_s=2 * args.num_pairs * args.truncation / seconds)
+            row.update(
+                outer_step=t,
+                alpha=alpha,
+                n_max=n_max,
+                inner_steps_per_s=2 * args.num_pairs * args.truncation / seconds,
+            )
             log.write(row)
-            bar.set_postfix(meta_loss=f"{row['meta_loss']:.3g}", alpha=f"{alpha:.2f}",
-                            steps_s=f"{row['inner_steps_per_s']:.0f}")
+            bar.set_postfix(
+                meta_loss=f"{row['meta_loss']:.3g}",
+                alpha=f"{alpha:.2f}",
+                steps_s=f"{row['inner_steps_per_s']:.0f}",
+            )
             bar.update(1)
             done = t + 1
-            if done % args.checkpoint_every == 0 or done == args.outer_steps or interrupted:
+            if (
+                done % args.checkpoint_every == 0
+                or done == args.outer_steps
+                or interrupted
+            ):
                 checkpoint.save_state(manager, done, state)
             if interrupted:
-                print(f"\ninterrupted: saved outer step {done} to {run_dir}",
-                      file=sys.stderr)
+                print(
+                    f"\ninterrupted: saved outer step {done} to {run_dir}",
+                    file=sys.stderr,
+                )
                 break
     finally:
         bar.close()
         log.close()
         signal.signal(signal.SIGINT, previous)
     if int(state.outer_step) >= args.outer_steps:
-        checkpoint.save_lo(run_dir, state.meta, extra={"env": args.env, "mode": args.mode,
-                                                       "n_max": args.n_max})
+        checkpoint.save_lo(
+            run_dir,
+            state.meta,
+            extra={"env": args.env, "mode": args.mode, "n_max": args.n_max},
+        )
     return run_dir
 
 

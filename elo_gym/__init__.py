@@ -7,11 +7,12 @@ import pathlib as _pathlib
 # both cases (e.g. when running from the repository root, where the checkout shadows the
 # installed copy).
 _checkout = _pathlib.Path(__file__).resolve().parent.parent
-if (_checkout / "pyproject.toml").is_file() and (_checkout / "envs" / "__init__.py").is_file():
+if (_checkout / "pyproject.toml").is_file() and (
+    _checkout / "envs" / "__init__.py"
+).is_file():
     __path__.append(str(_checkout))
 
 from elo_gym.checkpoint import load_optimizer  # noqa: E402
-from elo_gym.registration import ENV_IDS, register_envs  # noqa: E402
 from elo_gym.lopt import (  # noqa: E402
     MetaParams,
     SmallFcLOptState,
@@ -19,6 +20,7 @@ from elo_gym.lopt import (  # noqa: E402
     meta_params_from_reference,
     small_fc_lopt,
 )
+from elo_gym.registration import ENV_IDS, register_envs  # noqa: E402
 
 register_envs()
 

@@ -20,7 +20,9 @@ class ReplayBuffer:
 
     snapshots: Any  # pytree; each leaf (Q, M, ...): Q queues of capacity M
     size: jax.Array  # (Q,) int32: filled slots per queue (<= M)
-    head: jax.Array  # (Q,) int32: slot the next push writes (the oldest entry when full)
+    head: (
+        jax.Array
+    )  # (Q,) int32: slot the next push writes (the oldest entry when full)
 
     @property
     def capacity(self) -> int:
@@ -31,13 +33,15 @@ def init_buffer(example: Any, capacity: int, num_queues: int = 1) -> ReplayBuffe
     """An empty buffer for snapshots shaped like ``example`` (one unbatched snapshot)."""
     snapshots = jax.tree.map(
         lambda x: jnp.zeros((num_queues, capacity) + jnp.shape(x), jnp.result_type(x)),
-        example)
+        example,
+    )
     zeros = jnp.zeros((num_queues,), jnp.int32)
     return ReplayBuffer(snapshots, zeros, zeros)
 
 
-def push(buffer: ReplayBuffer, snapshots: Any, mask: jax.Array,
-         queue: jax.Array) -> ReplayBuffer:
+def push(
+    buffer: ReplayBuffer, snapshots: Any, mask: jax.Array, queue: jax.Array
+) -> ReplayBuffer:
     """Enqueues ``snapshots[i]`` into queue ``queue[i]`` for every i with ``mask[i]``.
 
     Pushes happen in copy order; a full queue drops its oldest entry. Pushes are rare
@@ -69,7 +73,9 @@ def push(buffer: ReplayBuffer, snapshots: Any, mask: jax.Array,
     return jax.lax.cond(jnp.any(mask), push_all, lambda b: b, buffer)
 
 
-def sample(buffer: ReplayBuffer, key: jax.Array, queue: jax.Array) -> tuple[Any, jax.Array]:
+def sample(
+    buffer: ReplayBuffer, key: jax.Array, queue: jax.Array
+) -> tuple[Any, jax.Array]:
     """Draws one snapshot uniformly from queue ``queue``.
 
     Returns:

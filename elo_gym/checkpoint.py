@@ -25,12 +25,14 @@ LO_META_FILE = "lo.json"
 CHECKPOINT_DIR = "checkpoints"
 
 
-def checkpoint_manager(run_dir: str | pathlib.Path, max_to_keep: int = 2
-                       ) -> ocp.CheckpointManager:
+def checkpoint_manager(
+    run_dir: str | pathlib.Path, max_to_keep: int = 2
+) -> ocp.CheckpointManager:
     """An orbax manager for ``run_dir/checkpoints`` (synchronous, atomic steps)."""
     directory = pathlib.Path(run_dir).absolute() / CHECKPOINT_DIR
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                           enable_async_checkpointing=False)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
+    )
     return ocp.CheckpointManager(directory, options=options)
 
 
@@ -38,8 +40,11 @@ def _flat_arrays(state: Any) -> dict[str, np.ndarray]:
     """{path: array} of a pytree's non-empty leaves (orbax cannot store empty arrays;
     their shapes are known from the template on restore)."""
     leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]
-    return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves
-            if np.size(leaf) > 0}
+    return {
+        jax.tree_util.keystr(path): np.asarray(leaf)
+        for path, leaf in leaves
+        if np.size(leaf) > 0
+    }
 
 
 def save_state(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
@@ -48,8 +53,9 @@ def save_state(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
     manager.wait_until_finished()
 
 
-def restore_state(manager: ocp.CheckpointManager, template: Any,
-                  step: int | None = None) -> tuple[Any, int] | None:
+def restore_state(
+    manager: ocp.CheckpointManager, template: Any, step: int | None = None
+) -> tuple[Any, int] | None:
     """Restores the latest (or given) step into ``template``'s structure, or None.
 
     Raises:
@@ -63,24 +69,35 @@ def restore_state(manager: ocp.CheckpointManager, template: Any,
     try:
         flat = manager.restore(step, args=ocp.args.StandardRestore(abstract))
     except (ValueError, KeyError) as e:
-        raise ValueError(f"checkpoint {step} in {manager.directory} does not match this "
-                         f"run's state (was it written with another config?): {e}") from e
+        raise ValueError(
+            f"checkpoint {step} in {manager.directory} does not match this "
+            f"run's state (was it written with another config?): {e}"
+        ) from e
     leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
     restored = [flat.get(jax.tree_util.keystr(path), leaf) for path, leaf in leaves]
     return treedef.unflatten(restored), step
 
 
-def save_lo(run_dir: str | pathlib.Path, meta_params: lopt.MetaParams, *,
-            step_mult: float = lopt.STEP_MULT, exp_mult: float = lopt.EXP_MULT,
-            extra: dict | None = None) -> pathlib.Path:
+def save_lo(
+    run_dir: str | pathlib.Path,
+    meta_params: lopt.MetaParams,
+    *,
+    step_mult: float = lopt.STEP_MULT,
+    exp_mult: float = lopt.EXP_MULT,
+    extra: dict | None = None,
+) -> pathlib.Path:
     """Writes the trained LO as ``lo.msgpack`` + ``lo.json`` into ``run_dir``."""
     run_dir = pathlib.Path(run_dir)
     state = flax.serialization.to_state_dict(jax.device_get(meta_params))
     tmp = run_dir / (LO_FILE + ".tmp")
     tmp.write_bytes(flax.serialization.msgpack_serialize(state))
     tmp.replace(run_dir / LO_FILE)  # atomic: a reader never sees half a file
-    info = {"hidden_size": _hidden_size(meta_params), "step_mult": step_mult,
-            "exp_mult": exp_mult, **(extra or {})}
+    info = {
+        "hidden_size": _hidden_size(meta_params),
+        "step_mult": step_mult,
+        "exp_mult": exp_mult,
+        **(extra or {}),
+    }
     (run_dir / LO_META_FILE).write_text(json.dumps(info, indent=2))
     return run_dir / LO_FILE
 
@@ -98,8 +115,10 @@ def load_meta_params(path: str | pathlib.Path) -> tuple[lopt.MetaParams, dict]:
     """
     path = pathlib.Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no learned optimizer at {path}: give a run directory, "
-                                f"its {LO_FILE}, or a checkpoint directory")
+        raise FileNotFoundError(
+            f"no learned optimizer at {path}: give a run directory, "
+            f"its {LO_FILE}, or a checkpoint directory"
+        )
     if path.is_file():
         return _load_lo_file(path)
     if (path / LO_FILE).is_file():
@@ -125,20 +144,25 @@ def _load_from_checkpoint(path: pathlib.Path) -> tuple[lopt.MetaParams, dict]:
     run_dir, step_dir = path, None
     if path.name != CHECKPOINT_DIR and not (path / CHECKPOINT_DIR).is_dir():
         if path.parent.name != CHECKPOINT_DIR:
-            raise FileNotFoundError(f"{path} holds neither {LO_FILE} nor orbax checkpoints")
+            raise FileNotFoundError(
+                f"{path} holds neither {LO_FILE} nor orbax checkpoints"
+            )
         run_dir, step_dir = path.parent.parent, int(path.name)
     elif path.name == CHECKPOINT_DIR:
         run_dir = path.parent
     manager = checkpoint_manager(run_dir)
     step = manager.latest_step() if step_dir is None else step_dir
     if step is None:
-        raise FileNotFoundError(f"{run_dir} has no {LO_FILE} and no finished checkpoint")
+        raise FileNotFoundError(
+            f"{run_dir} has no {LO_FILE} and no finished checkpoint"
+        )
     flat = manager.restore(step, args=ocp.args.StandardRestore())
     hidden = int(np.shape(flat[".meta.mlp['Dense_0']['kernel']"])[1])
     template = lopt.init_meta_params(jax.random.PRNGKey(0), hidden_size=hidden)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
-    meta = treedef.unflatten([np.asarray(flat[".meta" + jax.tree_util.keystr(path)])
-                              for path, _ in leaves])
+    meta = treedef.unflatten(
+        [np.asarray(flat[".meta" + jax.tree_util.keystr(path)]) for path, _ in leaves]
+    )
     info = {"hidden_size": hidden}
     config_file = run_dir / "config.json"
     if config_file.is_file():
@@ -156,5 +180,8 @@ def load_optimizer(path: str | pathlib.Path) -> optax.GradientTransformation:
       >>> updates, state = opt.update(grads, state, params)
     """
     meta, info = load_meta_params(path)
-    return lopt.small_fc_lopt(meta, step_mult=info.get("step_mult", lopt.STEP_MULT),
-                              exp_mult=info.get("exp_mult", lopt.EXP_MULT))
+    return lopt.small_fc_lopt(
+        meta,
+        step_mult=info.get("step_mult", lopt.STEP_MULT),
+        exp_mult=info.get("exp_mult", lopt.EXP_MULT),
+    )

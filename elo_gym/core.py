@@ -30,7 +30,6 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
-import optax
 
 from elo_gym import buffer as replay
 from elo_gym import demonstrator, lopt
@@ -92,7 +91,9 @@ class EnvConfig:
         if self.buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {self.buffer_size}")
         if self.paired and self.num_copies % 2:
-            raise ValueError(f"paired copies need an even num_copies, got {self.num_copies}")
+            raise ValueError(
+                f"paired copies need an even num_copies, got {self.num_copies}"
+            )
         if self.buffer_scope == "pair" and not self.paired:
             raise ValueError("buffer_scope='pair' needs paired=True")
 
@@ -119,9 +120,17 @@ class EnvParams:
     push_tolerance: jax.Array  # () float32: relative loss rise that marks a failure
 
 
-def make_params(data: Any, *, alpha: float = 0.0, p_th: float = 0.2, n_min: int = 1,
-                n_max: int = 200, outer_step: int = 1, bc_scale: float = 1.0,
-                push_tolerance: float = 0.1) -> EnvParams:
+def make_params(
+    data: Any,
+    *,
+    alpha: float = 0.0,
+    p_th: float = 0.2,
+    n_min: int = 1,
+    n_max: int = 200,
+    outer_step: int = 1,
+    bc_scale: float = 1.0,
+    push_tolerance: float = 0.1,
+) -> EnvParams:
     """Validated :class:`EnvParams`. Errors name the bad value and the valid range."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -133,10 +142,16 @@ def make_params(data: Any, *, alpha: float = 0.0, p_th: float = 0.2, n_min: int 
         raise ValueError(f"n_min ({n_min}) must be <= n_max ({n_max})")
     if bc_scale < 0:
         raise ValueError(f"bc_scale must be >= 0, got {bc_scale}")
-    return EnvParams(data=data, alpha=jnp.float32(alpha), p_th=jnp.float32(p_th),
-                     n_min=jnp.int32(n_min), n_max=jnp.int32(n_max),
-                     outer_step=jnp.int32(outer_step), bc_scale=jnp.float32(bc_scale),
-                     push_tolerance=jnp.float32(push_tolerance))
+    return EnvParams(
+        data=data,
+        alpha=jnp.float32(alpha),
+        p_th=jnp.float32(p_th),
+        n_min=jnp.int32(n_min),
+        n_max=jnp.int32(n_max),
+        outer_step=jnp.int32(outer_step),
+        bc_scale=jnp.float32(bc_scale),
+        push_tolerance=jnp.float32(push_tolerance),
+    )
 
 
 class Snapshot(flax.struct.PyTreeNode):
@@ -178,7 +193,9 @@ class VecEnvState:
     buffer: replay.ReplayBuffer
 
 
-def param_layout(task: Any) -> tuple[jax.tree_util.PyTreeDef, tuple[tuple[int, ...], ...]]:
+def param_layout(
+    task: Any,
+) -> tuple[jax.tree_util.PyTreeDef, tuple[tuple[int, ...], ...]]:
     """(treedef, leaf shapes) of the optimizee: rows of observations and actions follow
     ``jax.tree.leaves`` order, each tensor flattened in C order."""
     shapes = jax.eval_shape(task.init, jax.random.PRNGKey(0))
@@ -201,8 +218,12 @@ def unflatten_rows(task: Any, rows: jax.Array) -> Any:
     treedef, shapes = param_layout(task)
     sizes = [math.prod(s) for s in shapes]
     offsets = [sum(sizes[:i]) for i in range(len(sizes))]
-    return treedef.unflatten([rows[o:o + n].reshape(s)
-                              for o, n, s in zip(offsets, sizes, shapes, strict=True)])
+    return treedef.unflatten(
+        [
+            rows[o : o + n].reshape(s)
+            for o, n, s in zip(offsets, sizes, shapes, strict=True)
+        ]
+    )
 
 
 def _fresh_snapshot(cfg: EnvConfig, key: jax.Array) -> Snapshot:
@@ -215,42 +236,72 @@ def _sample_length(cfg: EnvConfig, key: jax.Array, p: EnvParams) -> jax.Array:
     if cfg.mode in ("naive", "curriculum"):
         # Log-uniform on (n_min, n_max] (ELO Sec. 4.1).
         lo, hi = p.n_min.astype(jnp.float32), p.n_max.astype(jnp.float32)
-        n = jnp.ceil(jnp.exp(jax.random.uniform(key, (), minval=jnp.log(lo),
-                                                maxval=jnp.log(hi))))
+        n = jnp.ceil(
+            jnp.exp(jax.random.uniform(key, (), minval=jnp.log(lo), maxval=jnp.log(hi)))
+        )
         return jnp.clip(n.astype(jnp.int32), jnp.minimum(p.n_min + 1, p.n_max), p.n_max)
     return jax.random.randint(key, (), p.n_min, p.n_max + 1)
 
 
-def _begin_episode(cfg: EnvConfig, key: jax.Array, buf: replay.ReplayBuffer,
-                   queue: jax.Array, p: EnvParams) -> tuple[Snapshot, dict]:
+def _begin_episode(
+    cfg: EnvConfig,
+    key: jax.Array,
+    buf: replay.ReplayBuffer,
+    queue: jax.Array,
+    p: EnvParams,
+) -> tuple[Snapshot, dict]:
     """Draws the start state and episode length (Alg. 1): one copy."""
     k_u, k_pick, k_init, k_len, k_push = jax.random.split(key, 5)
     snapshot = _fresh_snapshot(cfg, k_init)
     from_buffer = jnp.bool_(False)
     if cfg.uses_buffer:
         stored, available = replay.sample(buf, k_pick, queue)
-        from_buffer = (jax.random.uniform(k_u) > p.p_th) & available & (p.outer_step > 0)
-        snapshot = jax.tree.map(lambda s, f: jnp.where(from_buffer, s, f), stored, snapshot)
+        from_buffer = (
+            (jax.random.uniform(k_u) > p.p_th) & available & (p.outer_step > 0)
+        )
+        snapshot = jax.tree.map(
+            lambda s, f: jnp.where(from_buffer, s, f), stored, snapshot
+        )
     start = snapshot.lo.count
     length = _sample_length(cfg, k_len, p)
-    episode = dict(start_step=start, episode_length=length,
-                   push_step=start + jax.random.randint(k_push, (), 1, length + 1),
-                   from_buffer=from_buffer)
+    episode = dict(
+        start_step=start,
+        episode_length=length,
+        push_step=start + jax.random.randint(k_push, (), 1, length + 1),
+        from_buffer=from_buffer,
+    )
     return snapshot, episode
 
 
-def _prepare(cfg: EnvConfig, snapshot: Snapshot, key: jax.Array, p: EnvParams,
-             episode: dict, pushed: jax.Array, loss_ema: jax.Array,
-             next_key: jax.Array) -> EnvState:
+def _prepare(
+    cfg: EnvConfig,
+    snapshot: Snapshot,
+    key: jax.Array,
+    p: EnvParams,
+    episode: dict,
+    pushed: jax.Array,
+    loss_ema: jax.Array,
+    next_key: jax.Array,
+) -> EnvState:
     """Computes the gradient at the snapshot once and feeds Adam and the LO with it."""
     batch = cfg.task.sample_batch(p.data, key)
     loss, grads = jax.value_and_grad(cfg.task.loss)(snapshot.params, batch)
     lo_state = lopt.accumulate(grads, snapshot.lo, lopt.default_decays())
     expert_update, adam = demonstrator.adam_expert(cfg.expert_learning_rate).update(
-        grads, snapshot.adam, snapshot.params)
-    return EnvState(params=snapshot.params, grads=grads, lo=lo_state, adam=adam,
-                    expert_update=expert_update, loss=loss, pushed=pushed,
-                    loss_ema=loss_ema, key=next_key, **episode)
+        grads, snapshot.adam, snapshot.params
+    )
+    return EnvState(
+        params=snapshot.params,
+        grads=grads,
+        lo=lo_state,
+        adam=adam,
+        expert_update=expert_update,
+        loss=loss,
+        pushed=pushed,
+        loss_ema=loss_ema,
+        key=next_key,
+        **episode,
+    )
 
 
 def copy_keys(cfg: EnvConfig, seed: int) -> jax.Array:
@@ -269,26 +320,38 @@ def _queues(cfg: EnvConfig) -> jax.Array:
 def observe(cfg: EnvConfig, state: EnvState, p: EnvParams) -> dict:
     """The observation of one prepared copy."""
     feats = lopt.features(state.grads, state.params, state.lo)
-    return {"features": jnp.concatenate([f.reshape(-1, lopt.NUM_FEATURES) for f in feats]),
-            "inner_step": state.lo.count.astype(jnp.float32),
-            "loss": state.loss.astype(jnp.float32),
-            "alpha": p.alpha.astype(jnp.float32)}
+    return {
+        "features": jnp.concatenate([f.reshape(-1, lopt.NUM_FEATURES) for f in feats]),
+        "inner_step": state.lo.count.astype(jnp.float32),
+        "loss": state.loss.astype(jnp.float32),
+        "alpha": p.alpha.astype(jnp.float32),
+    }
 
 
 def _info(cfg: EnvConfig, state: EnvState) -> dict:
     update = flatten_rows(state.expert_update)
-    return {"expert_update": update,
-            "expert_action": demonstrator.expert_action(update, cfg.step_mult),
-            "inner_step": state.lo.count, "start_step": state.start_step,
-            "episode_length": state.episode_length, "from_buffer": state.from_buffer}
+    return {
+        "expert_update": update,
+        "expert_action": demonstrator.expert_action(update, cfg.step_mult),
+        "inner_step": state.lo.count,
+        "start_step": state.start_step,
+        "episode_length": state.episode_length,
+        "from_buffer": state.from_buffer,
+    }
 
 
-def _start_copy(cfg: EnvConfig, key: jax.Array, buf: replay.ReplayBuffer,
-                queue: jax.Array, p: EnvParams) -> EnvState:
+def _start_copy(
+    cfg: EnvConfig,
+    key: jax.Array,
+    buf: replay.ReplayBuffer,
+    queue: jax.Array,
+    p: EnvParams,
+) -> EnvState:
     k_next, k_episode, k_batch = jax.random.split(key, 3)
     snapshot, episode = _begin_episode(cfg, k_episode, buf, queue, p)
-    return _prepare(cfg, snapshot, k_batch, p, episode, jnp.bool_(False),
-                    jnp.float32(0.0), k_next)
+    return _prepare(
+        cfg, snapshot, k_batch, p, episode, jnp.bool_(False), jnp.float32(0.0), k_next
+    )
 
 
 def _observe_all(cfg: EnvConfig, copies: EnvState, p: EnvParams) -> tuple[dict, dict]:
@@ -297,7 +360,9 @@ def _observe_all(cfg: EnvConfig, copies: EnvState, p: EnvParams) -> tuple[dict, 
     return obs, info
 
 
-def reset(cfg: EnvConfig, keys: jax.Array, p: EnvParams) -> tuple[VecEnvState, dict, dict]:
+def reset(
+    cfg: EnvConfig, keys: jax.Array, p: EnvParams
+) -> tuple[VecEnvState, dict, dict]:
     """Starts every copy with an empty replay buffer.
 
     Args:
@@ -309,20 +374,25 @@ def reset(cfg: EnvConfig, keys: jax.Array, p: EnvParams) -> tuple[VecEnvState, d
     Returns:
       (state, obs, info); obs["features"] is (C, P, 39), info["expert_action"] (C, P, 2).
     """
-    example = jax.eval_shape(functools.partial(_fresh_snapshot, cfg), jax.random.PRNGKey(0))
+    example = jax.eval_shape(
+        functools.partial(_fresh_snapshot, cfg), jax.random.PRNGKey(0)
+    )
     buf = replay.init_buffer(example, cfg.buffer_size, cfg.num_queues)
     copies = jax.vmap(_start_copy, (None, 0, None, 0, None))(
-        cfg, keys, buf, _queues(cfg), p)
+        cfg, keys, buf, _queues(cfg), p
+    )
     obs, info = _observe_all(cfg, copies, p)
     info.update(task_loss=copies.loss, bc_loss=jnp.zeros_like(copies.loss))
     return VecEnvState(copies, buf), obs, info
 
 
-def reset_copies(cfg: EnvConfig, state: VecEnvState, mask: jax.Array,
-                 p: EnvParams) -> tuple[VecEnvState, dict, dict]:
+def reset_copies(
+    cfg: EnvConfig, state: VecEnvState, mask: jax.Array, p: EnvParams
+) -> tuple[VecEnvState, dict, dict]:
     """Starts new episodes in the copies where ``mask`` (C,) is True (buffer kept)."""
     restarted = jax.vmap(_start_copy, (None, 0, None, 0, None))(
-        cfg, state.copies.key, state.buffer, _queues(cfg), p)
+        cfg, state.copies.key, state.buffer, _queues(cfg), p
+    )
     copies = _select(mask, restarted, state.copies)
     obs, info = _observe_all(cfg, copies, p)
     info.update(task_loss=copies.loss, bc_loss=jnp.zeros_like(copies.loss))
@@ -336,7 +406,9 @@ def _select(mask: jax.Array, new: Any, old: Any) -> Any:
     return jax.tree.map(pick, new, old)
 
 
-def _bc_loss(cfg: EnvConfig, lo_update: jax.Array, expert_update: jax.Array) -> jax.Array:
+def _bc_loss(
+    cfg: EnvConfig, lo_update: jax.Array, expert_update: jax.Array
+) -> jax.Array:
     diff = lo_update - expert_update
     if cfg.bc_loss == "l2":
         return jnp.sum(diff**2)
@@ -353,10 +425,14 @@ def _apply_action(cfg: EnvConfig, s: EnvState, action: jax.Array, p: EnvParams):
     """Eq. 8-10 for one copy: the mixed update, the reward and the push decision."""
     lo_update_rows = -lopt.step_from_action(action, cfg.step_mult, cfg.exp_mult)
     expert_rows = flatten_rows(s.expert_update)
-    moved = flatten_rows(s.params) + ((1.0 - p.alpha) * expert_rows
-                                      + p.alpha * lo_update_rows)
-    params = jax.tree.map(lambda new, old: new.astype(old.dtype),
-                          unflatten_rows(cfg.task, moved), s.params)
+    moved = flatten_rows(s.params) + (
+        (1.0 - p.alpha) * expert_rows + p.alpha * lo_update_rows
+    )
+    params = jax.tree.map(
+        lambda new, old: new.astype(old.dtype),
+        unflatten_rows(cfg.task, moved),
+        s.params,
+    )
     bc = _bc_loss(cfg, lo_update_rows, expert_rows)
     reward = -((1.0 - p.alpha) * p.bc_scale * bc + p.alpha * s.loss)
     snapshot = Snapshot(params, s.lo._replace(count=s.lo.count + 1), s.adam)
@@ -370,9 +446,14 @@ def _apply_action(cfg: EnvConfig, s: EnvState, action: jax.Array, p: EnvParams):
     return snapshot, reward, bc, diverged, truncated, push, ema
 
 
-def step(cfg: EnvConfig, state: VecEnvState, actions: jax.Array, p: EnvParams, *,
-         final_obs: bool = False) -> tuple[VecEnvState, dict, jax.Array, jax.Array,
-                                            jax.Array, dict]:
+def step(
+    cfg: EnvConfig,
+    state: VecEnvState,
+    actions: jax.Array,
+    p: EnvParams,
+    *,
+    final_obs: bool = False,
+) -> tuple[VecEnvState, dict, jax.Array, jax.Array, jax.Array, dict]:
     """One inner step of every copy, with auto-reset of finished copies.
 
     Args:
@@ -381,8 +462,10 @@ def step(cfg: EnvConfig, state: VecEnvState, actions: jax.Array, p: EnvParams, *
       actions: (C, P, 2) LO actions (d, m) per parameter.
       p: numeric knobs and data.
       final_obs: also return, in info["final_obs"], the observation a finished copy
-        reached before its reset (costs one extra gradient, only on steps where some
-        copy finishes).
+        reached before its reset, and in info["final_info"] the observation-tied info
+        entries (``expert_update``, ``expert_action``, ``inner_step``, ``start_step``,
+        ``episode_length``, ``from_buffer``) of that observation and of the episode it
+        ended (costs one extra gradient, only on steps where some copy finishes).
 
     Returns:
       (state, obs, reward (C,), terminated (C,), truncated (C,), info). ``terminated``
@@ -391,7 +474,8 @@ def step(cfg: EnvConfig, state: VecEnvState, actions: jax.Array, p: EnvParams, *
     """
     c = state.copies
     snapshots, reward, bc, diverged, truncated, push, ema = jax.vmap(
-        _apply_action, (None, 0, 0, None))(cfg, c, actions, p)
+        _apply_action, (None, 0, 0, None)
+    )(cfg, c, actions, p)
     buf = state.buffer
     if cfg.uses_buffer:
         buf = replay.push(buf, snapshots, push, _queues(cfg))
@@ -401,26 +485,43 @@ def step(cfg: EnvConfig, state: VecEnvState, actions: jax.Array, p: EnvParams, *
         done = jnp.repeat(done.reshape(-1, 2).any(axis=1), 2)
     keys = jax.vmap(lambda k: jax.random.split(k, 3))(c.key)
     k_next, k_batch, k_episode = keys[:, 0], keys[:, 1], keys[:, 2]
-    episode = dict(start_step=c.start_step, episode_length=c.episode_length,
-                   push_step=c.push_step, from_buffer=c.from_buffer)
+    episode = dict(
+        start_step=c.start_step,
+        episode_length=c.episode_length,
+        push_step=c.push_step,
+        from_buffer=c.from_buffer,
+    )
 
     def restart(_):
         fresh, new_episode = jax.vmap(_begin_episode, (None, 0, None, 0, None))(
-            cfg, k_episode, buf, _queues(cfg), p)
+            cfg, k_episode, buf, _queues(cfg), p
+        )
         return _select(done, fresh, snapshots), _select(done, new_episode, episode)
 
-    start, episode = jax.lax.cond(jnp.any(done), restart, lambda _: (snapshots, episode),
-                                  None)
+    start, next_episode = jax.lax.cond(
+        jnp.any(done), restart, lambda _: (snapshots, episode), None
+    )
     copies = jax.vmap(_prepare, (None, 0, 0, None, 0, 0, 0, 0))(
-        cfg, start, k_batch, p, episode, (c.pushed | push) & ~done,
-        jnp.where(done, 0.0, ema), k_next)
+        cfg,
+        start,
+        k_batch,
+        p,
+        next_episode,
+        (c.pushed | push) & ~done,
+        jnp.where(done, 0.0, ema),
+        k_next,
+    )
     obs, info = _observe_all(cfg, copies, p)
-    info.update(task_loss=c.loss, bc_loss=bc, diverged=diverged, pushed=push)
     if final_obs:
-        def reached(_):
-            before = jax.vmap(_prepare, (None, 0, 0, None, 0, 0, 0, 0))(
-                cfg, snapshots, k_batch, p, episode, c.pushed, ema, k_next)
-            return jax.vmap(observe, (None, 0, None))(cfg, before, p)
 
-        info["final_obs"] = jax.lax.cond(jnp.any(done), reached, lambda _: obs, None)
+        def reached(_):
+            # The ended episode's fields (not the next one's) go with the final obs.
+            before = jax.vmap(_prepare, (None, 0, 0, None, 0, 0, 0, 0))(
+                cfg, snapshots, k_batch, p, episode, c.pushed | push, ema, k_next
+            )
+            return _observe_all(cfg, before, p)
+
+        final = jax.lax.cond(jnp.any(done), reached, lambda _: (obs, dict(info)), None)
+        info["final_obs"], info["final_info"] = final
+    info.update(task_loss=c.loss, bc_loss=bc, diverged=diverged, pushed=push)
     return VecEnvState(copies, buf), obs, reward, diverged, done & ~diverged, info

@@ -13,12 +13,16 @@ from elo_gym import lopt
 EXPERT_LEARNING_RATE = 1e-3
 
 
-def adam_expert(learning_rate: float = EXPERT_LEARNING_RATE) -> optax.GradientTransformation:
+def adam_expert(
+    learning_rate: float = EXPERT_LEARNING_RATE,
+) -> optax.GradientTransformation:
     """The demonstrator: exactly ``optax.adam(learning_rate)``."""
     return optax.adam(learning_rate)
 
 
-def expert_action(expert_update: jax.Array, step_mult: float = lopt.STEP_MULT) -> jax.Array:
+def expert_action(
+    expert_update: jax.Array, step_mult: float = lopt.STEP_MULT
+) -> jax.Array:
     """Maps a raw update dtheta_H to the LO action that reproduces it.
 
     The canonical inverse of Eq. 2: d* = -dtheta_H / step_mult and m* = 0, because

@@ -31,6 +31,7 @@ keep factored (row, column) second moments over their two largest axes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -63,8 +64,9 @@ class SmallFcMLP(nn.Module):
         return _dense(2)(x)
 
 
-def _fan_in_truncated_normal(key: jax.Array, shape: tuple[int, ...],
-                             dtype: Any = jnp.float32) -> jax.Array:
+def _fan_in_truncated_normal(
+    key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32
+) -> jax.Array:
     # As the reference (haiku): stddev 1/sqrt(fan_in), cut at 2 stddev, no variance fix-up.
     return nn.initializers.truncated_normal(1.0 / np.sqrt(shape[0]))(key, shape, dtype)
 
@@ -130,20 +132,33 @@ def meta_params_from_reference(arrays: Mapping[str, Any]) -> MetaParams:
     """
     missing = [k for k in _REFERENCE_KEYS if k not in arrays]
     if missing:
-        raise KeyError(f"reference meta-parameters lack keys {missing}; "
-                       f"expected all of {list(_REFERENCE_KEYS)}")
+        raise KeyError(
+            f"reference meta-parameters lack keys {missing}; "
+            f"expected all of {list(_REFERENCE_KEYS)}"
+        )
     f32 = lambda k: jnp.asarray(np.asarray(arrays[k]), jnp.float32)  # noqa: E731
-    mlp = {f"Dense_{i}": {"kernel": f32(f"meta/nn/~/w{i}"), "bias": f32(f"meta/nn/~/b{i}")}
-           for i in range(3)}
+    mlp = {
+        f"Dense_{i}": {"kernel": f32(f"meta/nn/~/w{i}"), "bias": f32(f"meta/nn/~/b{i}")}
+        for i in range(3)
+    }
     if mlp["Dense_0"]["kernel"].shape[0] != NUM_FEATURES:
-        raise ValueError(f"meta/nn/~/w0 has shape {mlp['Dense_0']['kernel'].shape}; "
-                         f"expected ({NUM_FEATURES}, hidden)")
-    return MetaParams(mlp, f32("meta/momentum_decays"), f32("meta/rms_decays"),
-                      f32("meta/adafactor_decays"))
+        raise ValueError(
+            f"meta/nn/~/w0 has shape {mlp['Dense_0']['kernel'].shape}; "
+            f"expected ({NUM_FEATURES}, hidden)"
+        )
+    return MetaParams(
+        mlp,
+        f32("meta/momentum_decays"),
+        f32("meta/rms_decays"),
+        f32("meta/adafactor_decays"),
+    )
 
 
 _REFERENCE_KEYS = tuple(f"meta/nn/~/{w}{i}" for i in range(3) for w in "wb") + (
-    "meta/momentum_decays", "meta/rms_decays", "meta/adafactor_decays")
+    "meta/momentum_decays",
+    "meta/rms_decays",
+    "meta/adafactor_decays",
+)
 
 
 class Decays(NamedTuple):
@@ -164,7 +179,9 @@ def effective_decays(meta_params: MetaParams) -> Decays:
     return Decays(
         momentum=shift(MOMENTUM_DECAYS, meta_params.momentum_decays),
         rms=jnp.clip(shift(RMS_DECAYS, meta_params.rms_decays), 0.0, 1.0),
-        adafactor=jnp.clip(shift(ADAFACTOR_DECAYS, meta_params.adafactor_decays), 0.0, 1.0),
+        adafactor=jnp.clip(
+            shift(ADAFACTOR_DECAYS, meta_params.adafactor_decays), 0.0, 1.0
+        ),
     )
 
 
@@ -199,8 +216,9 @@ def _init_tensor(p: jax.Array) -> TensorAccumulators:
         d0, d1 = dims
         v_row = jnp.zeros(tuple(s for i, s in enumerate(shape) if i != d0) + (3,))
         v_col = jnp.zeros(tuple(s for i, s in enumerate(shape) if i != d1) + (3,))
-    return TensorAccumulators(jnp.zeros(shape + (3,)), jnp.zeros(shape + (1,)), v_row,
-                              v_col)
+    return TensorAccumulators(
+        jnp.zeros(shape + (3,)), jnp.zeros(shape + (1,)), v_row, v_col
+    )
 
 
 def init_state(params: Any) -> SmallFcLOptState:
@@ -218,8 +236,9 @@ def sanitize_gradient(g: jax.Array) -> jax.Array:
     return jnp.where(jnp.isfinite(g), g, 0.0)
 
 
-def _accumulate_tensor(g: jax.Array, acc: TensorAccumulators,
-                       decays: Decays) -> TensorAccumulators:
+def _accumulate_tensor(
+    g: jax.Array, acc: TensorAccumulators, decays: Decays
+) -> TensorAccumulators:
     g = g.reshape(acc.momentum.shape[:-1])
     g3 = g[..., None]
     momentum = decays.momentum * acc.momentum + (1.0 - decays.momentum) * g3
@@ -244,8 +263,10 @@ def accumulate(grads: Any, state: SmallFcLOptState, decays: Decays) -> SmallFcLO
     """
     g_leaves, treedef = jax.tree.flatten(grads)
     acc_leaves = treedef.flatten_up_to(state.accumulators)
-    new = [_accumulate_tensor(sanitize_gradient(g), a, decays)
-           for g, a in zip(g_leaves, acc_leaves, strict=True)]
+    new = [
+        _accumulate_tensor(sanitize_gradient(g), a, decays)
+        for g, a in zip(g_leaves, acc_leaves, strict=True)
+    ]
     return state._replace(accumulators=treedef.unflatten(new))
 
 
@@ -255,8 +276,9 @@ def step_features(count: jax.Array) -> jax.Array:
     return jnp.tanh(count.astype(jnp.float32) / timescales - 1.0)
 
 
-def raw_tensor_features(g: jax.Array, p: jax.Array,
-                        acc: TensorAccumulators) -> jax.Array:
+def raw_tensor_features(
+    g: jax.Array, p: jax.Array, acc: TensorAccumulators
+) -> jax.Array:
     """Features 0-27 of one tensor before normalization, shape S + (28,).
 
     ``acc`` must already include ``g`` (see :func:`accumulate`).
@@ -285,12 +307,27 @@ def raw_tensor_features(g: jax.Array, p: jax.Array,
         row = jnp.broadcast_to(jnp.expand_dims(acc.v_row, d0), full)
         col = jnp.broadcast_to(jnp.expand_dims(acc.v_col, d1), full)
     return jnp.concatenate(
-        [g, p, m, r, m * rsqrt_r, rsqrt_r, fac_g, row, col,
-         jax.lax.rsqrt(row + 1e-8), jax.lax.rsqrt(col + 1e-8), fac_m], axis=-1)
+        [
+            g,
+            p,
+            m,
+            r,
+            m * rsqrt_r,
+            rsqrt_r,
+            fac_g,
+            row,
+            col,
+            jax.lax.rsqrt(row + 1e-8),
+            jax.lax.rsqrt(col + 1e-8),
+            fac_m,
+        ],
+        axis=-1,
+    )
 
 
-def tensor_features(g: jax.Array, p: jax.Array, acc: TensorAccumulators,
-                    count: jax.Array) -> jax.Array:
+def tensor_features(
+    g: jax.Array, p: jax.Array, acc: TensorAccumulators, count: jax.Array
+) -> jax.Array:
     """All 39 features of one tensor, shape S' + (39,) with S' = S (or (1,) for scalars).
 
     Features 0-27 are scaled by rsqrt(1e-5 + mean over the tensor of their square).
@@ -310,8 +347,10 @@ def features(grads: Any, params: Any, state: SmallFcLOptState) -> list[jax.Array
     g_leaves, treedef = jax.tree.flatten(grads)
     p_leaves = treedef.flatten_up_to(params)
     acc_leaves = treedef.flatten_up_to(state.accumulators)
-    return [tensor_features(g, p, a, state.count)
-            for g, p, a in zip(g_leaves, p_leaves, acc_leaves, strict=True)]
+    return [
+        tensor_features(g, p, a, state.count)
+        for g, p, a in zip(g_leaves, p_leaves, acc_leaves, strict=True)
+    ]
 
 
 def apply_mlp(mlp_params: dict, x: jax.Array) -> jax.Array:
@@ -321,8 +360,9 @@ def apply_mlp(mlp_params: dict, x: jax.Array) -> jax.Array:
     return SmallFcMLP(hidden, layers).apply({"params": mlp_params}, x)
 
 
-def step_from_action(action: jax.Array, step_mult: float = STEP_MULT,
-                     exp_mult: float = EXP_MULT) -> jax.Array:
+def step_from_action(
+    action: jax.Array, step_mult: float = STEP_MULT, exp_mult: float = EXP_MULT
+) -> jax.Array:
     """Amount subtracted from a parameter: step_mult * d * exp(exp_mult * m) (Eq. 2).
 
     Args:
@@ -331,20 +371,153 @@ def step_from_action(action: jax.Array, step_mult: float = STEP_MULT,
     return step_mult * action[..., 0] * jnp.exp(exp_mult * action[..., 1])
 
 
-def lopt_update(meta_params: MetaParams, grads: Any, state: SmallFcLOptState,
-                params: Any, step_mult: float = STEP_MULT,
-                exp_mult: float = EXP_MULT) -> tuple[Any, SmallFcLOptState]:
+def _fused_tensor_step(
+    g: jax.Array, p: jax.Array, acc: TensorAccumulators, steps: jax.Array, mlp: dict
+) -> jax.Array:
+    """The MLP's (d, m) for one tensor without materializing its (n, 39) features.
+
+    Same math as ``apply_mlp(mlp, tensor_features(...))``, arranged for speed:
+    - The per-tensor normalization is a per-channel scale s_c, so it is folded into the
+      first layer's weights (s_c * W0[c]); the 11 step features are the same for every
+      element, so they fold into its bias.
+    - Row/column second moments of factored tensors (features 13-24) are broadcasts of
+      small arrays: their first-layer contribution is computed on the small array and
+      broadcast, and duplicate channels of unfactored tensors share one weight row.
+    - The rest is laid out channels-first, (channels, n): each channel is one contiguous
+      row, and the layers are (32, k) @ (k, n) matmuls with a long, dense n.
+    Returns (2, n).
+    """
+    shape = acc.momentum.shape[:-1]
+    n = math.prod(shape)
+    w0, b0 = mlp["Dense_0"]["kernel"], mlp["Dense_0"]["bias"]
+    g = sanitize_gradient(g).reshape(shape)
+    m = jnp.moveaxis(acc.momentum, -1, 0)  # (3,) + S
+    r = acc.rms[..., 0]
+    rsqrt_r = jax.lax.rsqrt(r + 1e-6)
+    dims = factored_dims(shape)
+    if dims is None:
+        v = jnp.moveaxis(acc.v_row, -1, 0)
+        fac_g = g * jax.lax.rsqrt(jnp.maximum(v + 1e-9, 1e-9))
+        fac_m = m * jax.lax.rsqrt(v + 1e-6)
+        rv = jax.lax.rsqrt(v + 1e-8)
+        # Features 13-15 equal 16-18 and 19-21 equal 22-24: one row each, summed weights.
+        rows = [
+            g[None],
+            p.reshape(shape)[None],
+            m,
+            r[None],
+            m * rsqrt_r,
+            rsqrt_r[None],
+            fac_g,
+            v,
+            rv,
+            fac_m,
+        ]
+        index = [
+            [0],
+            [1],
+            [2, 3, 4],
+            [5],
+            [6, 7, 8],
+            [9],
+            [10, 11, 12],
+            [[13, 16], [14, 17], [15, 18]],
+            [[19, 22], [20, 23], [21, 24]],
+            [25, 26, 27],
+        ]
+    else:
+        d0, d1 = dims
+        reduced_d1 = d1 - 1 if d1 > d0 else d1
+        v_row, v_col = acc.v_row, acc.v_col
+        row_mean = jnp.mean(v_row, axis=reduced_d1, keepdims=True)
+        row_factor = jax.lax.rsqrt(jnp.maximum(v_row / (row_mean + 1e-9), 1e-9))
+        col_factor = jax.lax.rsqrt(jnp.maximum(v_col, 1e-9))
+        both = jnp.moveaxis(
+            jnp.expand_dims(row_factor, d0) * jnp.expand_dims(col_factor, d1), -1, 0
+        )
+        rows = [
+            g[None],
+            p.reshape(shape)[None],
+            m,
+            r[None],
+            m * rsqrt_r,
+            rsqrt_r[None],
+            g * both,
+            m * both,
+        ]
+        index = [[0], [1], [2, 3, 4], [5], [6, 7, 8], [9], [10, 11, 12], [25, 26, 27]]
+        small = {"row": (v_row, d0, (13, 19)), "col": (v_col, d1, (16, 22))}
+    # Per-channel normalization scales over the whole tensor.
+    x = jnp.concatenate([row.reshape(-1, n) for row in rows])  # (k, n)
+    flat_index = [i for group in index for i in group]
+    mean_sq = jnp.mean(x**2, axis=1)
+    scale = jnp.zeros((NUM_NORMALIZED,), w0.dtype)
+    for position, channel in enumerate(flat_index):
+        for c in channel if isinstance(channel, list) else [channel]:
+            scale = scale.at[c].set(jax.lax.rsqrt(1e-5 + mean_sq[position]))
+    if dims is not None:
+        for moments, axis, (first, first_rsqrt) in small.values():
+            rs = jax.lax.rsqrt(moments + 1e-8)
+            # mean over the full tensor of a broadcast = mean over the small array
+            for k in range(3):
+                scale = scale.at[first + k].set(
+                    jax.lax.rsqrt(1e-5 + jnp.mean(moments[..., k] ** 2))
+                )
+                scale = scale.at[first_rsqrt + k].set(
+                    jax.lax.rsqrt(1e-5 + jnp.mean(rs[..., k] ** 2))
+                )
+    w0_scaled = w0[:NUM_NORMALIZED] * scale[:, None]  # (28, hidden)
+    weight_rows = [
+        sum(w0_scaled[c] for c in (ch if isinstance(ch, list) else [ch]))
+        for ch in flat_index
+    ]
+    w_first = jnp.stack(weight_rows, axis=1)  # (hidden, k)
+    bias = b0 + steps @ w0[NUM_NORMALIZED:]
+    pre = w_first @ x + bias[:, None]
+    if dims is not None:
+        pre = pre.reshape((-1,) + shape)
+        for moments, axis, (first, first_rsqrt) in small.values():
+            feats = jnp.concatenate([moments, jax.lax.rsqrt(moments + 1e-8)], axis=-1)
+            w = jnp.concatenate(
+                [w0_scaled[first : first + 3], w0_scaled[first_rsqrt : first_rsqrt + 3]]
+            )
+            contribution = jnp.moveaxis(feats @ w, -1, 0)  # (hidden,) + reduced
+            pre = pre + jnp.expand_dims(contribution, axis + 1)
+        pre = pre.reshape(-1, n)
+    h = jax.nn.relu(pre)
+    layers = sorted(mlp)[1:]
+    for i, name in enumerate(layers):
+        h = mlp[name]["kernel"].T @ h + mlp[name]["bias"][:, None]
+        if i < len(layers) - 1:
+            h = jax.nn.relu(h)
+    return h
+
+
+def lopt_update(
+    meta_params: MetaParams,
+    grads: Any,
+    state: SmallFcLOptState,
+    params: Any,
+    step_mult: float = STEP_MULT,
+    exp_mult: float = EXP_MULT,
+) -> tuple[Any, SmallFcLOptState]:
     """One learned-optimizer step. Returns (updates, new_state); new params = p + updates."""
     state = accumulate(grads, state, effective_decays(meta_params))
-    feats = features(grads, params, state)
-    p_leaves, treedef = jax.tree.flatten(params)
-    updates = [(-step_from_action(apply_mlp(meta_params.mlp, x), step_mult, exp_mult))
-               .reshape(p.shape).astype(p.dtype) for x, p in zip(feats, p_leaves, strict=True)]
+    g_leaves, treedef = jax.tree.flatten(grads)
+    p_leaves = treedef.flatten_up_to(params)
+    acc_leaves = treedef.flatten_up_to(state.accumulators)
+    steps = step_features(state.count)
+    updates = []
+    for g, p, acc in zip(g_leaves, p_leaves, acc_leaves, strict=True):
+        out = _fused_tensor_step(g, p, acc, steps, meta_params.mlp)
+        step = step_mult * out[0] * jnp.exp(exp_mult * out[1])
+        updates.append((-step).reshape(p.shape).astype(p.dtype))
     return treedef.unflatten(updates), state._replace(count=state.count + 1)
 
 
-def small_fc_lopt(meta_params: MetaParams, step_mult: float = STEP_MULT,
-                  exp_mult: float = EXP_MULT) -> optax.GradientTransformation:
+def small_fc_lopt(
+    meta_params: MetaParams, step_mult: float = STEP_MULT, exp_mult: float = EXP_MULT
+) -> optax.GradientTransformation:
     """small_fc_lopt as an ``optax.GradientTransformation``.
 
     Works on any params pytree. ``update`` needs ``params``; the returned updates are
@@ -361,7 +534,9 @@ def small_fc_lopt(meta_params: MetaParams, step_mult: float = STEP_MULT,
 
     def update_fn(updates, state, params=None):
         if params is None:
-            raise ValueError("small_fc_lopt needs params: call update(grads, state, params)")
+            raise ValueError(
+                "small_fc_lopt needs params: call update(grads, state, params)"
+            )
         return lopt_update(meta_params, updates, state, params, step_mult, exp_mult)
 
     return optax.GradientTransformation(init_state, update_fn)

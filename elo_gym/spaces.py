@@ -16,7 +16,9 @@ from gymnasium.vector.utils import batch_space
 class Array(gym.Space):
     """Unbounded real arrays of a fixed shape and dtype (samples are standard normal)."""
 
-    def __init__(self, shape: tuple[int, ...], dtype: Any = np.float32, seed: int | None = None):
+    def __init__(
+        self, shape: tuple[int, ...], dtype: Any = np.float32, seed: int | None = None
+    ):
         super().__init__(tuple(int(s) for s in shape), np.dtype(dtype), seed)
 
     @property
@@ -25,7 +27,9 @@ class Array(gym.Space):
 
     def sample(self, mask: Any = None, probability: Any = None) -> np.ndarray:
         if mask is not None or probability is not None:
-            raise ValueError("Array spaces support neither mask nor probability sampling")
+            raise ValueError(
+                "Array spaces support neither mask nor probability sampling"
+            )
         return self.np_random.standard_normal(self.shape).astype(self.dtype)
 
     def contains(self, x: Any) -> bool:
@@ -38,8 +42,11 @@ class Array(gym.Space):
         return f"Array({self.shape}, {self.dtype})"
 
     def __eq__(self, other: Any) -> bool:
-        return isinstance(other, Array) and other.shape == self.shape and (
-            other.dtype == self.dtype)
+        return (
+            isinstance(other, Array)
+            and other.shape == self.shape
+            and (other.dtype == self.dtype)
+        )
 
     def __hash__(self) -> int:
         return hash((self.shape, str(self.dtype)))
@@ -47,4 +54,6 @@ class Array(gym.Space):
 
 @batch_space.register(Array)
 def _batch_array(space: Array, n: int = 1) -> Array:
-    return Array((n,) + space.shape, space.dtype, seed=int(space.np_random.integers(2**31)))
+    return Array(
+        (n,) + space.shape, space.dtype, seed=int(space.np_random.integers(2**31))
+    )

@@ -14,18 +14,46 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from elo_gym.agents import pes_train
 
 import elo_gym
 from elo_gym import checkpoint
+from elo_gym.agents import pes_train
 
 SCRIPT = pathlib.Path(pes_train.__file__)
 # Tiny but complete: 2 pairs, a 10-unit optimizee, short truncations, a checkpoint a step.
-TINY = dict(num_pairs=2, truncation=4, outer_steps=6, n_min=2, n_max=6, hidden_sizes=(10,),
-            batch_size=32, hidden_size=8, checkpoint_every=1, progress=False)
-TINY_FLAGS = ["--num-pairs", "2", "--truncation", "4", "--outer-steps", "6", "--n-min", "2",
-              "--n-max", "6", "--hidden-sizes", "10", "--batch-size", "32",
-              "--hidden-size", "8", "--checkpoint-every", "1", "--no-progress"]
+TINY = dict(
+    num_pairs=2,
+    truncation=4,
+    outer_steps=6,
+    n_min=2,
+    n_max=6,
+    hidden_sizes=(10,),
+    batch_size=32,
+    hidden_size=8,
+    checkpoint_every=1,
+    progress=False,
+)
+TINY_FLAGS = [
+    "--num-pairs",
+    "2",
+    "--truncation",
+    "4",
+    "--outer-steps",
+    "6",
+    "--n-min",
+    "2",
+    "--n-max",
+    "6",
+    "--hidden-sizes",
+    "10",
+    "--batch-size",
+    "32",
+    "--hidden-size",
+    "8",
+    "--checkpoint-every",
+    "1",
+    "--no-progress",
+]
 
 
 def _lo_arrays(run_dir):
@@ -46,9 +74,18 @@ def test_run_directory_contents(reference_run):
     assert config["mode"] == "elo" and config["outer_steps"] == 6
     lines = (reference_run / "metrics.csv").read_text().strip().splitlines()
     header = lines[0].split(",")
-    for column in ("outer_step", "meta_loss", "task_loss", "bc_loss", "alpha",
-                   "mean_inner_step", "max_inner_step", "buffer_fill", "frac_from_buffer",
-                   "inner_steps_per_s"):
+    for column in (
+        "outer_step",
+        "meta_loss",
+        "task_loss",
+        "bc_loss",
+        "alpha",
+        "mean_inner_step",
+        "max_inner_step",
+        "buffer_fill",
+        "frac_from_buffer",
+        "inner_steps_per_s",
+    ):
         assert column in header
     rows = [dict(zip(header, line.split(","), strict=True)) for line in lines[1:]]
     assert [int(r["outer_step"]) for r in rows] == list(range(6))
@@ -65,8 +102,10 @@ def test_same_seed_same_result(reference_run, tmp_path):
         np.testing.assert_array_equal(a, b)
     other = tmp_path / "other"
     pes_train.main(pes_train.Args(run_dir=str(other), **{**TINY, "seed": 1}))
-    assert any(not np.array_equal(a, b) for a, b in
-               zip(_lo_arrays(reference_run), _lo_arrays(other), strict=True))
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(_lo_arrays(reference_run), _lo_arrays(other), strict=True)
+    )
 
 
 def test_sigkill_then_resume_gives_identical_weights(reference_run, tmp_path):
@@ -76,15 +115,18 @@ def test_sigkill_then_resume_gives_identical_weights(reference_run, tmp_path):
     ckpts = run_dir / "checkpoints"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        if ckpts.is_dir() and any(p.name.isdigit() and int(p.name) >= 2 for p in
-                                  ckpts.iterdir()):
+        if ckpts.is_dir() and any(
+            p.name.isdigit() and int(p.name) >= 2 for p in ckpts.iterdir()
+        ):
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run_dir / "lo.msgpack").exists()
-    pes_train.main(pes_train.Args(run_dir=str(run_dir), **TINY))  # same command: resumes
+    pes_train.main(
+        pes_train.Args(run_dir=str(run_dir), **TINY)
+    )  # same command: resumes
     for a, b in zip(_lo_arrays(reference_run), _lo_arrays(run_dir), strict=True):
         np.testing.assert_array_equal(a, b)
     rows = (run_dir / "metrics.csv").read_text().strip().splitlines()[1:]
@@ -94,11 +136,17 @@ def test_sigkill_then_resume_gives_identical_weights(reference_run, tmp_path):
 def test_two_devices_match_one(reference_run, tmp_path):
     run_dir = tmp_path / "sharded"
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    probe = ("import jax; from elo_gym.agents import pes_train as p; "
-             "assert len(jax.devices()) == 2; import sys; "
-             "p.main(p.tyro.cli(p.Args, args=sys.argv[1:]))")
-    subprocess.run([sys.executable, "-c", probe, "--run-dir", str(run_dir), *TINY_FLAGS],
-                   env=env, check=True, capture_output=True)
+    probe = (
+        "import jax; from elo_gym.agents import pes_train as p; "
+        "assert len(jax.devices()) == 2; import sys; "
+        "p.main(p.tyro.cli(p.Args, args=sys.argv[1:]))"
+    )
+    subprocess.run(
+        [sys.executable, "-c", probe, "--run-dir", str(run_dir), *TINY_FLAGS],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     for a, b in zip(_lo_arrays(reference_run), _lo_arrays(run_dir), strict=True):
         # Reductions split across devices round differently; PES amplifies that a little.
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
@@ -116,8 +164,9 @@ def test_load_optimizer_trains_a_flax_model(reference_run):
 
     @jax.jit
     def train_step(params, state):
-        loss, grads = jax.value_and_grad(lambda p: jnp.mean((model.apply(p, x) - y) ** 2))(
-            params)
+        loss, grads = jax.value_and_grad(
+            lambda p: jnp.mean((model.apply(p, x) - y) ** 2)
+        )(params)
         updates, state = opt.update(grads, state, params)
         return optax.apply_updates(params, updates), state, loss
 
@@ -126,12 +175,14 @@ def test_load_optimizer_trains_a_flax_model(reference_run):
         params, state, loss = train_step(params, state)
         first = loss if first is None else first
     assert np.isfinite(loss) and jax.tree.structure(params) == jax.tree.structure(
-        model.init(jax.random.PRNGKey(1), x))
+        model.init(jax.random.PRNGKey(1), x)
+    )
     # From a checkpoint directory too.
     ckpt_opt = elo_gym.load_optimizer(reference_run / "checkpoints" / "6")
     u1, _ = opt.update(jax.tree.map(jnp.ones_like, params), opt.init(params), params)
-    u2, _ = ckpt_opt.update(jax.tree.map(jnp.ones_like, params), ckpt_opt.init(params),
-                            params)
+    u2, _ = ckpt_opt.update(
+        jax.tree.map(jnp.ones_like, params), ckpt_opt.init(params), params
+    )
     for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(u2), strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -143,14 +194,17 @@ def test_load_optimizer_missing_path(tmp_path):
         elo_gym.load_optimizer(tmp_path)
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(env="ELO-Nope"), "unknown env"),
-    (dict(mode="fancy"), "unknown mode"),
-    (dict(sigma=0.0), "sigma must be > 0"),
-    (dict(p_th=1.5), "p_th must be in"),
-    (dict(n_min=9, n_max=6), "n_min"),
-    (dict(buffer_size=0), "buffer_size"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(env="ELO-Nope"), "unknown env"),
+        (dict(mode="fancy"), "unknown mode"),
+        (dict(sigma=0.0), "sigma must be > 0"),
+        (dict(p_th=1.5), "p_th must be in"),
+        (dict(n_min=9, n_max=6), "n_min"),
+        (dict(buffer_size=0), "buffer_size"),
+    ],
+)
 def test_bad_input_is_rejected_before_anything_is_written(tmp_path, change, message):
     run_dir = tmp_path / "bad"
     with pytest.raises(ValueError, match=message):
@@ -160,8 +214,9 @@ def test_bad_input_is_rejected_before_anything_is_written(tmp_path, change, mess
 
 def test_resume_with_another_config_is_refused(reference_run):
     with pytest.raises(ValueError, match="another config"):
-        pes_train.main(pes_train.Args(run_dir=str(reference_run),
-                                      **{**TINY, "sigma": 0.02}))
+        pes_train.main(
+            pes_train.Args(run_dir=str(reference_run), **{**TINY, "sigma": 0.02})
+        )
 
 
 def test_unwritable_run_dir(tmp_path):
@@ -174,8 +229,13 @@ def test_unwritable_run_dir(tmp_path):
 @pytest.mark.parametrize("mode", ["naive", "curriculum", "buffer"])
 def test_other_modes_run(tmp_path, mode):
     run_dir = tmp_path / mode
-    pes_train.main(pes_train.Args(run_dir=str(run_dir), mode=mode,
-                                  **{**TINY, "outer_steps": 2, "checkpoint_every": 2}))
+    pes_train.main(
+        pes_train.Args(
+            run_dir=str(run_dir),
+            mode=mode,
+            **{**TINY, "outer_steps": 2, "checkpoint_every": 2},
+        )
+    )
     lines = (run_dir / "metrics.csv").read_text().strip().splitlines()
     header = lines[0].split(",")
     last = dict(zip(header, lines[-1].split(","), strict=True))
@@ -188,7 +248,19 @@ def test_cli_smoke(tmp_path):
     run_dir = tmp_path / "cli"
     flags = [f for f in TINY_FLAGS]
     flags[flags.index("--outer-steps") + 1] = "2"
-    out = subprocess.run([sys.executable, str(SCRIPT), "--mode", "bc", "--run-dir",
-                          str(run_dir), *flags], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--mode",
+            "bc",
+            "--run-dir",
+            str(run_dir),
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "run directory" in out.stdout
     assert (run_dir / "lo.msgpack").is_file()

@@ -29,7 +29,9 @@ def _close(mine, ref):
 
 
 def _params_close(mine, ref):
-    np.testing.assert_allclose(np.asarray(mine).reshape(ref.shape), ref, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(
+        np.asarray(mine).reshape(ref.shape), ref, rtol=0, atol=1e-7
+    )
 
 
 def _step(meta, params, state, grads):
@@ -48,12 +50,19 @@ def _step(meta, params, state, grads):
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
 def test_parity_with_reference_fixture(golden, jit):
     meta = elo_gym.meta_params_from_reference(golden)
-    for name, key in [("momentum", "momentum"), ("rms", "rms"), ("adafactor", "adafactor")]:
-        np.testing.assert_array_equal(getattr(lopt.effective_decays(meta), name),
-                                      golden[f"config/effective_{key}_decays"])
+    for name, key in [
+        ("momentum", "momentum"),
+        ("rms", "rms"),
+        ("adafactor", "adafactor"),
+    ]:
+        np.testing.assert_array_equal(
+            getattr(lopt.effective_decays(meta), name),
+            golden[f"config/effective_{key}_decays"],
+        )
     for n in ("w", "k"):
         assert lopt.factored_dims(golden[f"params0/{n}"].shape) == tuple(
-            golden[f"config/factored_dims/{n}"])
+            golden[f"config/factored_dims/{n}"]
+        )
     params = {n: jnp.asarray(golden[f"params0/{n}"]) for n in NAMES}
     state = lopt.init_state(params)
     step = jax.jit(_step) if jit else _step
@@ -62,9 +71,13 @@ def test_parity_with_reference_fixture(golden, jit):
         feats, raws, outs, accs, params, state = step(meta, params, state, grads)
         for n in NAMES:
             _close(feats[n][..., :28], golden[f"features/{t}/{n}"][..., :28])
-            np.testing.assert_allclose(np.asarray(feats[n][..., 28:]).reshape(-1, 11),
-                                       np.broadcast_to(golden[f"step_feature/{t}"], (
-                                           feats[n][..., 0].size, 11)), atol=1e-6)
+            np.testing.assert_allclose(
+                np.asarray(feats[n][..., 28:]).reshape(-1, 11),
+                np.broadcast_to(
+                    golden[f"step_feature/{t}"], (feats[n][..., 0].size, 11)
+                ),
+                atol=1e-6,
+            )
             _close(raws[n], golden[f"features_raw/{t}/{n}"])
             _close(outs[n][..., 0], golden[f"direction/{t}/{n}"])
             _close(outs[n][..., 1], golden[f"magnitude/{t}/{n}"])
@@ -88,9 +101,11 @@ def test_meta_params_from_reference_names_missing_keys():
 def test_init_meta_params_shapes_and_scale():
     meta = elo_gym.init_meta_params(jax.random.key(0))
     shapes = jax.tree.map(jnp.shape, meta.mlp)
-    assert shapes == {"Dense_0": {"kernel": (39, 32), "bias": (32,)},
-                      "Dense_1": {"kernel": (32, 32), "bias": (32,)},
-                      "Dense_2": {"kernel": (32, 2), "bias": (2,)}}
+    assert shapes == {
+        "Dense_0": {"kernel": (39, 32), "bias": (32,)},
+        "Dense_1": {"kernel": (32, 32), "bias": (32,)},
+        "Dense_2": {"kernel": (32, 2), "bias": (2,)},
+    }
     w0 = np.asarray(meta.mlp["Dense_0"]["kernel"])
     # Truncated normal at 2 std of 1/sqrt(fan_in): bounded, zero-mean, right scale.
     assert np.abs(w0).max() <= 2.0 / np.sqrt(39) + 1e-6
@@ -103,15 +118,21 @@ def test_init_meta_params_shapes_and_scale():
 
 def test_nonzero_decay_offsets_use_the_reference_mapping():
     meta = elo_gym.init_meta_params(jax.random.key(0))._replace(
-        momentum_decays=jnp.array([0.1, -0.1, 0.0]))
+        momentum_decays=jnp.array([0.1, -0.1, 0.0])
+    )
     decays = lopt.effective_decays(meta)
-    expected = 1 - (1 - np.array([0.9, 0.99, 0.999])) * np.exp(10 * np.array([0.1, -0.1, 0]))
+    expected = 1 - (1 - np.array([0.9, 0.99, 0.999])) * np.exp(
+        10 * np.array([0.1, -0.1, 0])
+    )
     np.testing.assert_allclose(decays.momentum, expected, rtol=1e-5)
 
 
 def _tiny_model():
-    params = {"dense": {"kernel": jnp.ones((4, 3)) * 0.1, "bias": jnp.zeros(3)},
-              "scale": jnp.array(1.0), "conv": jnp.full((2, 2, 3, 3), 0.05)}
+    params = {
+        "dense": {"kernel": jnp.ones((4, 3)) * 0.1, "bias": jnp.zeros(3)},
+        "scale": jnp.array(1.0),
+        "conv": jnp.full((2, 2, 3, 3), 0.05),
+    }
     x = jax.random.normal(jax.random.key(1), (16, 4))
 
     def loss(p):

@@ -12,8 +12,9 @@ import pytest
 import sklearn.datasets
 import tensorflow_datasets as tfds
 from array_record.python import array_record_module
-from elo_gym.envs import datasets
 from tensorflow_datasets.testing import mocking
+
+from elo_gym.envs import datasets
 
 TFDS_NAME = "imagenet_resized/32x32"
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+
 from elo_gym.envs import datasets, image_mlp
 from elo_gym.envs.image_mlp import ImageMLPTask, make_image_mlp_task
 

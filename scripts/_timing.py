@@ -1,0 +1,102 @@
+"""Shared timing helper for the bench scripts: median wall time after warm-up.
+
+JAX dispatches asynchronously, so every timed call ends in ``jax.block_until_ready``;
+the first calls compile and fill caches, so they are run untimed first.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+
+
+class Timing(NamedTuple):
+    """Median seconds per call, how many timed calls it is the median of, and the
+    seconds the untimed warm-up calls took (mostly compilation)."""
+
+    median_s: float
+    repeats: int
+    warmup_s: float
+
+
+def median_time(
+    fn: Callable[[], Any],
+    repeats: int,
+    *,
+    warmup: int = 2,
+    max_seconds: float | None = None,
+    min_repeats: int = 5,
+) -> Timing:
+    """Times ``fn()`` (blocking on its result) ``repeats`` times after ``warmup`` calls.
+
+    Args:
+      fn: a no-argument callable returning JAX arrays (any pytree) to wait for.
+      repeats: timed calls wanted.
+      warmup: untimed calls first (compilation, allocator warm-up).
+      max_seconds: stop early once the timed calls have taken this long, but not
+        before ``min_repeats`` calls; keeps slow measurements within budget.
+      min_repeats: the fewest timed calls when ``max_seconds`` cuts the run short.
+
+    Returns:
+      :class:`Timing`: the median, the number of timed calls actually made and the
+      warm-up time.
+    """
+    return median_times(
+        {"fn": fn},
+        repeats,
+        warmup=warmup,
+        max_seconds=max_seconds,
+        min_repeats=min_repeats,
+    )["fn"]
+
+
+def median_times(
+    fns: Mapping[str, Callable[[], Any]],
+    repeats: int,
+    *,
+    warmup: int = 2,
+    max_seconds: float | None = None,
+    min_repeats: int = 5,
+) -> dict[str, Timing]:
+    """Like :func:`median_time` for several callables, timed in turn (round-robin).
+
+    Interleaving makes their ratio robust to a machine whose load drifts during the
+    run (other jobs on shared cores): each one sees the same conditions.
+    ``max_seconds`` is per callable, as in :func:`median_time`.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    warmup_s = {}
+    for name, fn in fns.items():
+        start = time.perf_counter()
+        for _ in range(warmup):
+            jax.block_until_ready(fn())
+        warmup_s[name] = time.perf_counter() - start
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    spent = 0.0
+    for done in range(1, repeats + 1):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - start)
+            spent += times[name][-1]
+        if (
+            max_seconds is not None
+            and spent > max_seconds * len(fns)
+            and done >= min(min_repeats, repeats)
+        ):
+            break
+    return {
+        name: Timing(statistics.median(t), len(t), warmup_s[name])
+        for name, t in times.items()
+    }
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr, so that stdout holds only the JSON result."""
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,679 @@
+"""The pure functional core: Eq. 8-10, Algorithm 1's reset distribution, divergence."""
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from elo_gym import buffer as replay
+from elo_gym import core, lopt
+from elo_gym.envs import ImageMLPTask, make_image_mlp_task
+
+# A linear model on digits (P = 650, one factored and one unfactored tensor) keeps the
+# compiles short; nothing below depends on the model's size.
+TASK = make_image_mlp_task("digits", hidden_sizes=(), batch_size=16, augment=False)
+P = 64 * 10 + 10
+C = 4
+M = 4  # buffer capacity (the default)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _quick_compiles():
+    """XLA's backend optimizations take most of the compile time of these programs and
+    change nothing the tests check (they compare within float tolerance)."""
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return TASK.load_data()
+
+
+class Core(NamedTuple):
+    cfg: core.EnvConfig
+    reset: Any
+    step: Any
+
+
+def _jit_core(cfg: core.EnvConfig) -> Core:
+    return Core(
+        cfg,
+        jax.jit(functools.partial(core.reset, cfg)),
+        jax.jit(functools.partial(core.step, cfg)),
+    )
+
+
+@pytest.fixture(scope="module")
+def elo():
+    """The paper's setting: shared buffer, uniform push, L2 behavior cloning."""
+    return _jit_core(core.EnvConfig(task=TASK, num_copies=C))
+
+
+@pytest.fixture(scope="module")
+def variants():
+    """The ELO authors' code: antithetic pairs with a queue each, failure-aware push,
+    cosine + norm behavior cloning."""
+    return _jit_core(
+        core.EnvConfig(
+            task=TASK,
+            num_copies=C,
+            paired=True,
+            buffer_scope="pair",
+            push_policy="failure_aware",
+            bc_loss="cosine_norm",
+        )
+    )
+
+
+def rows(tree):
+    """Batched params pytree -> (C, P) rows."""
+    return np.asarray(jax.vmap(core.flatten_rows)(tree), np.float64)
+
+
+def lo_update(actions):
+    """-step_mult * d * exp(exp_mult * m), computed independently of the core."""
+    a = np.asarray(actions, np.float64)
+    return -1e-3 * a[..., 0] * np.exp(1e-3 * a[..., 1])
+
+
+def _random_actions(seed, scale=1.0, m_scale=100.0):
+    d, m = jax.random.normal(jax.random.PRNGKey(seed), (2, C, P))
+    return jnp.stack([scale * d, m_scale * m], axis=-1)
+
+
+def _snapshot_rows(buf, q, slot):
+    params = jax.tree.map(lambda x: x[q, slot], buf.snapshots.params)
+    return np.asarray(core.flatten_rows(params), np.float64)
+
+
+def _finite(tree):
+    return all(
+        bool(jnp.all(jnp.isfinite(x)))
+        for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(x.dtype, jnp.floating)
+    )
+
+
+class Step(NamedTuple):
+    before: core.VecEnvState
+    after: core.VecEnvState
+    actions: jax.Array
+    prev_info: dict  # info returned with the observation acted on
+    info: dict
+    reward: jax.Array
+    terminated: np.ndarray
+    truncated: np.ndarray
+
+
+def _run(c: Core, p, steps, seed=0, policy=None):
+    """Steps ``steps`` times (default: the expert's action); returns the record."""
+    state, obs, info = c.reset(core.copy_keys(c.cfg, seed), p)
+    record = []
+    for t in range(steps):
+        actions = info["expert_action"] if policy is None else policy(t, info)
+        new, obs, reward, term, trunc, new_info = c.step(state, actions, p)
+        record.append(
+            Step(
+                state,
+                new,
+                actions,
+                info,
+                new_info,
+                reward,
+                np.asarray(term),
+                np.asarray(trunc),
+            )
+        )
+        state, info = new, new_info
+    return record
+
+
+def _check_bookkeeping(record):
+    """Inner steps count up within an episode; episodes end after exactly N steps."""
+    for s in record:
+        b, a = s.before.copies, s.after.copies
+        done = s.terminated | s.truncated
+        n, k, length = (
+            np.asarray(x) for x in (b.inner_step, b.start_step, b.episode_length)
+        )
+        np.testing.assert_array_equal(
+            s.truncated, (n + 1 - k == length) & ~s.terminated
+        )
+        np.testing.assert_array_equal(np.asarray(a.inner_step)[~done], n[~done] + 1)
+        np.testing.assert_array_equal(np.asarray(a.start_step)[~done], k[~done])
+        np.testing.assert_array_equal(
+            np.asarray(a.inner_step)[done], np.asarray(a.start_step)[done]
+        )
+
+
+# --- config validation ---
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (
+            dict(mode="bogus"),
+            "unknown mode 'bogus'; valid: elo, naive, uniform, curriculum",
+        ),
+        (dict(buffer_scope="queue"), "unknown buffer_scope 'queue'"),
+        (dict(push_policy="always"), "unknown push_policy 'always'"),
+        (dict(bc_loss="l1"), "unknown bc_loss 'l1'; valid: l2, cosine_norm"),
+        (dict(buffer_size=0), "buffer_size must be >= 1, got 0"),
+        (dict(num_copies=0), "num_copies must be >= 1"),
+        (dict(num_copies=3, paired=True), "even num_copies, got 3"),
+        (dict(num_copies=4, buffer_scope="pair"), "needs paired=True"),
+    ],
+)
+def test_config_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        core.EnvConfig(task=TASK, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(p_th=1.5), r"p_th must be in \[0, 1\], got 1.5"),
+        (dict(p_th=-0.1), r"p_th must be in \[0, 1\], got -0.1"),
+        (dict(alpha=2.0), r"alpha must be in \[0, 1\]"),
+        (dict(n_min=0), "n_min must be >= 1"),
+        (dict(n_min=5, n_max=3), r"n_min \(5\) must be <= n_max \(3\)"),
+        (dict(bc_scale=-1.0), "bc_scale must be >= 0"),
+    ],
+)
+def test_param_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        core.make_params(None, **kwargs)
+
+
+def test_row_layout_round_trip():
+    params = TASK.init(jax.random.PRNGKey(0))
+    flat = core.flatten_rows(params)
+    assert flat.shape == (core.num_params(TASK),) == (P,)
+    back = core.unflatten_rows(TASK, flat)
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # Rows follow jax.tree.leaves order, each tensor in C order.
+    np.testing.assert_array_equal(
+        flat, np.concatenate([np.ravel(x) for x in jax.tree.leaves(params)])
+    )
+
+
+# --- reset / step: shapes and Eq. 8-10 ---
+
+
+def test_reset_and_step_shapes_finite(elo, data):
+    p = core.make_params(data, n_min=2, n_max=5)
+    state, obs, info = elo.reset(core.copy_keys(elo.cfg, 0), p)
+    assert obs["features"].shape == (C, P, lopt.NUM_FEATURES) == (C, P, 39)
+    for name in ("inner_step", "loss", "alpha"):
+        assert obs[name].shape == (C,) and obs[name].dtype == jnp.float32
+    assert info["expert_action"].shape == (C, P, 2)
+    assert info["expert_update"].shape == (C, P)
+    for name in (
+        "task_loss",
+        "bc_loss",
+        "inner_step",
+        "start_step",
+        "episode_length",
+        "from_buffer",
+    ):
+        assert info[name].shape == (C,), name
+    assert _finite(obs) and _finite(info)
+    np.testing.assert_array_equal(info["inner_step"], 0)
+    np.testing.assert_array_equal(info["task_loss"], obs["loss"])
+
+    state, obs, reward, term, trunc, info = elo.step(state, _random_actions(1), p)
+    assert obs["features"].shape == (C, P, 39)
+    assert reward.shape == term.shape == trunc.shape == (C,)
+    assert term.dtype == trunc.dtype == jnp.bool_
+    assert _finite(obs) and _finite(info) and _finite(reward)
+    assert info["diverged"].shape == info["pushed"].shape == (C,)
+
+
+def test_expert_action_reproduces_adam(elo, data):
+    p = core.make_params(data, alpha=0.5, n_min=10, n_max=10, p_th=1.0)
+    state, obs, info = elo.reset(core.copy_keys(elo.cfg, 1), p)
+    c = state.copies
+    # One gradient feeds both the expert and the LO's accumulators: after the first
+    # gradient, Adam's first moment and each LO momentum are (1 - beta) * g.
+    g = rows(c.grads)
+    np.testing.assert_allclose(rows(c.adam[0].mu), 0.1 * g, rtol=1e-5, atol=1e-12)
+    momentum = jax.tree.map(
+        lambda acc: acc.momentum,
+        c.lo.accumulators,
+        is_leaf=lambda x: isinstance(x, lopt.TensorAccumulators),
+    )
+    for j, beta in enumerate(lopt.MOMENTUM_DECAYS):
+        m = jax.vmap(core.flatten_rows)(
+            jax.tree.map(lambda x, j=j: x[..., j], momentum)
+        )
+        np.testing.assert_allclose(m, (1 - beta) * g, rtol=1e-4, atol=1e-12)
+
+    adam = optax.adam(1e-3)
+    ref_state = jax.vmap(adam.init)(c.params)
+    for _ in range(3):
+        update, ref_state = jax.vmap(adam.update)(
+            state.copies.grads, ref_state, state.copies.params
+        )
+        np.testing.assert_allclose(
+            info["expert_update"], rows(update), rtol=1e-4, atol=1e-10
+        )
+        expected = rows(state.copies.params) + rows(update)
+        task_loss = np.asarray(obs["loss"])  # of the observation acted on
+        state, obs, reward, term, trunc, info = elo.step(
+            state, info["expert_action"], p
+        )
+        assert not np.any(term | trunc)
+        np.testing.assert_allclose(
+            rows(state.copies.params), expected, rtol=0, atol=1e-7
+        )
+        assert np.all(np.asarray(info["bc_loss"]) < 1e-12)
+        np.testing.assert_allclose(info["task_loss"], task_loss)
+        np.testing.assert_allclose(reward, -0.5 * task_loss, rtol=1e-6)
+
+
+def test_alpha_one_applies_the_action_exactly(elo, data):
+    p = core.make_params(data, alpha=1.0, n_min=10, n_max=10)
+    state, obs, info = elo.reset(core.copy_keys(elo.cfg, 2), p)
+    actions = _random_actions(3, scale=2.0, m_scale=500.0)  # exp(+-0.5..1.5) matters
+    before = rows(state.copies.params)
+    state, *_ = elo.step(state, actions, p)
+    np.testing.assert_allclose(
+        rows(state.copies.params), before + lo_update(actions), rtol=0, atol=1e-7
+    )
+
+
+def test_reward_is_minus_the_meta_loss(elo, data):
+    p = core.make_params(data, alpha=0.3, n_min=10, n_max=10)
+    state, obs, info = elo.reset(core.copy_keys(elo.cfg, 4), p)
+    actions = _random_actions(5)
+    lo, expert = lo_update(actions), np.asarray(info["expert_update"], np.float64)
+    bc = np.sum((lo - expert) ** 2, axis=1)
+    task = np.asarray(obs["loss"])  # L_task(theta_n), before the update
+    before = rows(state.copies.params)
+    new, _, reward, _, _, step_info = elo.step(state, actions, p)
+    np.testing.assert_allclose(step_info["bc_loss"], bc, rtol=1e-5)
+    np.testing.assert_allclose(step_info["task_loss"], task)
+    np.testing.assert_allclose(reward, -(0.7 * bc + 0.3 * task), rtol=1e-5)
+    # Eq. 8: theta_{n+1} = (1 - alpha) theta_H + alpha theta_O.
+    np.testing.assert_allclose(
+        rows(new.copies.params), before + 0.7 * expert + 0.3 * lo, rtol=0, atol=1e-7
+    )
+    # bc_scale weighs L_bc (a leaf: no recompile).
+    _, _, scaled, _, _, _ = elo.step(
+        state, actions, p.replace(bc_scale=jnp.float32(2.0))
+    )
+    np.testing.assert_allclose(scaled, -(0.7 * 2.0 * bc + 0.3 * task), rtol=1e-5)
+    assert elo.step._cache_size() == 1
+
+
+def _count_loss_calls(monkeypatch, fn, *args):
+    calls = []
+    original = ImageMLPTask.loss
+
+    def counted(self, params, batch):
+        calls.append(1)
+        return original(self, params, batch)
+
+    monkeypatch.setattr(ImageMLPTask, "loss", counted)
+    jax.eval_shape(fn, *args)
+    monkeypatch.setattr(ImageMLPTask, "loss", original)
+    return len(calls)
+
+
+def test_task_gradient_is_computed_once_per_step(elo, data, monkeypatch):
+    p = core.make_params(data)
+    keys = core.copy_keys(elo.cfg, 0)
+    assert (
+        _count_loss_calls(monkeypatch, functools.partial(core.reset, elo.cfg), keys, p)
+        == 1
+    )
+    state, _, _ = jax.eval_shape(functools.partial(core.reset, elo.cfg), keys, p)
+    actions = jax.ShapeDtypeStruct((C, P, 2), jnp.float32)
+    step = functools.partial(core.step, elo.cfg)
+    assert _count_loss_calls(monkeypatch, step, state, actions, p) == 1
+    # final_obs adds one gradient, taken only on steps where some copy finishes.
+    step_final = functools.partial(core.step, elo.cfg, final_obs=True)
+    assert _count_loss_calls(monkeypatch, step_final, state, actions, p) == 2
+
+
+# --- Algorithm 1: episode lengths and the reset distribution ---
+
+
+def _lengths(mode, p, n=4000):
+    cfg = core.EnvConfig(task=TASK, mode=mode)
+    keys = jax.random.split(jax.random.PRNGKey(0), n)
+    f = jax.jit(jax.vmap(functools.partial(core._sample_length, cfg), (0, None)))
+    return np.asarray(f(keys, p)), f
+
+
+@pytest.mark.parametrize("mode", ["elo", "uniform"])
+def test_uniform_lengths_cover_n_min_to_n_max(mode):
+    n, _ = _lengths(mode, core.make_params(None, n_min=3, n_max=12))
+    values, counts = np.unique(n, return_counts=True)
+    assert values.tolist() == list(range(3, 13))
+    assert counts.min() > 0.7 * len(n) / 10
+
+
+def test_naive_lengths_are_log_uniform_in_open_closed_range():
+    p = core.make_params(None, n_min=10, n_max=1000)
+    naive, _ = _lengths("naive", p)
+    uniform, _ = _lengths("elo", p)
+    assert naive.min() > 10 and naive.max() <= 1000 and naive.max() > 900
+    # Log-uniform: P[N <= 100] = log(10) / log(100) = 0.5; uniform: about 0.09.
+    assert 0.45 < np.mean(naive <= 100) < 0.55
+    assert np.mean(uniform <= 100) < 0.12
+    # Equal mass per decade, so far more short episodes than under uniform.
+    assert 0.45 < np.mean((naive > 100) & (naive <= 1000)) < 0.55
+    assert np.median(naive) < np.median(uniform) / 3
+
+
+def test_curriculum_n_max_is_a_param_not_a_recompile():
+    short, f = _lengths("curriculum", core.make_params(None, n_min=1, n_max=20))
+    long, _ = _lengths("curriculum", core.make_params(None, n_min=1, n_max=500))
+    assert short.max() == 20 and long.max() > 400
+    g = jax.jit(
+        jax.vmap(
+            functools.partial(
+                core._sample_length, core.EnvConfig(task=TASK, mode="curriculum")
+            ),
+            (0, None),
+        )
+    )
+    keys = jax.random.split(jax.random.PRNGKey(0), 16)
+    for n_max in (20, 50, 500):
+        assert int(g(keys, core.make_params(None, n_min=1, n_max=n_max)).max()) <= n_max
+    assert g._cache_size() == 1
+
+
+@pytest.fixture(scope="module")
+def begin_episode(data):
+    """Jitted episode starts (Alg. 1) for many keys, elo and naive, and a buffer
+    holding one snapshot at inner step 50."""
+    starts = {}
+    for mode in ("elo", "naive"):
+        cfg = core.EnvConfig(task=TASK, mode=mode)
+        starts[mode] = jax.jit(
+            jax.vmap(functools.partial(core._begin_episode, cfg), (0, None, None, None))
+        )
+    cfg = core.EnvConfig(task=TASK)
+    snap = core._fresh_snapshot(cfg, jax.random.PRNGKey(9))
+    snap = snap.replace(lo=snap.lo._replace(count=jnp.int32(50)))
+    empty = replay.init_buffer(snap, M)
+    batched = jax.tree.map(lambda x: x[None], snap)
+    full = replay.push(empty, batched, jnp.array([True]), jnp.zeros(1, jnp.int32))
+    return starts, empty, full, snap
+
+
+def test_restore_needs_a_filled_buffer_u_above_p_th_and_t_positive(begin_episode, data):
+    starts, empty, full, snap = begin_episode
+    keys = jax.random.split(jax.random.PRNGKey(1), 2000)
+    q = jnp.int32(0)
+
+    def frac(mode, buf, **kw):
+        p = core.make_params(data, **{"p_th": 0.2, "n_min": 5, "n_max": 9, **kw})
+        stored, episode = starts[mode](keys, buf, q, p)
+        restored = np.asarray(episode["from_buffer"])
+        # Restored episodes start at the snapshot's step K with its params; fresh
+        # ones at K = 0. N_push lies in {K+1, ..., K+N}.
+        k, n = np.asarray(episode["start_step"]), np.asarray(episode["episode_length"])
+        np.testing.assert_array_equal(k, np.where(restored, 50, 0))
+        np.testing.assert_array_equal(stored.lo.count, k)
+        push = np.asarray(episode["push_step"])
+        assert np.all((push >= k + 1) & (push <= k + n))
+        if restored.any():
+            i = int(np.flatnonzero(restored)[0])
+            for a, b in zip(
+                jax.tree.leaves(jax.tree.map(lambda x: x[i], stored)),
+                jax.tree.leaves(snap),
+                strict=True,
+            ):
+                np.testing.assert_array_equal(a, b)
+        return restored.mean()
+
+    assert frac("elo", full, p_th=0.0) == 1.0
+    assert frac("elo", full, p_th=1.0) == 0.0
+    assert 0.75 < frac("elo", full, p_th=0.2) < 0.85  # P[u > 0.2] = 0.8
+    assert frac("elo", full, p_th=0.0, outer_step=0) == 0.0  # t = 0: never
+    assert frac("elo", empty, p_th=0.0) == 0.0  # nothing to restore
+    assert frac("naive", full, p_th=0.0) == 0.0  # naive: always a fresh init
+    assert starts["elo"]._cache_size() == 1
+
+
+def _pushed_rows(s: Step, alpha=0.0):
+    """The snapshot each copy reaches in step s: theta + (1-alpha) dH + alpha dO."""
+    return (
+        rows(s.before.copies.params)
+        + (1 - alpha) * np.asarray(s.prev_info["expert_update"], np.float64)
+        + alpha * lo_update(s.actions)
+    )
+
+
+def _check_fifo(record, queue_of, num_queues, alpha=0.0):
+    """Replays the pushes into per-queue FIFO models and compares with the buffer."""
+    model = [[] for _ in range(num_queues)]
+    for s in record:
+        pushed = np.asarray(s.info["pushed"])
+        reached = _pushed_rows(s, alpha)
+        counts = np.asarray(s.before.copies.inner_step) + 1
+        for i in np.flatnonzero(pushed):  # in copy order
+            model[queue_of(i)].append((reached[i], counts[i]))
+        buf = s.after.buffer
+        for q in range(num_queues):
+            assert int(buf.size[q]) == min(len(model[q]), M)
+            assert int(buf.head[q]) == len(model[q]) % M
+            assert np.all(np.isfinite(rows(buf.snapshots.params)))  # never non-finite
+    buf = record[-1].after.buffer
+    for q in range(num_queues):
+        for j, (params, count) in enumerate(model[q][-M:]):
+            slot = (len(model[q]) - min(len(model[q]), M) + j) % M
+            np.testing.assert_allclose(
+                _snapshot_rows(buf, q, slot), params, rtol=0, atol=1e-6
+            )
+            assert int(buf.snapshots.lo.count[q, slot]) == count
+    return model
+
+
+def test_push_once_per_episode_at_n_push_fifo(elo, data):
+    p = core.make_params(data, n_min=2, n_max=5, p_th=1.0)
+    record = _run(elo, p, 24, seed=5)
+    _check_bookkeeping(record)
+    pushes_this_episode = np.zeros(C, int)
+    for s in record:
+        b = s.before.copies
+        due = np.asarray(b.inner_step + 1 == b.push_step)
+        np.testing.assert_array_equal(s.info["pushed"], due)
+        pushes_this_episode += due
+        done = s.terminated | s.truncated
+        np.testing.assert_array_equal(pushes_this_episode[done], 1)
+        pushes_this_episode[done] = 0
+        assert not np.any(s.after.copies.from_buffer)  # p_th = 1: never restored
+    model = _check_fifo(record, lambda i: 0, 1)
+    assert len(model[0]) > M  # the FIFO wrapped around
+
+
+def test_restores_once_filled_and_continue_counting_from_k(elo, data):
+    p = core.make_params(data, n_min=2, n_max=5, p_th=0.0)
+    record = _run(elo, p, 24, seed=6)
+    _check_bookkeeping(record)
+    _check_fifo(record, lambda i: 0, 1)
+    assert not np.any(record[0].before.copies.from_buffer)  # empty buffer at reset
+    restored = 0
+    for s in record:
+        done = s.terminated | s.truncated
+        a = s.after.copies
+        filled = int(s.after.buffer.size[0]) > 0
+        np.testing.assert_array_equal(np.asarray(a.from_buffer)[done], filled)
+        for i in np.flatnonzero(done & np.asarray(a.from_buffer)):
+            restored += 1
+            k = int(a.start_step[i])
+            assert k > 0 and int(a.inner_step[i]) == k
+            stored = [_snapshot_rows(s.after.buffer, 0, j) for j in range(M)]
+            assert any(np.array_equal(rows(a.params)[i], x) for x in stored)
+    assert restored > 3
+    # The restored episodes ran N steps from K (checked by _check_bookkeeping) and
+    # the inner step counts beyond any single episode's length.
+    assert max(int(s.after.copies.inner_step.max()) for s in record) > 5
+
+    # t = 0: the same run never restores, however full the buffer.
+    record = _run(elo, p.replace(outer_step=jnp.int32(0)), 12, seed=6)
+    assert int(record[-1].after.buffer.size[0]) > 0
+    assert not any(np.any(s.after.copies.from_buffer) for s in record)
+
+
+# --- divergence ---
+
+
+def test_divergence_terminates_resets_and_isolates_the_copy(elo, data):
+    p = core.make_params(data, alpha=0.5, n_min=10, n_max=10, p_th=1.0)
+    state, obs, info = elo.reset(core.copy_keys(elo.cfg, 7), p)
+    state, obs, _, _, _, info = elo.step(state, info["expert_action"], p)
+    # Every copy is due to push in the next step, so a push by copy 0 would show.
+    state = state.replace(
+        copies=state.copies.replace(push_step=state.copies.inner_step + 1)
+    )
+    good = info["expert_action"]
+    bad = good.at[0].set(jnp.stack([jnp.full((P,), 1e30), jnp.full((P,), 1e5)], -1))
+
+    ref, ref_obs, ref_reward, ref_term, ref_trunc, ref_info = elo.step(state, good, p)
+    new, new_obs, reward, term, trunc, new_info = elo.step(state, bad, p)
+    assert not np.any(ref_term | ref_trunc) and np.all(ref_info["pushed"])
+
+    np.testing.assert_array_equal(term, [True, False, False, False])
+    np.testing.assert_array_equal(new_info["diverged"], term)
+    assert not np.any(trunc)
+    # Kept out of the buffer: only the three healthy copies pushed.
+    np.testing.assert_array_equal(new_info["pushed"], [False, True, True, True])
+    assert int(new.buffer.size[0]) == int(state.buffer.size[0]) + 3
+    assert np.all(np.isfinite(rows(new.buffer.snapshots.params)))
+    # Reset: a fresh episode (p_th = 1) with finite params and observation.
+    c0 = jax.tree.map(lambda x: x[0], new.copies)
+    assert int(c0.inner_step) == int(c0.start_step) == 0
+    assert _finite(c0.params) and _finite(jax.tree.map(lambda x: x[0], new_obs))
+    assert float(new_obs["inner_step"][0]) == 0.0
+    assert not bool(c0.from_buffer)
+    # The other copies are exactly as in the run without the divergence.
+    for a, b in zip(
+        jax.tree.leaves(new.copies), jax.tree.leaves(ref.copies), strict=True
+    ):
+        np.testing.assert_array_equal(a[1:], b[1:])
+    for a, b in zip(jax.tree.leaves(new_obs), jax.tree.leaves(ref_obs), strict=True):
+        np.testing.assert_array_equal(a[1:], b[1:])
+    np.testing.assert_array_equal(reward[1:], ref_reward[1:])
+
+
+# --- the official code's variants ---
+
+
+def test_bc_loss_values_on_hand_examples():
+    l2 = core.EnvConfig(task=TASK)
+    cos = core.EnvConfig(task=TASK, num_copies=2, paired=True, bc_loss="cosine_norm")
+    x, y = jnp.array([1.0, 0.0]), jnp.array([0.0, 2.0])
+    assert float(core._bc_loss(l2, x, y)) == pytest.approx(5.0)
+    # 0.7 (1 - cos) + 0.3 |norm ratio - 1|
+    assert float(core._bc_loss(cos, x, y)) == pytest.approx(0.7 * 1 + 0.3 * 0.5)
+    assert float(core._bc_loss(cos, 2 * y, y)) == pytest.approx(0.3 * 1.0)
+    assert float(core._bc_loss(cos, -y, y)) == pytest.approx(0.7 * 2.0)
+    assert float(core._bc_loss(cos, y, y)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_cosine_norm_bc_is_zero_for_the_expert_action(variants, data):
+    p = core.make_params(data, alpha=0.25, n_min=10, n_max=10, p_th=1.0)
+    state, obs, info = variants.reset(core.copy_keys(variants.cfg, 0), p)
+    state, _, reward, _, _, step_info = variants.step(state, info["expert_action"], p)
+    assert np.all(np.abs(np.asarray(step_info["bc_loss"])) < 1e-5)
+    np.testing.assert_allclose(
+        reward,
+        -(0.75 * np.asarray(step_info["bc_loss"]) + 0.25 * np.asarray(obs["loss"])),
+        rtol=1e-6,
+    )
+    _, _, _, _, _, step_info = variants.step(state, _random_actions(2), p)
+    assert np.all(np.asarray(step_info["bc_loss"]) > 0.1)
+
+
+def _antithetic(t, info):
+    """Partners get expert +- noise, as PES perturbations would make them differ."""
+    noise = _random_actions(100 + t, scale=0.5, m_scale=50.0)[::2]
+    signs = jnp.array([1.0, -1.0] * (C // 2))[:, None, None]
+    return info["expert_action"] + signs * jnp.repeat(noise, 2, axis=0)
+
+
+def test_paired_copies_share_draws_and_end_together(variants, data):
+    p = core.make_params(data, alpha=0.5, n_min=2, n_max=6, p_th=0.0)
+    record = _run(variants, p, 24, seed=3, policy=_antithetic)
+    _check_bookkeeping(record)
+    first = record[0].before.copies
+    np.testing.assert_array_equal(rows(first.params)[0], rows(first.params)[1])
+    assert not np.array_equal(rows(first.params)[0], rows(first.params)[2])
+    np.testing.assert_array_equal(first.loss[0], first.loss[1])  # same batch
+    ended = 0
+    for s in record:
+        for x in (
+            s.terminated | s.truncated,
+            s.after.copies.start_step,
+            s.after.copies.episode_length,
+            s.after.copies.push_step,
+            s.after.copies.from_buffer,
+            s.after.copies.key,
+            s.after.copies.inner_step,
+        ):
+            x = np.asarray(x)
+            np.testing.assert_array_equal(x[0::2], x[1::2])
+        done = s.terminated | s.truncated
+        ended += int(np.sum(done))
+        if not done[0]:  # the perturbations make partners' params differ
+            after = rows(s.after.copies.params)
+            assert not np.array_equal(after[0], after[1])
+    assert ended >= C
+
+
+def test_pair_scope_keeps_one_queue_per_pair(variants, data):
+    p = core.make_params(data, alpha=0.5, n_min=2, n_max=6, p_th=0.0)
+    record = _run(variants, p, 24, seed=4, policy=_antithetic)
+    model = _check_fifo(record, lambda i: i // 2, C // 2, alpha=0.5)
+    assert all(len(q) > 0 for q in model)
+    restored = 0
+    for s in record:
+        a = s.after.copies
+        for i in np.flatnonzero(
+            (s.terminated | s.truncated) & np.asarray(a.from_buffer)
+        ):
+            restored += 1
+            own = [
+                _snapshot_rows(s.after.buffer, i // 2, j)
+                for j in range(int(s.after.buffer.size[i // 2]))
+            ]
+            assert any(np.array_equal(rows(a.params)[i], x) for x in own)
+    assert restored > 0
+
+
+def test_failure_aware_push_at_a_loss_rise(variants, data):
+    p = core.make_params(data, alpha=1.0, n_min=50, n_max=50, p_th=1.0)
+    state, obs, info = variants.reset(core.copy_keys(variants.cfg, 0), p)
+    # With this seed, the uniform fallback N_push comes much later.
+    assert np.all(np.asarray(state.copies.push_step) > 5)
+
+    def ascend(info):  # move along +grad: d = -100 d*, so theta += 0.1 sign(g)
+        return info["expert_action"] * jnp.array([-100.0, 1.0])
+
+    losses, pushed = [], []
+    for actions in (lambda i: i["expert_action"], ascend, lambda i: i["expert_action"]):
+        state, obs, _, term, trunc, step_info = variants.step(state, actions(info), p)
+        info = step_info
+        losses.append(np.asarray(step_info["task_loss"]))
+        pushed.append(np.asarray(step_info["pushed"]))
+        assert not np.any(term | trunc)
+    # Step 2 moved theta uphill; step 3 sees the rise in its pre-update loss.
+    assert np.all(losses[2] > 1.2 * losses[1])
+    assert not pushed[0].any() and not pushed[1].any()
+    assert pushed[2].all()
+    np.testing.assert_array_equal(state.buffer.size, [2, 2])
+    np.testing.assert_array_equal(state.buffer.snapshots.lo.count[:, :2], 3)

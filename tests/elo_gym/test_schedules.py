@@ -1,0 +1,50 @@
+"""Outer-step schedules: alpha_t (ELO Eq. 8) and the curriculum's n_max."""
+
+import numpy as np
+import pytest
+
+from elo_gym import schedules
+
+
+def test_linear_alpha_is_t_over_t_minus_one():
+    T = 7
+    alphas = [schedules.alpha_at(t, T) for t in range(T)]
+    np.testing.assert_allclose(alphas, np.arange(T) / (T - 1))
+    assert alphas[0] == 0.0 and alphas[-1] == 1.0
+    assert schedules.alpha_at(T + 3, T) == 1.0  # past the end: stays at 1
+    assert schedules.alpha_at(0, 1) == 1.0  # a single outer step
+
+
+def test_hold_linear_holds_then_ramps():
+    T = 11
+    alphas = [
+        schedules.alpha_at(t, T, "hold_linear", hold_fraction=0.5) for t in range(T)
+    ]
+    assert alphas[:6] == [0.0] * 6  # held for int(0.5 * 11) = 5 steps, then from 0
+    assert alphas[-1] == 1.0
+    assert all(b > a for a, b in zip(alphas[5:], alphas[6:], strict=False))
+    np.testing.assert_allclose(alphas[5:], np.linspace(0.0, 1.0, 6))
+    # Without a hold it is the paper's linear schedule.
+    np.testing.assert_allclose(
+        [schedules.alpha_at(t, T, "hold_linear") for t in range(T)],
+        [schedules.alpha_at(t, T) for t in range(T)],
+    )
+
+
+def test_constant_alpha():
+    assert schedules.alpha_at(0, 10, "constant") == 1.0
+    assert schedules.alpha_at(5, 10, "constant", constant=0.25) == 0.25
+
+
+def test_unknown_schedule_names_valid_ones():
+    with pytest.raises(ValueError, match="unknown alpha schedule 'cosine'.*linear"):
+        schedules.alpha_at(0, 10, "cosine")
+
+
+def test_curriculum_n_max_grows_linearly():
+    T = 5
+    values = [schedules.curriculum_n_max(t, T, 100, 500) for t in range(T)]
+    assert values == [100, 200, 300, 400, 500]
+    assert all(isinstance(v, int) for v in values)
+    assert schedules.curriculum_n_max(99, T, 100, 500) == 500
+    assert schedules.curriculum_n_max(0, 1, 100, 500) == 500

@@ -1,0 +1,184 @@
+"""The bench scripts run, return their documented keys, and print one JSON object.
+
+Tiny settings only: these check the scripts, not the speed (the numbers come from
+running the scripts themselves). Compiling the env core dominates the cost, so each
+script runs in child processes that share a persistent JAX compilation cache: its
+``run()`` first (both scripts at once), then its CLI with the same settings, which
+finds its programs compiled. Child processes also keep that cache setting out of
+this test session.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+LOPT_KEYS = (
+    "num_params",
+    "lo_update_ms",
+    "adam_update_ms",
+    "fwd_bwd_ms",
+    "fwd_bwd_4096_ms",
+    "matmul_equiv_ms",
+    "lo_over_matmul",
+    "lo_over_fwd_bwd_4096",
+    "lo_over_adam",
+)
+ENV_KEYS = ("core_steps_per_s", "vector_env_steps_per_s", "elo_over_naive_cost")
+KEYS = {"bench_lopt": LOPT_KEYS, "bench_env": ENV_KEYS}
+
+# Keyword arguments of run() and the same settings as CLI flags: equal settings give
+# equal programs, hence cache hits for the CLI run.
+RUN_KWARGS = {
+    "bench_lopt": {
+        "hidden_sizes": (8,),
+        "repeats": 2,
+        "warmup": 1,
+        "large_batch_size": 256,
+    },
+    "bench_env": {"num_envs": 2, "repeats": 2, "warmup": 1, "scan_steps": 3},
+}
+CLI_FLAGS = {
+    "bench_lopt": [
+        "--hidden-sizes",
+        "8",
+        "--repeats",
+        "2",
+        "--warmup",
+        "1",
+        "--large-batch-size",
+        "256",
+    ],
+    "bench_env": [
+        "--num-envs",
+        "2",
+        "--repeats",
+        "2",
+        "--warmup",
+        "1",
+        "--scan-steps",
+        "3",
+    ],
+}
+
+# Runs scripts/<name>.py's run(**kwargs), imported by path, and prints its result.
+RUN_SNIPPET = """
+import importlib.util, json, sys
+name, kwargs = sys.argv[1], json.loads(sys.argv[2])
+spec = importlib.util.spec_from_file_location(name, f"scripts/{name}.py")
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+print(json.dumps(module.run(**kwargs)))
+"""
+
+
+def _load(name: str) -> ModuleType:
+    """Imports scripts/<name>.py by path (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        f"_{name}_under_test", SCRIPTS / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def child_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    cache = tmp_path_factory.mktemp("jax_cache")
+    return {
+        **os.environ,
+        "JAX_COMPILATION_CACHE_DIR": str(cache),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+
+
+def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, *args],
+        cwd=SCRIPTS.parent,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _result(proc: subprocess.Popen) -> dict:
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    return json.loads(stdout)  # all of stdout: one JSON object and nothing else
+
+
+@pytest.fixture(scope="module")
+def run_procs(child_env: dict[str, str]) -> Iterator[dict[str, subprocess.Popen]]:
+    """Both scripts' run() at once: the compilations overlap on the two cores."""
+    procs = {
+        name: _start(["-c", RUN_SNIPPET, name, json.dumps(kwargs)], child_env)
+        for name, kwargs in RUN_KWARGS.items()
+    }
+    yield procs
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def _check_numbers(result: dict, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        value = result[key]
+        assert isinstance(value, int | float) and math.isfinite(value) and value > 0, (
+            key,
+            value,
+        )
+
+
+def test_bench_lopt_run(run_procs):
+    result = _result(run_procs["bench_lopt"])
+    _check_numbers(result, LOPT_KEYS)
+    # 3072*8 + 8 + 8*1000 + 1000 parameters.
+    assert result["num_params"] == 33_584
+    # P = 16 * 2099 has no square-ish exact factorization: a near cube stands in.
+    assert abs(result["matmul_equiv_flops"] / result["lo_mlp_flops"] - 1) < 0.01
+    assert result["repeats"]["lo_update"] == 2
+
+
+def test_bench_env_run(run_procs):
+    result = _result(run_procs["bench_env"])
+    _check_numbers(result, ENV_KEYS)
+    assert set(result["core_s_per_vector_step"]) == {
+        "elo",
+        "naive",
+        "elo_equal_lengths",
+        "naive_equal_lengths",
+    }
+    assert result["elo_over_naive_cost_equal_lengths"] > 0
+    assert result["steps_are"].startswith("optimizee copy-steps")
+    assert result["num_envs"] == 2 and result["repeats"]["core_elo"] == 2
+
+
+def test_matmul_shape_matches_flops():
+    bench = _load("bench_lopt")
+    macs = 538_856 * (39 * 32 + 32 * 32 + 32 * 2)  # the default ImageNet-32 MLP
+    m, k, n = bench.matmul_shape(macs)
+    assert m * k * n == macs and max(m, k, n) / min(m, k, n) <= 4
+    m, k, n = bench.matmul_shape(1_000_003 * 73)  # a prime P: a near cube stands in
+    assert abs(m * k * n / (1_000_003 * 73) - 1) < 0.01
+
+
+@pytest.mark.parametrize("name", ["bench_lopt", "bench_env"])
+def test_cli_prints_one_json_object(run_procs, child_env, name):
+    run_procs[name].wait(timeout=300)  # its compilations fill the cache first
+    result = _result(_start([f"scripts/{name}.py", *CLI_FLAGS[name]], child_env))
+    _check_numbers(result, KEYS[name])
