@@ -1,9 +1,9 @@
 """PES meta-training of small_fc_lopt in the ELO environment (ELO Sec. 5.1, Alg. 1).
 
-Persistent evolution strategies (Vicol et al., 2021) over antithetic pairs of optimizees:
-copy 2i runs the LO with weights phi + eps_i, copy 2i+1 with phi - eps_i, on the same
-data and resets. Each outer step unrolls one truncation (50 inner steps) of every copy
-inside one jitted ``lax.scan`` over the env's pure core, then
+Persistent evolution strategies (Vicol et al., 2021) over antithetic pairs of
+optimizees: copy 2i runs the LO with weights phi + eps_i, copy 2i+1 with phi - eps_i,
+on the same data and resets. Each outer step unrolls one truncation (50 inner steps)
+of every copy inside one jitted ``lax.scan`` over the env's pure core, then
 ``g = mean_i sum_t xi_i,t (L+_i,t - L-_i,t) / (2 sigma^2 T)`` where xi is the pair's
 perturbation accumulated since its episode began. AdamW (lr 3e-3, clipped) applies g.
 
@@ -76,7 +76,7 @@ class Args:
     env: str = "ELO-Digits-MLP"
     """Gymnasium id of the ELO env to meta-train on."""
     mode: Literal["elo", "naive", "curriculum", "uniform", "bc", "buffer"] = "elo"
-    """elo (buffer + BC), naive, curriculum, or the Fig. 7 ablations uniform, bc, buffer."""
+    """elo (buffer + BC), naive, curriculum; Fig. 7's ablations uniform, bc, buffer."""
     preset: Literal["cpu", "paper"] = "cpu"
     """paper: ELO-ImageNet32-MLP, batch 4096, T=5000, n_max=1000 (for a GPU)."""
     outer_steps: int = 400
@@ -178,7 +178,7 @@ class Args:
 
 
 def env_settings(args: Args) -> env.EnvSettings:
-    """The env the agent meta-trains in: paired copies, the mode's reset distribution."""
+    """The env the agent meta-trains in: paired copies, the mode's resets."""
     reset_mode, _ = MODE_SETTINGS[args.mode]
     return env.EnvSettings(
         dataset=ENV_DATASETS[args.env],
@@ -261,7 +261,7 @@ def init_state(args: Args, cfg: PESConfig, env_params: core.EnvParams) -> PESSta
 
 
 def policy_actions(mlp_flat: jax.Array, unravel, features: jax.Array) -> jax.Array:
-    """small_fc_lopt applied row-wise: (C, D) weights, (C, P, 39) features -> (C, P, 2)."""
+    """small_fc_lopt row-wise: (C, D) weights, (C, P, 39) features -> (C, P, 2)."""
     return jax.vmap(lambda w, x: lopt.apply_mlp(unravel(w), x))(mlp_flat, features)
 
 
@@ -451,7 +451,7 @@ def prepare_run_dir(args: Args) -> pathlib.Path:
 
 
 class MetricsLog:
-    """metrics.csv, one row per outer step; rows past a resumed checkpoint are dropped."""
+    """metrics.csv, a row per outer step; rows past a resumed checkpoint are dropped."""
 
     def __init__(self, path: pathlib.Path, resume_step: int):
         rows = []

@@ -2,10 +2,10 @@
 
 import pathlib as _pathlib
 
-# In a source checkout, envs/ and agents/ sit beside this package; installed, pyproject maps
-# them to elo_gym.envs and elo_gym.agents. Extending __path__ gives the same import names in
-# both cases (e.g. when running from the repository root, where the checkout shadows the
-# installed copy).
+# In a source checkout, envs/ and agents/ sit beside this package; installed,
+# pyproject maps them to elo_gym.envs and elo_gym.agents. Extending __path__ gives
+# the same import names in both cases (e.g. when running from the repository root,
+# where the checkout shadows the installed copy).
 _checkout = _pathlib.Path(__file__).resolve().parent.parent
 if (_checkout / "pyproject.toml").is_file() and (
     _checkout / "envs" / "__init__.py"

@@ -1,8 +1,8 @@
 """The replay buffer of optimizee states that new episodes can start from (ELO Alg. 1).
 
 A fixed-capacity FIFO ring buffer, as a pytree, with pure ``push`` and ``sample``. It
-holds ``num_queues`` independent queues: one shared by all env copies (the paper), or one
-per antithetic pair (the ELO authors' code).
+holds ``num_queues`` independent queues: one shared by all env copies (the paper), or
+one per antithetic pair (the ELO authors' code).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class ReplayBuffer:
 
 
 def init_buffer(example: Any, capacity: int, num_queues: int = 1) -> ReplayBuffer:
-    """An empty buffer for snapshots shaped like ``example`` (one unbatched snapshot)."""
+    """An empty buffer for snapshots shaped like ``example`` (one, unbatched)."""
     snapshots = jax.tree.map(
         lambda x: jnp.zeros((num_queues, capacity) + jnp.shape(x), jnp.result_type(x)),
         example,

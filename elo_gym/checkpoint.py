@@ -48,7 +48,7 @@ def _flat_arrays(state: Any) -> dict[str, np.ndarray]:
 
 
 def save_state(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
-    """Writes a pytree of arrays (flax dataclasses and NamedTuples allowed) at ``step``."""
+    """Writes a pytree of arrays (flax dataclasses, NamedTuples) at ``step``."""
     manager.save(step, args=ocp.args.StandardSave(_flat_arrays(state)), force=True)
     manager.wait_until_finished()
 
@@ -111,7 +111,8 @@ def load_meta_params(path: str | pathlib.Path) -> tuple[lopt.MetaParams, dict]:
 
     Args:
       path: a run directory (its ``lo.msgpack``, else its latest checkpoint), a
-        ``lo.msgpack`` file, a ``checkpoints`` directory or one checkpoint step directory.
+        ``lo.msgpack`` file, a ``checkpoints`` directory or one checkpoint step
+        directory.
     """
     path = pathlib.Path(path)
     if not path.exists():

@@ -1,7 +1,8 @@
 """The pure functional core of the ELO environment (ELO Sec. 4, Alg. 1, Eq. 8-10).
 
 One env copy is one optimizee being trained. The core always works on a batch of C
-copies (the single-copy Gymnasium env uses C = 1) because copies share the replay buffer.
+copies (the single-copy Gymnasium env uses C = 1) because copies share the replay
+buffer.
 
 Per inner step n of a copy, from parameters theta_n and the gradient g_n of the task
 loss on this step's batch (computed once, fed to both Adam and the LO features):
@@ -16,8 +17,9 @@ loss on this step's batch (computed once, fed to both Adam and the LO features):
 
 Episodes start fresh (K = 0) or, in ``elo`` mode, from a replay-buffer snapshot with
 probability 1 - p_th, run N inner steps, and push one snapshot into the buffer at inner
-step N_push. The state is kept "prepared": it holds the gradient and the Adam proposal for
-the current parameters, so that the observation can be returned before the action.
+step N_push. The state is kept "prepared": it holds the gradient and the Adam
+proposal for the current parameters, so that the observation can be returned before
+the action.
 """
 
 from __future__ import annotations
@@ -155,7 +157,7 @@ def make_params(
 
 
 class Snapshot(flax.struct.PyTreeNode):
-    """An optimizee between two inner steps: what the replay buffer stores (theta, zeta)."""
+    """An optimizee between two inner steps: what the buffer stores (theta, zeta)."""
 
     params: Any  # optimizee params pytree
     lo: lopt.SmallFcLOptState  # LO accumulators; lo.count = inner step index n
@@ -164,7 +166,7 @@ class Snapshot(flax.struct.PyTreeNode):
 
 @flax.struct.dataclass
 class EnvState:
-    """One env copy, prepared for its next action (leaves get a leading C axis in a batch)."""
+    """One env copy, prepared for its next action (a leading C axis in a batch)."""
 
     params: Any  # theta_n
     grads: Any  # g_n, gradient of the task loss at theta_n on this step's batch
@@ -305,7 +307,7 @@ def _prepare(
 
 
 def copy_keys(cfg: EnvConfig, seed: int) -> jax.Array:
-    """(C, 2) keys: copy i gets PRNGKey(seed + i), or PRNGKey(seed + i // 2) when paired,
+    """(C, 2) keys: copy i gets PRNGKey(seed + i), or PRNGKey(seed + i // 2) if paired,
     so that copy i of a vector env replays a single env seeded like it."""
     offsets = jnp.arange(cfg.num_copies) // (2 if cfg.paired else 1)
     return jax.vmap(jax.random.PRNGKey)(seed + offsets)
@@ -372,7 +374,8 @@ def reset(
       p: numeric knobs and data.
 
     Returns:
-      (state, obs, info); obs["features"] is (C, P, 39), info["expert_action"] (C, P, 2).
+      (state, obs, info); obs["features"] is (C, P, 39), info["expert_action"]
+        (C, P, 2).
     """
     example = jax.eval_shape(
         functools.partial(_fresh_snapshot, cfg), jax.random.PRNGKey(0)

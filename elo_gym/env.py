@@ -1,10 +1,11 @@
-"""Gymnasium faces of the ELO environment: thin stateful shells over :mod:`elo_gym.core`.
+"""Gymnasium faces of the ELO env: thin stateful shells over :mod:`elo_gym.core`.
 
 ``gymnasium.make("ELO-Digits-MLP")`` gives :class:`ELOEnv` (one optimizee);
 ``gymnasium.make_vec("ELO-Digits-MLP", num_envs=N)`` gives :class:`ELOVectorEnv`. Both
 hold only the core's state, its numeric params and their spaces, jit the core once at
 construction, and return JAX arrays (``metadata["jax"] = True``; wrap with
-``gymnasium.wrappers.JaxToNumpy`` or ``gymnasium.wrappers.vector.JaxToNumpy`` for numpy).
+``gymnasium.wrappers.JaxToNumpy`` or ``gymnasium.wrappers.vector.JaxToNumpy`` for
+numpy).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from elo_gym.envs import make_image_mlp_task
 
 @dataclasses.dataclass(frozen=True)
 class EnvSettings:
-    """Everything an ELO env id is made from; keyword arguments of ``gymnasium.make``."""
+    """What an ELO env id is made from: keyword arguments of ``gymnasium.make``."""
 
     dataset: str = "digits"
     hidden_sizes: tuple[int, ...] | None = None  # None: the dataset's default MLP

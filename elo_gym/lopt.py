@@ -67,7 +67,7 @@ class SmallFcMLP(nn.Module):
 def _fan_in_truncated_normal(
     key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32
 ) -> jax.Array:
-    # As the reference (haiku): stddev 1/sqrt(fan_in), cut at 2 stddev, no variance fix-up.
+    # As the reference (haiku): stddev 1/sqrt(fan_in), cut at 2 stddev, no fix-up.
     return nn.initializers.truncated_normal(1.0 / np.sqrt(shape[0]))(key, shape, dtype)
 
 
@@ -162,7 +162,7 @@ _REFERENCE_KEYS = tuple(f"meta/nn/~/{w}{i}" for i in range(3) for w in "wb") + (
 
 
 class Decays(NamedTuple):
-    """Effective decay rates (float32 arrays) after applying the meta-learned offsets."""
+    """Effective decay rates (float32) after applying the meta-learned offsets."""
 
     momentum: jax.Array  # (3,)
     rms: jax.Array  # (1,)
@@ -328,7 +328,7 @@ def raw_tensor_features(
 def tensor_features(
     g: jax.Array, p: jax.Array, acc: TensorAccumulators, count: jax.Array
 ) -> jax.Array:
-    """All 39 features of one tensor, shape S' + (39,) with S' = S (or (1,) for scalars).
+    """All 39 features of one tensor, shape S' + (39,); S' = S (or (1,) for scalars).
 
     Features 0-27 are scaled by rsqrt(1e-5 + mean over the tensor of their square).
     """
@@ -371,120 +371,129 @@ def step_from_action(
     return step_mult * action[..., 0] * jnp.exp(exp_mult * action[..., 1])
 
 
+# Feature indices (0-27) that each elementwise row of the fused first layer carries. A
+# row that stands for two equal features (13-15 = 16-18 and 19-21 = 22-24 when a tensor
+# is not factored) lists both: their weights add.
+_UNFACTORED_ROWS = (
+    (0,),
+    (1,),
+    (2,),
+    (3,),
+    (4,),
+    (5,),
+    (6,),
+    (7,),
+    (8,),
+    (9,),
+    (10,),
+    (11,),
+    (12,),
+    (13, 16),
+    (14, 17),
+    (15, 18),
+    (19, 22),
+    (20, 23),
+    (21, 24),
+    (25,),
+    (26,),
+    (27,),
+)
+_FACTORED_ROWS = (
+    (0,),
+    (1,),
+    (2,),
+    (3,),
+    (4,),
+    (5,),
+    (6,),
+    (7,),
+    (8,),
+    (9,),
+    (10,),
+    (11,),
+    (12,),
+    (25,),
+    (26,),
+    (27,),
+)
+# Factored tensors: (moment feature indices, their rsqrt feature indices) of the row and
+# column second moments, which are broadcasts of small arrays.
+_ROW_FEATURES, _COL_FEATURES = (
+    ((13, 14, 15), (19, 20, 21)),
+    ((16, 17, 18), (22, 23, 24)),
+)
+
+
+def _selection(rows: tuple[tuple[int, ...], ...]) -> np.ndarray:
+    select = np.zeros((len(rows), NUM_NORMALIZED), np.float32)
+    for i, features in enumerate(rows):
+        select[i, list(features)] = 1.0
+    return select
+
+
 def _fused_tensor_step(
     g: jax.Array, p: jax.Array, acc: TensorAccumulators, steps: jax.Array, mlp: dict
 ) -> jax.Array:
-    """The MLP's (d, m) for one tensor without materializing its (n, 39) features.
+    """The MLP's output (2, n) = (d, m) for one tensor, without its (n, 39) features.
 
-    Same math as ``apply_mlp(mlp, tensor_features(...))``, arranged for speed:
-    - The per-tensor normalization is a per-channel scale s_c, so it is folded into the
-      first layer's weights (s_c * W0[c]); the 11 step features are the same for every
-      element, so they fold into its bias.
-    - Row/column second moments of factored tensors (features 13-24) are broadcasts of
-      small arrays: their first-layer contribution is computed on the small array and
-      broadcast, and duplicate channels of unfactored tensors share one weight row.
-    - The rest is laid out channels-first, (channels, n): each channel is one contiguous
-      row, and the layers are (32, k) @ (k, n) matmuls with a long, dense n.
-    Returns (2, n).
+    The same math as ``apply_mlp(mlp, tensor_features(...))``, arranged for speed (the
+    golden-fixture test checks both):
+    - per-tensor normalization multiplies each feature channel by one scalar, so it is
+      folded into the first layer's weights; the 11 step features are equal for every
+      element, so they fold into its bias;
+    - the row and column second moments of a factored tensor (features 13-24) are
+      broadcasts of small arrays: their first-layer term is computed on the small array
+      and broadcast; equal channels of an unfactored tensor share one row;
+    - channels-first layout, (channels, n): each channel is one contiguous row, and the
+      layers are (hidden, k) @ (k, n) matmuls over a long, dense n.
     """
     shape = acc.momentum.shape[:-1]
     n = math.prod(shape)
     w0, b0 = mlp["Dense_0"]["kernel"], mlp["Dense_0"]["bias"]
-    g = sanitize_gradient(g).reshape(shape)
+    g = sanitize_gradient(g).reshape(1, *shape)
     m = jnp.moveaxis(acc.momentum, -1, 0)  # (3,) + S
-    r = acc.rms[..., 0]
+    r = jnp.moveaxis(acc.rms, -1, 0)  # (1,) + S
     rsqrt_r = jax.lax.rsqrt(r + 1e-6)
+    common = [g, p.reshape(1, *shape), m, r, m * rsqrt_r, rsqrt_r]
     dims = factored_dims(shape)
     if dims is None:
         v = jnp.moveaxis(acc.v_row, -1, 0)
-        fac_g = g * jax.lax.rsqrt(jnp.maximum(v + 1e-9, 1e-9))
-        fac_m = m * jax.lax.rsqrt(v + 1e-6)
-        rv = jax.lax.rsqrt(v + 1e-8)
-        # Features 13-15 equal 16-18 and 19-21 equal 22-24: one row each, summed weights.
-        rows = [
-            g[None],
-            p.reshape(shape)[None],
-            m,
-            r[None],
-            m * rsqrt_r,
-            rsqrt_r[None],
-            fac_g,
+        rows = common + [
+            g * jax.lax.rsqrt(jnp.maximum(v + 1e-9, 1e-9)),
             v,
-            rv,
-            fac_m,
+            jax.lax.rsqrt(v + 1e-8),
+            m * jax.lax.rsqrt(v + 1e-6),
         ]
-        index = [
-            [0],
-            [1],
-            [2, 3, 4],
-            [5],
-            [6, 7, 8],
-            [9],
-            [10, 11, 12],
-            [[13, 16], [14, 17], [15, 18]],
-            [[19, 22], [20, 23], [21, 24]],
-            [25, 26, 27],
-        ]
+        row_features, small = _UNFACTORED_ROWS, []
     else:
         d0, d1 = dims
-        reduced_d1 = d1 - 1 if d1 > d0 else d1
-        v_row, v_col = acc.v_row, acc.v_col
-        row_mean = jnp.mean(v_row, axis=reduced_d1, keepdims=True)
-        row_factor = jax.lax.rsqrt(jnp.maximum(v_row / (row_mean + 1e-9), 1e-9))
-        col_factor = jax.lax.rsqrt(jnp.maximum(v_col, 1e-9))
+        row_mean = jnp.mean(acc.v_row, axis=d1 - 1 if d1 > d0 else d1, keepdims=True)
+        row_factor = jax.lax.rsqrt(jnp.maximum(acc.v_row / (row_mean + 1e-9), 1e-9))
+        col_factor = jax.lax.rsqrt(jnp.maximum(acc.v_col, 1e-9))
         both = jnp.moveaxis(
             jnp.expand_dims(row_factor, d0) * jnp.expand_dims(col_factor, d1), -1, 0
         )
-        rows = [
-            g[None],
-            p.reshape(shape)[None],
-            m,
-            r[None],
-            m * rsqrt_r,
-            rsqrt_r[None],
-            g * both,
-            m * both,
-        ]
-        index = [[0], [1], [2, 3, 4], [5], [6, 7, 8], [9], [10, 11, 12], [25, 26, 27]]
-        small = {"row": (v_row, d0, (13, 19)), "col": (v_col, d1, (16, 22))}
-    # Per-channel normalization scales over the whole tensor.
+        rows = common + [g * both, m * both]
+        row_features = _FACTORED_ROWS
+        small = [(acc.v_row, d0, _ROW_FEATURES), (acc.v_col, d1, _COL_FEATURES)]
     x = jnp.concatenate([row.reshape(-1, n) for row in rows])  # (k, n)
-    flat_index = [i for group in index for i in group]
-    mean_sq = jnp.mean(x**2, axis=1)
-    scale = jnp.zeros((NUM_NORMALIZED,), w0.dtype)
-    for position, channel in enumerate(flat_index):
-        for c in channel if isinstance(channel, list) else [channel]:
-            scale = scale.at[c].set(jax.lax.rsqrt(1e-5 + mean_sq[position]))
-    if dims is not None:
-        for moments, axis, (first, first_rsqrt) in small.values():
-            rs = jax.lax.rsqrt(moments + 1e-8)
-            # mean over the full tensor of a broadcast = mean over the small array
-            for k in range(3):
-                scale = scale.at[first + k].set(
-                    jax.lax.rsqrt(1e-5 + jnp.mean(moments[..., k] ** 2))
-                )
-                scale = scale.at[first_rsqrt + k].set(
-                    jax.lax.rsqrt(1e-5 + jnp.mean(rs[..., k] ** 2))
-                )
-    w0_scaled = w0[:NUM_NORMALIZED] * scale[:, None]  # (28, hidden)
-    weight_rows = [
-        sum(w0_scaled[c] for c in (ch if isinstance(ch, list) else [ch]))
-        for ch in flat_index
+    # rsqrt(1e-5 + mean of the square over the tensor), per row: the normalization.
+    scale = jax.lax.rsqrt(1e-5 + jnp.mean(x**2, axis=1))
+    w_first = (jnp.asarray(_selection(row_features)) @ w0[:NUM_NORMALIZED]) * scale[
+        :, None
     ]
-    w_first = jnp.stack(weight_rows, axis=1)  # (hidden, k)
     bias = b0 + steps @ w0[NUM_NORMALIZED:]
-    pre = w_first @ x + bias[:, None]
-    if dims is not None:
-        pre = pre.reshape((-1,) + shape)
-        for moments, axis, (first, first_rsqrt) in small.values():
-            feats = jnp.concatenate([moments, jax.lax.rsqrt(moments + 1e-8)], axis=-1)
-            w = jnp.concatenate(
-                [w0_scaled[first : first + 3], w0_scaled[first_rsqrt : first_rsqrt + 3]]
-            )
-            contribution = jnp.moveaxis(feats @ w, -1, 0)  # (hidden,) + reduced
-            pre = pre + jnp.expand_dims(contribution, axis + 1)
-        pre = pre.reshape(-1, n)
-    h = jax.nn.relu(pre)
+    pre = (w_first.T @ x + bias[:, None]).reshape(-1, *shape)
+    for moments, axis, (moment_ids, rsqrt_ids) in small:
+        channels = jnp.concatenate([moments, jax.lax.rsqrt(moments + 1e-8)], axis=-1)
+        # A broadcast's mean square over the tensor is its mean square over the array.
+        small_scale = jax.lax.rsqrt(
+            1e-5 + jnp.mean(channels**2, axis=tuple(range(channels.ndim - 1)))
+        )
+        w = w0[np.asarray(moment_ids + rsqrt_ids)] * small_scale[:, None]
+        term = jnp.moveaxis(channels @ w, -1, 0)  # (hidden,) + reduced shape
+        pre = pre + jnp.expand_dims(term, axis + 1)
+    h = jax.nn.relu(pre.reshape(-1, n))
     layers = sorted(mlp)[1:]
     for i, name in enumerate(layers):
         h = mlp[name]["kernel"].T @ h + mlp[name]["bias"][:, None]
@@ -501,7 +510,7 @@ def lopt_update(
     step_mult: float = STEP_MULT,
     exp_mult: float = EXP_MULT,
 ) -> tuple[Any, SmallFcLOptState]:
-    """One learned-optimizer step. Returns (updates, new_state); new params = p + updates."""
+    """One learned-optimizer step: (updates, new_state); new params = p + updates."""
     state = accumulate(grads, state, effective_decays(meta_params))
     g_leaves, treedef = jax.tree.flatten(grads)
     p_leaves = treedef.flatten_up_to(params)

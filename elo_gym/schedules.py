@@ -1,4 +1,4 @@
-"""Schedules an agent applies between outer steps: alpha (ELO Eq. 8) and curriculum n_max."""
+"""Schedules an agent applies between outer steps: alpha (Eq. 8), curriculum n_max."""
 
 ALPHA_SCHEDULES = ("linear", "hold_linear", "constant")
 

@@ -1,7 +1,8 @@
 """A shape-and-dtype Gymnasium space that never allocates bound arrays.
 
-An observation of a 0.5M-parameter optimizee is a (P, 39) array; a ``Box`` would hold two
-more arrays of that size for its bounds, per env copy. ``Array`` stores only the shape.
+An observation of a 0.5M-parameter optimizee is a (P, 39) array; a ``Box`` would
+hold two more arrays of that size for its bounds, per env copy. ``Array`` stores only
+the shape.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from gymnasium.vector.utils import batch_space
 
 
 class Array(gym.Space):
-    """Unbounded real arrays of a fixed shape and dtype (samples are standard normal)."""
+    """Unbounded real arrays of a fixed shape and dtype (standard normal samples)."""
 
     def __init__(
         self, shape: tuple[int, ...], dtype: Any = np.float32, seed: int | None = None

@@ -1,4 +1,4 @@
-"""PES agent: runs, resumes exactly after SIGKILL, shards, loads as optax, rejects bad input."""
+"""PES agent: runs, resumes exactly after SIGKILL, shards, loads, rejects bad input."""
 
 import json
 import os
@@ -20,7 +20,7 @@ from elo_gym import checkpoint
 from elo_gym.agents import pes_train
 
 SCRIPT = pathlib.Path(pes_train.__file__)
-# Tiny but complete: 2 pairs, a 10-unit optimizee, short truncations, a checkpoint a step.
+# Tiny but complete: 2 pairs, a 10-unit optimizee, short truncations, checkpoints.
 TINY = dict(
     num_pairs=2,
     truncation=4,
@@ -148,7 +148,7 @@ def test_two_devices_match_one(reference_run, tmp_path):
         capture_output=True,
     )
     for a, b in zip(_lo_arrays(reference_run), _lo_arrays(run_dir), strict=True):
-        # Reductions split across devices round differently; PES amplifies that a little.
+        # Reductions split across devices round differently; PES amplifies it.
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
 
 

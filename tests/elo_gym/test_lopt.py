@@ -1,4 +1,4 @@
-"""small_fc_lopt: parity with learned_optimization's AdafacMLPLOpt, and the optax face."""
+"""small_fc_lopt: parity with learned_optimization's AdafacMLPLOpt; the optax face."""
 
 import pathlib
 
