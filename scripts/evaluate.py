@@ -1,0 +1,689 @@
+"""Long-horizon evaluation: learned optimizers against LR-tuned AdamW (ELO Sec. 5.2).
+
+Trains fresh optimizees of an env's task (same dataset, model and augmentation as the
+env) for H inner steps with each learned optimizer (LO) and with AdamW (weight decay
+1e-4) at every learning rate of the paper's grid, picking AdamW's lr by the final
+validation loss (mean over seeds). H defaults to 10x the meta-training horizon n_max
+read from the LO runs' ``config.json``.
+
+Each (optimizer, lr) is one jitted ``lax.scan`` over the inner steps, vmapped over the
+seeds: the training loss of every step stays on the device, and the validation loss and
+test accuracy are computed inside the program every ``eval_every`` steps (the scan is
+chunked, so no per-step host sync and no per-step ``lax.cond``). Every method sees the
+same seeds: the same initial params and the same batch sequence.
+
+Writes into the output directory:
+
+- ``results.json``: config, the task, every curve (every AdamW lr too), the chosen lr,
+  final metrics and compute time;
+- ``train_loss.png``, ``valid_loss.png``, ``loss_curves.png`` (like the paper's Figs.
+  3-5: log-scale loss against the inner step, mean over seeds with a min-max band, the
+  meta-training horizon as a dashed red line) and ``adamw_sweep.png`` (every lr);
+- ``table.md``: test accuracy and test loss at the final step, mean +- std over seeds
+  (like the paper's Table 1).
+
+Usage::
+
+    python scripts/evaluate.py --lo elo=runs/elo --lo naive=runs/naive --out eval/
+    python scripts/evaluate.py --lo elo=runs/elo/lo.msgpack --steps 500 --seeds 2
+
+An LO meta-trained on another env than ``--env`` is an error unless
+``--allow-task-mismatch`` is given (out-of-distribution evaluation is legitimate, but
+it should be asked for, not happen by a typo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import math
+import pathlib
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+from tqdm import tqdm
+
+import elo_gym
+from elo_gym import envs as tasks
+
+PAPER_LRS = (0.01, 0.007, 0.004, 0.001, 0.0007, 0.0004, 0.0001)
+WEIGHT_DECAY = 1e-4
+ADAMW = "AdamW"
+SPLITS = ("valid", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Settings of one evaluation (all of it is written to results.json)."""
+
+    los: tuple[tuple[str, str], ...]  # (label, run dir or checkpoint path) per LO
+    env: str = "ELO-Digits-MLP"  # env id whose task the optimizees train on
+    steps: int | None = None  # H; None: 10 x the largest meta-training n_max
+    horizon_factor: int = 10  # H = horizon_factor x n_max when steps is None
+    seeds: int = 3  # seeds seed, seed + 1, ...; each method sees the same ones
+    seed: int = 0  # first seed
+    lrs: tuple[float, ...] = PAPER_LRS  # AdamW learning rates searched
+    weight_decay: float = WEIGHT_DECAY  # AdamW weight decay
+    eval_every: int | None = None  # steps between evaluations; None: about H / 50
+    hidden_sizes: tuple[int, ...] | None = None  # None: the LO runs' (else the env's)
+    batch_size: int | None = None  # None: the LO runs' (else the env's)
+    data_dir: str | None = None  # where on-disk datasets live (ImageNet-32)
+    allow_task_mismatch: bool = False  # evaluate LOs meta-trained on another env
+    smooth: int | None = None  # moving-average window of plotted train loss
+    progress: bool = True  # tqdm progress bar over runs
+
+
+# --------------------------------------------------------------------------- config
+
+
+def _check_env(env_id: str) -> None:
+    if env_id not in elo_gym.ENV_IDS:
+        raise ValueError(
+            f"unknown env id {env_id!r}; valid: {', '.join(elo_gym.ENV_IDS)}"
+        )
+
+
+def _find_config(path: pathlib.Path) -> dict | None:
+    """The run's config.json for a run dir, its lo.msgpack or a checkpoint dir."""
+    for parent in [path, *path.parents][:4]:
+        file = parent / "config.json"
+        if parent.is_dir() and file.is_file():
+            return json.loads(file.read_text())
+    return None
+
+
+def _describe_los(config: EvalConfig) -> list[dict]:
+    """Checks every LO path and reads its run config (None if it has none)."""
+    _check_env(config.env)  # first: a typo must not read as a task mismatch
+    if not config.los:
+        raise ValueError("give at least one learned optimizer: --lo LABEL=PATH")
+    labels = [label for label, _ in config.los]
+    if len(set(labels)) != len(labels) or ADAMW in labels:
+        raise ValueError(f"LO labels must be unique and not {ADAMW!r}, got {labels}")
+    described = []
+    for label, path in config.los:
+        path = pathlib.Path(path)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"learned optimizer {label!r}: no checkpoint at {path} (give a run "
+                "directory with lo.msgpack or checkpoints/, or a lo.msgpack file)"
+            )
+        run_config = _find_config(path)
+        run_env = None if run_config is None else run_config.get("env")
+        mismatch = run_env is not None and run_env != config.env
+        if mismatch and not config.allow_task_mismatch:
+            raise ValueError(
+                f"learned optimizer {label!r} was meta-trained on {run_env!r}, "
+                f"not on --env {config.env!r}; pass --allow-task-mismatch to "
+                "evaluate it out of distribution on purpose"
+            )
+        described.append(
+            {"label": label, "path": str(path), "env": run_env, "config": run_config}
+        )
+    return described
+
+
+def _from_runs(described: list[dict], key: str) -> Any:
+    """The runs' common value of a config key (None if none sets it)."""
+    values = {
+        json.dumps(d["config"].get(key))
+        for d in described
+        if d["config"] is not None and d["config"].get(key) is not None
+    }
+    if len(values) > 1:
+        raise ValueError(
+            f"the LO runs disagree on {key}: {sorted(values)}; pass it explicitly "
+            f"(--{key.replace('_', '-')})"
+        )
+    return json.loads(values.pop()) if values else None
+
+
+def _resolve(config: EvalConfig, described: list[dict]) -> dict:
+    """Task settings, H, the meta-training horizons and the eval interval."""
+    same_env = [d for d in described if d["env"] in (None, config.env)]
+    hidden = config.hidden_sizes
+    batch = config.batch_size
+    # Only runs of this env say what its model was: an OOD run's widths belong to
+    # another dataset.
+    if hidden is None:
+        hidden = _from_runs(same_env, "hidden_sizes")
+    if batch is None:
+        batch = _from_runs(same_env, "batch_size")
+    n_max = {
+        d["label"]: d["config"]["n_max"]
+        for d in described
+        if d["config"] is not None and "n_max" in d["config"]
+    }
+    steps = config.steps
+    if steps is None:
+        if not n_max:
+            raise ValueError(
+                "no LO run has a config.json with n_max to derive H from; pass --steps"
+            )
+        steps = config.horizon_factor * max(n_max.values())
+    if steps <= 0:
+        raise ValueError(f"steps must be > 0, got {steps}")
+    eval_every = max(1, steps // 50) if config.eval_every is None else config.eval_every
+    if eval_every <= 0:
+        raise ValueError(f"eval_every must be > 0, got {eval_every}")
+    if config.seeds <= 0:
+        raise ValueError(f"seeds must be > 0, got {config.seeds}")
+    if not config.lrs or min(config.lrs) <= 0:
+        raise ValueError(f"lrs must be positive and non-empty, got {config.lrs}")
+    return {
+        "hidden_sizes": None if hidden is None else tuple(hidden),
+        "batch_size": batch,
+        "steps": int(steps),
+        "eval_every": int(eval_every),
+        "n_max": n_max,
+    }
+
+
+def make_task(
+    env_id: str,
+    hidden_sizes: tuple[int, ...] | None = None,
+    batch_size: int | None = None,
+    data_dir: str | None = None,
+) -> tasks.ImageMLPTask:
+    """The optimizee task of an env id (same dataset, defaults and augmentation)."""
+    _check_env(env_id)
+    return tasks.make_image_mlp_task(
+        elo_gym.ENV_IDS[env_id]["dataset"],
+        hidden_sizes=hidden_sizes,
+        batch_size=batch_size,
+        data_dir=data_dir,
+    )
+
+
+# --------------------------------------------------------------------------- training
+
+
+def eval_steps(steps: int, eval_every: int) -> list[int]:
+    """Inner steps after which the model is evaluated: 0, every, 2 every, ..., H."""
+    points = list(range(0, steps + 1, eval_every))
+    return points if points[-1] == steps else [*points, steps]
+
+
+def train_curves(
+    task: tasks.ImageMLPTask,
+    optimizer: optax.GradientTransformation,
+    data: tasks.ImageData,
+    key: jax.Array,
+    *,
+    steps: int,
+    eval_every: int,
+) -> dict[str, jax.Array]:
+    """Trains one fresh optimizee for ``steps`` steps; pure and jittable (one seed).
+
+    Args:
+      task: the optimizee task (static).
+      optimizer: any optax transformation (an LO's ``update`` needs params).
+      data: the device-resident dataset.
+      key: PRNG key; split into the init key and the batch-sequence key.
+      steps: H, the number of inner steps.
+      eval_every: steps between evaluations of the valid and test splits.
+
+    Returns:
+      ``train_loss`` (H,): the minibatch loss at each step before its update;
+      ``valid_loss``, ``valid_accuracy``, ``test_loss``, ``test_accuracy`` (E,) at
+      :func:`eval_steps` (E of them, step 0 and step H included).
+    """
+    key_init, key_data = jax.random.split(key)
+    params = task.init(key_init)
+    opt_state = optimizer.init(params)
+
+    def step(carry, n):
+        params, opt_state = carry
+        batch = task.sample_batch(data, jax.random.fold_in(key_data, n))
+        loss, grads = jax.value_and_grad(task.loss)(params, batch)
+        updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        new = (optax.apply_updates(params, updates), new_opt_state)
+        # Steps past H (in a last, partial chunk) leave the optimizee as it is.
+        carry = jax.tree.map(lambda a, b: jnp.where(n < steps, a, b), new, carry)
+        return carry, loss
+
+    def evaluate(params):
+        out = {}
+        for split in SPLITS:
+            metrics = task.evaluate(params, data, split)
+            out[f"{split}_loss"] = metrics["loss"]
+            out[f"{split}_accuracy"] = metrics["accuracy"]
+        return out
+
+    def train_chunk(carry, start):
+        return lax.scan(step, carry, start + jnp.arange(eval_every))
+
+    def skip_chunk(carry, start):
+        del start
+        return carry, jnp.zeros(eval_every, jnp.float32)
+
+    def chunk(carry, start):
+        # Evaluate, then train eval_every steps; the extra last iteration only
+        # evaluates (its start is H; the predicate is unbatched under vmap, so this
+        # stays a real branch). One copy of the step and of the evaluation in the
+        # program keeps compilation short.
+        evals = evaluate(carry[0])
+        carry, losses = lax.cond(start < steps, train_chunk, skip_chunk, carry, start)
+        return carry, (losses, evals)
+
+    num_chunks = -(-steps // eval_every)
+    starts = jnp.arange(num_chunks + 1) * eval_every
+    _, (losses, evals) = lax.scan(chunk, (params, opt_state), starts)
+    losses = losses.reshape(-1)[:steps]
+    return {"train_loss": losses, **evals}
+
+
+def _seed_keys(config: EvalConfig) -> jax.Array:
+    return jnp.stack([jax.random.PRNGKey(config.seed + i) for i in range(config.seeds)])
+
+
+def _run_many(fn, *args) -> tuple[dict[str, np.ndarray], float]:
+    start = time.perf_counter()
+    out = jax.device_get(jax.block_until_ready(fn(*args)))
+    return {k: np.asarray(v) for k, v in out.items()}, time.perf_counter() - start
+
+
+def pick_best_lr(final_valid_loss: dict[float, np.ndarray]) -> float:
+    """The lr with the lowest mean final validation loss over seeds.
+
+    An lr with a non-finite loss on any seed (divergence) is never picked unless
+    every lr diverged.
+
+    Args:
+      final_valid_loss: lr -> (seeds,) final validation losses.
+    """
+    means = {
+        lr: float(np.mean(v)) if np.all(np.isfinite(v)) else math.inf
+        for lr, v in final_valid_loss.items()
+    }
+    return min(means, key=means.__getitem__)
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def _summary(
+    curves: dict[str, np.ndarray], train_window: int
+) -> dict[str, dict[str, float | None]]:
+    """Metrics at step H, mean and std over seeds (ddof 0); None where non-finite.
+
+    The training loss is the mean of the last ``train_window`` minibatch losses: one
+    minibatch alone is too noisy to rank methods by.
+    """
+    final = {
+        "train_loss": curves["train_loss"][:, -train_window:].mean(axis=1),
+        **{k: v[:, -1] for k, v in curves.items() if k != "train_loss"},
+    }
+    with np.errstate(invalid="ignore"):  # inf - inf in std: reported as None
+        return {
+            k: {
+                "mean": _finite_or_none(np.mean(v)),
+                "std": _finite_or_none(np.std(v)),
+            }
+            for k, v in final.items()
+        }
+
+
+def _jsonable(array: np.ndarray) -> list:
+    """Nested lists with non-finite values as null (strict JSON has no NaN)."""
+    as_object = np.where(np.isfinite(array), array, None).astype(object)
+    return [[None if x is None else float(x) for x in row] for row in as_object]
+
+
+def _smooth(y: np.ndarray, window: int) -> np.ndarray:
+    if window <= 1:
+        return y
+    kernel = np.ones(window) / window
+    return np.convolve(y, kernel, mode="valid")
+
+
+def _band(ax, x, per_seed: np.ndarray, label: str, color) -> None:
+    """Mean over seeds with a min-max band; diverged (NaN) seeds are left out."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all seeds NaN: a gap
+        mean = np.nanmean(per_seed, axis=0)
+        low, high = np.nanmin(per_seed, axis=0), np.nanmax(per_seed, axis=0)
+    ax.plot(x, mean, label=label, color=color, lw=1.5)
+    ax.fill_between(x, low, high, color=color, alpha=0.2, lw=0)
+
+
+def _horizons(ax, n_max: dict[str, int]) -> None:
+    for i, horizon in enumerate(sorted(set(n_max.values()))):
+        ax.axvline(
+            horizon,
+            color="red",
+            ls="--",
+            lw=1.2,
+            label="meta-training horizon" if i == 0 else None,
+        )
+
+
+def _plot_losses(ax, result: dict, which: str, window: int) -> None:
+    import matplotlib.pyplot as plt
+
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    methods = [*result["lo_labels"], ADAMW]
+    for i, method in enumerate(methods):
+        curves = result["curves"][method]
+        label = method
+        if method == ADAMW:
+            lr = result["best_lr"]
+            curves, label = curves[str(lr)], f"AdamW (lr {lr:g})"
+        per_seed = np.asarray(curves[which], dtype=float)
+        if which == "train_loss":
+            x = np.arange(per_seed.shape[1])  # loss of theta_n, before update n
+            per_seed = np.stack([_smooth(row, window) for row in per_seed])
+            x = x[window - 1 :] if window > 1 else x
+        else:
+            x = np.asarray(result["eval_steps"])
+        _band(ax, x, per_seed, label, colors[i % len(colors)])
+    _horizons(ax, result["n_max"])
+    ax.set_yscale("log")
+    ax.set_xlabel("inner step")
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def write_plots(result: dict, out_dir: pathlib.Path, smooth: int | None) -> list[str]:
+    """Figs. 3-5-style PNGs; returns their file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps, seeds = result["steps"], result["config"]["seeds"]
+    window = smooth if smooth is not None else max(1, steps // 100)
+    window = min(max(1, window), steps)
+    titles = {
+        "train_loss": f"training loss (minibatch, moving average of {window})"
+        if window > 1
+        else "training loss (minibatch)",
+        "valid_loss": "validation loss",
+    }
+    written = []
+    suptitle = f"{result['config']['env']}: mean over {seeds} seeds, band = min-max"
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, which in zip(axes, titles, strict=True):
+        _plot_losses(ax, result, which, window)
+        ax.set_title(titles[which])
+    axes[0].legend(fontsize=8)
+    fig.suptitle(suptitle)
+    fig.tight_layout()
+    fig.savefig(out_dir / "loss_curves.png", dpi=120)
+    plt.close(fig)
+    written.append("loss_curves.png")
+    for which, title in titles.items():
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        _plot_losses(ax, result, which, window)
+        ax.set_title(f"{title}\n{suptitle}", fontsize=9)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        name = f"{which}.png"
+        fig.savefig(out_dir / name, dpi=120)
+        plt.close(fig)
+        written.append(name)
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    cmap = plt.get_cmap("viridis")
+    lrs = result["config"]["lrs"]
+    for i, lr in enumerate(lrs):
+        per_seed = np.asarray(result["curves"][ADAMW][str(lr)]["valid_loss"], float)
+        color = cmap(i / max(1, len(lrs) - 1))
+        _band(ax, result["eval_steps"], per_seed, f"lr {lr:g}", color)
+    _horizons(ax, result["n_max"])
+    ax.set_yscale("log")
+    ax.set_xlabel("inner step")
+    ax.set_title(f"AdamW lr sweep: validation loss (best: {result['best_lr']:g})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "adamw_sweep.png", dpi=120)
+    plt.close(fig)
+    written.append("adamw_sweep.png")
+    return written
+
+
+def _pm(stat: dict[str, float | None], scale: float = 1.0, digits: int = 4) -> str:
+    if stat["mean"] is None or stat["std"] is None:
+        return "diverged"  # non-finite on at least one seed
+    return f"{stat['mean'] * scale:.{digits}f} ± {stat['std'] * scale:.{digits}f}"
+
+
+def table_markdown(result: dict) -> str:
+    """Table 1-style summary at the final step, mean ± std over seeds."""
+    cfg = result["config"]
+    lines = [
+        f"Task {cfg['env']}, H = {result['steps']} inner steps, {cfg['seeds']} seeds "
+        f"(mean ± std over seeds, at step H). Meta-training horizon(s): "
+        + (", ".join(f"{k} {v}" for k, v in result["n_max"].items()) or "unknown")
+        + ".",
+        "",
+        "| method | test accuracy (%) | test loss | validation loss | "
+        f"train loss (last {min(result['eval_every'], result['steps'])} "
+        "minibatches) |",
+        "|---|---|---|---|---|",
+    ]
+    for method in [*result["lo_labels"], ADAMW]:
+        summary = result["final"][method]
+        name = method
+        if method == ADAMW:
+            name = f"AdamW (lr {result['best_lr']:g}, wd {cfg['weight_decay']:g})"
+        lines.append(
+            f"| {name} | {_pm(summary['test_accuracy'], 100.0, 2)} | "
+            f"{_pm(summary['test_loss'])} | {_pm(summary['valid_loss'])} | "
+            f"{_pm(summary['train_loss'])} |"
+        )
+    lines += [
+        "",
+        "AdamW's lr was picked from "
+        + ", ".join(f"{lr:g}" for lr in cfg["lrs"])
+        + " by the mean final validation loss.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- run
+
+
+def run(config: EvalConfig, workdir: str | pathlib.Path) -> dict:
+    """Evaluates the LOs and the AdamW sweep; writes results, plots and table.
+
+    Args:
+      config: what to evaluate and how.
+      workdir: output directory (created).
+
+    Returns:
+      The dict written to ``results.json`` (curves as nested lists).
+
+    Raises:
+      FileNotFoundError: an LO path does not exist.
+      ValueError: unknown env id, a task mismatch without ``allow_task_mismatch``,
+        or inconsistent settings.
+    """
+    wall_start = time.perf_counter()
+    described = _describe_los(config)
+    resolved = _resolve(config, described)
+    optimizers = {d["label"]: elo_gym.load_optimizer(d["path"]) for d in described}
+    task = make_task(
+        config.env, resolved["hidden_sizes"], resolved["batch_size"], config.data_dir
+    )
+    data = task.load_data()
+    steps, eval_every = resolved["steps"], resolved["eval_every"]
+    keys = _seed_keys(config)
+    train = functools.partial(train_curves, task, steps=steps, eval_every=eval_every)
+
+    def lo_program(optimizer):
+        return jax.jit(jax.vmap(functools.partial(train, optimizer), (None, 0)))
+
+    # lr is a traced argument: one compilation serves the whole sweep.
+    @jax.jit
+    def adamw_program(lr, data, keys):
+        optimizer = optax.adamw(lr, weight_decay=config.weight_decay)
+        return jax.vmap(functools.partial(train, optimizer), (None, 0))(data, keys)
+
+    curves: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
+    jobs = [(label, None) for label in optimizers] + [(ADAMW, lr) for lr in config.lrs]
+    bar = tqdm(jobs, desc="evaluate", disable=not config.progress, unit="run")
+    for label, lr in bar:
+        name = label if lr is None else f"{ADAMW} lr={lr:g}"
+        bar.set_postfix_str(name)
+        if lr is None:
+            out, sec = _run_many(lo_program(optimizers[label]), data, keys)
+            curves[label] = out
+        else:
+            out, sec = _run_many(
+                adamw_program, jnp.asarray(lr, jnp.float32), data, keys
+            )
+            curves.setdefault(ADAMW, {})[lr] = out
+        seconds[name] = sec
+    best_lr = pick_best_lr(
+        {lr: c["valid_loss"][:, -1] for lr, c in curves[ADAMW].items()}
+    )
+    summary = functools.partial(_summary, train_window=min(eval_every, steps))
+    final = {label: summary(curves[label]) for label in optimizers}
+    final[ADAMW] = summary(curves[ADAMW][best_lr])
+    config_dict = dataclasses.asdict(config)
+    config_dict["los"] = [list(x) for x in config.los]
+    result = {
+        "config": config_dict,
+        "task": {
+            "dataset": task.dataset,
+            "hidden_sizes": list(task.hidden_sizes),
+            "batch_size": task.batch_size,
+            "augment": task.augment,
+            "num_params": task.num_params(),
+        },
+        "steps": steps,
+        "eval_every": eval_every,
+        "eval_steps": eval_steps(steps, eval_every),
+        "n_max": resolved["n_max"],
+        "lo_labels": list(optimizers),
+        "lo_sources": {
+            d["label"]: {"path": d["path"], "env": d["env"]} for d in described
+        },
+        "best_lr": best_lr,
+        "adamw_final_valid_loss": {
+            str(lr): summary(c)["valid_loss"] for lr, c in curves[ADAMW].items()
+        },
+        "final": final,
+        "curves": {
+            **{
+                label: {k: _jsonable(v) for k, v in curves[label].items()}
+                for label in optimizers
+            },
+            ADAMW: {
+                str(lr): {k: _jsonable(v) for k, v in c.items()}
+                for lr, c in curves[ADAMW].items()
+            },
+        },
+        "compute": {
+            "seconds_per_run": seconds,  # one run = all seeds, compilation included
+            "backend": jax.default_backend(),
+            "devices": [str(d) for d in jax.devices()],
+        },
+    }
+    out_dir = pathlib.Path(workdir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result["plots"] = write_plots(result, out_dir, config.smooth)
+    (out_dir / "table.md").write_text(table_markdown(result))
+    result["compute"]["wall_seconds"] = time.perf_counter() - wall_start
+    (out_dir / "results.json").write_text(json.dumps(result, allow_nan=False))
+    return result
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _labeled(text: str) -> tuple[str, str]:
+    label, sep, path = text.partition("=")
+    if not sep or not label or not path:
+        raise argparse.ArgumentTypeError(f"expected LABEL=PATH, got {text!r}")
+    return label, path
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x)
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[EvalConfig, str]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--lo",
+        type=_labeled,
+        action="append",
+        required=True,
+        metavar="LABEL=PATH",
+        help="an LO run dir or checkpoint (repeat)",
+    )
+    p.add_argument("--env", default=EvalConfig.env, help="env id of the task")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--steps", type=int, help="H (default: 10 x the runs' n_max)")
+    p.add_argument("--seeds", type=int, default=EvalConfig.seeds)
+    p.add_argument("--seed", type=int, default=EvalConfig.seed, help="first seed")
+    p.add_argument(
+        "--lrs",
+        type=_floats,
+        default=PAPER_LRS,
+        help="comma-separated AdamW lrs (default: the paper's 7)",
+    )
+    p.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY)
+    p.add_argument("--eval-every", type=int, help="default: about H / 50")
+    p.add_argument("--hidden-sizes", type=_ints, help="e.g. 32,32")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--data-dir")
+    p.add_argument("--smooth", type=int, help="train-loss moving-average window")
+    p.add_argument(
+        "--allow-task-mismatch",
+        action="store_true",
+        help="evaluate LOs meta-trained on another env (OOD)",
+    )
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    config = EvalConfig(
+        los=tuple(a.lo),
+        env=a.env,
+        steps=a.steps,
+        seeds=a.seeds,
+        seed=a.seed,
+        lrs=a.lrs,
+        weight_decay=a.weight_decay,
+        eval_every=a.eval_every,
+        hidden_sizes=a.hidden_sizes,
+        batch_size=a.batch_size,
+        data_dir=a.data_dir,
+        allow_task_mismatch=a.allow_task_mismatch,
+        smooth=a.smooth,
+        progress=not a.no_progress,
+    )
+    return config, a.out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """CLI: parse flags, run, print the table and where the outputs went."""
+    config, out = parse_args(argv)
+    result = run(config, out)
+    print((pathlib.Path(out) / "table.md").read_text())
+    print(
+        f"wrote {out}/results.json, table.md, {', '.join(result['plots'])} "
+        f"in {result['compute']['wall_seconds']:.1f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""scripts/evaluate.py: outputs, lr choice and errors, on tiny LO runs made without PES.
+
+The LO runs are untrained small_fc_lopts saved with ``checkpoint.save_lo`` beside a
+hand-written ``config.json``. One in-process ``run()`` (module fixture) feeds most
+tests; the CLI smoke run comes after it and finds its programs compiled.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import jax
+import numpy as np
+import pytest
+
+import elo_gym
+from elo_gym import checkpoint
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+STEPS, EVAL_EVERY, SEEDS = 20, 8, 2  # 20 = 2 x 8 + 4: the tail chunk runs too
+LRS = (0.01, 1e-6)  # 1e-6 barely moves in 20 steps: 0.01 must win on validation
+HIDDEN, BATCH = (8,), 32
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _load() -> ModuleType:
+    """Imports scripts/evaluate.py by path (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "_evaluate_under_test", SCRIPTS / "evaluate.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    # dataclasses resolve string annotations through sys.modules.
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+evaluate = _load()
+
+
+def make_lo_run(run_dir: Path, env: str = "ELO-Digits-MLP", n_max: int = 2) -> Path:
+    """A run dir with an untrained LO (hidden 8) and a config.json, no PES."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    meta = elo_gym.init_meta_params(jax.random.PRNGKey(0), hidden_size=8)
+    checkpoint.save_lo(run_dir, meta)
+    config = {"env": env, "n_max": n_max, "hidden_sizes": list(HIDDEN)}
+    config["batch_size"] = BATCH
+    (run_dir / "config.json").write_text(json.dumps(config))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("lo_runs")
+    make_lo_run(root / "a")
+    # Same weights, other env: the mismatch checks need no second compilation.
+    make_lo_run(root / "ood", env="ELO-ImageNet32-MLP", n_max=3)
+    return root
+
+
+def _config(runs: Path, **overrides) -> evaluate.EvalConfig:
+    settings = {
+        # The same LO twice, once as a run dir and once as its lo.msgpack: both path
+        # forms, and identical programs (the second compilation is a cache hit).
+        "los": (("a", str(runs / "a")), ("a_file", str(runs / "a" / "lo.msgpack"))),
+        "steps": STEPS,
+        "seeds": SEEDS,
+        "lrs": LRS,
+        "eval_every": EVAL_EVERY,
+        "progress": False,
+    }
+    return evaluate.EvalConfig(**{**settings, **overrides})
+
+
+def _cli_flags(runs: Path, out: Path) -> list[str]:
+    return [
+        str(SCRIPTS / "evaluate.py"),
+        "--lo",
+        f"a={runs / 'a'}",
+        "--out",
+        str(out),
+        "--seeds",
+        str(SEEDS),
+        "--lrs",
+        ",".join(map(str, LRS)),
+        "--eval-every",
+        str(EVAL_EVERY),
+        "--no-progress",
+    ]
+
+
+@pytest.fixture(scope="module")
+def result(runs: Path, tmp_path_factory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("eval_out")
+    return evaluate.run(_config(runs), out), out
+
+
+def test_results_json_structure(result):
+    res, out = result
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["best_lr"] == res["best_lr"]
+    assert on_disk["steps"] == STEPS and on_disk["n_max"] == {"a": 2, "a_file": 2}
+    assert on_disk["eval_steps"] == [0, 8, 16, 20]
+    assert on_disk["task"]["hidden_sizes"] == list(HIDDEN)
+    assert on_disk["task"]["batch_size"] == BATCH  # from the run's config.json
+    methods = {"a", "a_file", "AdamW"}
+    assert set(on_disk["curves"]) == methods and set(on_disk["final"]) == methods
+    assert set(on_disk["curves"]["AdamW"]) == {str(lr) for lr in LRS}
+    for curves in [on_disk["curves"]["a"], *on_disk["curves"]["AdamW"].values()]:
+        assert np.shape(curves["train_loss"]) == (SEEDS, STEPS)
+        for key in ("valid_loss", "valid_accuracy", "test_loss", "test_accuracy"):
+            assert np.shape(curves[key]) == (SEEDS, 4)
+        assert np.all(np.isfinite(np.asarray(curves["train_loss"], float)))
+    # Equal seeds: both paths to the same LO give the same numbers.
+    assert on_disk["curves"]["a"] == on_disk["curves"]["a_file"]
+    # Every method starts from the same initial params (same seeds).
+    start = on_disk["curves"]["a"]["valid_loss"]
+    assert [row[0] for row in start] == [
+        row[0] for row in on_disk["curves"]["AdamW"]["0.01"]["valid_loss"]
+    ]
+    assert on_disk["compute"]["wall_seconds"] > 0
+    assert len(on_disk["compute"]["seconds_per_run"]) == 2 + len(LRS)
+
+
+def test_best_lr_is_lowest_final_validation_loss(result):
+    res, _ = result
+    finals = {
+        float(lr): np.mean(np.asarray(c["valid_loss"], float)[:, -1])
+        for lr, c in res["curves"]["AdamW"].items()
+    }
+    assert res["best_lr"] == 0.01 == min(finals, key=finals.get)
+    assert finals[1e-6] > finals[0.01]
+    assert res["final"]["AdamW"]["valid_loss"]["mean"] == pytest.approx(finals[0.01])
+
+
+def test_pick_best_lr_skips_diverged():
+    finals = {
+        0.01: np.array([0.1, np.nan]),  # lowest mean seed, but one seed diverged
+        0.001: np.array([0.5, 0.7]),
+        0.0001: np.array([0.4, 0.9]),
+    }
+    assert evaluate.pick_best_lr(finals) == 0.001
+
+
+def test_plots_are_pngs(result):
+    res, out = result
+    assert set(res["plots"]) == {
+        "loss_curves.png",
+        "train_loss.png",
+        "valid_loss.png",
+        "adamw_sweep.png",
+    }
+    for name in res["plots"]:
+        data = (out / name).read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 5_000, name
+
+
+def test_table_rows(result):
+    res, out = result
+    table = (out / "table.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| method | test accuracy (%) | test loss")
+    names = [row.split("|")[1].strip() for row in rows[1:]]
+    assert names == ["a", "a_file", "AdamW (lr 0.01, wd 0.0001)"]
+    acc = res["final"]["a"]["test_accuracy"]
+    assert f"{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}" in rows[1]
+    assert "H = 20 inner steps, 2 seeds" in table
+
+
+def test_eval_steps():
+    assert evaluate.eval_steps(20, 8) == [0, 8, 16, 20]
+    assert evaluate.eval_steps(20, 5) == [0, 5, 10, 15, 20]
+    assert evaluate.eval_steps(3, 10) == [0, 3]
+
+
+def test_missing_checkpoint_names_path(tmp_path):
+    missing = tmp_path / "no_such_run"
+    config = evaluate.EvalConfig(los=(("x", str(missing)),), steps=4)
+    with pytest.raises(FileNotFoundError, match="no_such_run"):
+        evaluate.run(config, tmp_path / "out")
+
+
+def test_task_mismatch_is_an_error_unless_allowed(runs, tmp_path):
+    config = evaluate.EvalConfig(los=(("ood", str(runs / "ood")),), steps=4)
+    with pytest.raises(ValueError, match="allow-task-mismatch"):
+        evaluate.run(config, tmp_path / "out")
+    allowed = evaluate.EvalConfig(
+        los=(("ood", str(runs / "ood")),), steps=4, allow_task_mismatch=True
+    )
+    described = evaluate._describe_los(allowed)
+    resolved = evaluate._resolve(allowed, described)
+    # An OOD run's widths belong to its own task, not to this one.
+    assert described[0]["env"] == "ELO-ImageNet32-MLP"
+    assert resolved["hidden_sizes"] is None and resolved["n_max"] == {"ood": 3}
+
+
+def test_unknown_env_id(runs, tmp_path):
+    # The run says ELO-Digits-MLP: the unknown id, not a mismatch, is the error.
+    config = evaluate.EvalConfig(los=(("a", str(runs / "a")),), env="ELO-Nope")
+    with pytest.raises(ValueError, match="unknown env id 'ELO-Nope'"):
+        evaluate.run(config, tmp_path / "out")
+
+
+def test_steps_needed_without_config(tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    checkpoint.save_lo(bare, elo_gym.init_meta_params(jax.random.PRNGKey(0), 8))
+    config = evaluate.EvalConfig(los=(("b", str(bare / "lo.msgpack")),))
+    with pytest.raises(ValueError, match="--steps"):
+        evaluate.run(config, tmp_path / "out")
+
+
+def test_cli_smoke(runs, result, tmp_path):
+    # After the in-process run: its programs are in the persistent compilation cache
+    # (tests/conftest.py), which the child inherits through the environment.
+    out = tmp_path / "cli_out"
+    proc = subprocess.run(
+        [sys.executable, *_cli_flags(runs, out)],
+        cwd=SCRIPTS.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "| a |" in proc.stdout and "wrote" in proc.stdout
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["steps"] == 10 * 2  # 10 x n_max from config.json
+    assert math.isfinite(on_disk["final"]["a"]["test_loss"]["mean"])
+    # Same settings as the in-process run: the same numbers.
+    assert on_disk["curves"]["a"] == result[0]["curves"]["a"]
+
+
+def test_diverged_seed_is_null_in_json_and_marked_in_table():
+    curves = {
+        "train_loss": np.array([[2.0, 1.0, 0.5], [2.0, np.nan, np.nan]]),
+        "valid_loss": np.array([[2.0, 0.4], [2.0, np.inf]]),
+        "valid_accuracy": np.array([[0.1, 0.9], [0.1, 0.1]]),
+        "test_loss": np.array([[2.0, 0.5], [2.0, np.nan]]),
+        "test_accuracy": np.array([[0.1, 0.8], [0.1, 0.1]]),
+    }
+    summary = evaluate._summary(curves, train_window=2)
+    assert summary["test_loss"] == {"mean": None, "std": None}
+    assert summary["test_accuracy"]["mean"] == pytest.approx(0.45)
+    json.dumps(summary, allow_nan=False)  # strict JSON
+    assert evaluate._jsonable(curves["train_loss"])[1] == [2.0, None, None]
+    assert evaluate._pm(summary["test_loss"]) == "diverged"
+    assert evaluate._pm(summary["test_accuracy"], 100.0, 2) == "45.00 ± 35.00"
