@@ -14,11 +14,8 @@ command on an existing run directory resumes it exactly.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import datetime
 import functools
-import json
 import math
 import pathlib
 import signal
@@ -36,7 +33,7 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from elo_gym import checkpoint, core, env, lopt, registration, schedules
+from elo_gym import checkpoint, core, env, lopt, registration, runs, schedules
 
 MODES = ("elo", "naive", "curriculum", "uniform", "bc", "buffer")
 # mode -> (env reset distribution, behavior cloning on)
@@ -405,75 +402,6 @@ def shard_state(state: PESState, num_pairs: int) -> PESState:
     )
 
 
-def default_run_dir(args: Args) -> pathlib.Path:
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return pathlib.Path("runs") / "__".join(
-        [args.env, args.mode, str(args.seed), stamp]
-    )
-
-
-def prepare_run_dir(args: Args) -> pathlib.Path:
-    """Creates the run dir and writes config.json, or checks it matches on resume."""
-    run_dir = pathlib.Path(args.run_dir) if args.run_dir else default_run_dir(args)
-    config = {
-        k: v
-        for k, v in dataclasses.asdict(args).items()
-        if k not in ("run_dir", "progress")
-    }
-    config.update(step_mult=lopt.STEP_MULT, exp_mult=lopt.EXP_MULT)
-    config = json.loads(json.dumps(config))  # tuples -> lists, as read back
-    config_file = run_dir / "config.json"
-    if config_file.is_file():
-        saved = json.loads(config_file.read_text())
-        diff = sorted(
-            k for k in set(saved) | set(config) if saved.get(k) != config.get(k)
-        )
-        if diff:
-            details = "; ".join(
-                f"{k}: saved {saved.get(k)!r}, now {config.get(k)!r}" for k in diff
-            )
-            raise ValueError(
-                f"{run_dir} holds a run with another config ({details}); "
-                "use another --run-dir or the same settings to resume"
-            )
-        return run_dir
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = run_dir / "config.json.tmp"
-        tmp.write_text(json.dumps(config, indent=2))
-        tmp.replace(config_file)
-    except OSError as e:
-        raise OSError(
-            f"cannot write the run directory {run_dir}: {e}; choose a writable "
-            "--run-dir"
-        ) from e
-    return run_dir
-
-
-class MetricsLog:
-    """metrics.csv, a row per outer step; rows past a resumed checkpoint are dropped."""
-
-    def __init__(self, path: pathlib.Path, resume_step: int):
-        rows = []
-        if path.is_file() and resume_step > 0:
-            with path.open() as f:
-                rows = [
-                    r for r in csv.DictReader(f) if int(r["outer_step"]) < resume_step
-                ]
-        self._file = path.open("w", newline="")
-        self._writer = csv.DictWriter(self._file, fieldnames=METRICS)
-        self._writer.writeheader()
-        self._writer.writerows(rows)
-        self._file.flush()
-
-    def write(self, row: dict) -> None:
-        self._writer.writerow({k: row[k] for k in METRICS})
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
-
-
 def main(args: Args) -> pathlib.Path:
     """Meta-trains (or resumes) and returns the run directory."""
     args = args.resolved()
@@ -490,7 +418,15 @@ def main(args: Args) -> pathlib.Path:
         loss_cap=loss_cap,
         keep_accumulator_on_restore=args.keep_accumulator_on_restore,
     )
-    run_dir = prepare_run_dir(args)
+    run_dir = pathlib.Path(
+        args.run_dir or runs.default_run_dir(args.env, args.mode, str(args.seed))
+    )
+    config = {
+        k: v
+        for k, v in dataclasses.asdict(args).items()
+        if k not in ("run_dir", "progress")
+    }
+    runs.prepare_run_dir(run_dir, config)
     manager = checkpoint.checkpoint_manager(run_dir)
     state = init_state(args, cfg, env_params)
     restored = checkpoint.restore_state(manager, state)
@@ -498,7 +434,7 @@ def main(args: Args) -> pathlib.Path:
     if restored is not None:
         state, start = restored
     state = shard_state(state, args.num_pairs)
-    log = MetricsLog(run_dir / "metrics.csv", start)
+    log = runs.MetricsLog(run_dir / "metrics.csv", METRICS, start)
     step_fn = jax.jit(
         functools.partial(outer_step, cfg, outer_optimizer(args)), donate_argnums=0
     )

@@ -33,3 +33,13 @@ __all__ = [
     "meta_params_from_reference",
     "small_fc_lopt",
 ]
+
+
+def __getattr__(name: str):
+    # The adapters pull in stable-baselines3 and torch when used: import them lazily so
+    # `import elo_gym` stays light.
+    if name in ("RowDemoStream", "SB3RowVecEnv"):
+        from elo_gym import adapters
+
+        return getattr(adapters, name)
+    raise AttributeError(f"module 'elo_gym' has no attribute {name!r}")

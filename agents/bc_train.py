@@ -1,0 +1,432 @@
+"""Online behavior cloning (DAgger-style) of small_fc_lopt onto Adam in the ELO env.
+
+Each outer step rolls C optimizees ``chunk`` inner steps inside one jitted
+``lax.scan`` over the env's pure core. At every step each copy follows the expert
+(Adam) with probability beta, else the learner (the LO being trained); beta goes from 1
+to 0 over the first ``beta_anneal`` of training (Ross et al., 2011). Every step, random
+parameter rows of every copy are kept with their features and the expert's action, and
+the LO is then regressed onto them with optax Adam over a few minibatches.
+
+Loss (per row): the squared error between the LO's update and Adam's, in units of
+step_mult: ``(d exp(exp_mult m) - d*)^2`` with ``d* = -dtheta_H / step_mult``. This is
+``L_bc / step_mult^2`` per row, so it is O(1) whatever step_mult is (the raw updates
+are ~1e-3), and it is the quantity the env's own L_bc measures. Only the MLP is trained:
+the env computes features with the default accumulator decays.
+
+Usage: ``python agents/bc_train.py`` (ELO-Digits-MLP, CPU-sized: about a minute on 2
+cores). Running the same command on an existing run directory resumes it;
+``elo_gym.load_optimizer`` accepts the run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import pathlib
+import signal
+import sys
+import time
+from typing import Literal
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+import tyro
+from tqdm import tqdm
+
+from elo_gym import adapters, checkpoint, core, env, lopt, registration, runs
+
+ENV_DATASETS = {env_id: kw["dataset"] for env_id, kw in registration.ENV_IDS.items()}
+METRICS = (
+    "outer_step",
+    "beta",
+    "bc_loss",
+    "relative_error",
+    "task_loss",
+    "learner_fraction",
+    "mean_inner_step",
+    "max_inner_step",
+    "episodes_ended",
+    "diverged",
+    "inner_steps_per_s",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """Online BC settings (defaults: digits, CPU-sized)."""
+
+    env: str = "ELO-Digits-MLP"
+    """Gymnasium id of the ELO env."""
+    mode: Literal["elo", "naive", "uniform"] = "elo"
+    """Reset distribution of the env (elo: replay buffer of earlier states)."""
+    outer_steps: int = 150
+    """Outer steps (one rollout chunk + LO updates each)."""
+    seed: int = 0
+    """Seed of the whole run."""
+    run_dir: str | None = None
+    """Run directory; default runs/<env>__bc-<mode>__<seed>__<time>; reused: resume."""
+    num_copies: int = 8
+    """Optimizees rolled together."""
+    chunk: int = 20
+    """Inner steps per copy and outer step."""
+    rows_per_step: int = 128
+    """Parameter rows kept per copy and inner step for the regression."""
+    num_minibatches: int = 4
+    """LO updates per outer step (the chunk's rows split evenly)."""
+    epochs: int = 1
+    """Passes over the chunk's rows per outer step."""
+    learning_rate: float = 1e-3
+    """Adam learning rate on the LO's MLP."""
+    max_grad_norm: float = 1.0
+    """Global-norm clip of the LO gradient."""
+    beta_anneal: float = 0.5
+    """Fraction of the outer steps over which beta goes from 1 to 0 (then 0)."""
+    mix: Literal["copy", "row"] = "copy"
+    """Who acts: one draw per copy and step (copy) or per parameter row (row)."""
+    n_min: int = 20
+    """Shortest inner episode."""
+    n_max: int = 200
+    """Longest inner episode."""
+    p_th: float = 0.2
+    """Probability of a fresh start instead of a buffer restore (elo mode)."""
+    batch_size: int | None = None
+    """Optimizee batch size (default: the env's)."""
+    hidden_sizes: tuple[int, ...] | None = None
+    """Optimizee MLP widths (default: the env's)."""
+    data_dir: str | None = None
+    """Where datasets on disk live (ImageNet-32)."""
+    hidden_size: int = 32
+    """Width of the LO's hidden layers."""
+    checkpoint_every: int = 50
+    """Outer steps between checkpoints."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def validate(self) -> None:
+        if self.env not in ENV_DATASETS:
+            raise ValueError(
+                f"unknown env {self.env!r}; valid: {', '.join(ENV_DATASETS)}"
+            )
+        positive = (
+            "outer_steps",
+            "num_copies",
+            "chunk",
+            "rows_per_step",
+            "num_minibatches",
+            "epochs",
+            "learning_rate",
+            "max_grad_norm",
+            "beta_anneal",
+            "checkpoint_every",
+            "hidden_size",
+        )
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        rows = self.chunk * self.num_copies * self.rows_per_step
+        if rows % self.num_minibatches:
+            raise ValueError(
+                f"chunk * num_copies * rows_per_step ({rows}) must be a multiple of "
+                f"num_minibatches ({self.num_minibatches})"
+            )
+
+
+def env_settings(args: Args) -> env.EnvSettings:
+    """alpha = 1: the chosen action (expert's or learner's) alone moves the params."""
+    return env.EnvSettings(
+        dataset=ENV_DATASETS[args.env],
+        hidden_sizes=args.hidden_sizes,
+        batch_size=args.batch_size,
+        data_dir=args.data_dir,
+        mode=args.mode,
+        p_th=args.p_th,
+        n_min=args.n_min,
+        n_max=args.n_max,
+        alpha=1.0,
+    )
+
+
+def beta_at(args: Args, outer_step: int) -> float:
+    """The expert's share at an outer step: linear from 1 to 0, then 0."""
+    return max(0.0, 1.0 - outer_step / (args.beta_anneal * args.outer_steps))
+
+
+@flax.struct.dataclass
+class BCState:
+    """Everything online BC needs to continue exactly (checkpointed whole)."""
+
+    meta: lopt.MetaParams  # the LO being trained (only .mlp changes)
+    opt_state: optax.OptState  # Adam state of the LO's MLP
+    env: core.VecEnvState  # the C optimizee copies and the replay buffer
+    key: jax.Array  # (2,) uint32
+    outer_step: jax.Array  # () int32: outer steps done
+
+
+@dataclasses.dataclass(frozen=True)
+class BCConfig:
+    """Static (hashable) part of an outer step."""
+
+    env: core.EnvConfig
+    chunk: int
+    rows_per_step: int
+    num_minibatches: int
+    epochs: int
+
+
+def optimizer(args: Args) -> optax.GradientTransformation:
+    return optax.chain(
+        optax.clip_by_global_norm(args.max_grad_norm), optax.adam(args.learning_rate)
+    )
+
+
+def init_state(args: Args, cfg: BCConfig, env_params: core.EnvParams) -> BCState:
+    """Fresh LO, optimizer and copies, from ``args.seed``."""
+    key = jax.random.PRNGKey(args.seed)
+    key, k_meta, k_env = jax.random.split(key, 3)
+    meta = lopt.init_meta_params(k_meta, args.hidden_size)
+    env_state, _, _ = jax.jit(functools.partial(core.reset, cfg.env))(
+        jax.random.split(k_env, args.num_copies), env_params
+    )
+    return BCState(
+        meta=meta,
+        opt_state=optimizer(args).init(meta.mlp),
+        env=env_state,
+        key=key,
+        outer_step=jnp.int32(0),
+    )
+
+
+def rollout(
+    cfg: BCConfig,
+    mlp: dict,
+    env_state: core.VecEnvState,
+    beta: jax.Array,
+    row_mix: jax.Array,
+    key: jax.Array,
+    env_params: core.EnvParams,
+) -> tuple[core.VecEnvState, dict, dict]:
+    """Rolls every copy ``cfg.chunk`` steps, the expert acting with probability beta
+    (one draw per copy and step, or per row if ``row_mix``, a () bool).
+
+    Returns:
+      (env_state, rows, metrics): rows ``obs`` (N, 39) and ``acts`` (N, 2) (the
+      expert's actions), N = chunk * C * rows_per_step; per-step metrics (chunk, ...).
+    """
+    c = cfg.env.num_copies
+    num_params = core.num_params(cfg.env.task)
+
+    def body(carry, key):
+        state, feats, expert = carry
+        k_mix, k_rows = jax.random.split(key)
+        # row_mix is traced, not static, so both mixes share one compiled program.
+        u = jax.random.uniform(k_mix, (c, num_params))
+        use_expert = jnp.where(row_mix, u, u[:, :1]) < beta
+        learner = lopt.apply_mlp(mlp, feats)
+        actions = jnp.where(use_expert[..., None], expert, learner)
+        idx = jax.random.randint(k_rows, (c, cfg.rows_per_step), 0, num_params)
+        rows = {
+            "obs": jnp.take_along_axis(feats, idx[..., None], axis=1),
+            "acts": jnp.take_along_axis(expert, idx[..., None], axis=1),
+        }
+        inner = state.copies.lo.count
+        state, obs, _, term, trunc, info = core.step(
+            cfg.env, state, actions, env_params
+        )
+        metrics = {
+            "task_loss": info["task_loss"].mean(),
+            "learner_fraction": (~use_expert).mean(),
+            "inner_step": inner.astype(jnp.float32).mean(),
+            "max_inner_step": inner.max(),
+            "episodes_ended": (term | trunc).sum(),
+            "diverged": term.sum(),
+        }
+        return (state, obs["features"], info["expert_action"]), (rows, metrics)
+
+    feats, expert = adapters.current_rows(cfg.env, env_state, env_params)
+    (env_state, _, _), (rows, metrics) = jax.lax.scan(
+        body, (env_state, feats, expert), jax.random.split(key, cfg.chunk)
+    )
+    rows = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[3:]), rows)
+    return env_state, rows, metrics
+
+
+def bc_loss(
+    mlp: dict, obs: jax.Array, acts: jax.Array, exp_mult: float
+) -> tuple[jax.Array, jax.Array]:
+    """Mean squared update error in units of step_mult, and its relative size.
+
+    Args:
+      mlp: the LO's MLP params.
+      obs: (N, 39) feature rows.
+      acts: (N, 2) expert actions (d*, m*).
+      exp_mult: the LO's magnitude multiplier.
+
+    Returns:
+      (loss, relative error = sum sq. error / sum sq. expert step). Rows with
+      non-finite inputs (a diverged copy) are left out.
+    """
+    pred = lopt.step_from_action(lopt.apply_mlp(mlp, obs), 1.0, exp_mult)
+    target = lopt.step_from_action(acts, 1.0, exp_mult)
+    ok = jnp.isfinite(target) & jnp.all(jnp.isfinite(obs), axis=-1)
+    err = jnp.where(ok, (pred - jnp.where(ok, target, 0.0)) ** 2, 0.0)
+    count = jnp.maximum(ok.sum(), 1)
+    relative = err.sum() / jnp.maximum(jnp.where(ok, target**2, 0.0).sum(), 1e-12)
+    return err.sum() / count, relative
+
+
+def outer_step(
+    cfg: BCConfig,
+    opt: optax.GradientTransformation,
+    state: BCState,
+    beta: jax.Array,
+    row_mix: jax.Array,
+    env_params: core.EnvParams,
+) -> tuple[BCState, dict]:
+    """One rollout chunk and the LO updates on its rows (jit, cfg and opt static)."""
+    key, k_roll, k_perm = jax.random.split(state.key, 3)
+    env_state, rows, m = rollout(
+        cfg, state.meta.mlp, state.env, beta, row_mix, k_roll, env_params
+    )
+    exp_mult = cfg.env.exp_mult
+    _, relative = bc_loss(state.meta.mlp, rows["obs"], rows["acts"], exp_mult)
+    n = rows["obs"].shape[0]
+    perms = jax.vmap(lambda k: jax.random.permutation(k, n))(
+        jax.random.split(k_perm, cfg.epochs)
+    )
+    batches = jax.tree.map(
+        lambda x: x[perms.reshape(-1)].reshape(
+            (-1, n // cfg.num_minibatches) + x.shape[1:]
+        ),
+        rows,
+    )
+
+    def update(carry, batch):
+        mlp, opt_state = carry
+        (loss, _), grads = jax.value_and_grad(bc_loss, has_aux=True)(
+            mlp, batch["obs"], batch["acts"], exp_mult
+        )
+        updates, opt_state = opt.update(grads, opt_state, mlp)
+        return (optax.apply_updates(mlp, updates), opt_state), loss
+
+    (mlp, opt_state), losses = jax.lax.scan(
+        update, (state.meta.mlp, state.opt_state), batches
+    )
+    metrics = {
+        "bc_loss": losses.mean(),
+        "relative_error": relative,
+        "task_loss": m["task_loss"].mean(),
+        "learner_fraction": m["learner_fraction"].mean(),
+        "mean_inner_step": m["inner_step"].mean(),
+        "max_inner_step": m["max_inner_step"].max(),
+        "episodes_ended": m["episodes_ended"].sum(),
+        "diverged": m["diverged"].sum(),
+    }
+    new_state = BCState(
+        meta=state.meta._replace(mlp=mlp),
+        opt_state=opt_state,
+        env=env_state,
+        key=key,
+        outer_step=state.outer_step + 1,
+    )
+    return new_state, metrics
+
+
+def main(args: Args) -> pathlib.Path:
+    """Trains (or resumes) and returns the run directory."""
+    args.validate()
+    settings = env_settings(args)
+    env_cfg = settings.config(args.num_copies)
+    settings.params(None)  # bad knobs fail before the data load and the run dir
+    env_params = settings.params(env_cfg.task.load_data())
+    cfg = BCConfig(
+        env=env_cfg,
+        chunk=args.chunk,
+        rows_per_step=args.rows_per_step,
+        num_minibatches=args.num_minibatches,
+        epochs=args.epochs,
+    )
+    run_dir = pathlib.Path(
+        args.run_dir
+        or runs.default_run_dir(args.env, f"bc-{args.mode}", str(args.seed))
+    )
+    config = {
+        k: v
+        for k, v in dataclasses.asdict(args).items()
+        if k not in ("run_dir", "progress")
+    }
+    runs.prepare_run_dir(run_dir, dict(config, agent="bc"))
+    manager = checkpoint.checkpoint_manager(run_dir)
+    state = init_state(args, cfg, env_params)
+    start = 0
+    restored = checkpoint.restore_state(manager, state)
+    if restored is not None:
+        state, start = restored
+    log = runs.MetricsLog(run_dir / "metrics.csv", METRICS, start)
+    step_fn = jax.jit(
+        functools.partial(outer_step, cfg, optimizer(args)), donate_argnums=0
+    )
+    interrupted = False
+
+    def on_sigint(signum, frame):  # finish the current outer step, save, exit cleanly
+        nonlocal interrupted
+        interrupted = True
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    bar = tqdm(
+        total=args.outer_steps,
+        initial=start,
+        disable=not args.progress,
+        desc="BC",
+        dynamic_ncols=True,
+    )
+    try:
+        for t in range(start, args.outer_steps):
+            beta = beta_at(args, t)
+            params_t = env_params.replace(outer_step=jnp.int32(t))
+            tic = time.perf_counter()
+            state, metrics = step_fn(
+                state, jnp.float32(beta), jnp.bool_(args.mix == "row"), params_t
+            )
+            metrics = jax.device_get(metrics)  # one host sync per outer step
+            seconds = time.perf_counter() - tic
+            row = {k: float(v) for k, v in metrics.items()}
+            row.update(
+                outer_step=t,
+                beta=beta,
+                inner_steps_per_s=args.num_copies * args.chunk / seconds,
+            )
+            log.write(row)
+            bar.set_postfix(
+                bc_loss=f"{row['bc_loss']:.3g}",
+                beta=f"{beta:.2f}",
+                task=f"{row['task_loss']:.3g}",
+            )
+            bar.update(1)
+            done = t + 1
+            if (
+                done % args.checkpoint_every == 0
+                or done == args.outer_steps
+                or (interrupted)
+            ):
+                checkpoint.save_state(manager, done, state)
+            if interrupted:
+                print(f"\ninterrupted: saved step {done} to {run_dir}", file=sys.stderr)
+                break
+    finally:
+        bar.close()
+        log.close()
+        signal.signal(signal.SIGINT, previous)
+    if int(state.outer_step) >= args.outer_steps:
+        checkpoint.save_lo(
+            run_dir,
+            state.meta,
+            extra={"env": args.env, "agent": "bc", "mode": args.mode},
+        )
+    return run_dir
+
+
+if __name__ == "__main__":
+    run_dir = main(tyro.cli(Args))
+    print(f"run directory: {run_dir}")

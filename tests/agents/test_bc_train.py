@@ -1,0 +1,134 @@
+"""Online BC agent: runs, resumes exactly, loads as optax, rejects bad input."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import elo_gym
+from elo_gym import checkpoint, lopt
+from elo_gym.agents import bc_train
+
+# Tiny but complete: 2 copies, a 10-unit optimizee, short chunks, a checkpoint every 2.
+TINY = dict(
+    num_copies=2,
+    chunk=4,
+    rows_per_step=16,
+    num_minibatches=2,
+    outer_steps=4,
+    n_min=2,
+    n_max=6,
+    hidden_sizes=(10,),
+    batch_size=32,
+    hidden_size=8,
+    checkpoint_every=2,
+    progress=False,
+)
+
+
+def _lo_arrays(run_dir):
+    meta, _ = checkpoint.load_meta_params(run_dir)
+    return jax.tree.leaves(flax.serialization.to_state_dict(meta))
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("bc") / "run"
+    bc_train.main(bc_train.Args(run_dir=str(run_dir), **TINY))
+    return run_dir
+
+
+def test_run_directory_contents(reference_run):
+    config = json.loads((reference_run / "config.json").read_text())
+    assert config["agent"] == "bc" and config["outer_steps"] == 4
+    lines = (reference_run / "metrics.csv").read_text().strip().splitlines()
+    assert tuple(lines[0].split(",")) == bc_train.METRICS
+    rows = [dict(zip(bc_train.METRICS, ln.split(","), strict=True)) for ln in lines[1:]]
+    assert [int(r["outer_step"]) for r in rows] == [0, 1, 2, 3]
+    # beta_anneal 0.5 of 4 steps: 1, 0.5, then the learner alone.
+    assert [float(r["beta"]) for r in rows] == [1.0, 0.5, 0.0, 0.0]
+    assert float(rows[0]["learner_fraction"]) == 0.0
+    assert float(rows[-1]["learner_fraction"]) == 1.0
+    assert all(np.isfinite(float(r["bc_loss"])) for r in rows)
+    assert (reference_run / "lo.msgpack").is_file()
+
+
+def test_load_optimizer_gives_finite_updates(reference_run):
+    opt = elo_gym.load_optimizer(reference_run)
+    params = {"w": jnp.ones((3, 4)), "b": jnp.zeros(4)}
+    grads = jax.tree.map(lambda x: 0.1 * jnp.ones_like(x), params)
+    updates, _ = jax.jit(opt.update)(grads, opt.init(params), params)
+    assert all(np.all(np.isfinite(u)) for u in jax.tree.leaves(updates))
+    # The BC-trained MLP moved away from its initialization.
+    meta, _ = checkpoint.load_meta_params(reference_run)
+    init = lopt.init_meta_params(jax.random.split(jax.random.PRNGKey(0), 3)[1], 8)
+    assert not np.allclose(meta.mlp["Dense_0"]["kernel"], init.mlp["Dense_0"]["kernel"])
+
+
+def test_resume_from_checkpoint_is_exact(reference_run, tmp_path):
+    run_dir = tmp_path / "resumed"
+    shutil.copytree(reference_run, run_dir)
+    # As if killed after the checkpoint at step 2.
+    shutil.rmtree(run_dir / "checkpoints" / "4")
+    (run_dir / "lo.msgpack").unlink()
+    bc_train.main(bc_train.Args(run_dir=str(run_dir), **TINY))
+    for a, b in zip(_lo_arrays(reference_run), _lo_arrays(run_dir), strict=True):
+        np.testing.assert_array_equal(a, b)
+    rows = (run_dir / "metrics.csv").read_text().strip().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == [0, 1, 2, 3]
+
+
+def test_bc_loss_units_and_nan_rows():
+    meta = lopt.init_meta_params(jax.random.PRNGKey(0), 8)
+    obs = jax.random.normal(jax.random.PRNGKey(1), (5, 39))
+    pred = lopt.apply_mlp(meta.mlp, obs)
+    loss, rel = bc_train.bc_loss(meta.mlp, obs, pred, lopt.EXP_MULT)
+    assert float(loss) == pytest.approx(0.0, abs=1e-10) and float(rel) < 1e-6
+    shifted = pred.at[:, 0].add(2.0)  # expert step 2 step_mults away on every row
+    assert float(bc_train.bc_loss(meta.mlp, obs, shifted, lopt.EXP_MULT)[0]) == (
+        pytest.approx(4.0, rel=1e-2)
+    )
+    bad = shifted.at[0].set(jnp.nan)
+    assert float(bc_train.bc_loss(meta.mlp, obs, bad, lopt.EXP_MULT)[0]) == (
+        pytest.approx(4.0, rel=1e-2)
+    )
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(env="ELO-Nope"), "unknown env"),
+        (dict(num_minibatches=3), "multiple of num_minibatches"),
+        (dict(p_th=1.5), "p_th must be in"),
+        (dict(n_min=9, n_max=6), "n_min"),
+    ],
+)
+def test_bad_input_is_rejected_before_anything_is_written(tmp_path, change, message):
+    run_dir = tmp_path / "bad"
+    with pytest.raises(ValueError, match=message):
+        bc_train.main(bc_train.Args(run_dir=str(run_dir), **{**TINY, **change}))
+    assert not run_dir.exists()
+
+
+def test_cli_smoke(tmp_path):
+    run_dir = tmp_path / "cli"
+    flags = [
+        "--run-dir", str(run_dir), "--outer-steps", "2", "--num-copies", "2",
+        "--chunk", "4", "--rows-per-step", "16", "--num-minibatches", "2",
+        "--n-min", "2", "--n-max", "6", "--hidden-sizes", "10", "--batch-size", "32",
+        "--hidden-size", "8", "--mix", "row", "--no-progress",
+    ]  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, bc_train.__file__, *flags],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "run directory" in out.stdout
+    assert (run_dir / "lo.msgpack").is_file()
