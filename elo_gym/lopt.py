@@ -374,48 +374,14 @@ def step_from_action(
 # Feature indices (0-27) that each elementwise row of the fused first layer carries. A
 # row that stands for two equal features (13-15 = 16-18 and 19-21 = 22-24 when a tensor
 # is not factored) lists both: their weights add.
+_ELEMENTWISE = tuple((i,) for i in range(13))  # g, p, momenta, rms, ..., fac_g
+_PRECONDITIONED_MOMENTA = ((25,), (26,), (27,))
 _UNFACTORED_ROWS = (
-    (0,),
-    (1,),
-    (2,),
-    (3,),
-    (4,),
-    (5,),
-    (6,),
-    (7,),
-    (8,),
-    (9,),
-    (10,),
-    (11,),
-    (12,),
-    (13, 16),
-    (14, 17),
-    (15, 18),
-    (19, 22),
-    (20, 23),
-    (21, 24),
-    (25,),
-    (26,),
-    (27,),
+    _ELEMENTWISE
+    + ((13, 16), (14, 17), (15, 18), (19, 22), (20, 23), (21, 24))
+    + _PRECONDITIONED_MOMENTA
 )
-_FACTORED_ROWS = (
-    (0,),
-    (1,),
-    (2,),
-    (3,),
-    (4,),
-    (5,),
-    (6,),
-    (7,),
-    (8,),
-    (9,),
-    (10,),
-    (11,),
-    (12,),
-    (25,),
-    (26,),
-    (27,),
-)
+_FACTORED_ROWS = _ELEMENTWISE + _PRECONDITIONED_MOMENTA
 # Factored tensors: (moment feature indices, their rsqrt feature indices) of the row and
 # column second moments, which are broadcasts of small arrays.
 _ROW_FEATURES, _COL_FEATURES = (

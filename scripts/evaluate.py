@@ -54,6 +54,8 @@ from tqdm import tqdm
 
 import elo_gym
 from elo_gym import envs as tasks
+from elo_gym.checkpoint import load_meta_params
+from elo_gym.lopt import EXP_MULT, STEP_MULT
 
 PAPER_LRS = (0.01, 0.007, 0.004, 0.001, 0.0007, 0.0004, 0.0001)
 WEIGHT_DECAY = 1e-4
@@ -514,7 +516,10 @@ def run(config: EvalConfig, workdir: str | pathlib.Path) -> dict:
     wall_start = time.perf_counter()
     described = _describe_los(config)
     resolved = _resolve(config, described)
-    optimizers = {d["label"]: elo_gym.load_optimizer(d["path"]) for d in described}
+    # The same loader as elo_gym.load_optimizer; the meta-parameters are then passed
+    # to one jitted program as arguments (not baked in as constants), so that every LO
+    # of the same architecture shares one compilation.
+    optimizers = {d["label"]: load_meta_params(d["path"]) for d in described}
     task = make_task(
         config.env, resolved["hidden_sizes"], resolved["batch_size"], config.data_dir
     )
@@ -523,8 +528,10 @@ def run(config: EvalConfig, workdir: str | pathlib.Path) -> dict:
     keys = _seed_keys(config)
     train = functools.partial(train_curves, task, steps=steps, eval_every=eval_every)
 
-    def lo_program(optimizer):
-        return jax.jit(jax.vmap(functools.partial(train, optimizer), (None, 0)))
+    @functools.partial(jax.jit, static_argnames=("step_mult", "exp_mult"))
+    def lo_program(meta, data, keys, *, step_mult, exp_mult):
+        optimizer = elo_gym.small_fc_lopt(meta, step_mult, exp_mult)
+        return jax.vmap(functools.partial(train, optimizer), (None, 0))(data, keys)
 
     # lr is a traced argument: one compilation serves the whole sweep.
     @jax.jit
@@ -540,7 +547,14 @@ def run(config: EvalConfig, workdir: str | pathlib.Path) -> dict:
         name = label if lr is None else f"{ADAMW} lr={lr:g}"
         bar.set_postfix_str(name)
         if lr is None:
-            out, sec = _run_many(lo_program(optimizers[label]), data, keys)
+            meta, info = optimizers[label]
+            program = functools.partial(
+                lo_program,
+                meta,
+                step_mult=info.get("step_mult", STEP_MULT),
+                exp_mult=info.get("exp_mult", EXP_MULT),
+            )
+            out, sec = _run_many(program, data, keys)
             curves[label] = out
         else:
             out, sec = _run_many(
