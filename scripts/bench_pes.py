@@ -3,8 +3,8 @@
 Reference setting (issue 4): MLP 64-32-32-10, batch 128, 8 antithetic pairs (16 copies),
 truncation 50, i.e. 800 optimizee steps per outer step. ``optimizee_floor_s`` is a
 jitted 50-step ``lax.scan`` of plain Adam steps over the same 16 copies, measured in
-the same run: what the optimizee compute alone costs. Prints one JSON object; medians after
-warm-up.
+the same run: what the optimizee compute alone costs. Prints one JSON object; medians
+after warm-up.
 """
 
 from __future__ import annotations
