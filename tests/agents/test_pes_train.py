@@ -116,10 +116,10 @@ def test_sigkill_then_resume_gives_identical_weights(reference_run, tmp_path):
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if ckpts.is_dir() and any(
-            p.name.isdigit() and int(p.name) >= 2 for p in ckpts.iterdir()
+            p.name.isdigit() and int(p.name) >= 1 for p in ckpts.iterdir()
         ):
             break
-        time.sleep(0.05)
+        time.sleep(0.01)
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
