@@ -23,8 +23,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import pathlib
-import signal
-import sys
 import time
 from typing import Literal
 
@@ -33,7 +31,6 @@ import jax
 import jax.numpy as jnp
 import optax
 import tyro
-from tqdm import tqdm
 
 from elo_gym import adapters, checkpoint, core, env, lopt, registration, runs
 
@@ -367,57 +364,43 @@ def main(args: Args) -> pathlib.Path:
     step_fn = jax.jit(
         functools.partial(outer_step, cfg, optimizer(args)), donate_argnums=0
     )
-    interrupted = False
 
-    def on_sigint(signum, frame):  # finish the current outer step, save, exit cleanly
-        nonlocal interrupted
-        interrupted = True
+    def one_step(state: BCState, t: int) -> tuple[BCState, dict]:
+        beta = beta_at(args, t)
+        params_t = env_params.replace(outer_step=jnp.int32(t))
+        tic = time.perf_counter()
+        state, metrics = step_fn(
+            state, jnp.float32(beta), jnp.bool_(args.mix == "row"), params_t
+        )
+        metrics = jax.device_get(metrics)  # one host sync per outer step
+        seconds = time.perf_counter() - tic
+        row = {k: float(v) for k, v in metrics.items()}
+        row.update(
+            outer_step=t,
+            beta=beta,
+            inner_steps_per_s=args.num_copies * args.chunk / seconds,
+        )
+        return state, row
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    bar = tqdm(
+    def postfix(row: dict) -> dict[str, str]:
+        return {
+            "bc_loss": f"{row['bc_loss']:.3g}",
+            "beta": f"{row['beta']:.2f}",
+            "task": f"{row['task_loss']:.3g}",
+        }
+
+    state = runs.train_loop(
+        state,
+        one_step,
+        start=start,
         total=args.outer_steps,
-        initial=start,
-        disable=not args.progress,
+        manager=manager,
+        log=log,
+        checkpoint_every=args.checkpoint_every,
+        postfix=postfix,
         desc="BC",
-        dynamic_ncols=True,
+        progress=args.progress,
     )
-    try:
-        for t in range(start, args.outer_steps):
-            beta = beta_at(args, t)
-            params_t = env_params.replace(outer_step=jnp.int32(t))
-            tic = time.perf_counter()
-            state, metrics = step_fn(
-                state, jnp.float32(beta), jnp.bool_(args.mix == "row"), params_t
-            )
-            metrics = jax.device_get(metrics)  # one host sync per outer step
-            seconds = time.perf_counter() - tic
-            row = {k: float(v) for k, v in metrics.items()}
-            row.update(
-                outer_step=t,
-                beta=beta,
-                inner_steps_per_s=args.num_copies * args.chunk / seconds,
-            )
-            log.write(row)
-            bar.set_postfix(
-                bc_loss=f"{row['bc_loss']:.3g}",
-                beta=f"{beta:.2f}",
-                task=f"{row['task_loss']:.3g}",
-            )
-            bar.update(1)
-            done = t + 1
-            if (
-                done % args.checkpoint_every == 0
-                or done == args.outer_steps
-                or (interrupted)
-            ):
-                checkpoint.save_state(manager, done, state)
-            if interrupted:
-                print(f"\ninterrupted: saved step {done} to {run_dir}", file=sys.stderr)
-                break
-    finally:
-        bar.close()
-        log.close()
-        signal.signal(signal.SIGINT, previous)
     if int(state.outer_step) >= args.outer_steps:
         checkpoint.save_lo(
             run_dir,

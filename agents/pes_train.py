@@ -18,8 +18,6 @@ import dataclasses
 import functools
 import math
 import pathlib
-import signal
-import sys
 import time
 from typing import Literal
 
@@ -31,7 +29,6 @@ import optax
 import tyro
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from tqdm import tqdm
 
 from elo_gym import checkpoint, core, env, lopt, registration, runs, schedules
 
@@ -438,68 +435,49 @@ def main(args: Args) -> pathlib.Path:
     step_fn = jax.jit(
         functools.partial(outer_step, cfg, outer_optimizer(args)), donate_argnums=0
     )
-    interrupted = False
 
-    def on_sigint(signum, frame):  # finish the current outer step, save, exit cleanly
-        nonlocal interrupted
-        interrupted = True
+    def one_step(state: PESState, t: int) -> tuple[PESState, dict]:
+        alpha = alpha_for(args, t)
+        n_max = args.n_max
+        if args.mode == "curriculum":
+            n_max = schedules.curriculum_n_max(
+                t, args.outer_steps, args.n_max, args.n_max_final
+            )
+        params_t = env_params.replace(
+            alpha=jnp.float32(alpha), n_max=jnp.int32(n_max), outer_step=jnp.int32(t)
+        )
+        tic = time.perf_counter()
+        state, metrics = step_fn(state, params_t)
+        metrics = jax.device_get(metrics)  # one host sync per outer step
+        seconds = time.perf_counter() - tic
+        row = {k: float(v) for k, v in metrics.items()}
+        row.update(
+            outer_step=t,
+            alpha=alpha,
+            n_max=n_max,
+            inner_steps_per_s=2 * args.num_pairs * args.truncation / seconds,
+        )
+        return state, row
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    bar = tqdm(
+    def postfix(row: dict) -> dict[str, str]:
+        return {
+            "meta_loss": f"{row['meta_loss']:.3g}",
+            "alpha": f"{row['alpha']:.2f}",
+            "steps_s": f"{row['inner_steps_per_s']:.0f}",
+        }
+
+    state = runs.train_loop(
+        state,
+        one_step,
+        start=start,
         total=args.outer_steps,
-        initial=start,
-        disable=not args.progress,
+        manager=manager,
+        log=log,
+        checkpoint_every=args.checkpoint_every,
+        postfix=postfix,
         desc=f"PES {args.mode}",
-        dynamic_ncols=True,
+        progress=args.progress,
     )
-    try:
-        for t in range(start, args.outer_steps):
-            alpha = alpha_for(args, t)
-            n_max = args.n_max
-            if args.mode == "curriculum":
-                n_max = schedules.curriculum_n_max(
-                    t, args.outer_steps, args.n_max, args.n_max_final
-                )
-            params_t = env_params.replace(
-                alpha=jnp.float32(alpha),
-                n_max=jnp.int32(n_max),
-                outer_step=jnp.int32(t),
-            )
-            tic = time.perf_counter()
-            state, metrics = step_fn(state, params_t)
-            metrics = jax.device_get(metrics)  # one host sync per outer step
-            seconds = time.perf_counter() - tic
-            row = {k: float(v) for k, v in metrics.items()}
-            row.update(
-                outer_step=t,
-                alpha=alpha,
-                n_max=n_max,
-                inner_steps_per_s=2 * args.num_pairs * args.truncation / seconds,
-            )
-            log.write(row)
-            bar.set_postfix(
-                meta_loss=f"{row['meta_loss']:.3g}",
-                alpha=f"{alpha:.2f}",
-                steps_s=f"{row['inner_steps_per_s']:.0f}",
-            )
-            bar.update(1)
-            done = t + 1
-            if (
-                done % args.checkpoint_every == 0
-                or done == args.outer_steps
-                or interrupted
-            ):
-                checkpoint.save_state(manager, done, state)
-            if interrupted:
-                print(
-                    f"\ninterrupted: saved outer step {done} to {run_dir}",
-                    file=sys.stderr,
-                )
-                break
-    finally:
-        bar.close()
-        log.close()
-        signal.signal(signal.SIGINT, previous)
     if int(state.outer_step) >= args.outer_steps:
         checkpoint.save_lo(
             run_dir,

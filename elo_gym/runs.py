@@ -10,9 +10,15 @@ import csv
 import datetime
 import json
 import pathlib
-from collections.abc import Sequence
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from elo_gym import lopt
+import orbax.checkpoint as ocp
+from tqdm import tqdm
+
+from elo_gym import checkpoint, lopt
 
 
 def default_run_dir(*parts: str) -> pathlib.Path:
@@ -81,3 +87,56 @@ class MetricsLog:
 
     def close(self) -> None:
         self._file.close()
+
+
+def train_loop(
+    state: Any,
+    step: Callable[[Any, int], tuple[Any, dict]],
+    *,
+    start: int,
+    total: int,
+    manager: ocp.CheckpointManager,
+    log: MetricsLog,
+    checkpoint_every: int,
+    postfix: Callable[[dict], dict[str, str]],
+    desc: str,
+    progress: bool = True,
+) -> Any:
+    """Runs outer steps ``start .. total - 1`` of an agent and returns the last state.
+
+    ``step(state, t)`` does one outer step and returns (state, metrics row), syncing
+    with the host once. Each row goes to ``log``; the state is checkpointed every
+    ``checkpoint_every`` steps and at the end. Ctrl-C finishes the current step, saves
+    it and returns early (the run resumes from there), so no work is lost.
+    """
+    interrupted = False
+
+    def on_sigint(signum, frame):
+        nonlocal interrupted
+        interrupted = True
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    bar = tqdm(
+        total=total, initial=start, disable=not progress, desc=desc, dynamic_ncols=True
+    )
+    try:
+        for t in range(start, total):
+            state, row = step(state, t)
+            log.write(row)
+            bar.set_postfix(postfix(row))
+            bar.update(1)
+            done = t + 1
+            if done % checkpoint_every == 0 or done == total or interrupted:
+                checkpoint.save_state(manager, done, state)
+            if interrupted:
+                print(
+                    f"\ninterrupted: saved outer step {done} to "
+                    f"{manager.directory.parent}",
+                    file=sys.stderr,
+                )
+                break
+    finally:
+        bar.close()
+        log.close()
+        signal.signal(signal.SIGINT, previous)
+    return state

@@ -100,3 +100,40 @@ def median_times(
 def log(message: str) -> None:
     """Progress goes to stderr, so that stdout holds only the JSON result."""
     print(message, file=sys.stderr, flush=True)
+
+
+def machine_info(load_start: float) -> dict:
+    """Versions, device and machine load to attach to a benchmark's JSON.
+
+    Other processes on a shared machine slow every number; the 1-minute load averages
+    when the run started and ended show how busy it was.
+    """
+    import os
+
+    import jaxlib
+
+    device = jax.devices()[0]
+    return {
+        "jax_version": jax.__version__,
+        "jaxlib_version": jaxlib.__version__,
+        "device": str(device),
+        "device_kind": device.device_kind,
+        "platform": device.platform,
+        "cpu_count": os.cpu_count(),
+        "load_avg_1m": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+    }
+
+
+def hidden_sizes_arg(text: str) -> tuple[int, ...]:
+    """argparse type for ``--hidden-sizes 128,128``."""
+    import argparse
+
+    try:
+        sizes = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"hidden sizes must be comma-separated ints, got {text!r}"
+        ) from None
+    if sizes and min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"hidden sizes must be positive, got {text!r}")
+    return sizes

@@ -39,13 +39,19 @@ from typing import Any
 import gymnasium
 import jax
 import jax.numpy as jnp
-import jaxlib
 
 import elo_gym  # noqa: F401  (registers the env ids)
 from elo_gym import core
 
 sys.path.insert(0, os.fspath(pathlib.Path(__file__).resolve().parent))
-from _timing import Timing, log, median_time, median_times  # noqa: E402
+from _timing import (  # noqa: E402
+    Timing,
+    hidden_sizes_arg,
+    log,
+    machine_info,
+    median_time,
+    median_times,
+)
 
 ENV_ID = "ELO-Digits-MLP"
 MODES = ("elo", "naive")
@@ -185,7 +191,6 @@ def run(
         if name.startswith("core_")
     }
     copy_steps = num_envs * scan_steps
-    device = jax.devices()[0]
     return {
         "env_id": ENV_ID,
         "num_envs": num_envs,
@@ -218,27 +223,8 @@ def run(
         "actions": "expert (Adam) actions from info['expert_action']",
         "env_settings": "registered defaults (alpha 0, p_th 0.2, buffer_size 4, "
         "n_min 1, n_max 200, outer step 1)",
-        "jax_version": jax.__version__,
-        "jaxlib_version": jaxlib.__version__,
-        "device": str(device),
-        "platform": device.platform,
-        "cpu_count": os.cpu_count(),
-        # Other processes on a shared machine slow every number; this shows how busy
-        # it was (1-minute load averages when the run started and ended).
-        "load_avg_1m": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+        **machine_info(load_start),
     }
-
-
-def _sizes(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"hidden sizes must be comma-separated ints, got {text!r}"
-        ) from None
-    if sizes and min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"hidden sizes must be positive, got {text!r}")
-    return sizes
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -264,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument(
         "--hidden-sizes",
-        type=_sizes,
+        type=hidden_sizes_arg,
         default=None,
         help="optimizee hidden widths, comma-separated; empty for none "
         "(default: the env's 32,32)",

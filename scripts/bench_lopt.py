@@ -36,7 +36,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import jaxlib
 import optax
 
 import elo_gym
@@ -45,7 +44,7 @@ from elo_gym import envs as tasks
 # The helper sits beside this file; the script is also imported by path (tests), when
 # scripts/ is not on sys.path.
 sys.path.insert(0, os.fspath(pathlib.Path(__file__).resolve().parent))
-from _timing import log, median_times  # noqa: E402
+from _timing import hidden_sizes_arg, log, machine_info, median_times  # noqa: E402
 
 # Lopsided exact factorizations (e.g. P prime) fall back to an approximate cube.
 _MAX_ASPECT = 4.0
@@ -195,7 +194,6 @@ def run(
     ms = {name: t.median_s * 1e3 for name, t in timings.items()}
     lo_ms = ms["lo_update"]
 
-    device = jax.devices()[0]
     return {
         "num_params": num_params,
         "hidden_sizes": list(task.hidden_sizes),
@@ -221,28 +219,8 @@ def run(
             "fwd_bwd": "jit(value_and_grad(cross-entropy)) on random uint8 images",
             "matmul_equiv": "jit(jnp.matmul), float32, default precision",
         },
-        "jax_version": jax.__version__,
-        "jaxlib_version": jaxlib.__version__,
-        "device": str(device),
-        "device_kind": device.device_kind,
-        "platform": device.platform,
-        "cpu_count": os.cpu_count(),
-        # Other processes on a shared machine slow every number; this shows how busy
-        # it was (1-minute load averages when the run started and ended).
-        "load_avg_1m": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+        **machine_info(load_start),
     }
-
-
-def _sizes(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"hidden sizes must be comma-separated ints, got {text!r}"
-        ) from None
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"hidden sizes must be positive, got {text!r}")
-    return sizes
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -256,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument(
         "--hidden-sizes",
-        type=_sizes,
+        type=hidden_sizes_arg,
         default=(128, 128),
         help="hidden widths, comma-separated (default 128,128; "
         "128,128,128 is the env's 555,368-param default)",

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import statistics
+import os
+import pathlib
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -22,15 +22,13 @@ import optax
 
 from elo_gym.agents import pes_train
 
+# The helper sits beside this file (scripts/ is not a package).
+sys.path.insert(0, os.fspath(pathlib.Path(__file__).resolve().parent))
+from _timing import median_time  # noqa: E402
+
 
 def _median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up (compile)
-    times = []
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - tic)
-    return statistics.median(times)
+    return median_time(fn, repeats).median_s
 
 
 def _pes_step_seconds(args: pes_train.Args, repeats: int) -> float:
