@@ -34,7 +34,6 @@ import tyro
 
 from elo_gym import adapters, checkpoint, core, env, lopt, registration, runs
 
-ENV_DATASETS = {env_id: kw["dataset"] for env_id, kw in registration.ENV_IDS.items()}
 METRICS = (
     "outer_step",
     "beta",
@@ -102,9 +101,9 @@ class Args:
     """Show a progress bar."""
 
     def validate(self) -> None:
-        if self.env not in ENV_DATASETS:
+        if self.env not in registration.ENV_IDS:
             raise ValueError(
-                f"unknown env {self.env!r}; valid: {', '.join(ENV_DATASETS)}"
+                f"unknown env {self.env!r}; valid: {', '.join(registration.ENV_IDS)}"
             )
         positive = (
             "outer_steps",
@@ -133,7 +132,7 @@ class Args:
 def env_settings(args: Args) -> env.EnvSettings:
     """alpha = 1: the chosen action (expert's or learner's) alone moves the params."""
     return env.EnvSettings(
-        dataset=ENV_DATASETS[args.env],
+        **registration.ENV_IDS[args.env],
         hidden_sizes=args.hidden_sizes,
         batch_size=args.batch_size,
         data_dir=args.data_dir,

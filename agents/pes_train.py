@@ -42,7 +42,6 @@ MODE_SETTINGS = {
     "bc": ("uniform", True),
     "buffer": ("elo", False),
 }
-ENV_DATASETS = {env_id: kw["dataset"] for env_id, kw in registration.ENV_IDS.items()}
 METRICS = (
     "outer_step",
     "meta_loss",
@@ -148,9 +147,9 @@ class Args:
         return args
 
     def validate(self) -> None:
-        if self.env not in ENV_DATASETS:
+        if self.env not in registration.ENV_IDS:
             raise ValueError(
-                f"unknown env {self.env!r}; valid: {', '.join(ENV_DATASETS)}"
+                f"unknown env {self.env!r}; valid: {', '.join(registration.ENV_IDS)}"
             )
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
@@ -175,7 +174,7 @@ def env_settings(args: Args) -> env.EnvSettings:
     """The env the agent meta-trains in: paired copies, the mode's resets."""
     reset_mode, _ = MODE_SETTINGS[args.mode]
     return env.EnvSettings(
-        dataset=ENV_DATASETS[args.env],
+        **registration.ENV_IDS[args.env],
         hidden_sizes=args.hidden_sizes,
         batch_size=args.batch_size,
         data_dir=args.data_dir,

@@ -162,6 +162,7 @@ class Snapshot(flax.struct.PyTreeNode):
     params: Any  # optimizee params pytree
     lo: lopt.SmallFcLOptState  # LO accumulators; lo.count = inner step index n
     adam: Any  # the expert's optax.adam state
+    model_state: Any  # the model's non-trainable state (BatchNorm statistics; {})
 
 
 @flax.struct.dataclass
@@ -169,6 +170,7 @@ class EnvState:
     """One env copy, prepared for its next action (a leading C axis in a batch)."""
 
     params: Any  # theta_n
+    model_state: Any  # non-trainable model state after this step's forward pass
     grads: Any  # g_n, gradient of the task loss at theta_n on this step's batch
     lo: lopt.SmallFcLOptState  # accumulators including g_n; count = n
     adam: Any  # Adam state including g_n
@@ -229,9 +231,9 @@ def unflatten_rows(task: Any, rows: jax.Array) -> Any:
 
 
 def _fresh_snapshot(cfg: EnvConfig, key: jax.Array) -> Snapshot:
-    params = cfg.task.init(key)
+    params, model_state = cfg.task.init_with_state(key)
     adam = demonstrator.adam_expert(cfg.expert_learning_rate).init(params)
-    return Snapshot(params, lopt.init_state(params), adam)
+    return Snapshot(params, lopt.init_state(params), adam, model_state)
 
 
 def _sample_length(cfg: EnvConfig, key: jax.Array, p: EnvParams) -> jax.Array:
@@ -285,15 +287,21 @@ def _prepare(
     loss_ema: jax.Array,
     next_key: jax.Array,
 ) -> EnvState:
-    """Computes the gradient at the snapshot once and feeds Adam and the LO with it."""
+    """Computes the gradient at the snapshot once and feeds Adam and the LO with it.
+
+    The training-mode forward pass also updates the model state (BatchNorm running
+    statistics), which no optimizer touches."""
     batch = cfg.task.sample_batch(p.data, key)
-    loss, grads = jax.value_and_grad(cfg.task.loss)(snapshot.params, batch)
+    (loss, model_state), grads = jax.value_and_grad(cfg.task.train_loss, has_aux=True)(
+        snapshot.params, snapshot.model_state, batch
+    )
     lo_state = lopt.accumulate(grads, snapshot.lo, lopt.default_decays())
     expert_update, adam = demonstrator.adam_expert(cfg.expert_learning_rate).update(
         grads, snapshot.adam, snapshot.params
     )
     return EnvState(
         params=snapshot.params,
+        model_state=model_state,
         grads=grads,
         lo=lo_state,
         adam=adam,
@@ -421,7 +429,9 @@ def _bc_loss(
 
 
 def _all_finite(tree: Any) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+    return jnp.all(
+        jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)] + [True])
+    )
 
 
 def _apply_action(cfg: EnvConfig, s: EnvState, action: jax.Array, p: EnvParams):
@@ -438,8 +448,14 @@ def _apply_action(cfg: EnvConfig, s: EnvState, action: jax.Array, p: EnvParams):
     )
     bc = _bc_loss(cfg, lo_update_rows, expert_rows)
     reward = -((1.0 - p.alpha) * p.bc_scale * bc + p.alpha * s.loss)
-    snapshot = Snapshot(params, s.lo._replace(count=s.lo.count + 1), s.adam)
-    diverged = ~jnp.isfinite(s.loss) | ~_all_finite(params) | ~jnp.isfinite(reward)
+    snapshot = Snapshot(
+        params, s.lo._replace(count=s.lo.count + 1), s.adam, s.model_state
+    )
+    diverged = (
+        ~jnp.isfinite(s.loss)
+        | ~_all_finite((params, s.model_state))
+        | ~jnp.isfinite(reward)
+    )
     ema = jnp.where(s.lo.count == s.start_step, s.loss, 0.9 * s.loss_ema + 0.1 * s.loss)
     due = snapshot.lo.count >= s.push_step
     if cfg.push_policy == "failure_aware":

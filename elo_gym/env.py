@@ -21,19 +21,22 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 from jax.sharding import SingleDeviceSharding
 
-from elo_gym import core, schedules, spaces
-from elo_gym.envs import make_image_mlp_task
+from elo_gym import core, envs, schedules, spaces
 
 
 @dataclasses.dataclass(frozen=True)
 class EnvSettings:
     """What an ELO env id is made from: keyword arguments of ``gymnasium.make``."""
 
-    dataset: str = "digits"
-    hidden_sizes: tuple[int, ...] | None = None  # None: the dataset's default MLP
-    activation: str = "relu"
-    batch_size: int | None = None  # None: the dataset's default
-    augment: bool | None = None  # None: the dataset's default augmentation
+    model: str = "mlp"  # task family: "mlp", "resnet18" or "gpt2mini"
+    dataset: str = "digits"  # digits, imagenet32 (image models); fineweb, text (LM)
+    hidden_sizes: tuple[int, ...] | None = None  # mlp: None -> the dataset's default
+    activation: str | None = None  # mlp: None -> relu
+    batch_size: int | None = None  # None: the task's default
+    augment: bool | None = None  # image models: None -> the dataset's default
+    width: int | None = None  # resnet18: first-stage channels; gpt2mini: model width
+    context_length: int | None = None  # gpt2mini: tokens per window
+    text_files: tuple[str, ...] | None = None  # gpt2mini on dataset "text"
     data_dir: str | None = None
     mode: str = "elo"
     p_th: float = 0.2
@@ -49,14 +52,20 @@ class EnvSettings:
     bc_loss: str = "l2"
     paired: bool = False
 
-    def task(self):
-        hidden = None if self.hidden_sizes is None else tuple(self.hidden_sizes)
-        return make_image_mlp_task(
+    def task(self) -> envs.Task:
+        """The optimizee task (options left None keep the family's defaults)."""
+        return envs.make_task(
+            self.model,
             self.dataset,
-            hidden_sizes=hidden,
+            hidden_sizes=None
+            if self.hidden_sizes is None
+            else tuple(self.hidden_sizes),
             activation=self.activation,
             batch_size=self.batch_size,
             augment=self.augment,
+            width=self.width,
+            context_length=self.context_length,
+            text_files=None if self.text_files is None else tuple(self.text_files),
             data_dir=self.data_dir,
         )
 

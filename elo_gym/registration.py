@@ -4,10 +4,17 @@ import gymnasium as gym
 
 ENV_IDS = {
     # The embedded default: scikit-learn's 8x8 digits, offline; MLP 64-32-32-10.
-    "ELO-Digits-MLP": {"dataset": "digits"},
+    "ELO-Digits-MLP": {"model": "mlp", "dataset": "digits"},
     # The paper's task: ImageNet-1K 32x32, muLO's MLP 3072-128-128-128-1000 (555,368
     # params), batch 4096, from a local data dir.
-    "ELO-ImageNet32-MLP": {"dataset": "imagenet32"},
+    "ELO-ImageNet32-MLP": {"model": "mlp", "dataset": "imagenet32"},
+    # The paper's OOD vision task: ResNet-18 (small-image stem, 11,681,832 params,
+    # BatchNorm statistics as model state) on ImageNet-1K 32x32, batch 4096.
+    "ELO-ImageNet32-ResNet18": {"model": "resnet18", "dataset": "imagenet32"},
+    # The paper's OOD language task: GPT-2-mini (4 layers, width 256, 4 heads,
+    # context 256; 16,090,880 params) on FineWeb-10B token shards, batch 512.
+    # dataset="text", text_files=[...] trains it on plain-text files as bytes.
+    "ELO-FineWeb-GPT2Mini": {"model": "gpt2mini", "dataset": "fineweb"},
 }
 
 

@@ -1,7 +1,9 @@
 """Optimizee tasks: device-resident datasets, augmentation and task families.
 
 Everything here is pure JAX over explicit arrays and keys, and imports nothing
-from `elo_gym` or `agents`.
+from `elo_gym` or `agents`. Families: image MLP and ResNet-18 (`digits`,
+`imagenet32`), GPT-2-mini (`fineweb` token shards, `text` files as bytes); all
+implement `tasks.Task` and are built by `make_task`.
 """
 
 from .augment import augment
@@ -17,19 +19,36 @@ from .datasets import (
     sample_batch,
 )
 from .image_mlp import ACTIVATIONS, ImageMLPTask, make_image_mlp_task
+from .image_task import ImageClassificationTask
+from .language_model import LanguageModelTask, make_lm_task
+from .resnet import ResNetTask, make_resnet_task
+from .tasks import MODELS, Task, make_task
+from .tokens import TokenData, load_fineweb, load_text, write_token_shard
 
 __all__ = [
     "ACTIVATIONS",
     "DATASETS",
     "DATA_DIR_ENV",
+    "MODELS",
     "SPLITS",
     "DatasetNotFoundError",
     "DatasetSpec",
+    "ImageClassificationTask",
     "ImageData",
     "ImageMLPTask",
+    "LanguageModelTask",
+    "ResNetTask",
+    "Task",
+    "TokenData",
     "augment",
     "dataset_info",
     "load_dataset",
+    "load_fineweb",
+    "load_text",
     "make_image_mlp_task",
+    "make_lm_task",
+    "make_resnet_task",
+    "make_task",
     "sample_batch",
+    "write_token_shard",
 ]

@@ -26,6 +26,12 @@ Usage::
 
     python scripts/evaluate.py --lo elo=runs/elo --lo naive=runs/naive --out eval/
     python scripts/evaluate.py --lo elo=runs/elo/lo.msgpack --steps 500 --seeds 2
+    # Out of distribution: an LO meta-trained on the digits MLP, on GPT-2-mini over
+    # plain-text files (bytes) and on ResNet-18.
+    python scripts/evaluate.py --lo elo=runs/elo --allow-task-mismatch \
+        --env ELO-FineWeb-GPT2Mini --dataset text --text-files a.txt b.txt --out lm/
+    python scripts/evaluate.py --lo elo=runs/elo --allow-task-mismatch \
+        --env ELO-ImageNet32-ResNet18 --data-dir ~/data --out resnet/
 
 An LO meta-trained on another env than ``--env`` is an error unless
 ``--allow-task-mismatch`` is given (out-of-distribution evaluation is legitimate, but
@@ -55,6 +61,7 @@ from tqdm import tqdm
 import elo_gym
 from elo_gym import envs as tasks
 from elo_gym.checkpoint import load_meta_params
+from elo_gym.env import EnvSettings
 from elo_gym.lopt import EXP_MULT, STEP_MULT
 
 PAPER_LRS = (0.01, 0.007, 0.004, 0.001, 0.0007, 0.0004, 0.0001)
@@ -78,7 +85,11 @@ class EvalConfig:
     eval_every: int | None = None  # steps between evaluations; None: about H / 50
     hidden_sizes: tuple[int, ...] | None = None  # None: the LO runs' (else the env's)
     batch_size: int | None = None  # None: the LO runs' (else the env's)
-    data_dir: str | None = None  # where on-disk datasets live (ImageNet-32)
+    data_dir: str | None = None  # where on-disk datasets live (ImageNet-32, FineWeb)
+    dataset: str | None = None  # None: the env's; e.g. "text" for GPT-2-mini
+    width: int | None = None  # ResNet-18 / GPT-2-mini width (None: the env's)
+    context_length: int | None = None  # GPT-2-mini context (None: the env's)
+    text_files: tuple[str, ...] | None = None  # GPT-2-mini on dataset "text"
     allow_task_mismatch: bool = False  # evaluate LOs meta-trained on another env
     smooth: int | None = None  # moving-average window of plotted train loss
     progress: bool = True  # tqdm progress bar over runs
@@ -190,20 +201,14 @@ def _resolve(config: EvalConfig, described: list[dict]) -> dict:
     }
 
 
-def make_task(
-    env_id: str,
-    hidden_sizes: tuple[int, ...] | None = None,
-    batch_size: int | None = None,
-    data_dir: str | None = None,
-) -> tasks.ImageMLPTask:
-    """The optimizee task of an env id (same dataset, defaults and augmentation)."""
+def make_task(env_id: str, **options: Any) -> tasks.Task:
+    """The optimizee task of an env id (same model, dataset, defaults and
+    augmentation); ``options`` (None: the env's) override the env's settings, e.g.
+    ``hidden_sizes``, ``batch_size``, ``width``, ``dataset`` or ``text_files``."""
     _check_env(env_id)
-    return tasks.make_image_mlp_task(
-        elo_gym.ENV_IDS[env_id]["dataset"],
-        hidden_sizes=hidden_sizes,
-        batch_size=batch_size,
-        data_dir=data_dir,
-    )
+    registered = elo_gym.ENV_IDS[env_id]
+    given = {k: v for k, v in options.items() if v is not None}
+    return EnvSettings(**{**registered, **given}).task()
 
 
 # --------------------------------------------------------------------------- training
@@ -216,9 +221,9 @@ def eval_steps(steps: int, eval_every: int) -> list[int]:
 
 
 def train_curves(
-    task: tasks.ImageMLPTask,
+    task: tasks.Task,
     optimizer: optax.GradientTransformation,
-    data: tasks.ImageData,
+    data: Any,
     key: jax.Array,
     *,
     steps: int,
@@ -240,23 +245,25 @@ def train_curves(
       :func:`eval_steps` (E of them, step 0 and step H included).
     """
     key_init, key_data = jax.random.split(key)
-    params = task.init(key_init)
+    params, model_state = task.init_with_state(key_init)
     opt_state = optimizer.init(params)
 
     def step(carry, n):
-        params, opt_state = carry
+        params, model_state, opt_state = carry
         batch = task.sample_batch(data, jax.random.fold_in(key_data, n))
-        loss, grads = jax.value_and_grad(task.loss)(params, batch)
+        (loss, new_model_state), grads = jax.value_and_grad(
+            task.train_loss, has_aux=True
+        )(params, model_state, batch)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
-        new = (optax.apply_updates(params, updates), new_opt_state)
+        new = (optax.apply_updates(params, updates), new_model_state, new_opt_state)
         # Steps past H (in a last, partial chunk) leave the optimizee as it is.
         carry = jax.tree.map(lambda a, b: jnp.where(n < steps, a, b), new, carry)
         return carry, loss
 
-    def evaluate(params):
+    def evaluate(params, model_state):
         out = {}
         for split in SPLITS:
-            metrics = task.evaluate(params, data, split)
+            metrics = task.evaluate(params, data, split, model_state=model_state)
             out[f"{split}_loss"] = metrics["loss"]
             out[f"{split}_accuracy"] = metrics["accuracy"]
         return out
@@ -273,13 +280,13 @@ def train_curves(
         # evaluates (its start is H; the predicate is unbatched under vmap, so this
         # stays a real branch). One copy of the step and of the evaluation in the
         # program keeps compilation short.
-        evals = evaluate(carry[0])
+        evals = evaluate(carry[0], carry[1])
         carry, losses = lax.cond(start < steps, train_chunk, skip_chunk, carry, start)
         return carry, (losses, evals)
 
     num_chunks = -(-steps // eval_every)
     starts = jnp.arange(num_chunks + 1) * eval_every
-    _, (losses, evals) = lax.scan(chunk, (params, opt_state), starts)
+    _, (losses, evals) = lax.scan(chunk, (params, model_state, opt_state), starts)
     losses = losses.reshape(-1)[:steps]
     return {"train_loss": losses, **evals}
 
@@ -521,7 +528,14 @@ def run(config: EvalConfig, workdir: str | pathlib.Path) -> dict:
     # of the same architecture shares one compilation.
     optimizers = {d["label"]: load_meta_params(d["path"]) for d in described}
     task = make_task(
-        config.env, resolved["hidden_sizes"], resolved["batch_size"], config.data_dir
+        config.env,
+        hidden_sizes=resolved["hidden_sizes"],
+        batch_size=resolved["batch_size"],
+        data_dir=config.data_dir,
+        dataset=config.dataset,
+        width=config.width,
+        context_length=config.context_length,
+        text_files=config.text_files,
     )
     data = task.load_data()
     steps, eval_every = resolved["steps"], resolved["eval_every"]
@@ -572,13 +586,7 @@ def run(config: EvalConfig, workdir: str | pathlib.Path) -> dict:
     config_dict["los"] = [list(x) for x in config.los]
     result = {
         "config": config_dict,
-        "task": {
-            "dataset": task.dataset,
-            "hidden_sizes": list(task.hidden_sizes),
-            "batch_size": task.batch_size,
-            "augment": task.augment,
-            "num_params": task.num_params(),
-        },
+        "task": task.describe(),
         "steps": steps,
         "eval_every": eval_every,
         "eval_steps": eval_steps(steps, eval_every),
@@ -661,6 +669,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[EvalConfig, str]:
     p.add_argument("--hidden-sizes", type=_ints, help="e.g. 32,32")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--data-dir")
+    p.add_argument("--dataset", help="override the env's dataset (e.g. text)")
+    p.add_argument("--width", type=int, help="ResNet-18 / GPT-2-mini width")
+    p.add_argument("--context-length", type=int, help="GPT-2-mini context")
+    p.add_argument(
+        "--text-files", nargs="+", help="plain-text files (GPT-2-mini, --dataset text)"
+    )
     p.add_argument("--smooth", type=int, help="train-loss moving-average window")
     p.add_argument(
         "--allow-task-mismatch",
@@ -681,6 +695,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[EvalConfig, str]:
         hidden_sizes=a.hidden_sizes,
         batch_size=a.batch_size,
         data_dir=a.data_dir,
+        dataset=a.dataset,
+        width=a.width,
+        context_length=a.context_length,
+        text_files=None if a.text_files is None else tuple(a.text_files),
         allow_task_mismatch=a.allow_task_mismatch,
         smooth=a.smooth,
         progress=not a.no_progress,

@@ -317,15 +317,15 @@ def test_reward_is_minus_the_meta_loss(elo, data):
 
 def _count_loss_calls(monkeypatch, fn, *args):
     calls = []
-    original = ImageMLPTask.loss
+    original = ImageMLPTask.train_loss
 
-    def counted(self, params, batch):
+    def counted(self, params, model_state, batch):
         calls.append(1)
-        return original(self, params, batch)
+        return original(self, params, model_state, batch)
 
-    monkeypatch.setattr(ImageMLPTask, "loss", counted)
+    monkeypatch.setattr(ImageMLPTask, "train_loss", counted)
     jax.eval_shape(fn, *args)
-    monkeypatch.setattr(ImageMLPTask, "loss", original)
+    monkeypatch.setattr(ImageMLPTask, "train_loss", original)
     return len(calls)
 
 

@@ -107,15 +107,26 @@ def _assert_tree_close(actual, expected, what=""):
 # --- registration ---
 
 
-def test_import_registers_exactly_the_two_ids():
+def test_import_registers_exactly_the_four_ids():
     ids = {name for name in gym.registry if name.startswith("ELO-")}
-    assert ids == {"ELO-Digits-MLP", "ELO-ImageNet32-MLP"} == set(elo_gym.ENV_IDS)
+    expected = {
+        "ELO-Digits-MLP",
+        "ELO-ImageNet32-MLP",
+        "ELO-ImageNet32-ResNet18",
+        "ELO-FineWeb-GPT2Mini",
+    }
+    assert ids == expected == set(elo_gym.ENV_IDS)
     for name in ids:
         spec = gym.spec(name)
         assert spec.version is None and spec.name == name
         assert spec.entry_point == "elo_gym.env:ELOEnv"
         assert spec.vector_entry_point == "elo_gym.env:ELOVectorEnv"
     assert gym.spec("ELO-ImageNet32-MLP").kwargs["dataset"] == "imagenet32"
+    assert gym.spec("ELO-ImageNet32-ResNet18").kwargs["model"] == "resnet18"
+    assert gym.spec("ELO-FineWeb-GPT2Mini").kwargs == {
+        "model": "gpt2mini",
+        "dataset": "fineweb",
+    }
 
 
 def test_make_warns_about_nothing(made):
