@@ -5,6 +5,7 @@ import pathlib
 import tempfile
 
 import jax
+import pytest
 
 # XLA compiles dominate this suite's time, and many tests (and the subprocesses some of
 # them start) compile the same programs: share them through JAX's persistent cache.
@@ -15,3 +16,13 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+@pytest.fixture(scope="session")
+def real_text_files() -> list[str]:
+    """Real English text that ships with an installed package (offline): the
+    descriptions of scikit-learn's bundled datasets, about 47 kB of reStructuredText."""
+    import sklearn
+
+    descr = pathlib.Path(sklearn.__file__).parent / "datasets" / "descr"
+    return [str(p) for p in sorted(descr.glob("*.rst"))]

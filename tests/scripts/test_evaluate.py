@@ -251,3 +251,40 @@ def test_diverged_seed_is_null_in_json_and_marked_in_table():
     assert evaluate._jsonable(curves["train_loss"])[1] == [2.0, None, None]
     assert evaluate._pm(summary["test_loss"]) == "diverged"
     assert evaluate._pm(summary["test_accuracy"], 100.0, 2) == "45.00 ± 35.00"
+
+
+@pytest.mark.parametrize("env_id", ["ELO-ImageNet32-ResNet18", "ELO-FineWeb-GPT2Mini"])
+def test_out_of_distribution_smoke(runs, tmp_path, env_id, real_text_files):
+    """The digits-MLP LO against AdamW on the paper's OOD models, small and offline:
+    ResNet-18 (width 4) on digits, GPT-2-mini (width 16) on real text as bytes."""
+    options = (
+        {"dataset": "digits", "width": 4, "batch_size": 16}
+        if "ResNet" in env_id
+        else {
+            "dataset": "text",
+            "text_files": tuple(real_text_files),
+            "width": 16,
+            "context_length": 16,
+            "batch_size": 8,
+        }
+    )
+    config = _config(
+        runs,
+        los=(("a", str(runs / "a")),),
+        env=env_id,
+        allow_task_mismatch=True,
+        steps=6,
+        eval_every=3,
+        seeds=1,
+        lrs=(1e-3,),
+        **options,
+    )
+    res = evaluate.run(config, tmp_path)
+    assert res["task"]["model"] == ("resnet18" if "ResNet" in env_id else "gpt2mini")
+    assert res["task"]["dataset"] == options["dataset"]
+    assert res["eval_steps"] == [0, 3, 6] and set(res["final"]) == {"a", "AdamW"}
+    for method in ("a", "AdamW"):
+        final = res["final"][method]
+        assert math.isfinite(final["valid_loss"]["mean"])
+        assert 0.0 <= final["test_accuracy"]["mean"] <= 1.0
+    assert (tmp_path / "table.md").is_file() and (tmp_path / "valid_loss.png").is_file()
