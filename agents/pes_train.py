@@ -253,9 +253,19 @@ def init_state(args: Args, cfg: PESConfig, env_params: core.EnvParams) -> PESSta
     )
 
 
-def policy_actions(mlp_flat: jax.Array, unravel, features: jax.Array) -> jax.Array:
-    """small_fc_lopt row-wise: (C, D) weights, (C, P, 39) features -> (C, P, 2)."""
-    return jax.vmap(lambda w, x: lopt.apply_mlp(unravel(w), x))(mlp_flat, features)
+def policy_actions(mlp_flat: jax.Array, unravel, copies: core.EnvState) -> jax.Array:
+    """small_fc_lopt's actions (C, P, 2) for (C, D) weights, one set per copy.
+
+    The same function of the copies' state as ``apply_mlp`` on their observed
+    (P, 39) features, by the LO's fused path (``lopt.mlp_outputs``): the features are
+    never stored, so the scan below does not build observations at all.
+    """
+
+    def one(weights: jax.Array, s: core.EnvState) -> jax.Array:
+        outputs = lopt.mlp_outputs(s.grads, s.params, s.lo, unravel(weights))
+        return jnp.concatenate([out.reshape(2, -1) for out in outputs], axis=1).T
+
+    return jax.vmap(one)(mlp_flat, copies)
 
 
 def unroll(
@@ -271,12 +281,11 @@ def unroll(
     eps = cfg.sigma * jax.random.normal(key, accumulator.shape)
     # Interleave: copy 2i runs theta + eps_i, copy 2i+1 runs theta - eps_i.
     weights = (theta + jnp.stack([eps, -eps], axis=1)).reshape(-1, theta.size)
-    obs = jax.vmap(core.observe, (None, 0, None))(cfg.env, env_state.copies, env_params)
 
     def inner(carry, _):
-        state, obs, xi, grad_sums = carry
-        actions = policy_actions(weights, unravel, obs["features"])
-        state, obs, reward, terminated, truncated, info = core.step(
+        state, xi, grad_sums = carry
+        actions = policy_actions(weights, unravel, state.copies)
+        state, _, reward, terminated, truncated, info = core.step(
             cfg.env, state, actions, env_params
         )
         # Clip the per-step meta-loss; NaN maps to the cap, so one diverging copy cannot
@@ -315,16 +324,15 @@ def unroll(
             "episodes_ended": ended.sum(),
             "diverged": terminated.sum(),
         }
-        return (state, obs, xi, grad_sums), metrics
+        return (state, xi, grad_sums), metrics
 
     zero = jnp.zeros_like(accumulator)
     carry = (
         env_state,
-        obs,
         accumulator + eps,
         {"meta": zero, "bc": zero, "task": zero},
     )
-    (env_state, _, xi, grad_sums), metrics = jax.lax.scan(
+    (env_state, xi, grad_sums), metrics = jax.lax.scan(
         inner, carry, None, length=cfg.truncation
     )
     scale = 1.0 / (2.0 * cfg.sigma**2 * cfg.truncation)

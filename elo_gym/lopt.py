@@ -397,59 +397,114 @@ def _selection(rows: tuple[tuple[int, ...], ...]) -> np.ndarray:
     return select
 
 
+# Elements per tile of the CPU path of the fused update (see _fused_tensor_step): the
+# (32, T) activations of a tile stay in the caches between the MLP's layers.
+TILE_ELEMENTS = 8192
+TILES_PER_CALL = 2  # tiles vmapped together: one per core of a 2-core CPU
+
+
+def _tile_rows(shape: tuple[int, ...]) -> int | None:
+    """Rows of axis 0 per tile, or None to run the tensor in one piece.
+
+    Tiles cut axis 0 only, so that each one is a contiguous block; a tensor is tiled
+    when some divisor of its first dimension gives tiles of TILE_ELEMENTS / 4 to
+    TILE_ELEMENTS elements and there are at least TILES_PER_CALL of them.
+    """
+    if len(shape) < 2:
+        return None
+    row = math.prod(shape[1:])
+    rows = min(shape[0], TILE_ELEMENTS // row) if row <= TILE_ELEMENTS else 0
+    while rows and shape[0] % rows:
+        rows -= 1
+    num_tiles = shape[0] // rows if rows else 0
+    if rows * row < TILE_ELEMENTS // 4 or num_tiles < TILES_PER_CALL:
+        return None
+    return rows
+
+
 def _fused_tensor_step(
     g: jax.Array, p: jax.Array, acc: TensorAccumulators, steps: jax.Array, mlp: dict
 ) -> jax.Array:
-    """The MLP's output (2, n) = (d, m) for one tensor, without its (n, 39) features.
+    """The LO's MLP output for one tensor (shape S), without its (n, 39) features.
 
-    The same math as ``apply_mlp(mlp, tensor_features(...))``, arranged for speed (the
-    golden-fixture test checks both):
+    The same math as ``apply_mlp(mlp, tensor_features(...))``, arranged for speed
+    (the golden-fixture test checks both):
     - per-tensor normalization multiplies each feature channel by one scalar, so it is
       folded into the first layer's weights; the 11 step features are equal for every
       element, so they fold into its bias;
     - the row and column second moments of a factored tensor (features 13-24) are
       broadcasts of small arrays: their first-layer term is computed on the small array
       and broadcast; equal channels of an unfactored tensor share one row;
-    - channels-first layout, (channels, n): each channel is one contiguous row, and the
-      layers are (hidden, k) @ (k, n) matmuls over a long, dense n.
+    - channels-first layout inside a block, (channels, n): the layers are
+      (hidden, k) @ (k, n) matmuls over a long, dense n;
+    - on CPU, a large tensor runs in tiles of about TILE_ELEMENTS elements along its
+      first axis (``lax.map``, TILES_PER_CALL at a time): each tile builds its
+      features and runs all three layers while its (32, T) activations are in cache.
+      Full-width layers would stream every (32, n) activation through memory, which
+      costs more than their FLOPs. GPUs keep the full-width matmuls.
+
+    Returns:
+      The MLP's output (2,) + S: direction d and magnitude m per element.
     """
     shape = acc.momentum.shape[:-1]
-    n = math.prod(shape)
     w0, b0 = mlp["Dense_0"]["kernel"], mlp["Dense_0"]["bias"]
-    g = sanitize_gradient(g).reshape(1, *shape)
-    m = jnp.moveaxis(acc.momentum, -1, 0)  # (3,) + S
-    r = jnp.moveaxis(acc.rms, -1, 0)  # (1,) + S
-    rsqrt_r = jax.lax.rsqrt(r + 1e-6)
-    common = [g, p.reshape(1, *shape), m, r, m * rsqrt_r, rsqrt_r]
     dims = factored_dims(shape)
+    # Per-element inputs (axis 0 = the tensor's axis 0, channels last as the
+    # accumulators are stored) and broadcast inputs (array, axis it broadcasts along).
+    dense = {
+        "g": sanitize_gradient(g).reshape(shape + (1,)),
+        "p": p.reshape(shape + (1,)),
+        "m": acc.momentum,
+        "r": acc.rms,
+    }
+    broadcast: dict[str, tuple[jax.Array, int]] = {}
     if dims is None:
-        v = jnp.moveaxis(acc.v_row, -1, 0)
-        rows = common + [
-            g * jax.lax.rsqrt(jnp.maximum(v + 1e-9, 1e-9)),
-            v,
-            jax.lax.rsqrt(v + 1e-8),
-            m * jax.lax.rsqrt(v + 1e-6),
-        ]
+        dense["v"] = acc.v_row
         row_features, small = _UNFACTORED_ROWS, []
     else:
         d0, d1 = dims
         row_mean = jnp.mean(acc.v_row, axis=d1 - 1 if d1 > d0 else d1, keepdims=True)
         row_factor = jax.lax.rsqrt(jnp.maximum(acc.v_row / (row_mean + 1e-9), 1e-9))
         col_factor = jax.lax.rsqrt(jnp.maximum(acc.v_col, 1e-9))
-        both = jnp.moveaxis(
-            jnp.expand_dims(row_factor, d0) * jnp.expand_dims(col_factor, d1), -1, 0
-        )
-        rows = common + [g * both, m * both]
+        broadcast = {"row_factor": (row_factor, d0), "col_factor": (col_factor, d1)}
         row_features = _FACTORED_ROWS
         small = [(acc.v_row, d0, _ROW_FEATURES), (acc.v_col, d1, _COL_FEATURES)]
-    x = jnp.concatenate([row.reshape(-1, n) for row in rows])  # (k, n)
+
+    def feature_rows(block: dict) -> list[jax.Array]:
+        """Features of a block as channels-first (c,) + block shape arrays."""
+        first = {k: jnp.moveaxis(v, -1, 0) for k, v in block.items()}
+        gg, m, r = first["g"], first["m"], first["r"]
+        rsqrt_r = jax.lax.rsqrt(r + 1e-6)
+        rows = [gg, first["p"], m, r, m * rsqrt_r, rsqrt_r]
+        if dims is None:
+            v = first["v"]
+            return rows + [
+                gg * jax.lax.rsqrt(jnp.maximum(v + 1e-9, 1e-9)),
+                v,
+                jax.lax.rsqrt(v + 1e-8),
+                m * jax.lax.rsqrt(v + 1e-6),
+            ]
+        both = first["row_factor"] * first["col_factor"]
+        return rows + [gg * both, m * both]
+
+    def expand(array: jax.Array, axis: int) -> jax.Array:
+        """A broadcast input (channels last) with a size-1 ``axis`` inserted."""
+        return jnp.expand_dims(array, axis)
+
+    def full_block() -> dict:
+        return dense | {k: expand(a, ax) for k, (a, ax) in broadcast.items()}
+
     # rsqrt(1e-5 + mean of the square over the tensor), per row: the normalization.
-    scale = jax.lax.rsqrt(1e-5 + jnp.mean(x**2, axis=1))
+    # Each row's expression fuses into its reduction; none is stored at full size.
+    means = [
+        jnp.mean(x**2, axis=tuple(range(1, x.ndim))) for x in feature_rows(full_block())
+    ]
+    scale = jax.lax.rsqrt(1e-5 + jnp.concatenate(means))
     w_first = (jnp.asarray(_selection(row_features)) @ w0[:NUM_NORMALIZED]) * scale[
         :, None
     ]
     bias = b0 + steps @ w0[NUM_NORMALIZED:]
-    pre = (w_first.T @ x + bias[:, None]).reshape(-1, *shape)
+    small_terms = []
     for moments, axis, (moment_ids, rsqrt_ids) in small:
         channels = jnp.concatenate([moments, jax.lax.rsqrt(moments + 1e-8)], axis=-1)
         # A broadcast's mean square over the tensor is its mean square over the array.
@@ -457,15 +512,76 @@ def _fused_tensor_step(
             1e-5 + jnp.mean(channels**2, axis=tuple(range(channels.ndim - 1)))
         )
         w = w0[np.asarray(moment_ids + rsqrt_ids)] * small_scale[:, None]
-        term = jnp.moveaxis(channels @ w, -1, 0)  # (hidden,) + reduced shape
-        pre = pre + jnp.expand_dims(term, axis + 1)
-    h = jax.nn.relu(pre.reshape(-1, n))
-    layers = sorted(mlp)[1:]
-    for i, name in enumerate(layers):
-        h = mlp[name]["kernel"].T @ h + mlp[name]["bias"][:, None]
-        if i < len(layers) - 1:
-            h = jax.nn.relu(h)
-    return h
+        small_terms.append((channels @ w, axis))  # reduced shape + (hidden,)
+
+    def block_step(block: dict, terms: list[jax.Array]) -> jax.Array:
+        """The step of one block (all of the tensor, or one tile)."""
+        block_rows = feature_rows(block)
+        block_shape = block_rows[0].shape[1:]
+        x = jnp.concatenate([r.reshape(r.shape[0], -1) for r in block_rows])
+        pre = (w_first.T @ x + bias[:, None]).reshape(-1, *block_shape)
+        for term, (_, axis) in zip(terms, small_terms, strict=True):
+            pre = pre + jnp.expand_dims(jnp.moveaxis(term, -1, 0), axis + 1)
+        h = jax.nn.relu(pre.reshape(pre.shape[0], -1))
+        layers = sorted(mlp)[1:]
+        for i, name in enumerate(layers):
+            h = mlp[name]["kernel"].T @ h + mlp[name]["bias"][:, None]
+            if i < len(layers) - 1:
+                h = jax.nn.relu(h)
+        return h.reshape(2, *block_shape)
+
+    rows_per_tile = _tile_rows(shape) if jax.default_backend() == "cpu" else None
+    if rows_per_tile is None:
+        return block_step(full_block(), [t for t, _ in small_terms])
+    # Tiles along axis 0: inputs that have axis 0 are cut (free reshapes of contiguous
+    # arrays); those that broadcast along it are the same for every tile.
+    num_tiles = shape[0] // rows_per_tile
+
+    def cut(x: jax.Array) -> jax.Array:
+        return x.reshape(num_tiles, rows_per_tile, *x.shape[1:])
+
+    tiled = {k: cut(v) for k, v in dense.items()}
+    shared = {}
+    for k, (a, ax) in broadcast.items():
+        if ax == 0:
+            shared[k] = expand(a, ax)
+        else:
+            tiled[k] = cut(expand(a, ax))
+    tiled_terms = [None if ax == 0 else cut(t) for t, ax in small_terms]
+
+    def tile(xs):
+        block, cut_terms = xs
+        terms = [
+            term if cut_term is None else cut_term
+            for cut_term, (term, _) in zip(cut_terms, small_terms, strict=True)
+        ]
+        return block_step(block | shared, terms)
+
+    out = jax.lax.map(tile, (tiled, tiled_terms), batch_size=TILES_PER_CALL)
+    return jnp.moveaxis(out, 1, 0).reshape(2, *shape)
+
+
+def mlp_outputs(
+    grads: Any, params: Any, state: SmallFcLOptState, mlp: dict
+) -> list[jax.Array]:
+    """The LO's MLP output (d, m) for every tensor, without materializing features.
+
+    Equals ``apply_mlp(mlp, f)`` for each ``f`` of :func:`features` (moved to the
+    front axis), computed by the fused path. ``state`` must already include
+    ``grads`` (see :func:`accumulate`).
+
+    Returns:
+      One (2,) + S' array per leaf, in ``jax.tree.leaves`` order (S' = S, or (1,)
+      for scalars).
+    """
+    g_leaves, treedef = jax.tree.flatten(grads)
+    p_leaves = treedef.flatten_up_to(params)
+    acc_leaves = treedef.flatten_up_to(state.accumulators)
+    steps = step_features(state.count)
+    return [
+        _fused_tensor_step(g, p, acc, steps, mlp)
+        for g, p, acc in zip(g_leaves, p_leaves, acc_leaves, strict=True)
+    ]
 
 
 def lopt_update(
@@ -478,15 +594,14 @@ def lopt_update(
 ) -> tuple[Any, SmallFcLOptState]:
     """One learned-optimizer step: (updates, new_state); new params = p + updates."""
     state = accumulate(grads, state, effective_decays(meta_params))
-    g_leaves, treedef = jax.tree.flatten(grads)
-    p_leaves = treedef.flatten_up_to(params)
-    acc_leaves = treedef.flatten_up_to(state.accumulators)
-    steps = step_features(state.count)
-    updates = []
-    for g, p, acc in zip(g_leaves, p_leaves, acc_leaves, strict=True):
-        out = _fused_tensor_step(g, p, acc, steps, meta_params.mlp)
-        step = step_mult * out[0] * jnp.exp(exp_mult * out[1])
-        updates.append((-step).reshape(p.shape).astype(p.dtype))
+    outputs = mlp_outputs(grads, params, state, meta_params.mlp)
+    p_leaves, treedef = jax.tree.flatten(params)
+    updates = [
+        (-step_mult * out[0] * jnp.exp(exp_mult * out[1]))
+        .reshape(p.shape)
+        .astype(p.dtype)
+        for out, p in zip(outputs, p_leaves, strict=True)
+    ]
     return treedef.unflatten(updates), state._replace(count=state.count + 1)
 
 

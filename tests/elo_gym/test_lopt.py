@@ -180,3 +180,33 @@ def test_non_finite_gradients_are_contained():
     updates, state = opt.update(grads, state, params)
     for leaf in jax.tree.leaves((updates, state)):
         assert np.all(np.isfinite(leaf))
+
+
+def test_tiled_update_equals_features_then_mlp():
+    """Large tensors take the tiled CPU path of the fused update; it must give what
+    building the 39 features and applying the MLP gives, on every tensor kind."""
+    shapes = {
+        "kernel": (512, 48),  # factored, axis 0 cut into tiles
+        "tall": (96, 4, 64),  # factored over axes 2 and 0: a broadcast along axis 0
+        "conv": (64, 3, 3, 16),  # factored over axes 0 and 3
+        "bias": (20000,),  # rank 1: never tiled
+    }
+    tiled = [s for s in shapes.values() if lopt._tile_rows(s) is not None]
+    assert len(tiled) == 3, "the test must exercise the tiled path"
+    keys = iter(jax.random.split(jax.random.PRNGKey(0), 32))
+    params = {k: jax.random.normal(next(keys), s) for k, s in shapes.items()}
+    meta = elo_gym.init_meta_params(next(keys))
+    state = lopt.init_state(params)
+    for _ in range(3):  # nonzero accumulators and step features
+        grads = {k: jax.random.normal(next(keys), s) for k, s in shapes.items()}
+        updates, new_state = jax.jit(lopt.lopt_update)(meta, grads, state, params)
+        decays = lopt.effective_decays(meta)
+        accumulated = lopt.accumulate(grads, state, decays)
+        feats = lopt.features(grads, params, accumulated)
+        for (name, p), f in zip(sorted(params.items()), feats, strict=True):
+            out = lopt.apply_mlp(meta.mlp, f)
+            expected = -lopt.step_from_action(out, lopt.STEP_MULT, lopt.EXP_MULT)
+            np.testing.assert_allclose(
+                updates[name], expected.reshape(p.shape), rtol=2e-4, atol=1e-9
+            )
+        state, params = new_state, optax.apply_updates(params, updates)
