@@ -288,3 +288,24 @@ def test_out_of_distribution_smoke(runs, tmp_path, env_id, real_text_files):
         assert math.isfinite(final["valid_loss"]["mean"])
         assert 0.0 <= final["test_accuracy"]["mean"] <= 1.0
     assert (tmp_path / "table.md").is_file() and (tmp_path / "valid_loss.png").is_file()
+
+
+def test_host_loop_gives_the_scan_curves(runs, result, tmp_path):
+    """The Python-driven loop (used for conv nets on CPU) trains the same optimizees
+    on the same batches as the compiled scan and evaluates at the same steps."""
+    res = evaluate.run(_config(runs, step_loop="host"), tmp_path)
+    assert res["eval_steps"] == result[0]["eval_steps"]
+    for method in ("a", "AdamW"):
+        host, scan = res["curves"][method], result[0]["curves"][method]
+        if method == "AdamW":
+            host, scan = host[str(LRS[0])], scan[str(LRS[0])]
+        for key, values in scan.items():
+            np.testing.assert_allclose(
+                np.asarray(host[key], float),
+                np.asarray(values, float),
+                rtol=1e-4,
+                atol=1e-6,
+                err_msg=f"{method} {key}",
+            )
+    with pytest.raises(ValueError, match="unknown step_loop 'gpu'"):
+        evaluate.run(_config(runs, step_loop="gpu"), tmp_path / "bad")
