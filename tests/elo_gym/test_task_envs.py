@@ -49,25 +49,29 @@ def _expert_rollout(e, steps: int):
     return obs, info, rewards
 
 
-def test_resnet_env_pushes_and_restores_batch_stats() -> None:
+def test_resnet_core_pushes_and_restores_batch_stats() -> None:
     """Episodes of one step: each pushes its snapshot, the next restores one."""
-    import gymnasium as gym
-
-    e = gym.make("ELO-ImageNet32-ResNet18", p_th=0.0, n_min=1, n_max=1, **RESNET)
-    e = e.unwrapped
-    p = core.num_params(e.config.task)
-    assert e.observation_space["features"].shape == (p, 39)
-    fresh = e.config.task.init_with_state(jax.random.key(0))[1]["batch_stats"]
-    obs, info, rewards = _expert_rollout(e, 4)
-    assert obs["features"].shape == (p, 39) and np.isfinite(rewards).all()
+    settings = env.EnvSettings(model="resnet18", p_th=0.0, n_min=1, n_max=1, **RESNET)
+    cfg = settings.config(1)
+    p = settings.params(cfg.task.load_data())
+    fresh = cfg.task.init_with_state(jax.random.key(0))[1]["batch_stats"]
+    state, obs, info = jax.jit(core.reset, static_argnums=0)(
+        cfg, core.copy_keys(cfg, 0), p
+    )
+    num_params = core.num_params(cfg.task)
+    assert obs["features"].shape == (1, num_params, 39)
+    step = jax.jit(core.step, static_argnums=0)
+    for _ in range(4):
+        state, obs, reward, *_, info = step(cfg, state, info["expert_action"], p)
+        assert np.isfinite(reward).all()
     # Pushed snapshots hold the statistics their forward passes produced.
-    buf = e.state.buffer
+    buf = state.buffer
     assert int(buf.size[0]) == 4
     pushed = buf.snapshots.model_state["batch_stats"]["BatchNorm_0"]["var"][0]
     assert not np.allclose(pushed, fresh["BatchNorm_0"]["var"])
     # The current episode came from the buffer, with a snapshot's statistics moved
     # by one more forward pass: finite and not the fresh init.
-    copy = e.state.copies
+    copy = state.copies
     assert bool(copy.from_buffer[0]) and int(copy.start_step[0]) >= 1
     restored = copy.model_state["batch_stats"]["BatchNorm_0"]["var"][0]
     assert np.isfinite(restored).all()
@@ -86,6 +90,7 @@ def test_gpt2mini_env_on_real_text(real_text_files) -> None:
     assert np.isfinite(rewards).all() and 4.0 < float(obs["loss"]) < 6.0
 
 
+@pytest.mark.slow  # 39 s cold; the shard reader and the LM on a shard run in CI
 def test_gpt2mini_vector_env_on_a_fineweb_shard(tmp_path) -> None:
     import gymnasium as gym
 
@@ -99,6 +104,7 @@ def test_gpt2mini_vector_env_on_a_fineweb_shard(tmp_path) -> None:
     assert abs(float(obs["loss"][0]) - np.log(50257)) < 0.5
 
 
+@pytest.mark.slow  # 34 s cold; CI's evaluate smoke runs a loaded LO on both models
 def test_load_optimizer_trains_both_models(tmp_path, real_text_files) -> None:
     """A saved LO, loaded as an optax transformation, steps both OOD models."""
     meta = elo_gym.init_meta_params(jax.random.PRNGKey(0), hidden_size=8)
