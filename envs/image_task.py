@@ -16,6 +16,7 @@ task interface the env core, the agents and `scripts/evaluate.py` use:
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 from typing import Any
@@ -24,10 +25,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from jax import lax
 
 from . import datasets
 from .augment import augment as augment_images
+from .chunked_eval import chunked_means
 
 Params = Any  # flax params pytree, float32
 ModelState = dict[str, Any]  # non-trainable flax collections, e.g. {"batch_stats": ...}
@@ -54,7 +55,7 @@ def require_model_state(task: Any, model_state: ModelState | None) -> ModelState
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ImageClassificationTask:
+class ImageClassificationTask(abc.ABC):
     """Base of the image tasks: a flax classifier of one dataset's uint8 images."""
 
     dataset: str  # a name in datasets.DATASETS
@@ -78,9 +79,9 @@ class ImageClassificationTask:
 
     # ------------------------------------------------------------------ the model
 
+    @abc.abstractmethod
     def _module(self) -> nn.Module:
         """The flax module: `__call__(images uint8, train: bool) -> logits`."""
-        raise NotImplementedError
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -213,28 +214,13 @@ class ImageClassificationTask:
         """
         model_state = require_model_state(self, model_state)
         images, labels = data.split(split)
-        num = labels.shape[0]
-        batch_size = self.batch_size if batch_size is None else batch_size
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}.")
-        chunk = min(batch_size, num)
-        num_chunks = -(-num // chunk)
 
-        def chunk_sums(start: jax.Array) -> tuple[jax.Array, jax.Array]:
-            idx = start + jnp.arange(chunk)
-            valid = idx < num
-            idx = jnp.minimum(idx, num - 1)
+        def per_example(idx: jax.Array) -> tuple[jax.Array, jax.Array]:
             batch = jnp.take(images, idx, axis=0), jnp.take(labels, idx, axis=0)
-            losses, correct = self._per_example(params, batch, model_state)
-            losses, correct = (
-                jnp.where(valid, losses, 0.0),
-                jnp.where(valid, correct, 0.0),
-            )
-            return losses.sum(), correct.sum()
+            return self._per_example(params, batch, model_state)
 
-        starts = jnp.arange(num_chunks) * chunk
-        loss_sums, correct_sums = lax.map(chunk_sums, starts)
-        return {"loss": loss_sums.sum() / num, "accuracy": correct_sums.sum() / num}
+        batch_size = self.batch_size if batch_size is None else batch_size
+        return chunked_means(per_example, labels.shape[0], batch_size)
 
     def _per_example(
         self, params: Params, batch: Batch, model_state: ModelState | None

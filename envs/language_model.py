@@ -19,9 +19,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from jax import lax
 
 from . import tokens as token_data
+from .chunked_eval import chunked_means
 
 LM_DATASETS = ("fineweb", "text")
 _INIT_STD = 0.02
@@ -247,24 +247,12 @@ class LanguageModelTask:
         windows = token_data.eval_windows(
             data.split(split), self.context_length + 1, self.eval_windows
         )
-        num = windows.shape[0]
+
+        def per_window(idx: jax.Array) -> tuple[jax.Array, jax.Array]:
+            return self._per_window(params, jnp.take(windows, idx, axis=0))
+
         batch_size = self.batch_size if batch_size is None else batch_size
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}.")
-        chunk = min(batch_size, num)
-        num_chunks = -(-num // chunk)
-
-        def chunk_sums(start: jax.Array) -> tuple[jax.Array, jax.Array]:
-            idx = start + jnp.arange(chunk)
-            valid = idx < num
-            batch = jnp.take(windows, jnp.minimum(idx, num - 1), axis=0)
-            losses, correct = self._per_window(params, batch)
-            return jnp.where(valid, losses, 0.0).sum(), jnp.where(
-                valid, correct, 0.0
-            ).sum()
-
-        loss_sums, correct_sums = lax.map(chunk_sums, jnp.arange(num_chunks) * chunk)
-        return {"loss": loss_sums.sum() / num, "accuracy": correct_sums.sum() / num}
+        return chunked_means(per_window, windows.shape[0], batch_size)
 
     def describe(self) -> dict[str, Any]:
         """The task's settings and size, for run configs and results files."""
