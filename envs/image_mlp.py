@@ -14,8 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from . import datasets
-from .image_task import ImageClassificationTask, scale_pixels
+from .image_task import ImageClassificationTask, scale_pixels, task_with_overrides
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
@@ -122,17 +121,15 @@ def make_image_mlp_task(
       >>> task.num_params()
       3466
     """
-    datasets.dataset_info(dataset)  # Unknown names fail here with the usual message.
-    overrides = {
-        "hidden_sizes": hidden_sizes,
-        "activation": activation,
-        "batch_size": batch_size,
-        "augment": augment,
-        "flip": flip,
-        "max_shift": max_shift,
-        "noise_std": noise_std,
-        "data_dir": data_dir,
-    }
-    return dataclasses.replace(
-        _DEFAULT_TASKS[dataset], **{k: v for k, v in overrides.items() if v is not None}
+    return task_with_overrides(
+        _DEFAULT_TASKS,
+        dataset,
+        hidden_sizes=hidden_sizes,
+        activation=activation,
+        batch_size=batch_size,
+        augment=augment,
+        flip=flip,
+        max_shift=max_shift,
+        noise_std=noise_std,
+        data_dir=data_dir,
     )

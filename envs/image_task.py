@@ -41,6 +41,14 @@ def scale_pixels(images: jax.Array) -> jax.Array:
     return images.astype(jnp.float32) / 255.0 - 0.5
 
 
+def task_with_overrides(defaults: dict[str, Any], dataset: str, **overrides: Any):
+    """The default task of ``dataset`` in ``defaults``, with the overrides that are
+    not None applied (an unknown dataset fails with the usual message)."""
+    datasets.dataset_info(dataset)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return dataclasses.replace(defaults[dataset], **given)
+
+
 def require_model_state(task: Any, model_state: ModelState | None) -> ModelState:
     """`model_state`, or `{}` for a stateless task; a stateful task must get its own."""
     if model_state is not None:

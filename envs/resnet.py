@@ -17,8 +17,7 @@ import functools
 import flax.linen as nn
 import jax
 
-from . import datasets
-from .image_task import ImageClassificationTask, scale_pixels
+from .image_task import ImageClassificationTask, scale_pixels, task_with_overrides
 
 # He-normal over fan-out, torchvision's ResNet init for convolutions.
 _CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -140,16 +139,14 @@ def make_resnet_task(
       >>> make_resnet_task("imagenet32").num_params()
       11681832
     """
-    datasets.dataset_info(dataset)  # Unknown names fail here with the usual message.
-    overrides = {
-        "width": width,
-        "batch_size": batch_size,
-        "augment": augment,
-        "flip": flip,
-        "max_shift": max_shift,
-        "noise_std": noise_std,
-        "data_dir": data_dir,
-    }
-    return dataclasses.replace(
-        _DEFAULT_TASKS[dataset], **{k: v for k, v in overrides.items() if v is not None}
+    return task_with_overrides(
+        _DEFAULT_TASKS,
+        dataset,
+        width=width,
+        batch_size=batch_size,
+        augment=augment,
+        flip=flip,
+        max_shift=max_shift,
+        noise_std=noise_std,
+        data_dir=data_dir,
     )
