@@ -27,6 +27,10 @@ index  feature
 
 Features 0-27 are normalized per tensor by their root mean square. Tensors of rank >= 2
 keep factored (row, column) second moments over their two largest axes.
+
+The accumulators are stored channels first, ``(decays,) + S``, where the reference
+stores ``S + (decays,)``: each decay's statistics are then one contiguous array, which
+the fused update (:func:`mlp_outputs`) reads without transposing.
 """
 
 from __future__ import annotations
@@ -85,12 +89,15 @@ class MetaParams(NamedTuple):
 
 
 class TensorAccumulators(NamedTuple):
-    """Running statistics of one parameter tensor of shape S (scalars use S = (1,))."""
+    """Running statistics of one parameter tensor of shape S (scalars use S = (1,)).
 
-    momentum: jax.Array  # S + (3,)
-    rms: jax.Array  # S + (1,)
-    v_row: jax.Array  # factored: S without axis d0, + (3,); else S + (3,)
-    v_col: jax.Array  # factored: S without axis d1, + (3,); else (0,) (unused)
+    Channels first: the leading axis indexes the decays (see the module docstring).
+    """
+
+    momentum: jax.Array  # (3,) + S
+    rms: jax.Array  # (1,) + S
+    v_row: jax.Array  # factored: (3,) + S without axis d0; else (3,) + S
+    v_col: jax.Array  # factored: (3,) + S without axis d1; else (0,) (unused)
 
 
 class SmallFcLOptState(NamedTuple):
@@ -211,13 +218,13 @@ def _init_tensor(p: jax.Array) -> TensorAccumulators:
     shape = _internal_shape(p.shape)
     dims = factored_dims(shape)
     if dims is None:
-        v_row, v_col = jnp.zeros(shape + (3,)), jnp.zeros((0,))
+        v_row, v_col = jnp.zeros((3,) + shape), jnp.zeros((0,))
     else:
         d0, d1 = dims
-        v_row = jnp.zeros(tuple(s for i, s in enumerate(shape) if i != d0) + (3,))
-        v_col = jnp.zeros(tuple(s for i, s in enumerate(shape) if i != d1) + (3,))
+        v_row = jnp.zeros((3,) + tuple(s for i, s in enumerate(shape) if i != d0))
+        v_col = jnp.zeros((3,) + tuple(s for i, s in enumerate(shape) if i != d1))
     return TensorAccumulators(
-        jnp.zeros(shape + (3,)), jnp.zeros(shape + (1,)), v_row, v_col
+        jnp.zeros((3,) + shape), jnp.zeros((1,) + shape), v_row, v_col
     )
 
 
@@ -236,22 +243,31 @@ def sanitize_gradient(g: jax.Array) -> jax.Array:
     return jnp.where(jnp.isfinite(g), g, 0.0)
 
 
+def _per_channel(decay: jax.Array, ndim: int) -> jax.Array:
+    """(c,) decays shaped (c, 1, ..., 1) to scale a channels-first array of rank ndim."""
+    return decay.reshape((-1,) + (1,) * (ndim - 1))
+
+
+def _ema(decay: jax.Array, old: jax.Array, new: jax.Array) -> jax.Array:
+    """decay * old + (1 - decay) * new, per channel of the channels-first ``old``."""
+    d = _per_channel(decay, old.ndim)
+    return d * old + (1.0 - d) * new
+
+
 def _accumulate_tensor(
     g: jax.Array, acc: TensorAccumulators, decays: Decays
 ) -> TensorAccumulators:
-    g = g.reshape(acc.momentum.shape[:-1])
-    g3 = g[..., None]
-    momentum = decays.momentum * acc.momentum + (1.0 - decays.momentum) * g3
-    rms = decays.rms * acc.rms + (1.0 - decays.rms) * g3**2
-    q = g3**2 + 1e-30
-    a = decays.adafactor
+    g = g.reshape(acc.momentum.shape[1:])
+    momentum = _ema(decays.momentum, acc.momentum, g)
+    rms = _ema(decays.rms, acc.rms, g**2)
+    q = g**2 + 1e-30
     dims = factored_dims(g.shape)
     if dims is None:
-        v_row, v_col = a * acc.v_row + (1.0 - a) * q, acc.v_col
+        v_row, v_col = _ema(decays.adafactor, acc.v_row, q), acc.v_col
     else:
         d0, d1 = dims
-        v_row = a * acc.v_row + (1.0 - a) * jnp.mean(q, axis=d0)
-        v_col = a * acc.v_col + (1.0 - a) * jnp.mean(q, axis=d1)
+        v_row = _ema(decays.adafactor, acc.v_row, jnp.mean(q, axis=d0))
+        v_col = _ema(decays.adafactor, acc.v_col, jnp.mean(q, axis=d1))
     return TensorAccumulators(momentum, rms, v_row, v_col)
 
 
@@ -283,6 +299,9 @@ def raw_tensor_features(
 
     ``acc`` must already include ``g`` (see :func:`accumulate`).
     """
+    # The reference's channels-last layout: this is the observation path, which stores
+    # every feature anyway.
+    acc = TensorAccumulators(*(jnp.moveaxis(x, 0, -1) for x in acc))
     shape = acc.momentum.shape[:-1]
     g = sanitize_gradient(g).reshape(shape)[..., None]
     p = p.reshape(shape)[..., None]
@@ -371,9 +390,9 @@ def step_from_action(
     return step_mult * action[..., 0] * jnp.exp(exp_mult * action[..., 1])
 
 
-# Feature indices (0-27) that each elementwise row of the fused first layer carries. A
-# row that stands for two equal features (13-15 = 16-18 and 19-21 = 22-24 when a tensor
-# is not factored) lists both: their weights add.
+# Feature indices (0-27) that each input row of the fused first layer carries. A row
+# that stands for two equal features (13-15 = 16-18 and 19-21 = 22-24 when a tensor is
+# not factored) lists both: their weights add.
 _ELEMENTWISE = tuple((i,) for i in range(13))  # g, p, momenta, rms, ..., fac_g
 _PRECONDITIONED_MOMENTA = ((25,), (26,), (27,))
 _UNFACTORED_ROWS = (
@@ -381,12 +400,13 @@ _UNFACTORED_ROWS = (
     + ((13, 16), (14, 17), (15, 18), (19, 22), (20, 23), (21, 24))
     + _PRECONDITIONED_MOMENTA
 )
-_FACTORED_ROWS = _ELEMENTWISE + _PRECONDITIONED_MOMENTA
-# Factored tensors: (moment feature indices, their rsqrt feature indices) of the row and
-# column second moments, which are broadcasts of small arrays.
-_ROW_FEATURES, _COL_FEATURES = (
-    ((13, 14, 15), (19, 20, 21)),
-    ((16, 17, 18), (22, 23, 24)),
+# Factored tensors: the per-element features, then the row and the column second
+# moments and their rsqrt, which are broadcasts of small arrays.
+_FACTORED_ROWS = (
+    _ELEMENTWISE
+    + _PRECONDITIONED_MOMENTA
+    + ((13,), (14,), (15,), (19,), (20,), (21,))
+    + ((16,), (17,), (18,), (22,), (23,), (24,))
 )
 
 
@@ -397,18 +417,18 @@ def _selection(rows: tuple[tuple[int, ...], ...]) -> np.ndarray:
     return select
 
 
-# Elements per tile of the CPU path of the fused update (see _fused_tensor_step): the
-# (32, T) activations of a tile stay in the caches between the MLP's layers.
-TILE_ELEMENTS = 8192
-TILES_PER_CALL = 2  # tiles vmapped together: one per core of a 2-core CPU
+# Elements per tile of the CPU path of the fused update (see _fused_tensor_step).
+# Measured on a 2-core CPU: 8,192 took 28.4 ms per update of a 538,856-param MLP,
+# 16,384 26.5 ms, 32,768 23.1 ms, 65,536 24.2 ms, 131,072 58.6 ms and no tiling 88 ms.
+TILE_ELEMENTS = 32768
 
 
 def _tile_rows(shape: tuple[int, ...]) -> int | None:
     """Rows of axis 0 per tile, or None to run the tensor in one piece.
 
-    Tiles cut axis 0 only, so that each one is a contiguous block; a tensor is tiled
-    when some divisor of its first dimension gives tiles of TILE_ELEMENTS / 4 to
-    TILE_ELEMENTS elements and there are at least TILES_PER_CALL of them.
+    Tiles cut axis 0 only; a tensor is tiled when some divisor of its first dimension
+    gives tiles of TILE_ELEMENTS / 4 to TILE_ELEMENTS elements and there are at least
+    two of them.
     """
     if len(shape) < 2:
         return None
@@ -417,7 +437,7 @@ def _tile_rows(shape: tuple[int, ...]) -> int | None:
     while rows and shape[0] % rows:
         rows -= 1
     num_tiles = shape[0] // rows if rows else 0
-    if rows * row < TILE_ELEMENTS // 4 or num_tiles < TILES_PER_CALL:
+    if rows * row < TILE_ELEMENTS // 4 or num_tiles < 2:
         return None
     return rows
 
@@ -429,136 +449,116 @@ def _fused_tensor_step(
 
     The same math as ``apply_mlp(mlp, tensor_features(...))``, arranged for speed
     (the golden-fixture test checks both):
-    - per-tensor normalization multiplies each feature channel by one scalar, so it is
+    - per-tensor normalization multiplies each feature by one scalar, so it is
       folded into the first layer's weights; the 11 step features are equal for every
-      element, so they fold into its bias;
-    - the row and column second moments of a factored tensor (features 13-24) are
-      broadcasts of small arrays: their first-layer term is computed on the small array
-      and broadcast; equal channels of an unfactored tensor share one row;
-    - channels-first layout inside a block, (channels, n): the layers are
-      (hidden, k) @ (k, n) matmuls over a long, dense n;
+      element, so they fold into its bias; equal features of an unfactored tensor
+      share one input row;
+    - the normalization of a factored tensor's row and column second moments
+      (features 13-24, broadcasts of small arrays) is computed on the small arrays;
+    - channels first, as the accumulators are stored: the layers are (h, k) @ (k, n)
+      matmuls over a long, dense n, and no input is transposed;
     - on CPU, a large tensor runs in tiles of about TILE_ELEMENTS elements along its
-      first axis (``lax.map``, TILES_PER_CALL at a time): each tile builds its
-      features and runs all three layers while its (32, T) activations are in cache.
-      Full-width layers would stream every (32, n) activation through memory, which
-      costs more than their FLOPs. GPUs keep the full-width matmuls.
+      first axis: each tile builds its inputs and runs all three layers while its
+      (32, T) activations are in cache. Full-width layers would stream every (32, n)
+      activation through memory, which costs more than their FLOPs. GPUs keep the
+      full-width matmuls.
 
     Returns:
       The MLP's output (2,) + S: direction d and magnitude m per element.
     """
-    shape = acc.momentum.shape[:-1]
+    shape = acc.momentum.shape[1:]
     w0, b0 = mlp["Dense_0"]["kernel"], mlp["Dense_0"]["bias"]
     dims = factored_dims(shape)
-    # Per-element inputs (axis 0 = the tensor's axis 0, channels last as the
-    # accumulators are stored) and broadcast inputs (array, axis it broadcasts along).
-    dense = {
-        "g": sanitize_gradient(g).reshape(shape + (1,)),
-        "p": p.reshape(shape + (1,)),
+    # Channels-first inputs: per-element ones, (c,) + S, and broadcast ones with a
+    # size-1 axis where they broadcast.
+    inputs = {
+        "g": sanitize_gradient(g).reshape((1,) + shape),
+        "p": p.reshape((1,) + shape),
         "m": acc.momentum,
         "r": acc.rms,
     }
-    broadcast: dict[str, tuple[jax.Array, int]] = {}
+    small_mean_squares = []
     if dims is None:
-        dense["v"] = acc.v_row
-        row_features, small = _UNFACTORED_ROWS, []
+        inputs["v"] = acc.v_row
+        rows = _UNFACTORED_ROWS
     else:
         d0, d1 = dims
-        row_mean = jnp.mean(acc.v_row, axis=d1 - 1 if d1 > d0 else d1, keepdims=True)
+        row_mean = jnp.mean(acc.v_row, axis=d1 if d1 > d0 else d1 + 1, keepdims=True)
         row_factor = jax.lax.rsqrt(jnp.maximum(acc.v_row / (row_mean + 1e-9), 1e-9))
+        inputs["row_factor"] = jnp.expand_dims(row_factor, 1 + d0)
         col_factor = jax.lax.rsqrt(jnp.maximum(acc.v_col, 1e-9))
-        broadcast = {"row_factor": (row_factor, d0), "col_factor": (col_factor, d1)}
-        row_features = _FACTORED_ROWS
-        small = [(acc.v_row, d0, _ROW_FEATURES), (acc.v_col, d1, _COL_FEATURES)]
+        inputs["col_factor"] = jnp.expand_dims(col_factor, 1 + d1)
+        for name, moments, axis in (("row", acc.v_row, d0), ("col", acc.v_col, d1)):
+            channels = jnp.concatenate([moments, jax.lax.rsqrt(moments + 1e-8)])
+            # A broadcast's mean square over the tensor is its mean over the array.
+            small_mean_squares.append(
+                jnp.mean(channels**2, axis=tuple(range(1, channels.ndim)))
+            )
+            inputs[name] = jnp.expand_dims(channels, 1 + axis)
+        rows = _FACTORED_ROWS
 
-    def feature_rows(block: dict) -> list[jax.Array]:
-        """Features of a block as channels-first (c,) + block shape arrays."""
-        first = {k: jnp.moveaxis(v, -1, 0) for k, v in block.items()}
-        gg, m, r = first["g"], first["m"], first["r"]
+    def elementwise(block: dict) -> list[jax.Array]:
+        """The per-element features of a block, each (c,) + block shape."""
+        gg, m, r = block["g"], block["m"], block["r"]
         rsqrt_r = jax.lax.rsqrt(r + 1e-6)
-        rows = [gg, first["p"], m, r, m * rsqrt_r, rsqrt_r]
+        feats = [gg, block["p"], m, r, m * rsqrt_r, rsqrt_r]
         if dims is None:
-            v = first["v"]
-            return rows + [
+            v = block["v"]
+            return feats + [
                 gg * jax.lax.rsqrt(jnp.maximum(v + 1e-9, 1e-9)),
                 v,
                 jax.lax.rsqrt(v + 1e-8),
                 m * jax.lax.rsqrt(v + 1e-6),
             ]
-        both = first["row_factor"] * first["col_factor"]
-        return rows + [gg * both, m * both]
+        both = block["row_factor"] * block["col_factor"]
+        return feats + [gg * both, m * both]
 
-    def expand(array: jax.Array, axis: int) -> jax.Array:
-        """A broadcast input (channels last) with a size-1 ``axis`` inserted."""
-        return jnp.expand_dims(array, axis)
-
-    def full_block() -> dict:
-        return dense | {k: expand(a, ax) for k, (a, ax) in broadcast.items()}
-
-    # rsqrt(1e-5 + mean of the square over the tensor), per row: the normalization.
-    # Each row's expression fuses into its reduction; none is stored at full size.
-    means = [
-        jnp.mean(x**2, axis=tuple(range(1, x.ndim))) for x in feature_rows(full_block())
+    # rsqrt(1e-5 + mean of the square over the tensor) per row: the normalization.
+    # Each feature's expression fuses into its reduction; none is stored at full size.
+    mean_squares = [
+        jnp.mean(x**2, axis=tuple(range(1, x.ndim))) for x in elementwise(inputs)
     ]
-    scale = jax.lax.rsqrt(1e-5 + jnp.concatenate(means))
-    w_first = (jnp.asarray(_selection(row_features)) @ w0[:NUM_NORMALIZED]) * scale[
-        :, None
-    ]
+    scale = jax.lax.rsqrt(1e-5 + jnp.concatenate(mean_squares + small_mean_squares))
+    w_first = (jnp.asarray(_selection(rows)) @ w0[:NUM_NORMALIZED]) * scale[:, None]
     bias = b0 + steps @ w0[NUM_NORMALIZED:]
-    small_terms = []
-    for moments, axis, (moment_ids, rsqrt_ids) in small:
-        channels = jnp.concatenate([moments, jax.lax.rsqrt(moments + 1e-8)], axis=-1)
-        # A broadcast's mean square over the tensor is its mean square over the array.
-        small_scale = jax.lax.rsqrt(
-            1e-5 + jnp.mean(channels**2, axis=tuple(range(channels.ndim - 1)))
-        )
-        w = w0[np.asarray(moment_ids + rsqrt_ids)] * small_scale[:, None]
-        small_terms.append((channels @ w, axis))  # reduced shape + (hidden,)
+    layers = [(w_first.T, bias)] + [
+        (mlp[name]["kernel"].T, mlp[name]["bias"]) for name in sorted(mlp)[1:]
+    ]
 
-    def block_step(block: dict, terms: list[jax.Array]) -> jax.Array:
-        """The step of one block (all of the tensor, or one tile)."""
-        block_rows = feature_rows(block)
-        block_shape = block_rows[0].shape[1:]
-        x = jnp.concatenate([r.reshape(r.shape[0], -1) for r in block_rows])
-        pre = (w_first.T @ x + bias[:, None]).reshape(-1, *block_shape)
-        for term, (_, axis) in zip(terms, small_terms, strict=True):
-            pre = pre + jnp.expand_dims(jnp.moveaxis(term, -1, 0), axis + 1)
-        h = jax.nn.relu(pre.reshape(pre.shape[0], -1))
-        layers = sorted(mlp)[1:]
-        for i, name in enumerate(layers):
-            h = mlp[name]["kernel"].T @ h + mlp[name]["bias"][:, None]
+    def block_step(block: dict) -> jax.Array:
+        """The MLP output (2,) + block shape of one block (the tensor, or a tile)."""
+        feats = elementwise(block)
+        block_shape = feats[0].shape[1:]
+        feats += [
+            jnp.broadcast_to(block[k], block[k].shape[:1] + block_shape)
+            for k in ("row", "col")
+            if k in block
+        ]
+        h = jnp.concatenate([f.reshape(f.shape[0], -1) for f in feats])
+        for i, (w, b) in enumerate(layers):
+            h = w @ h + b[:, None]
             if i < len(layers) - 1:
                 h = jax.nn.relu(h)
-        return h.reshape(2, *block_shape)
+        return h.reshape((2,) + block_shape)
 
     rows_per_tile = _tile_rows(shape) if jax.default_backend() == "cpu" else None
     if rows_per_tile is None:
-        return block_step(full_block(), [t for t, _ in small_terms])
-    # Tiles along axis 0: inputs that have axis 0 are cut (free reshapes of contiguous
-    # arrays); those that broadcast along it are the same for every tile.
-    num_tiles = shape[0] // rows_per_tile
+        return block_step(inputs)
 
-    def cut(x: jax.Array) -> jax.Array:
-        return x.reshape(num_tiles, rows_per_tile, *x.shape[1:])
+    def tile(i: jax.Array, out: jax.Array) -> jax.Array:
+        # Inputs that broadcast along the tensor's axis 0 are the same for every tile.
+        block = {
+            k: x
+            if x.shape[1] == 1
+            else jax.lax.dynamic_slice_in_dim(x, i * rows_per_tile, rows_per_tile, 1)
+            for k, x in inputs.items()
+        }
+        return jax.lax.dynamic_update_slice_in_dim(
+            out, block_step(block), i * rows_per_tile, 1
+        )
 
-    tiled = {k: cut(v) for k, v in dense.items()}
-    shared = {}
-    for k, (a, ax) in broadcast.items():
-        if ax == 0:
-            shared[k] = expand(a, ax)
-        else:
-            tiled[k] = cut(expand(a, ax))
-    tiled_terms = [None if ax == 0 else cut(t) for t, ax in small_terms]
-
-    def tile(xs):
-        block, cut_terms = xs
-        terms = [
-            term if cut_term is None else cut_term
-            for cut_term, (term, _) in zip(cut_terms, small_terms, strict=True)
-        ]
-        return block_step(block | shared, terms)
-
-    out = jax.lax.map(tile, (tiled, tiled_terms), batch_size=TILES_PER_CALL)
-    return jnp.moveaxis(out, 1, 0).reshape(2, *shape)
+    out = jnp.zeros((2,) + shape, w0.dtype)
+    return jax.lax.fori_loop(0, shape[0] // rows_per_tile, tile, out)
 
 
 def mlp_outputs(

@@ -253,7 +253,8 @@ def test_expert_action_reproduces_adam(elo, data):
     )
     for j, beta in enumerate(lopt.MOMENTUM_DECAYS):
         m = jax.vmap(core.flatten_rows)(
-            jax.tree.map(lambda x, j=j: x[..., j], momentum)
+            # (copies, decays) + S: the accumulators are stored channels first.
+            jax.tree.map(lambda x, j=j: x[:, j], momentum)
         )
         np.testing.assert_allclose(m, (1 - beta) * g, rtol=1e-4, atol=1e-12)
 

@@ -83,13 +83,15 @@ def test_parity_with_reference_fixture(golden, jit):
             _close(outs[n][..., 1], golden[f"magnitude/{t}/{n}"])
             _close(lopt.step_from_action(outs[n]), golden[f"step/{t}/{n}"])
             _params_close(params[n], golden[f"params/{t}/{n}"])
-            _close(accs[n].momentum, golden[f"state/{t}/momentum/{n}"])
-            _close(accs[n].rms, golden[f"state/{t}/rms/{n}"])
+            # The accumulators are stored channels first; the reference's are last.
+            acc = lopt.TensorAccumulators(*(np.moveaxis(x, 0, -1) for x in accs[n]))
+            _close(acc.momentum, golden[f"state/{t}/momentum/{n}"])
+            _close(acc.rms, golden[f"state/{t}/rms/{n}"])
             if n in ("w", "k"):
-                _close(accs[n].v_row, golden[f"state/{t}/fac_v_row/{n}"])
-                _close(accs[n].v_col, golden[f"state/{t}/fac_v_col/{n}"])
+                _close(acc.v_row, golden[f"state/{t}/fac_v_row/{n}"])
+                _close(acc.v_col, golden[f"state/{t}/fac_v_col/{n}"])
             else:
-                _close(accs[n].v_row, golden[f"state/{t}/fac_v_diag/{n}"])
+                _close(acc.v_row, golden[f"state/{t}/fac_v_diag/{n}"])
         assert int(state.count) == t
 
 
@@ -186,13 +188,14 @@ def test_tiled_update_equals_features_then_mlp():
     """Large tensors take the tiled CPU path of the fused update; it must give what
     building the 39 features and applying the MLP gives, on every tensor kind."""
     shapes = {
-        "kernel": (512, 48),  # factored, axis 0 cut into tiles
-        "tall": (96, 4, 64),  # factored over axes 2 and 0: a broadcast along axis 0
-        "conv": (64, 3, 3, 16),  # factored over axes 0 and 3
+        "kernel": (1536, 48),  # factored, axis 0 cut into tiles
+        "tall": (384, 4, 64),  # factored over axes 0 and 2: a broadcast along axis 0
+        "conv": (256, 3, 3, 16),  # factored over axes 0 and 3
+        "wide": (64, 600),  # factored over axes 1 and 0: the row moments are cut
         "bias": (20000,),  # rank 1: never tiled
     }
     tiled = [s for s in shapes.values() if lopt._tile_rows(s) is not None]
-    assert len(tiled) == 3, "the test must exercise the tiled path"
+    assert len(tiled) == 4, "the test must exercise the tiled path"
     keys = iter(jax.random.split(jax.random.PRNGKey(0), 32))
     params = {k: jax.random.normal(next(keys), s) for k, s in shapes.items()}
     meta = elo_gym.init_meta_params(next(keys))
