@@ -244,7 +244,7 @@ def sanitize_gradient(g: jax.Array) -> jax.Array:
 
 
 def _per_channel(decay: jax.Array, ndim: int) -> jax.Array:
-    """(c,) decays shaped (c, 1, ..., 1) to scale a channels-first array of rank ndim."""
+    """(c,) decays shaped (c, 1, ..., 1), to scale a channels-first rank-ndim array."""
     return decay.reshape((-1,) + (1,) * (ndim - 1))
 
 
