@@ -10,7 +10,8 @@ image MLP (3072-128-128-1000 by default, 538,856 parameters; ``--hidden-sizes
 - ``adam_update_ms``: the same for ``optax.adam(1e-3)``;
 - ``fwd_bwd_ms`` / ``fwd_bwd_4096_ms``: jitted ``value_and_grad`` of the task's
   cross-entropy at batch 128 and at the paper's batch 4096;
-- ``matmul_equiv_ms``: one jitted dense float32 matmul (M, K) @ (K, N) whose FLOPs
+- ``matmul_equiv_ms``: one jitted dense float32 matmul (M, K) @ (K, N), at the LO's
+  precision (HIGHEST: no TF32 on a GPU), whose FLOPs
   2 * M * K * N equal those of the LO's MLP over all P parameters,
   2 * P * (39 * 32 + 32 * 32 + 32 * 2); the shape is chosen square-ish (a skinny
   (P, 39) @ (39, 32) chain would measure the problem, not the hardware's matmul speed).
@@ -26,6 +27,7 @@ Usage: ``python scripts/bench_lopt.py [--repeats 21] [--hidden-sizes 128,128]``
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -40,6 +42,7 @@ import optax
 
 import elo_gym
 from elo_gym import envs as tasks
+from elo_gym import lopt
 
 # The helper sits beside this file; the script is also imported by path (tests), when
 # scripts/ is not on sys.path.
@@ -170,7 +173,8 @@ def run(
     k_a, k_b = jax.random.split(k_mat)
     a = jax.random.normal(k_a, (m, k), jnp.float32)
     b = jax.random.normal(k_b, (k, n), jnp.float32)
-    matmul = jax.jit(jnp.matmul)
+    # Full float32, as the LO's own matmuls (lopt.PRECISION); on CPU the default.
+    matmul = jax.jit(functools.partial(jnp.matmul, precision=lopt.PRECISION))
 
     fns = {
         "fwd_bwd": lambda: grad_fn(params, small),
@@ -217,7 +221,8 @@ def run(
             "adam_update": "jit(optax.adam(1e-3).update + optax.apply_updates), "
             "state and params donated",
             "fwd_bwd": "jit(value_and_grad(cross-entropy)) on random uint8 images",
-            "matmul_equiv": "jit(jnp.matmul), float32, default precision",
+            "matmul_equiv": "jit(jnp.matmul), float32, precision HIGHEST (as the "
+            "LO's matmuls)",
         },
         **machine_info(load_start),
     }
