@@ -2,6 +2,12 @@
 
 JAX dispatches asynchronously, so every timed call ends in ``jax.block_until_ready``;
 the first calls compile and fill caches, so they are run untimed first.
+
+Each timed call starts after a short pause (``SETTLE_S``). XLA's CPU worker threads stay
+busy for a few milliseconds after a long call returns, and slow down whatever runs
+next: on the 2-core CI machine the LO update timed right after the 100 ms batch-4096
+forward/backward took 28.5-30.2 ms, and 23.6 ms after a 5 ms pause. Without the pause,
+a round-robin would charge that to whichever measurement follows the longest one.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
+
+SETTLE_S = 0.01  # pause before each timed call (see the module docstring)
 
 
 class Timing(NamedTuple):
@@ -31,6 +39,7 @@ def median_time(
     warmup: int = 2,
     max_seconds: float | None = None,
     min_repeats: int = 5,
+    settle_s: float = SETTLE_S,
 ) -> Timing:
     """Times ``fn()`` (blocking on its result) ``repeats`` times after ``warmup`` calls.
 
@@ -41,6 +50,7 @@ def median_time(
       max_seconds: stop early once the timed calls have taken this long, but not
         before ``min_repeats`` calls; keeps slow measurements within budget.
       min_repeats: the fewest timed calls when ``max_seconds`` cuts the run short.
+      settle_s: untimed pause before each timed call.
 
     Returns:
       :class:`Timing`: the median, the number of timed calls actually made and the
@@ -52,6 +62,7 @@ def median_time(
         warmup=warmup,
         max_seconds=max_seconds,
         min_repeats=min_repeats,
+        settle_s=settle_s,
     )["fn"]
 
 
@@ -62,6 +73,7 @@ def median_times(
     warmup: int = 2,
     max_seconds: float | None = None,
     min_repeats: int = 5,
+    settle_s: float = SETTLE_S,
 ) -> dict[str, Timing]:
     """Like :func:`median_time` for several callables, timed in turn (round-robin).
 
@@ -81,6 +93,7 @@ def median_times(
     spent = 0.0
     for done in range(1, repeats + 1):
         for name, fn in fns.items():
+            time.sleep(settle_s)
             start = time.perf_counter()
             jax.block_until_ready(fn())
             times[name].append(time.perf_counter() - start)

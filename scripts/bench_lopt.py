@@ -47,7 +47,13 @@ from elo_gym import lopt
 # The helper sits beside this file; the script is also imported by path (tests), when
 # scripts/ is not on sys.path.
 sys.path.insert(0, os.fspath(pathlib.Path(__file__).resolve().parent))
-from _timing import hidden_sizes_arg, log, machine_info, median_times  # noqa: E402
+from _timing import (  # noqa: E402
+    SETTLE_S,
+    hidden_sizes_arg,
+    log,
+    machine_info,
+    median_times,
+)
 
 # Lopsided exact factorizations (e.g. P prime) fall back to an approximate cube.
 _MAX_ASPECT = 4.0
@@ -214,7 +220,8 @@ def run(
         "warmup": warmup,
         "warmup_s": {name: round(t.warmup_s, 2) for name, t in timings.items()},
         "statistic": "median ms per call after warm-up, blocking on the result; the "
-        "measurements are timed in turn (round-robin)",
+        "measurements are timed in turn (round-robin), each after an untimed pause",
+        "settle_s": SETTLE_S,
         "timed": {
             "lo_update": "jit(small_fc_lopt(meta).update + optax.apply_updates), "
             "state and params donated",
