@@ -3,11 +3,13 @@
 JAX dispatches asynchronously, so every timed call ends in ``jax.block_until_ready``;
 the first calls compile and fill caches, so they are run untimed first.
 
-Each timed call starts after a short pause (``SETTLE_S``). XLA's CPU worker threads stay
-busy for a few milliseconds after a long call returns, and slow down whatever runs
-next: on the 2-core CI machine the LO update timed right after the 100 ms batch-4096
-forward/backward took 28.5-30.2 ms, and 23.6 ms after a 5 ms pause. Without the pause,
-a round-robin would charge that to whichever measurement follows the longest one.
+On CPU, each timed call starts after a short pause (``SETTLE_S``). XLA's CPU worker
+threads stay busy for a few milliseconds after a long call returns, and slow down
+whatever runs next: on the 2-core CI machine the LO update timed right after the 100 ms
+batch-4096 forward/backward took 28.5-30.2 ms, and 23.6 ms after a 5 ms pause. Without
+the pause, a round-robin would charge that to whichever measurement follows the longest
+one. A GPU gets no pause: an idle GPU lowers its clocks (on an H200, every timing of
+bench_lopt rose by 1.5-2x with it).
 """
 
 from __future__ import annotations
@@ -20,7 +22,12 @@ from typing import Any, NamedTuple
 
 import jax
 
-SETTLE_S = 0.01  # pause before each timed call (see the module docstring)
+SETTLE_S = 0.01  # pause before each timed call on CPU (see the module docstring)
+
+
+def settle_seconds() -> float:
+    """The pause before each timed call: SETTLE_S on CPU, none on an accelerator."""
+    return SETTLE_S if jax.default_backend() == "cpu" else 0.0
 
 
 class Timing(NamedTuple):
@@ -39,7 +46,7 @@ def median_time(
     warmup: int = 2,
     max_seconds: float | None = None,
     min_repeats: int = 5,
-    settle_s: float = SETTLE_S,
+    settle_s: float | None = None,
 ) -> Timing:
     """Times ``fn()`` (blocking on its result) ``repeats`` times after ``warmup`` calls.
 
@@ -50,7 +57,7 @@ def median_time(
       max_seconds: stop early once the timed calls have taken this long, but not
         before ``min_repeats`` calls; keeps slow measurements within budget.
       min_repeats: the fewest timed calls when ``max_seconds`` cuts the run short.
-      settle_s: untimed pause before each timed call.
+      settle_s: untimed pause before each timed call; None: :func:`settle_seconds`.
 
     Returns:
       :class:`Timing`: the median, the number of timed calls actually made and the
@@ -73,7 +80,7 @@ def median_times(
     warmup: int = 2,
     max_seconds: float | None = None,
     min_repeats: int = 5,
-    settle_s: float = SETTLE_S,
+    settle_s: float | None = None,
 ) -> dict[str, Timing]:
     """Like :func:`median_time` for several callables, timed in turn (round-robin).
 
@@ -83,6 +90,8 @@ def median_times(
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if settle_s is None:
+        settle_s = settle_seconds()
     warmup_s = {}
     for name, fn in fns.items():
         start = time.perf_counter()

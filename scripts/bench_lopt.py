@@ -48,11 +48,11 @@ from elo_gym import lopt
 # scripts/ is not on sys.path.
 sys.path.insert(0, os.fspath(pathlib.Path(__file__).resolve().parent))
 from _timing import (  # noqa: E402
-    SETTLE_S,
     hidden_sizes_arg,
     log,
     machine_info,
     median_times,
+    settle_seconds,
 )
 
 # Lopsided exact factorizations (e.g. P prime) fall back to an approximate cube.
@@ -221,7 +221,7 @@ def run(
         "warmup_s": {name: round(t.warmup_s, 2) for name, t in timings.items()},
         "statistic": "median ms per call after warm-up, blocking on the result; the "
         "measurements are timed in turn (round-robin), each after an untimed pause",
-        "settle_s": SETTLE_S,
+        "settle_s": settle_seconds(),
         "timed": {
             "lo_update": "jit(small_fc_lopt(meta).update + optax.apply_updates), "
             "state and params donated",
