@@ -422,8 +422,9 @@ def _selection(rows: tuple[tuple[int, ...], ...]) -> np.ndarray:
 
 
 # Elements per tile of the CPU path of the fused update (see _fused_tensor_step).
-# Measured on a 2-core CPU: 8,192 took 28.4 ms per update of a 538,856-param MLP,
-# 16,384 26.5 ms, 32,768 23.1 ms, 65,536 24.2 ms, 131,072 58.6 ms and no tiling 88 ms.
+# Measured on the 2-core CI machine, ms per update of the 538,856-param MLP: 8,192:
+# 28.4; 16,384: 26.6; 24,576: 23.8; 32,768: 22.6-23.1; 49,152: 22.7; 65,536:
+# 24.2-24.6; 131,072: 58.6 (the activations leave the caches); untiled: 88.4.
 TILE_ELEMENTS = 32768
 
 
