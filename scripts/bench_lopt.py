@@ -220,7 +220,8 @@ def run(
         "warmup": warmup,
         "warmup_s": {name: round(t.warmup_s, 2) for name, t in timings.items()},
         "statistic": "median ms per call after warm-up, blocking on the result; the "
-        "measurements are timed in turn (round-robin), each after an untimed pause",
+        "measurements are timed in turn (round-robin), each after an untimed pause "
+        "of settle_s seconds (none on a GPU)",
         "settle_s": settle_seconds(),
         "timed": {
             "lo_update": "jit(small_fc_lopt(meta).update + optax.apply_updates), "
