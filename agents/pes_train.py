@@ -257,12 +257,14 @@ def policy_actions(mlp_flat: jax.Array, unravel, copies: core.EnvState) -> jax.A
     """small_fc_lopt's actions (C, P, 2) for (C, D) weights, one set per copy.
 
     The same function of the copies' state as ``apply_mlp`` on their observed
-    (P, 39) features, by the LO's fused path (``lopt.mlp_outputs``): the features are
-    never stored, so the scan below does not build observations at all.
+    (P, 39) features, by the LO's fast path (``lopt.mlp_outputs``), which never builds
+    those features: the scan below does not build observations at all.
     """
 
     def one(weights: jax.Array, s: core.EnvState) -> jax.Array:
-        outputs = lopt.mlp_outputs(s.grads, s.params, s.lo, unravel(weights))
+        outputs = lopt.mlp_outputs(
+            s.grads, s.params, s.lo, unravel(weights), merged=True
+        )
         return jnp.concatenate([out.reshape(2, -1) for out in outputs], axis=1).T
 
     return jax.vmap(one)(mlp_flat, copies)

@@ -1,5 +1,6 @@
 """small_fc_lopt: parity with learned_optimization's AdafacMLPLOpt; the optax face."""
 
+import math
 import pathlib
 
 import jax
@@ -184,30 +185,50 @@ def test_non_finite_gradients_are_contained():
         assert np.all(np.isfinite(leaf))
 
 
-def test_tiled_update_equals_features_then_mlp():
-    """Large tensors take the tiled CPU path of the fused update; it must give what
-    building the 39 features and applying the MLP gives, on every tensor kind."""
+def test_fast_paths_equal_features_then_mlp():
+    """On CPU, large tensors take the tiled path of the fast update and the others
+    run one by one, or in one merged pass (the PES agent's). Every path must give
+    what building the 39 features and applying the MLP gives, on every tensor kind."""
     shapes = {
         "kernel": (1536, 48),  # factored, axis 0 cut into tiles
         "tall": (384, 4, 64),  # factored over axes 0 and 2: a broadcast along axis 0
         "conv": (256, 3, 3, 16),  # factored over axes 0 and 3
         "wide": (64, 600),  # factored over axes 1 and 0: the row moments are cut
-        "bias": (20000,),  # rank 1: never tiled
+        "bias": (70000,),  # rank 1: untiled; merged, long enough for column tiles
+        "small": (7, 5),  # factored, untiled
+        "scalar": (),
     }
     tiled = [s for s in shapes.values() if lopt._tile_rows(s) is not None]
     assert len(tiled) == 4, "the test must exercise the tiled path"
+    untiled = sum(math.prod(s) for s in shapes.values() if lopt._tile_rows(s) is None)
+    assert untiled >= 2 * lopt.TILE_ELEMENTS, "the merged pass must run in tiles"
     keys = iter(jax.random.split(jax.random.PRNGKey(0), 32))
     params = {k: jax.random.normal(next(keys), s) for k, s in shapes.items()}
     meta = elo_gym.init_meta_params(next(keys))
     state = lopt.init_state(params)
+    outputs = jax.jit(lopt.mlp_outputs, static_argnames="merged")
     for _ in range(3):  # nonzero accumulators and step features
         grads = {k: jax.random.normal(next(keys), s) for k, s in shapes.items()}
         updates, new_state = jax.jit(lopt.lopt_update)(meta, grads, state, params)
         decays = lopt.effective_decays(meta)
         accumulated = lopt.accumulate(grads, state, decays)
         feats = lopt.features(grads, params, accumulated)
-        for (name, p), f in zip(sorted(params.items()), feats, strict=True):
+        fast = {
+            merged: outputs(grads, params, accumulated, meta.mlp, merged=merged)
+            for merged in (False, True)
+        }
+        for i, ((name, p), f) in enumerate(
+            zip(sorted(params.items()), feats, strict=True)
+        ):
             out = lopt.apply_mlp(meta.mlp, f)
+            for merged, outs in fast.items():
+                np.testing.assert_allclose(
+                    np.moveaxis(np.asarray(outs[i]), 0, -1),
+                    out,
+                    rtol=2e-4,
+                    atol=2e-5,
+                    err_msg=f"{name}, merged={merged}",
+                )
             expected = -lopt.step_from_action(out, lopt.STEP_MULT, lopt.EXP_MULT)
             np.testing.assert_allclose(
                 updates[name], expected.reshape(p.shape), rtol=2e-4, atol=1e-9
