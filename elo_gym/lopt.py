@@ -307,8 +307,16 @@ def raw_tensor_features(
     anyway.
     """
     inputs, _ = _tensor_inputs(g, p, acc)
-    rows = jnp.concatenate(_rows(inputs))[_ROW_OF_FEATURE]
-    return jnp.moveaxis(rows, 0, -1)
+    *per_element, fac_m, row, col = _rows(inputs)
+    # Channels last, by concatenating along a new last axis: a concatenation along the
+    # first axis then a transpose made the env's observation 1.7x slower.
+    rows = [jnp.moveaxis(x, 0, -1) for x in per_element]
+    row, col = jnp.moveaxis(row, 0, -1), jnp.moveaxis(col, 0, -1)
+    return jnp.concatenate(
+        rows + [row[..., :3], col[..., :3], row[..., 3:], col[..., 3:]]
+        + [jnp.moveaxis(fac_m, 0, -1)],
+        axis=-1,
+    )
 
 
 def tensor_features(
@@ -365,7 +373,6 @@ def step_from_action(
 _FEATURE_OF_ROW = np.asarray(
     tuple(range(13)) + (25, 26, 27) + (13, 14, 15, 19, 20, 21) + (16, 17, 18, 22, 23, 24)
 )
-_ROW_OF_FEATURE = np.argsort(_FEATURE_OF_ROW)
 
 
 def _mean_square(x: jax.Array) -> jax.Array:
