@@ -313,7 +313,8 @@ def raw_tensor_features(
     rows = [jnp.moveaxis(x, 0, -1) for x in per_element]
     row, col = jnp.moveaxis(row, 0, -1), jnp.moveaxis(col, 0, -1)
     return jnp.concatenate(
-        rows + [row[..., :3], col[..., :3], row[..., 3:], col[..., 3:]]
+        rows
+        + [row[..., :3], col[..., :3], row[..., 3:], col[..., 3:]]
         + [jnp.moveaxis(fac_m, 0, -1)],
         axis=-1,
     )
@@ -371,7 +372,10 @@ def step_from_action(
 # column second moments; an unfactored tensor has no factors and repeats its v_k and
 # their rsqrt in both, as the reference does.
 _FEATURE_OF_ROW = np.asarray(
-    tuple(range(13)) + (25, 26, 27) + (13, 14, 15, 19, 20, 21) + (16, 17, 18, 22, 23, 24)
+    tuple(range(13))
+    + (25, 26, 27)
+    + (13, 14, 15, 19, 20, 21)
+    + (16, 17, 18, 22, 23, 24)
 )
 
 
@@ -445,7 +449,9 @@ def _rows(block: dict[str, jax.Array]) -> list[jax.Array]:
     ]
 
 
-def _normalization(inputs: dict[str, jax.Array], row_col_mean_squares) -> jax.Array:
+def _normalization(
+    inputs: dict[str, jax.Array], row_col_mean_squares: jax.Array
+) -> jax.Array:
     """rsqrt(1e-5 + mean square over the tensor) of each of the 28 rows, (28,)."""
     # Each row's expression fuses into its reduction; none is stored at full size.
     mean_squares = [_mean_square(x) for x in _per_element_rows(inputs)]
@@ -553,7 +559,8 @@ def _merged_step(
         groups.append(
             jnp.concatenate(
                 [
-                    rows[j].reshape(channels, -1) * scale[start : start + channels, None]
+                    rows[j].reshape(channels, -1)
+                    * scale[start : start + channels, None]
                     for rows, scale in per_tensor
                 ],
                 axis=1,
