@@ -19,6 +19,7 @@ import functools
 import math
 import pathlib
 import time
+from collections.abc import Callable
 from typing import Literal
 
 import flax.struct
@@ -270,6 +271,9 @@ def policy_actions(mlp_flat: jax.Array, unravel, copies: core.EnvState) -> jax.A
     return jax.vmap(one)(mlp_flat, copies)
 
 
+Policy = Callable[[jax.Array, Callable, core.EnvState], jax.Array]
+
+
 def unroll(
     cfg: PESConfig,
     meta: lopt.MetaParams,
@@ -277,8 +281,14 @@ def unroll(
     accumulator: jax.Array,
     key: jax.Array,
     env_params: core.EnvParams,
+    policy: Policy = policy_actions,
 ):
-    """One truncation of every antithetic pair; returns the PES gradient and metrics."""
+    """One truncation of every antithetic pair; returns the PES gradient and metrics.
+
+    ``policy`` maps (C, D) flat LO weights, their unravel function and the copies to
+    (C, P, 2) actions; the default is small_fc_lopt (``scripts/bench_pes.py`` swaps in
+    zero actions to time everything but the LO).
+    """
     theta, unravel = ravel_pytree(meta.mlp)
     eps = cfg.sigma * jax.random.normal(key, accumulator.shape)
     # Interleave: copy 2i runs theta + eps_i, copy 2i+1 runs theta - eps_i.
@@ -286,7 +296,7 @@ def unroll(
 
     def inner(carry, _):
         state, xi, grad_sums = carry
-        actions = policy_actions(weights, unravel, state.copies)
+        actions = policy(weights, unravel, state.copies)
         state, _, reward, terminated, truncated, info = core.step(
             cfg.env, state, actions, env_params
         )
@@ -347,11 +357,13 @@ def outer_step(
     optimizer: optax.GradientTransformation,
     state: PESState,
     env_params: core.EnvParams,
+    policy: Policy = policy_actions,
 ) -> tuple[PESState, dict]:
-    """One PES meta-gradient step (jit with ``cfg`` and ``optimizer`` static)."""
+    """One PES meta-gradient step (jit with ``cfg``, ``optimizer`` and ``policy``
+    static; ``policy`` as for :func:`unroll`)."""
     key, k_eps = jax.random.split(state.key)
     grads, env_state, accumulator, m = unroll(
-        cfg, state.meta, state.env, state.accumulator, k_eps, env_params
+        cfg, state.meta, state.env, state.accumulator, k_eps, env_params, policy
     )
     updates, opt_state = optimizer.update(
         grads["meta"], state.opt_state, state.meta.mlp

@@ -1,10 +1,21 @@
-"""Benchmark: seconds per PES outer step on ELO-Digits-MLP, and the optimizee floor.
+"""Benchmark: seconds per PES outer step on ELO-Digits-MLP, against the optimizee floor.
 
 Reference setting (issue 4): MLP 64-32-32-10, batch 128, 8 antithetic pairs (16 copies),
-truncation 50, i.e. 800 optimizee steps per outer step. ``optimizee_floor_s`` is a
-jitted 50-step ``lax.scan`` of plain Adam steps over the same 16 copies, measured in
-the same run: what the optimizee compute alone costs. Prints one JSON object; medians
-after warm-up.
+truncation 50, i.e. 800 optimizee steps per outer step. Measured in one run, timed in
+turn (round-robin) so that all numbers see the same machine load:
+
+- ``s_per_outer_step_elo`` / ``_naive``: one jitted PES outer step in each mode;
+- ``s_per_outer_step_no_lo``: the ELO outer step with zero actions in place of the LO:
+  the env (gradients, accumulators, the Adam expert, the mixed update, the buffer) and
+  PES's bookkeeping, without the LO's inputs or network;
+- ``optimizee_floor_s``: a jitted 50-step ``lax.scan`` of plain Adam steps over the same
+  16 copies: what the optimizee compute alone costs.
+
+``elo_over_floor`` is issue 8's ratio (target 3.0); ``no_lo_over_floor`` is what the
+ratio would be if the LO cost nothing, and ``lo_share_of_elo`` the fraction of the ELO
+step the LO takes. Prints one JSON object; medians after warm-up.
+
+Usage: ``python scripts/bench_pes.py [--repeats 10]``
 """
 
 from __future__ import annotations
@@ -15,23 +26,29 @@ import json
 import os
 import pathlib
 import sys
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from elo_gym import core
 from elo_gym.agents import pes_train
 
 # The helper sits beside this file (scripts/ is not a package).
 sys.path.insert(0, os.fspath(pathlib.Path(__file__).resolve().parent))
-from _timing import median_time  # noqa: E402
+from _timing import log, machine_info, median_times  # noqa: E402
 
 
-def _median_seconds(fn, repeats: int) -> float:
-    return median_time(fn, repeats).median_s
+def _zero_actions(weights: jax.Array, unravel: Callable, copies: core.EnvState):
+    """A policy that costs nothing: zero (d, m) for every parameter of every copy."""
+    size = sum(x[0].size for x in jax.tree.leaves(copies.params))
+    # Tied to the weights so that the PES machinery stays in the program.
+    return jnp.zeros((weights.shape[0], size, 2)) + 0.0 * weights[:, :1, None]
 
 
-def _pes_step_seconds(args: pes_train.Args, repeats: int) -> float:
+def _pes_step(args: pes_train.Args, policy: pes_train.Policy) -> Callable[[], dict]:
+    """A no-argument call of one jitted outer step that carries its state along."""
     args = args.resolved()
     settings = pes_train.env_settings(args)
     env_cfg = settings.config(2 * args.num_pairs)
@@ -45,20 +62,22 @@ def _pes_step_seconds(args: pes_train.Args, repeats: int) -> float:
     )
     state = pes_train.init_state(args, cfg, env_params)
     step = jax.jit(
-        functools.partial(pes_train.outer_step, cfg, pes_train.outer_optimizer(args)),
+        functools.partial(
+            pes_train.outer_step, cfg, pes_train.outer_optimizer(args), policy=policy
+        ),
         donate_argnums=0,
     )
     params = env_params.replace(alpha=jnp.float32(pes_train.alpha_for(args, 1)))
     holder = {"state": state}
 
-    def run():
+    def call() -> dict:
         holder["state"], metrics = step(holder["state"], params)
-        jax.block_until_ready(metrics)
+        return metrics
 
-    return _median_seconds(run, repeats)
+    return call
 
 
-def _adam_floor_seconds(args: pes_train.Args, repeats: int) -> float:
+def _adam_floor(args: pes_train.Args) -> Callable[[], object]:
     """A 50-step scan of plain Adam on the same task and number of copies."""
     args = args.resolved()
     task = pes_train.env_settings(args).task()
@@ -81,15 +100,12 @@ def _adam_floor_seconds(args: pes_train.Args, repeats: int) -> float:
         )[0]
 
     scan = jax.jit(jax.vmap(one_copy))
-
-    def run():
-        jax.block_until_ready(scan(params, opt_state, keys))
-
-    return _median_seconds(run, repeats)
+    return lambda: scan(params, opt_state, keys)
 
 
 def run(repeats: int = 10, num_pairs: int = 8, truncation: int = 50) -> dict:
-    """Measures both modes and the floor in one process; returns the JSON dict."""
+    """Measures everything in one process, timed in turn; returns the JSON dict."""
+    load_start = os.getloadavg()[0]
     base = dict(
         num_pairs=num_pairs,
         truncation=truncation,
@@ -98,30 +114,40 @@ def run(repeats: int = 10, num_pairs: int = 8, truncation: int = 50) -> dict:
         outer_steps=1000,
         progress=False,
     )
-    print("timing elo ...", file=sys.stderr)
-    elo = _pes_step_seconds(pes_train.Args(mode="elo", **base), repeats)
-    print("timing naive ...", file=sys.stderr)
-    naive = _pes_step_seconds(pes_train.Args(mode="naive", **base), repeats)
-    print("timing the Adam floor ...", file=sys.stderr)
-    floor = _adam_floor_seconds(pes_train.Args(**base), repeats)
+    elo_args = pes_train.Args(mode="elo", **base)
+    log("compiling ...")
+    calls = {
+        "elo": _pes_step(elo_args, pes_train.policy_actions),
+        "naive": _pes_step(
+            pes_train.Args(mode="naive", **base), pes_train.policy_actions
+        ),
+        "no_lo": _pes_step(elo_args, _zero_actions),
+        "floor": _adam_floor(elo_args),
+    }
+    log(f"timing {len(calls)} programs in turn, {repeats} rounds ...")
+    t = {name: timing.median_s for name, timing in median_times(calls, repeats).items()}
     steps = 2 * num_pairs * truncation
     return {
         "setting": f"ELO-Digits-MLP, MLP 64-32-32-10, batch 128, {num_pairs} pairs "
         f"(+/-), truncation {truncation}: {steps} optimizee steps/outer step",
-        "s_per_outer_step_elo": elo,
-        "s_per_outer_step_naive": naive,
-        "trajectory_steps_per_s_elo": steps / elo,
-        "elo_over_naive_cost": elo / naive,
-        "optimizee_floor_s": floor,
-        "elo_over_floor": elo / floor,
+        "s_per_outer_step_elo": round(t["elo"], 5),
+        "s_per_outer_step_naive": round(t["naive"], 5),
+        "s_per_outer_step_no_lo": round(t["no_lo"], 5),
+        "optimizee_floor_s": round(t["floor"], 5),
+        "trajectory_steps_per_s_elo": round(steps / t["elo"], 1),
+        "elo_over_naive_cost": round(t["elo"] / t["naive"], 3),
+        "elo_over_floor": round(t["elo"] / t["floor"], 3),
+        "no_lo_over_floor": round(t["no_lo"] / t["floor"], 3),
+        "lo_share_of_elo": round(1.0 - t["no_lo"] / t["elo"], 3),
         "repeats": repeats,
-        "jax": jax.__version__,
-        "device": str(jax.devices()[0]),
+        **machine_info(load_start),
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--num-pairs", type=int, default=8)
     parser.add_argument("--truncation", type=int, default=50)

@@ -182,3 +182,24 @@ def test_cli_prints_one_json_object(run_procs, child_env, name):
     run_procs[name].wait(timeout=300)  # its compilations fill the cache first
     result = _result(_start([f"scripts/{name}.py", *CLI_FLAGS[name]], child_env))
     _check_numbers(result, KEYS[name])
+
+
+@pytest.mark.slow
+def test_bench_pes_run():
+    """Tiny setting (1 pair, truncation 2): every program compiles, runs and is timed;
+    the ratios are those of the medians it reports."""
+    result = _load("bench_pes").run(repeats=1, num_pairs=1, truncation=2)
+    keys = (
+        "s_per_outer_step_elo",
+        "s_per_outer_step_naive",
+        "s_per_outer_step_no_lo",
+        "optimizee_floor_s",
+        "elo_over_floor",
+        "no_lo_over_floor",
+    )
+    _check_numbers(result, keys)
+    ratio = result["s_per_outer_step_elo"] / result["optimizee_floor_s"]
+    assert abs(result["elo_over_floor"] / ratio - 1) < 0.01
+    share = 1 - result["s_per_outer_step_no_lo"] / result["s_per_outer_step_elo"]
+    assert abs(result["lo_share_of_elo"] - share) < 0.01
+    assert result["setting"].endswith("4 optimizee steps/outer step")
