@@ -135,7 +135,10 @@ def test_sigkill_then_resume_gives_identical_weights(reference_run, tmp_path):
 
 def test_two_devices_match_one(reference_run, tmp_path):
     run_dir = tmp_path / "sharded"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    # Keep this session's other XLA flags (conftest's), so both runs compile alike.
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    flags.append("--xla_force_host_platform_device_count=2")
+    env = dict(os.environ, XLA_FLAGS=" ".join(flags))
     probe = (
         "import jax; from elo_gym.agents import pes_train as p; "
         "assert len(jax.devices()) == 2; import sys; "
