@@ -40,7 +40,9 @@ sys.path.insert(0, os.fspath(pathlib.Path(__file__).resolve().parent))
 from _timing import log, machine_info, median_times  # noqa: E402
 
 
-def _zero_actions(weights: jax.Array, unravel: Callable, copies: core.EnvState):
+def _zero_actions(
+    weights: jax.Array, unravel: Callable, copies: core.EnvState
+) -> jax.Array:
     """A policy that costs nothing: zero (d, m) for every parameter of every copy."""
     size = sum(x[0].size for x in jax.tree.leaves(copies.params))
     # Tied to the weights so that the PES machinery stays in the program.
@@ -115,7 +117,7 @@ def run(repeats: int = 10, num_pairs: int = 8, truncation: int = 50) -> dict:
         progress=False,
     )
     elo_args = pes_train.Args(mode="elo", **base)
-    log("compiling ...")
+    log("building the programs ...")
     calls = {
         "elo": _pes_step(elo_args, pes_train.policy_actions),
         "naive": _pes_step(
