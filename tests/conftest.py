@@ -14,8 +14,9 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # Compiles, not runs, dominate too: LLVM's backend at -O0 halves the slowest compiles
-# (the ResNet-18 env step: 98 s -> 52 s with a cold cache) and changes no semantics
-# (XLA:CPU uses no fast-math either way). Children started by tests inherit it.
+# (the ResNet-18 env step: 98 s -> 52 s with a cold cache). No fast-math either way,
+# but rounding can differ in the last bits from an -O3 build, so a child process whose
+# numbers a test compares must keep these flags (children inherit them by default).
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
