@@ -185,10 +185,13 @@ def test_non_finite_gradients_are_contained():
         assert np.all(np.isfinite(leaf))
 
 
-def test_fast_paths_equal_features_then_mlp():
+@pytest.mark.parametrize("cpu_layout", [True, False], ids=["cpu", "accelerator"])
+def test_fast_paths_equal_features_then_mlp(cpu_layout, monkeypatch):
     """On CPU, large tensors take the tiled path of the fast update and the others
-    run one by one, or in one merged pass (the PES agent's). Every path must give
-    what building the 39 features and applying the MLP gives, on every tensor kind."""
+    run one by one, or in one merged pass (the PES agent's); an accelerator runs
+    every tensor whole and concatenates the rows. Every path must give what building
+    the 39 features and applying the MLP gives, on every tensor kind."""
+    monkeypatch.setattr(lopt, "_cpu_layout", lambda: cpu_layout)
     shapes = {
         "kernel": (1536, 48),  # factored, axis 0 cut into tiles
         "tall": (384, 4, 64),  # factored over axes 0 and 2: a broadcast along axis 0
