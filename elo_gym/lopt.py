@@ -462,7 +462,7 @@ def _rows_matrix(
     On CPU each row group of each block is written in place into one buffer
     (dynamic_update_slice): XLA:CPU materializes every operand of a concatenate, so
     concatenating each row group across blocks and then the groups wrote the rows
-    three times, which cost 2-11% of the PES agent's whole step. Elsewhere the
+    three times, which cost 5-9% of the PES agent's whole step. Elsewhere the
     concatenates stay (they fuse on GPU).
     """
     per_block = [(_rows(inputs), scale) for inputs, scale in blocks]
