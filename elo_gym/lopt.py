@@ -688,10 +688,17 @@ def lopt_update(
     params: Any,
     step_mult: float = STEP_MULT,
     exp_mult: float = EXP_MULT,
+    *,
+    merged: bool = False,
 ) -> tuple[Any, SmallFcLOptState]:
-    """One learned-optimizer step: (updates, new_state); new params = p + updates."""
+    """One learned-optimizer step: (updates, new_state); new params = p + updates.
+
+    ``merged`` runs the small tensors' MLP in one pass (see :func:`mlp_outputs`): set
+    it when vmapping over meta-parameters that differ per copy, as an evolution
+    strategy over the LO does; leave it off for one LO over a batch.
+    """
     state = accumulate(grads, state, effective_decays(meta_params))
-    outputs = mlp_outputs(grads, params, state, meta_params.mlp)
+    outputs = mlp_outputs(grads, params, state, meta_params.mlp, merged=merged)
     p_leaves, treedef = jax.tree.flatten(params)
     updates = [
         (-step_mult * out[0] * jnp.exp(exp_mult * out[1]))
@@ -703,12 +710,17 @@ def lopt_update(
 
 
 def small_fc_lopt(
-    meta_params: MetaParams, step_mult: float = STEP_MULT, exp_mult: float = EXP_MULT
+    meta_params: MetaParams,
+    step_mult: float = STEP_MULT,
+    exp_mult: float = EXP_MULT,
+    *,
+    merged: bool = False,
 ) -> optax.GradientTransformation:
     """small_fc_lopt as an ``optax.GradientTransformation``.
 
     Works on any params pytree. ``update`` needs ``params``; the returned updates are
     new params minus params. Non-finite gradient entries produce no move on that entry.
+    ``merged``: as for :func:`lopt_update` (for meta-parameters vmapped per copy).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, elo_gym
@@ -724,6 +736,8 @@ def small_fc_lopt(
             raise ValueError(
                 "small_fc_lopt needs params: call update(grads, state, params)"
             )
-        return lopt_update(meta_params, updates, state, params, step_mult, exp_mult)
+        return lopt_update(
+            meta_params, updates, state, params, step_mult, exp_mult, merged=merged
+        )
 
     return optax.GradientTransformation(init_state, update_fn)
