@@ -14,13 +14,15 @@ command on an existing run directory resumes it exactly.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import functools
+import json
 import math
 import pathlib
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import flax.struct
 import jax
@@ -31,7 +33,17 @@ import tyro
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from elo_gym import checkpoint, core, env, lopt, registration, runs, schedules
+from elo_gym import (
+    checkpoint,
+    core,
+    env,
+    envs,
+    inner_loop,
+    lopt,
+    registration,
+    runs,
+    schedules,
+)
 
 MODES = ("elo", "naive", "curriculum", "uniform", "bc", "buffer")
 # mode -> (env reset distribution, behavior cloning on)
@@ -42,6 +54,29 @@ MODE_SETTINGS = {
     "uniform": ("uniform", False),
     "bc": ("uniform", True),
     "buffer": ("elo", False),
+}
+# What the periodic validation run reports of the LO and of Adam (lr 1e-3), at 10x the
+# horizon: the task's validation loss, the mean of the last minibatch losses, and the
+# update and parameter norms at the end over those at the start.
+VALIDATION_METRICS = (
+    "valid_loss",
+    "train_loss",
+    "update_norm_ratio",
+    "param_norm_ratio",
+)
+# The paper's preset and the CPU default; a flag given explicitly wins over both.
+PRESETS = {
+    "cpu": dict(
+        env="ELO-Digits-MLP", outer_steps=400, n_min=20, n_max=200, truncation=50
+    ),
+    "paper": dict(
+        env="ELO-ImageNet32-MLP",
+        batch_size=4096,
+        outer_steps=5000,
+        n_min=100,
+        n_max=1000,
+        truncation=50,
+    ),
 }
 METRICS = (
     "outer_step",
@@ -60,43 +95,56 @@ METRICS = (
     "grad_norm_bc",
     "grad_norm_task",
     "inner_steps_per_s",
+    "outer_lr",
+    *(f"val_{who}_{what}" for who in ("lo", "adam") for what in VALIDATION_METRICS),
+    "val_best_step",
 )
 
 
 @dataclasses.dataclass(frozen=True)
 class Args:
-    """PES meta-training settings (defaults: ELO on digits, CPU-sized)."""
+    """PES meta-training settings (defaults: ELO on digits, CPU-sized).
 
-    env: str = "ELO-Digits-MLP"
-    """Gymnasium id of the ELO env to meta-train on."""
+    Fields left None take the preset's value (``PRESETS``); a flag given explicitly
+    always wins, and ``config.json`` records what ran.
+    """
+
+    env: str | None = None
+    """Gymnasium id of the ELO env to meta-train on (cpu: ELO-Digits-MLP)."""
     mode: Literal["elo", "naive", "curriculum", "uniform", "bc", "buffer"] = "elo"
     """elo (buffer + BC), naive, curriculum; Fig. 7's ablations uniform, bc, buffer."""
     preset: Literal["cpu", "paper"] = "cpu"
     """paper: ELO-ImageNet32-MLP, batch 4096, T=5000, n_max=1000 (for a GPU)."""
-    outer_steps: int = 400
-    """T, the number of outer (meta) steps."""
+    outer_steps: int | None = None
+    """T, the number of outer (meta) steps (cpu: 400, paper: 5000)."""
     seed: int = 0
     """Seed of the whole run."""
     run_dir: str | None = None
     """Run directory; default runs/<env>__<mode>__<seed>__<time>. Reused -> resume."""
     num_pairs: int = 8
     """Antithetic pairs (2 optimizee copies each)."""
-    truncation: int = 50
-    """Inner steps per outer step and copy."""
+    truncation: int | None = None
+    """Inner steps per outer step and copy (50)."""
     sigma: float = 0.01
     """Std of the PES perturbations."""
     learning_rate: float = 3e-3
-    """AdamW learning rate of the outer optimizer."""
+    """Peak AdamW learning rate of the outer optimizer."""
+    lr_schedule: Literal["constant", "warmup_cosine"] = "constant"
+    """Outer lr: constant (paper) or warmup then cosine decay (the authors' code)."""
+    warmup_fraction: float = 0.05
+    """warmup_cosine: fraction of the outer steps spent warming up."""
+    min_learning_rate: float = 1e-5
+    """warmup_cosine: the lr at the start and at the end."""
     weight_decay: float = 1e-4
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
     """Global-norm clip of the meta-gradient."""
     loss_cap: float | None = None
     """Cap of the per-step meta-loss (NaN -> cap); default 2 ln(num classes)."""
-    n_min: int = 20
-    """Shortest inner episode."""
-    n_max: int = 200
-    """Longest inner episode (the meta-training horizon)."""
+    n_min: int | None = None
+    """Shortest inner episode (cpu: 20, paper: 100)."""
+    n_max: int | None = None
+    """Longest inner episode, the meta-training horizon (cpu: 200, paper: 1000)."""
     n_max_final: int | None = None
     """curriculum: n_max at the last outer step (default 10 x n_max)."""
     p_th: float = 0.2
@@ -107,14 +155,19 @@ class Args:
     """One buffer queue (paper) or one per antithetic pair (authors' code)."""
     push_policy: Literal["uniform", "failure_aware"] = "uniform"
     """When an episode pushes its snapshot."""
-    bc_loss: Literal["l2", "cosine_norm"] = "l2"
-    """Behavior-cloning loss (Eq. 9) or the authors' cosine + norm variant."""
+    bc_loss: Literal["l2", "cosine_norm", "l2_relative"] = "l2"
+    """Behavior-cloning loss: Eq. 9, the authors' cosine + norm, or Eq. 9 / |dH|^2."""
     bc_scale: float = 1.0
     """Multiplies L_bc in the meta-loss."""
+    meta_loss_split: Literal["train", "valid"] = "train"
+    """Task term of the meta-loss on the step's training batch (Eq. 10) or on a
+    held-out validation batch at the same params."""
     alpha_schedule: Literal["linear", "hold_linear"] = "linear"
     """alpha_t = t/(T-1) (paper) or held at 0 first (authors' code); BC modes only."""
     hold_fraction: float = 0.2
     """hold_linear: fraction of outer steps with alpha = 0."""
+    alpha_end_fraction: float = 1.0
+    """alpha reaches 1 at this fraction of the outer steps (1: the paper)."""
     keep_accumulator_on_restore: bool = False
     """Keep the PES accumulator when an episode restarts from the buffer."""
     batch_size: int | None = None
@@ -125,29 +178,33 @@ class Args:
     """Where datasets on disk live (ImageNet-32)."""
     hidden_size: int = 32
     """Width of the LO's hidden layers."""
+    eval_every: int = 50
+    """Outer steps between validation runs of the current LO at 10x the horizon
+    (0: never)."""
+    eval_seeds: int = 2
+    """Fresh optimizees per validation run."""
+    eval_horizon_factor: int = 10
+    """Validation runs train for this many times n_max inner steps."""
+    export: Literal["last", "best"] = "last"
+    """lo.msgpack: the last LO, or the one with the lowest validation loss at 10x the
+    horizon among the periodic validation runs."""
     checkpoint_every: int = 50
     """Outer steps between checkpoints."""
     progress: bool = True
     """Show a progress bar."""
 
     def resolved(self) -> Args:
-        """Fills preset values and defaults that depend on other fields."""
-        args = self
-        if args.preset == "paper":
-            args = dataclasses.replace(
-                args,
-                env="ELO-ImageNet32-MLP",
-                batch_size=4096,
-                outer_steps=5000,
-                n_min=100,
-                n_max=1000,
-                truncation=50,
-            )
+        """Fills the preset's values into the fields left None, then defaults that
+        depend on other fields."""
+        preset = PRESETS[self.preset]
+        filled = {k: v for k, v in preset.items() if getattr(self, k) is None}
+        args = dataclasses.replace(self, **filled)
         if args.n_max_final is None:
             args = dataclasses.replace(args, n_max_final=10 * args.n_max)
         return args
 
     def validate(self) -> None:
+        """Raises ValueError naming the first bad setting (call on ``resolved()``)."""
         if self.env not in registration.ENV_IDS:
             raise ValueError(
                 f"unknown env {self.env!r}; valid: {', '.join(registration.ENV_IDS)}"
@@ -163,12 +220,30 @@ class Args:
             "max_grad_norm",
             "checkpoint_every",
             "hidden_size",
+            "eval_seeds",
+            "eval_horizon_factor",
         )
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.loss_cap is not None and self.loss_cap <= 0:
             raise ValueError(f"loss_cap must be > 0, got {self.loss_cap}")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
+        if self.export == "best" and self.eval_every == 0:
+            raise ValueError("export='best' needs validation runs: set eval_every > 0")
+        if not 0.0 < self.alpha_end_fraction <= 1.0:
+            raise ValueError(
+                f"alpha_end_fraction must be in (0, 1], got {self.alpha_end_fraction}"
+            )
+        # Builds the schedule once, so that a bad lr setting fails here.
+        schedules.outer_learning_rate(
+            self.learning_rate,
+            self.outer_steps,
+            self.lr_schedule,
+            self.warmup_fraction,
+            self.min_learning_rate,
+        )
 
 
 def env_settings(args: Args) -> env.EnvSettings:
@@ -189,16 +264,22 @@ def env_settings(args: Args) -> env.EnvSettings:
         buffer_scope=args.buffer_scope,
         push_policy=args.push_policy,
         bc_loss=args.bc_loss,
+        meta_loss_split=args.meta_loss_split,
         paired=True,
     )
 
 
-def alpha_for(args: Args, outer_step: int) -> float:
-    """alpha_t: the schedule in BC modes, 1 (pure LO, no BC) otherwise."""
-    if not MODE_SETTINGS[args.mode][1]:
-        return 1.0
-    return schedules.alpha_at(
-        outer_step, args.outer_steps, args.alpha_schedule, args.hold_fraction
+def schedule_at(args: Args, outer_step: int) -> schedules.OuterStepValues:
+    """alpha_t (1, pure LO, outside the BC modes) and n_max at outer step t."""
+    return schedules.at_outer_step(
+        outer_step,
+        args.outer_steps,
+        behavior_cloning=MODE_SETTINGS[args.mode][1],
+        n_max=args.n_max,
+        n_max_final=args.n_max_final if args.mode == "curriculum" else None,
+        alpha_schedule=args.alpha_schedule,
+        hold_fraction=args.hold_fraction,
+        alpha_end_fraction=args.alpha_end_fraction,
     )
 
 
@@ -212,6 +293,9 @@ class PESState:
     accumulator: jax.Array  # (num_pairs, D) float32: perturbation since episode start
     key: jax.Array  # (2,) uint32
     outer_step: jax.Array  # () int32: outer steps done
+    best_meta: lopt.MetaParams  # the LO with the lowest validation loss so far
+    best_valid_loss: jax.Array  # () float32: its loss (inf before any validation)
+    best_step: jax.Array  # () int32: outer steps done when it was validated (-1: none)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,10 +309,20 @@ class PESConfig:
     keep_accumulator_on_restore: bool
 
 
+def outer_learning_rate(args: Args) -> optax.Schedule:
+    return schedules.outer_learning_rate(
+        args.learning_rate,
+        args.outer_steps,
+        args.lr_schedule,
+        args.warmup_fraction,
+        args.min_learning_rate,
+    )
+
+
 def outer_optimizer(args: Args) -> optax.GradientTransformation:
     return optax.chain(
         optax.clip_by_global_norm(args.max_grad_norm),
-        optax.adamw(args.learning_rate, weight_decay=args.weight_decay),
+        optax.adamw(outer_learning_rate(args), weight_decay=args.weight_decay),
     )
 
 
@@ -251,6 +345,10 @@ def init_state(args: Args, cfg: PESConfig, env_params: core.EnvParams) -> PESSta
         accumulator=jnp.zeros((args.num_pairs, dim)),
         key=key,
         outer_step=jnp.int32(0),
+        # Copies: the jitted step donates its input, and a buffer can go only once.
+        best_meta=jax.tree.map(jnp.copy, meta),
+        best_valid_loss=jnp.float32(jnp.inf),
+        best_step=jnp.int32(-1),
     )
 
 
@@ -306,7 +404,7 @@ def unroll(
         parts = {
             "meta": -reward,
             "bc": (1.0 - alpha) * env_params.bc_scale * info["bc_loss"],
-            "task": alpha * info["task_loss"],
+            "task": alpha * info["meta_task_loss"],
         }
         parts = {
             k: jnp.minimum(
@@ -391,6 +489,9 @@ def outer_step(
         accumulator=accumulator,
         key=key,
         outer_step=state.outer_step + 1,
+        best_meta=state.best_meta,
+        best_valid_loss=state.best_valid_loss,
+        best_step=state.best_step,
     )
     return new_state, metrics
 
@@ -417,6 +518,81 @@ def shard_state(state: PESState, num_pairs: int) -> PESState:
         accumulator=jax.device_put(state.accumulator, split),
         key=jax.device_put(state.key, whole),
         outer_step=jax.device_put(state.outer_step, whole),
+        best_meta=jax.device_put(state.best_meta, whole),
+        best_valid_loss=jax.device_put(state.best_valid_loss, whole),
+        best_step=jax.device_put(state.best_step, whole),
+    )
+
+
+class Validation:
+    """The current LO and Adam (lr 1e-3) training fresh optimizees of the meta-training
+    task for ``eval_horizon_factor`` x n_max steps, scored on the validation split.
+
+    This is how a user meets the LO (a plain optax loop, :mod:`elo_gym.inner_loop`),
+    so it shows what the meta-loss hides: whether the LO keeps improving past the
+    horizon and anneals its steps like Adam, or takes big constant steps while its
+    weights grow. One compiled program serves every validation run (the LO's weights
+    are an argument); Adam's run happens once.
+    """
+
+    def __init__(self, args: Args, task: envs.Task, data: Any):
+        self.steps = args.eval_horizon_factor * args.n_max
+        self.window = max(1, self.steps // 10)
+        keys = jax.random.split(jax.random.PRNGKey(args.seed + 1_000), args.eval_seeds)
+        curves = functools.partial(
+            inner_loop.train_curves, task, steps=self.steps, eval_every=self.window
+        )
+
+        @jax.jit
+        def lo_curves(meta: lopt.MetaParams) -> dict:
+            optimizer = lopt.small_fc_lopt(meta)
+            return jax.vmap(functools.partial(curves, optimizer), (None, 0))(data, keys)
+
+        self._lo_curves = lo_curves
+        adam = jax.vmap(functools.partial(curves, optax.adam(1e-3)), (None, 0))
+        self.adam = self._summary(jax.jit(adam)(data, keys))
+
+    def _summary(self, curves: dict) -> dict[str, float]:
+        c = {k: np.asarray(v, np.float64) for k, v in jax.device_get(curves).items()}
+        w = self.window
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = {
+                "valid_loss": c["valid_loss"][:, -1].mean(),
+                "train_loss": c["train_loss"][:, -w:].mean(),
+                "update_norm_ratio": (
+                    c["update_norm"][:, -w:].mean() / c["update_norm"][:, :w].mean()
+                ),
+                "param_norm_ratio": (
+                    c["param_norm"][:, -1] / c["param_norm"][:, 0]
+                ).mean(),
+            }
+        # A diverged optimizee scores inf, so it is never picked as the best LO.
+        return {k: float(v) if np.isfinite(v) else math.inf for k, v in out.items()}
+
+    def __call__(self, meta: lopt.MetaParams) -> dict[str, float]:
+        """The row entries ``val_lo_*`` and ``val_adam_*`` for the LO ``meta``."""
+        lo = self._summary(self._lo_curves(meta))
+        return {
+            **{f"val_lo_{k}": v for k, v in lo.items()},
+            **{f"val_adam_{k}": v for k, v in self.adam.items()},
+        }
+
+
+def _validation_due(args: Args, done: int) -> bool:
+    return args.eval_every > 0 and (
+        done % args.eval_every == 0 or done == args.outer_steps
+    )
+
+
+def _keep_best(state: PESState, row: dict, done: int) -> PESState:
+    """Makes the LO just validated the best one if its validation loss is lowest."""
+    loss = row["val_lo_valid_loss"]
+    if not loss < float(state.best_valid_loss):
+        return state
+    return state.replace(
+        best_meta=jax.tree.map(jnp.copy, state.meta),
+        best_valid_loss=jnp.full_like(state.best_valid_loss, loss),
+        best_step=jnp.full_like(state.best_step, done),
     )
 
 
@@ -456,28 +632,33 @@ def main(args: Args) -> pathlib.Path:
     step_fn = jax.jit(
         functools.partial(outer_step, cfg, outer_optimizer(args)), donate_argnums=0
     )
+    lr_at = outer_learning_rate(args)
+    validate = Validation(args, env_cfg.task, data) if args.eval_every else None
 
     def one_step(state: PESState, t: int) -> tuple[PESState, dict]:
-        alpha = alpha_for(args, t)
-        n_max = args.n_max
-        if args.mode == "curriculum":
-            n_max = schedules.curriculum_n_max(
-                t, args.outer_steps, args.n_max, args.n_max_final
-            )
+        values = schedule_at(args, t)
         params_t = env_params.replace(
-            alpha=jnp.float32(alpha), n_max=jnp.int32(n_max), outer_step=jnp.int32(t)
+            alpha=jnp.float32(values.alpha),
+            n_max=jnp.int32(values.n_max),
+            outer_step=jnp.int32(t),
         )
         tic = time.perf_counter()
         state, metrics = step_fn(state, params_t)
         metrics = jax.device_get(metrics)  # one host sync per outer step
         seconds = time.perf_counter() - tic
-        row = {k: float(v) for k, v in metrics.items()}
+        row = dict.fromkeys(METRICS, math.nan)
+        row.update({k: float(v) for k, v in metrics.items()})
         row.update(
             outer_step=t,
-            alpha=alpha,
-            n_max=n_max,
+            alpha=values.alpha,
+            n_max=values.n_max,
             inner_steps_per_s=2 * args.num_pairs * args.truncation / seconds,
+            outer_lr=float(lr_at(t)),
         )
+        if validate is not None and _validation_due(args, t + 1):
+            row.update(validate(state.meta))
+            state = _keep_best(state, row, t + 1)
+            row["val_best_step"] = int(state.best_step)
         return state, row
 
     def postfix(row: dict) -> dict[str, str]:
@@ -500,14 +681,67 @@ def main(args: Args) -> pathlib.Path:
         progress=args.progress,
     )
     if int(state.outer_step) >= args.outer_steps:
-        checkpoint.save_lo(
-            run_dir,
-            state.meta,
-            extra={"env": args.env, "mode": args.mode, "n_max": args.n_max},
-        )
+        export(args, run_dir, state)
     return run_dir
+
+
+def export(args: Args, run_dir: pathlib.Path, state: PESState) -> None:
+    """Writes ``lo.msgpack`` (the last or the best LO, per ``args.export``) and, once
+    validated, the best LO in ``best/`` so that both can be evaluated."""
+    validated = int(state.best_step) >= 0
+    info = {
+        "env": args.env,
+        "mode": args.mode,
+        "n_max": args.n_max,
+        "best_step": int(state.best_step),
+        "best_valid_loss": float(state.best_valid_loss),
+    }
+    best = dict(info, exported="best", outer_step=int(state.best_step))
+    last = dict(info, exported="last", outer_step=int(state.outer_step))
+    if args.export == "best" and validated:
+        checkpoint.save_lo(run_dir, state.best_meta, extra=best)
+    else:
+        checkpoint.save_lo(run_dir, state.meta, extra=last)
+    if validated:
+        (run_dir / "best").mkdir(exist_ok=True)
+        checkpoint.save_lo(run_dir / "best", state.best_meta, extra=best)
+
+
+def summary(run_dir: pathlib.Path) -> str:
+    """What a finished run left: where the LO is, its final losses, what to run next."""
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    info = json.loads((run_dir / checkpoint.LO_META_FILE).read_text())
+    window = rows[-max(1, len(rows) // 10) :]
+    meta = np.mean([float(r["meta_loss"]) for r in window])
+    task = np.mean([float(r["task_loss"]) for r in window])
+    lines = [
+        f"learned optimizer: {run_dir / checkpoint.LO_FILE} "
+        f"({info['exported']} LO, outer step {info['outer_step']})",
+        f"meta-loss {meta:.4g}, task loss {task:.4g} (mean of the last "
+        f"{len(window)} outer steps)",
+    ]
+    validated = [r for r in rows if r["val_lo_valid_loss"] not in ("", "nan")]
+    if validated:
+        last = validated[-1]
+        lines.append(
+            f"at 10x the horizon (validation, outer step {int(last['outer_step']) + 1})"
+            f": LO valid loss {float(last['val_lo_valid_loss']):.4g}, update norm "
+            f"x{float(last['val_lo_update_norm_ratio']):.3g}, param norm "
+            f"x{float(last['val_lo_param_norm_ratio']):.3g}; Adam lr 1e-3: "
+            f"{float(last['val_adam_valid_loss']):.4g}, "
+            f"x{float(last['val_adam_update_norm_ratio']):.3g}, "
+            f"x{float(last['val_adam_param_norm_ratio']):.3g}"
+        )
+    lines.append(
+        "evaluate it at 10x its horizon against tuned AdamW: python "
+        f"scripts/evaluate.py --lo {info['mode']}={run_dir} --out {run_dir / 'eval'}"
+    )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
     run_dir = main(tyro.cli(Args))
-    print(f"run directory: {run_dir}")
+    if (run_dir / checkpoint.LO_FILE).is_file():
+        print(summary(run_dir))
+    else:
+        print(f"run directory: {run_dir} (not finished; run again to resume)")

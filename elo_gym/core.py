@@ -39,7 +39,8 @@ from elo_gym import demonstrator, lopt
 MODES = ("elo", "naive", "uniform", "curriculum")
 BUFFER_SCOPES = ("shared", "pair")
 PUSH_POLICIES = ("uniform", "failure_aware")
-BC_LOSSES = ("l2", "cosine_norm")
+BC_LOSSES = ("l2", "cosine_norm", "l2_relative")
+META_LOSS_SPLITS = ("train", "valid")
 
 
 def _check_choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
@@ -64,7 +65,13 @@ class EnvConfig:
       push_policy: ``uniform`` (push at N_push ~ U{K+1..K+N}, the paper) or
         ``failure_aware`` (push at the first step whose loss exceeds its running mean by
         ``push_tolerance``, falling back to N_push).
-      bc_loss: ``l2`` (Eq. 9) or ``cosine_norm`` (0.7 (1 - cos) + 0.3 |norm ratio - 1|).
+      bc_loss: ``l2`` (Eq. 9), ``cosine_norm`` (0.7 (1 - cos) + 0.3 |norm ratio - 1|,
+        the ELO authors' code) or ``l2_relative`` (Eq. 9 divided by ||dtheta_H||^2,
+        so that its weight against the task loss does not grow with the optimizee).
+      meta_loss_split: the split whose minibatch gives the task term of the reward:
+        ``train`` (Eq. 10, the step's own training batch) or ``valid`` (a held-out
+        batch at the same params, learned_optimization's outer-valid meta-loss; it
+        does not pay an LO for memorizing the training set).
       paired: copies 2i and 2i+1 share keys, hence reset draws and data batches, and
         end their episodes together (antithetic pairs for PES).
       step_mult, exp_mult: the LO update's multipliers (Eq. 2).
@@ -78,6 +85,7 @@ class EnvConfig:
     buffer_scope: str = "shared"
     push_policy: str = "uniform"
     bc_loss: str = "l2"
+    meta_loss_split: str = "train"
     paired: bool = False
     step_mult: float = lopt.STEP_MULT
     exp_mult: float = lopt.EXP_MULT
@@ -88,6 +96,7 @@ class EnvConfig:
         _check_choice("buffer_scope", self.buffer_scope, BUFFER_SCOPES)
         _check_choice("push_policy", self.push_policy, PUSH_POLICIES)
         _check_choice("bc_loss", self.bc_loss, BC_LOSSES)
+        _check_choice("meta_loss_split", self.meta_loss_split, META_LOSS_SPLITS)
         if self.num_copies < 1:
             raise ValueError(f"num_copies must be >= 1, got {self.num_copies}")
         if self.buffer_size < 1:
@@ -176,6 +185,7 @@ class EnvState:
     adam: Any  # Adam state including g_n
     expert_update: Any  # dtheta_H for g_n (params-shaped)
     loss: jax.Array  # () float32: task loss L_task(theta_n) on this step's batch
+    meta_task_loss: jax.Array  # () float32: reward's task term (meta_loss_split)
     start_step: jax.Array  # () int32: K, the inner step the episode started at
     episode_length: jax.Array  # () int32: N
     push_step: jax.Array  # () int32: N_push in {K+1..K+N}
@@ -295,6 +305,12 @@ def _prepare(
     (loss, model_state), grads = jax.value_and_grad(cfg.task.train_loss, has_aux=True)(
         snapshot.params, snapshot.model_state, batch
     )
+    meta_task_loss = loss
+    if cfg.meta_loss_split == "valid":
+        held_out = cfg.task.sample_batch(p.data, jax.random.fold_in(key, 1), "valid")
+        meta_task_loss = cfg.task.train_loss(
+            snapshot.params, snapshot.model_state, held_out
+        )[0]
     lo_state = lopt.accumulate(grads, snapshot.lo, lopt.default_decays())
     expert_update, adam = demonstrator.adam_expert(cfg.expert_learning_rate).update(
         grads, snapshot.adam, snapshot.params
@@ -307,6 +323,7 @@ def _prepare(
         adam=adam,
         expert_update=expert_update,
         loss=loss,
+        meta_task_loss=meta_task_loss,
         pushed=pushed,
         loss_ema=loss_ema,
         key=next_key,
@@ -393,7 +410,11 @@ def reset(
         cfg, keys, buf, _queues(cfg), p
     )
     obs, info = _observe_all(cfg, copies, p)
-    info.update(task_loss=copies.loss, bc_loss=jnp.zeros_like(copies.loss))
+    info.update(
+        task_loss=copies.loss,
+        meta_task_loss=copies.meta_task_loss,
+        bc_loss=jnp.zeros_like(copies.loss),
+    )
     return VecEnvState(copies, buf), obs, info
 
 
@@ -406,7 +427,11 @@ def reset_copies(
     )
     copies = _select(mask, restarted, state.copies)
     obs, info = _observe_all(cfg, copies, p)
-    info.update(task_loss=copies.loss, bc_loss=jnp.zeros_like(copies.loss))
+    info.update(
+        task_loss=copies.loss,
+        meta_task_loss=copies.meta_task_loss,
+        bc_loss=jnp.zeros_like(copies.loss),
+    )
     return VecEnvState(copies, state.buffer), obs, info
 
 
@@ -423,6 +448,8 @@ def _bc_loss(
     diff = lo_update - expert_update
     if cfg.bc_loss == "l2":
         return jnp.sum(diff**2)
+    if cfg.bc_loss == "l2_relative":
+        return jnp.sum(diff**2) / (jnp.sum(expert_update**2) + 1e-12)
     norm_lo, norm_ex = jnp.linalg.norm(lo_update), jnp.linalg.norm(expert_update)
     cosine = jnp.dot(lo_update, expert_update) / (norm_lo * norm_ex + 1e-12)
     return 0.7 * (1.0 - cosine) + 0.3 * jnp.abs(norm_lo / (norm_ex + 1e-12) - 1.0)
@@ -447,7 +474,7 @@ def _apply_action(cfg: EnvConfig, s: EnvState, action: jax.Array, p: EnvParams):
         s.params,
     )
     bc = _bc_loss(cfg, lo_update_rows, expert_rows)
-    reward = -((1.0 - p.alpha) * p.bc_scale * bc + p.alpha * s.loss)
+    reward = -((1.0 - p.alpha) * p.bc_scale * bc + p.alpha * s.meta_task_loss)
     snapshot = Snapshot(
         params, s.lo._replace(count=s.lo.count + 1), s.adam, s.model_state
     )
@@ -542,5 +569,11 @@ def step(
 
         final = jax.lax.cond(jnp.any(done), reached, lambda _: (obs, dict(info)), None)
         info["final_obs"], info["final_info"] = final
-    info.update(task_loss=c.loss, bc_loss=bc, diverged=diverged, pushed=push)
+    info.update(
+        task_loss=c.loss,
+        meta_task_loss=c.meta_task_loss,
+        bc_loss=bc,
+        diverged=diverged,
+        pushed=push,
+    )
     return VecEnvState(copies, buf), obs, reward, diverged, done & ~diverged, info

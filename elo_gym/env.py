@@ -50,6 +50,7 @@ class EnvSettings:
     push_policy: str = "uniform"
     push_tolerance: float = 0.1
     bc_loss: str = "l2"
+    meta_loss_split: str = "train"
     paired: bool = False
 
     def task(self) -> envs.Task:
@@ -78,6 +79,7 @@ class EnvSettings:
             buffer_scope=self.buffer_scope,
             push_policy=self.push_policy,
             bc_loss=self.bc_loss,
+            meta_loss_split=self.meta_loss_split,
             paired=self.paired,
         )
 
@@ -146,18 +148,20 @@ class _Shell:
         """Tells the env the agent's progress: alpha_t = t / (T - 1) (unless
         ``alpha_schedule`` is None), curriculum n_max, and t > 0 for buffer restores."""
         s = self.settings
-        n_max = s.n_max
-        if self.config.mode == "curriculum" and s.n_max_final is not None:
-            n_max = schedules.curriculum_n_max(
-                outer_step, num_outer_steps, s.n_max, s.n_max_final
-            )
+        curriculum = self.config.mode == "curriculum"
+        values = schedules.at_outer_step(
+            outer_step,
+            num_outer_steps,
+            behavior_cloning=True,
+            n_max=s.n_max,
+            n_max_final=s.n_max_final if curriculum else None,
+            alpha_schedule=alpha_schedule or "linear",
+        )
         self.params = self.params.replace(
-            outer_step=jnp.int32(outer_step), n_max=jnp.int32(n_max)
+            outer_step=jnp.int32(outer_step), n_max=jnp.int32(values.n_max)
         )
         if alpha_schedule is not None:
-            self.set_alpha(
-                schedules.alpha_at(outer_step, num_outer_steps, alpha_schedule)
-            )
+            self.set_alpha(values.alpha)
 
     def _apply_options(self, options: dict | None) -> None:
         options = dict(options or {})

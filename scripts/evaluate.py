@@ -55,19 +55,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax import lax
 from tqdm import tqdm
 
 import elo_gym
 from elo_gym import envs as tasks
 from elo_gym.checkpoint import load_meta_params
 from elo_gym.env import EnvSettings
+from elo_gym.inner_loop import HostLoop, eval_steps, train_curves
 from elo_gym.lopt import EXP_MULT, STEP_MULT
 
 PAPER_LRS = (0.01, 0.007, 0.004, 0.001, 0.0007, 0.0004, 0.0001)
 WEIGHT_DECAY = 1e-4
 ADAMW = "AdamW"
-SPLITS = ("valid", "test")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +83,7 @@ class EvalConfig:
     weight_decay: float = WEIGHT_DECAY  # AdamW weight decay
     eval_every: int | None = None  # steps between evaluations; None: about H / 50
     hidden_sizes: tuple[int, ...] | None = None  # None: the LO runs' (else the env's)
+    activation: str | None = None  # MLP activation (None: the env's)
     batch_size: int | None = None  # None: the LO runs' (else the env's)
     data_dir: str | None = None  # where on-disk datasets live (ImageNet-32, FineWeb)
     dataset: str | None = None  # None: the env's; e.g. "text" for GPT-2-mini
@@ -217,149 +217,6 @@ def make_task(env_id: str, **options: Any) -> tasks.Task:
 # --------------------------------------------------------------------------- training
 
 
-def eval_steps(steps: int, eval_every: int) -> list[int]:
-    """Inner steps after which the model is evaluated: 0, every, 2 every, ..., H."""
-    points = list(range(0, steps + 1, eval_every))
-    return points if points[-1] == steps else [*points, steps]
-
-
-def train_curves(
-    task: tasks.Task,
-    optimizer: optax.GradientTransformation,
-    data: Any,
-    key: jax.Array,
-    *,
-    steps: int,
-    eval_every: int,
-) -> dict[str, jax.Array]:
-    """Trains one fresh optimizee for ``steps`` steps; pure and jittable (one seed).
-
-    Args:
-      task: the optimizee task (static).
-      optimizer: any optax transformation (an LO's ``update`` needs params).
-      data: the device-resident dataset.
-      key: PRNG key; split into the init key and the batch-sequence key.
-      steps: H, the number of inner steps.
-      eval_every: steps between evaluations of the valid and test splits.
-
-    Returns:
-      ``train_loss`` (H,): the minibatch loss at each step before its update;
-      ``valid_loss``, ``valid_accuracy``, ``test_loss``, ``test_accuracy`` (E,) at
-      :func:`eval_steps` (E of them, step 0 and step H included).
-    """
-    key_init, key_data = jax.random.split(key)
-    params, model_state = task.init_with_state(key_init)
-    opt_state = optimizer.init(params)
-
-    def step(carry, n):
-        params, model_state, opt_state = carry
-        batch = task.sample_batch(data, jax.random.fold_in(key_data, n))
-        (loss, new_model_state), grads = jax.value_and_grad(
-            task.train_loss, has_aux=True
-        )(params, model_state, batch)
-        updates, new_opt_state = optimizer.update(grads, opt_state, params)
-        new = (optax.apply_updates(params, updates), new_model_state, new_opt_state)
-        # Steps past H (in a last, partial chunk) leave the optimizee as it is.
-        carry = jax.tree.map(lambda a, b: jnp.where(n < steps, a, b), new, carry)
-        return carry, loss
-
-    def evaluate(params, model_state):
-        return evaluate_splits(task, data, params, model_state)
-
-    def train_chunk(carry, start):
-        return lax.scan(step, carry, start + jnp.arange(eval_every))
-
-    def skip_chunk(carry, start):
-        del start
-        return carry, jnp.zeros(eval_every, jnp.float32)
-
-    def chunk(carry, start):
-        # Evaluate, then train eval_every steps; the extra last iteration only
-        # evaluates (its start is H; the predicate is unbatched under vmap, so this
-        # stays a real branch). One copy of the step and of the evaluation in the
-        # program keeps compilation short.
-        evals = evaluate(carry[0], carry[1])
-        carry, losses = lax.cond(start < steps, train_chunk, skip_chunk, carry, start)
-        return carry, (losses, evals)
-
-    num_chunks = -(-steps // eval_every)
-    starts = jnp.arange(num_chunks + 1) * eval_every
-    _, (losses, evals) = lax.scan(chunk, (params, model_state, opt_state), starts)
-    losses = losses.reshape(-1)[:steps]
-    return {"train_loss": losses, **evals}
-
-
-def evaluate_splits(task: tasks.Task, data: Any, params: Any, model_state: Any) -> dict:
-    """``{split}_loss`` and ``{split}_accuracy`` of the valid and test splits."""
-    out = {}
-    for split in SPLITS:
-        metrics = task.evaluate(params, data, split, model_state=model_state)
-        out[f"{split}_loss"] = metrics["loss"]
-        out[f"{split}_accuracy"] = metrics["accuracy"]
-    return out
-
-
-class HostLoop:
-    """:func:`train_curves` for all seeds, with the inner steps driven from Python.
-
-    XLA's CPU backend runs convolutions inside a compiled loop far slower than alone
-    (measured here: a ResNet-18 width-16 AdamW step took 0.60 s inside ``lax.scan``
-    and 0.076 s as its own jitted call), so conv nets on CPU step in a Python loop:
-    one jitted, seed-vmapped step per call, dispatched asynchronously (the losses stay
-    on the device; the host never waits on a step). Same seeds, batches and
-    evaluation points as :func:`train_curves`.
-
-    Args:
-      task: the optimizee task.
-      build: hyper -> optax transformation (hyper: an LO's meta-parameters or an
-        AdamW lr; traced, so one compilation serves every LO or lr).
-      steps, eval_every: as for :func:`train_curves`.
-    """
-
-    def __init__(self, task: tasks.Task, build, *, steps: int, eval_every: int):
-        self.steps, self.eval_every = steps, eval_every
-
-        def init(hyper, keys):
-            def one(key):
-                key_init, key_data = jax.random.split(key)
-                params, model_state = task.init_with_state(key_init)
-                return (params, model_state, build(hyper).init(params)), key_data
-
-            return jax.vmap(one)(keys)
-
-        def step(hyper, data, carry, keys_data, n):
-            def one(carry, key_data):
-                params, model_state, opt_state = carry
-                batch = task.sample_batch(data, jax.random.fold_in(key_data, n))
-                (loss, model_state), grads = jax.value_and_grad(
-                    task.train_loss, has_aux=True
-                )(params, model_state, batch)
-                updates, opt_state = build(hyper).update(grads, opt_state, params)
-                params = optax.apply_updates(params, updates)
-                return (params, model_state, opt_state), loss
-
-            return jax.vmap(one)(carry, keys_data)
-
-        def evaluate(data, carry):
-            return jax.vmap(lambda c: evaluate_splits(task, data, c[0], c[1]))(carry)
-
-        self._init = jax.jit(init)
-        self._step = jax.jit(step, donate_argnums=2)
-        self._evaluate = jax.jit(evaluate)
-
-    def __call__(self, hyper: Any, data: Any, keys: jax.Array) -> dict[str, jax.Array]:
-        carry, keys_data = self._init(hyper, keys)
-        losses, evals = [], []
-        for n in range(self.steps):
-            if n % self.eval_every == 0:
-                evals.append(self._evaluate(data, carry))
-            carry, loss = self._step(hyper, data, carry, keys_data, jnp.int32(n))
-            losses.append(loss)
-        evals.append(self._evaluate(data, carry))
-        curves = {k: jnp.stack([e[k] for e in evals], axis=1) for k in evals[0]}
-        return {"train_loss": jnp.stack(losses, axis=1), **curves}
-
-
 def _seed_keys(config: EvalConfig) -> jax.Array:
     return jnp.stack([jax.random.PRNGKey(config.seed + i) for i in range(config.seeds)])
 
@@ -398,12 +255,17 @@ def _summary(
 ) -> dict[str, dict[str, float | None]]:
     """Metrics at step H, mean and std over seeds (ddof 0); None where non-finite.
 
-    The training loss is the mean of the last ``train_window`` minibatch losses: one
-    minibatch alone is too noisy to rank methods by.
+    The training loss and the update norm are means over the last ``train_window``
+    steps: one minibatch alone is too noisy to rank methods by. ``update_norm_first``
+    and ``param_norm_first`` are the same at the start of training.
     """
+    per_step = ("train_loss", "update_norm")
     final = {
-        "train_loss": curves["train_loss"][:, -train_window:].mean(axis=1),
-        **{k: v[:, -1] for k, v in curves.items() if k != "train_loss"},
+        **{k: curves[k][:, -train_window:].mean(axis=1) for k in per_step},
+        **{k: v[:, -1] for k, v in curves.items() if k not in per_step},
+        # Where the run started, so growth (or annealing) reads off one row.
+        "update_norm_first": curves["update_norm"][:, :train_window].mean(axis=1),
+        "param_norm_first": curves["param_norm"][:, 0],
     }
     with np.errstate(invalid="ignore"):  # inf - inf in std: reported as None
         return {
@@ -461,7 +323,7 @@ def _plot_losses(ax, result: dict, which: str, window: int) -> None:
             lr = result["best_lr"]
             curves, label = curves[str(lr)], f"AdamW (lr {lr:g})"
         per_seed = np.asarray(curves[which], dtype=float)
-        if which == "train_loss":
+        if which in ("train_loss", "update_norm"):
             x = np.arange(per_seed.shape[1])  # loss of theta_n, before update n
             per_seed = np.stack([_smooth(row, window) for row in per_seed])
             x = x[window - 1 :] if window > 1 else x
@@ -512,6 +374,19 @@ def write_plots(result: dict, out_dir: pathlib.Path, smooth: int | None) -> list
         fig.savefig(out_dir / name, dpi=120)
         plt.close(fig)
         written.append(name)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, which, title in (
+        (axes[0], "update_norm", f"update norm (moving average of {window})"),
+        (axes[1], "param_norm", "parameter norm"),
+    ):
+        _plot_losses(ax, result, which, window)
+        ax.set_title(title)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{suptitle}: an LO that anneals shrinks its updates like AdamW")
+    fig.tight_layout()
+    fig.savefig(out_dir / "norms.png", dpi=120)
+    plt.close(fig)
+    written.append("norms.png")
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     cmap = plt.get_cmap("viridis")
     lrs = result["config"]["lrs"]
@@ -537,6 +412,14 @@ def _pm(stat: dict[str, float | None], scale: float = 1.0, digits: int = 4) -> s
     return f"{stat['mean'] * scale:.{digits}f} ± {stat['std'] * scale:.{digits}f}"
 
 
+def _growth(summary: dict, key: str) -> str:
+    """``first -> final (ratio x)`` of a norm's means over seeds."""
+    first, final = summary[f"{key}_first"]["mean"], summary[key]["mean"]
+    if first is None or final is None or first == 0:
+        return "diverged"
+    return f"{first:.3g} -> {final:.3g} ({final / first:.2f}x)"
+
+
 def table_markdown(result: dict) -> str:
     """Table 1-style summary at the final step, mean ± std over seeds."""
     cfg = result["config"]
@@ -548,8 +431,8 @@ def table_markdown(result: dict) -> str:
         "",
         "| method | test accuracy (%) | test loss | validation loss | "
         f"train loss (last {min(result['eval_every'], result['steps'])} "
-        "minibatches) |",
-        "|---|---|---|---|---|",
+        "minibatches) | update norm, start -> H | param norm, start -> H |",
+        "|---|---|---|---|---|---|---|",
     ]
     for method in [*result["lo_labels"], ADAMW]:
         summary = result["final"][method]
@@ -559,7 +442,8 @@ def table_markdown(result: dict) -> str:
         lines.append(
             f"| {name} | {_pm(summary['test_accuracy'], 100.0, 2)} | "
             f"{_pm(summary['test_loss'])} | {_pm(summary['valid_loss'])} | "
-            f"{_pm(summary['train_loss'])} |"
+            f"{_pm(summary['train_loss'])} | {_growth(summary, 'update_norm')} | "
+            f"{_growth(summary, 'param_norm')} |"
         )
     lines += [
         "",
@@ -612,6 +496,7 @@ def run(config: EvalConfig, workdir: str | pathlib.Path) -> dict:
     task = make_task(
         config.env,
         hidden_sizes=resolved["hidden_sizes"],
+        activation=config.activation,
         batch_size=resolved["batch_size"],
         data_dir=config.data_dir,
         dataset=config.dataset,
@@ -768,6 +653,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[EvalConfig, str]:
     p.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY)
     p.add_argument("--eval-every", type=int, help="default: about H / 50")
     p.add_argument("--hidden-sizes", type=_ints, help="e.g. 32,32")
+    p.add_argument("--activation", help="MLP activation (relu, gelu, tanh, silu)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--data-dir")
     p.add_argument("--dataset", help="override the env's dataset (e.g. text)")
@@ -801,6 +687,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[EvalConfig, str]:
         weight_decay=a.weight_decay,
         eval_every=a.eval_every,
         hidden_sizes=a.hidden_sizes,
+        activation=a.activation,
         batch_size=a.batch_size,
         data_dir=a.data_dir,
         dataset=a.dataset,

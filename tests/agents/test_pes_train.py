@@ -265,5 +265,9 @@ def test_cli_smoke(tmp_path):
         text=True,
         check=True,
     )
-    assert "run directory" in out.stdout
     assert (run_dir / "lo.msgpack").is_file()
+    # The end of the main job says where the LO is, how it did, and what to run next.
+    assert f"learned optimizer: {run_dir / 'lo.msgpack'} (last LO" in out.stdout
+    assert "meta-loss" in out.stdout and "task loss" in out.stdout
+    assert "at 10x the horizon (validation, outer step 2)" in out.stdout
+    assert f"scripts/evaluate.py --lo bc={run_dir}" in out.stdout

@@ -165,7 +165,11 @@ def _check_bookkeeping(record):
         ),
         (dict(buffer_scope="queue"), "unknown buffer_scope 'queue'"),
         (dict(push_policy="always"), "unknown push_policy 'always'"),
-        (dict(bc_loss="l1"), "unknown bc_loss 'l1'; valid: l2, cosine_norm"),
+        (
+            dict(bc_loss="l1"),
+            "unknown bc_loss 'l1'; valid: l2, cosine_norm, l2_relative",
+        ),
+        (dict(meta_loss_split="test"), "unknown meta_loss_split 'test'; valid: train"),
         (dict(buffer_size=0), "buffer_size must be >= 1, got 0"),
         (dict(num_copies=0), "num_copies must be >= 1"),
         (dict(num_copies=3, paired=True), "even num_copies, got 3"),
@@ -584,6 +588,38 @@ def test_bc_loss_values_on_hand_examples():
     assert float(core._bc_loss(cos, 2 * y, y)) == pytest.approx(0.3 * 1.0)
     assert float(core._bc_loss(cos, -y, y)) == pytest.approx(0.7 * 2.0)
     assert float(core._bc_loss(cos, y, y)) == pytest.approx(0.0, abs=1e-6)
+    # Eq. 9 over ||dtheta_H||^2: the same value for an optimizee 100x larger.
+    rel = core.EnvConfig(task=TASK, bc_loss="l2_relative")
+    assert float(core._bc_loss(rel, x, y)) == pytest.approx(5.0 / 4.0)
+    big_x, big_y = jnp.tile(x, 100), jnp.tile(y, 100)
+    assert float(core._bc_loss(rel, big_x, big_y)) == pytest.approx(5.0 / 4.0)
+    assert float(core._bc_loss(l2, big_x, big_y)) == pytest.approx(500.0)
+
+
+def test_valid_meta_loss_scores_a_held_out_batch(data):
+    """meta_loss_split='valid': the reward's task term is the loss of the same params
+    on a validation batch, while the gradient still comes from the training batch."""
+    cfg = core.EnvConfig(task=TASK, num_copies=2, meta_loss_split="valid")
+    held_out = _jit_core(cfg)
+    p = core.make_params(data, alpha=0.4, n_min=10, n_max=10)
+    keys = core.copy_keys(cfg, 3)
+    state, obs, info = held_out.reset(keys, p)
+    # The held-out batch, drawn independently of the core from the copy's batch key.
+    copy = jax.tree.map(lambda x: x[0], state.copies)
+    k_batch = jax.random.split(keys[0], 3)[2]
+    batch = TASK.sample_batch(data, jax.random.fold_in(k_batch, 1), "valid")
+    expected = TASK.train_loss(copy.params, {}, batch)[0]
+    train_loss = np.asarray(obs["loss"])
+    valid_loss = np.asarray(state.copies.meta_task_loss)
+    np.testing.assert_allclose(valid_loss[0], expected, rtol=1e-6)
+    assert not np.allclose(train_loss, valid_loss)  # another batch, another loss
+    actions = _random_actions(7)[:2]
+    lo, expert = lo_update(actions), np.asarray(info["expert_update"], np.float64)
+    bc = np.sum((lo - expert) ** 2, axis=1)
+    _, _, reward, _, _, step_info = held_out.step(state, actions, p)
+    np.testing.assert_allclose(step_info["task_loss"], train_loss)
+    np.testing.assert_allclose(step_info["meta_task_loss"], valid_loss)
+    np.testing.assert_allclose(reward, -(0.6 * bc + 0.4 * valid_loss), rtol=1e-5)
 
 
 def test_cosine_norm_bc_is_zero_for_the_expert_action(variants, data):
