@@ -206,6 +206,13 @@ def test_load_optimizer_missing_path(tmp_path):
         (dict(p_th=1.5), "p_th must be in"),
         (dict(n_min=9, n_max=6), "n_min"),
         (dict(buffer_size=0), "buffer_size"),
+        (dict(eval_every=-1), "eval_every must be >= 0"),
+        (dict(eval_every=0, export="best"), "export='best' needs validation"),
+        (dict(alpha_end_fraction=0.0), r"alpha_end_fraction must be in \(0, 1\]"),
+        (dict(lr_schedule="step"), "unknown lr schedule 'step'"),
+        (dict(warmup_fraction=1.5, lr_schedule="warmup_cosine"), "warmup_fraction"),
+        (dict(meta_loss_split="test"), "unknown meta_loss_split"),
+        (dict(bc_loss="l1"), "unknown bc_loss"),
     ],
 )
 def test_bad_input_is_rejected_before_anything_is_written(tmp_path, change, message):
@@ -271,3 +278,106 @@ def test_cli_smoke(tmp_path):
     assert "meta-loss" in out.stdout and "task loss" in out.stdout
     assert "at 10x the horizon (validation, outer step 2)" in out.stdout
     assert f"scripts/evaluate.py --lo bc={run_dir}" in out.stdout
+
+
+def test_explicit_flags_win_over_the_preset():
+    paper = pes_train.Args(preset="paper", outer_steps=100, n_max=300).resolved()
+    assert (paper.outer_steps, paper.n_max, paper.n_min) == (100, 300, 100)
+    assert paper.env == "ELO-ImageNet32-MLP" and paper.batch_size == 4096
+    assert paper.n_max_final == 3000
+    cpu = pes_train.Args().resolved()
+    assert (cpu.env, cpu.outer_steps, cpu.n_min, cpu.n_max, cpu.truncation) == (
+        "ELO-Digits-MLP",
+        400,
+        20,
+        200,
+        50,
+    )
+    assert pes_train.Args(env="ELO-Digits-MLP", preset="paper").resolved().env == (
+        "ELO-Digits-MLP"
+    )
+
+
+def test_validation_columns_and_best_export(reference_run, tmp_path):
+    """Periodic validation at 10x the horizon logs the LO beside Adam; export='best'
+    writes the LO whose validation loss was lowest, and best/ holds it either way."""
+    rows = [
+        dict(zip(lines[0].split(","), line.split(","), strict=True))
+        for lines in [(reference_run / "metrics.csv").read_text().splitlines()]
+        for line in lines[1:]
+    ]
+    validated = [r for r in rows if r["val_lo_valid_loss"] != "nan"]
+    assert [int(r["outer_step"]) for r in validated] == [5]  # eval_every 50 > T = 6
+    adam = validated[0]
+    assert 0 < float(adam["val_adam_valid_loss"]) < np.log(10)
+    assert float(adam["val_adam_update_norm_ratio"]) > 0
+    run_dir = tmp_path / "best"
+    pes_train.main(
+        pes_train.Args(
+            run_dir=str(run_dir), **{**TINY, "eval_every": 2, "export": "best"}
+        )
+    )
+    rows = [
+        dict(zip(lines[0].split(","), line.split(","), strict=True))
+        for lines in [(run_dir / "metrics.csv").read_text().splitlines()]
+        for line in lines[1:]
+    ]
+    validated = {
+        int(r["outer_step"]) + 1: float(r["val_lo_valid_loss"])
+        for r in rows
+        if r["val_lo_valid_loss"] != "nan"
+    }
+    assert sorted(validated) == [2, 4, 6]
+    best_step = min(validated, key=validated.get)
+    info = json.loads((run_dir / "lo.json").read_text())
+    assert info["exported"] == "best" and info["outer_step"] == best_step
+    assert info["best_valid_loss"] == pytest.approx(validated[best_step])
+    exported = _lo_arrays(run_dir)
+    for a, b in zip(exported, _lo_arrays(run_dir / "best"), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # The exported LO is the one checkpointed at its outer step, not the last one.
+    at_best = checkpoint.load_meta_params(run_dir / "checkpoints" / str(best_step))[0]
+    for a, b in zip(
+        exported,
+        jax.tree.leaves(flax.serialization.to_state_dict(at_best)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_keep_best_and_export_pick_the_lowest_validation_loss(tmp_path):
+    meta_a = elo_gym.init_meta_params(jax.random.PRNGKey(1), hidden_size=8)
+    meta_b = elo_gym.init_meta_params(jax.random.PRNGKey(2), hidden_size=8)
+    state = pes_train.PESState(
+        meta=meta_a,
+        opt_state=None,
+        env=None,
+        accumulator=None,
+        key=None,
+        outer_step=jnp.int32(6),
+        best_meta=meta_b,
+        best_valid_loss=jnp.float32(0.5),
+        best_step=jnp.int32(2),
+    )
+    worse = pes_train._keep_best(state, {"val_lo_valid_loss": 0.7}, 6)
+    assert int(worse.best_step) == 2 and float(worse.best_valid_loss) == 0.5
+    better = pes_train._keep_best(state, {"val_lo_valid_loss": 0.3}, 6)
+    assert int(better.best_step) == 6
+    assert float(better.best_valid_loss) == pytest.approx(0.3)
+    assert pes_train._keep_best(state, {"val_lo_valid_loss": float("inf")}, 6) is state
+
+    def leaves(meta):
+        return jax.tree.leaves(flax.serialization.to_state_dict(meta))
+
+    for export, expected in (("best", meta_b), ("last", meta_a)):
+        run_dir = tmp_path / export
+        run_dir.mkdir()
+        args = pes_train.Args(export=export, **TINY).resolved()
+        pes_train.export(args, run_dir, state)
+        for a, b in zip(_lo_arrays(run_dir), leaves(expected), strict=True):
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(_lo_arrays(run_dir / "best"), leaves(meta_b), strict=True):
+            np.testing.assert_array_equal(a, b)
+        info = json.loads((run_dir / "lo.json").read_text())
+        assert info["exported"] == export
+        assert info["outer_step"] == (2 if export == "best" else 6)

@@ -48,3 +48,44 @@ def test_curriculum_n_max_grows_linearly():
     assert all(isinstance(v, int) for v in values)
     assert schedules.curriculum_n_max(99, T, 100, 500) == 500
     assert schedules.curriculum_n_max(0, 1, 100, 500) == 500
+
+
+def test_alpha_reaches_one_at_the_end_fraction():
+    T = 11
+    alphas = [schedules.alpha_at(t, T, end_fraction=0.5) for t in range(T)]
+    np.testing.assert_allclose(alphas[:6], np.linspace(0.0, 1.0, 6))
+    assert alphas[5:] == [1.0] * 6
+    held = [
+        schedules.alpha_at(t, T, "hold_linear", hold_fraction=0.2, end_fraction=0.6)
+        for t in range(T)
+    ]
+    assert held[:2] == [0.0, 0.0] and held[6:] == [1.0] * 5
+    np.testing.assert_allclose(held[2:7], np.linspace(0.0, 1.0, 5))
+    with pytest.raises(ValueError, match=r"end_fraction must be in \(0, 1\], got 0"):
+        schedules.alpha_at(0, T, end_fraction=0.0)
+
+
+def test_outer_learning_rate_schedules():
+    constant = schedules.outer_learning_rate(3e-3, 100)
+    assert float(constant(0)) == float(constant(99)) == pytest.approx(3e-3)
+    cosine = schedules.outer_learning_rate(
+        3e-3, 100, "warmup_cosine", warmup_fraction=0.1, min_learning_rate=1e-5
+    )
+    lrs = np.array([float(cosine(t)) for t in range(101)])
+    assert lrs[0] == pytest.approx(1e-5, rel=1e-4)
+    assert lrs[10] == pytest.approx(3e-3)  # peak after the warmup
+    assert np.all(np.diff(lrs[:11]) > 0) and np.all(np.diff(lrs[10:]) < 0)
+    assert lrs[100] == pytest.approx(1e-5, rel=1e-4)
+    # Halfway through the decay: the mean of peak and floor.
+    assert lrs[55] == pytest.approx((3e-3 + 1e-5) / 2, rel=1e-3)
+    with pytest.raises(ValueError, match="unknown lr schedule 'step'"):
+        schedules.outer_learning_rate(3e-3, 100, "step")
+
+
+def test_at_outer_step_is_what_env_and_agent_read():
+    values = schedules.at_outer_step(
+        5, 11, behavior_cloning=True, n_max=100, n_max_final=1100
+    )
+    assert values == (0.5, 600)
+    no_bc = schedules.at_outer_step(5, 11, behavior_cloning=False, n_max=100)
+    assert no_bc == (1.0, 100)
