@@ -1,15 +1,25 @@
-"""The paper's study at CPU scale, end to end, on ELO-Digits-MLP (Sec. 5, Figs. 2-7).
+"""The paper's study at CPU scale with meta-seeds: does ELO deliver at 10x its horizon?
 
-Meta-trains, with the same compute each (outer steps x pairs x truncation):
-naive, curriculum and ELO LOs (Table 1, Fig. 3), the Fig. 7 ablations (uniform, bc and
-buffer-only) and the Fig. 6 p_th sweep (ELO with p_th in 0.01 ... 0.7); evaluates them
-at 10x the meta-training horizon against LR-tuned AdamW (``scripts/evaluate.py``); draws
-Fig. 2 with ``scripts/plot_meta_training.py``; and writes ``results.md`` with the
-tables, figures and compute cost the code produced, whatever they show.
+Meta-trains ELO, naive, curriculum and buffer-only LOs on ELO-Digits-MLP with
+``meta_seeds`` meta-training seeds each (the same compute per run: outer steps x pairs
+x truncation, and every other setting at ``pes_train``'s defaults, so each method's
+exported LO is the one its own periodic validation picked); trains fresh optimizees
+with each LO for 10x the meta-training horizon, over ``eval_seeds`` optimizee seeds,
+in distribution and on a held-out task family no LO saw in meta-training (``HELDOUT``),
+against AdamW with its lr tuned on validation loss over the paper's 7 values. The
+ablations (BC only, uniform) and the p_th sweep run with one meta-seed.
+
+Rows are mean ± std over meta-seeds of each LO's mean over optimizee seeds; a
+difference "exceeds the spread" when the two means are further apart than the sum of
+their stds. Writes ``docs/results.md``, ``docs/results.json`` and figures.
+
+The study is resumable: a meta-training run whose ``lo.msgpack`` exists and an
+evaluation whose ``results.json`` matches its config are not run again, so a killed
+study loses at most the run in progress.
 
 Usage:
-  python scripts/reproduce.py                  # full study -> docs/results.md (~1 h)
-  python scripts/reproduce.py --quick --out /tmp/smoke   # CI-sized smoke run
+  python scripts/reproduce.py                          # full study -> docs/
+  python scripts/reproduce.py --quick --out /tmp/smoke # CI-sized smoke run
 """
 
 from __future__ import annotations
@@ -23,11 +33,13 @@ import pathlib
 import shutil
 import sys
 import time
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
 from elo_gym.agents import pes_train  # noqa: E402
 
@@ -35,16 +47,27 @@ sys.path.insert(0, os.fspath(pathlib.Path(__file__).resolve().parent))
 import evaluate  # noqa: E402
 import plot_meta_training  # noqa: E402
 
-P_TH_SWEEP = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7)
-MAIN = ("elo", "naive", "curriculum")
-ABLATIONS = ("naive", "uniform", "bc", "buffer", "elo")
+METHODS = ("elo", "naive", "curriculum", "buffer")
+ABLATIONS = ("bc", "uniform")
+ADAMW = "adamw"
+# The held-out family: wider, one layer deeper and another activation than the
+# meta-training MLP (64-32-32-10, ReLU); chosen before any LO was evaluated on it.
+HELDOUT = dict(hidden_sizes=(128, 128, 128), activation="tanh")
+METRICS = {
+    "train_loss_10x": "train_loss",
+    "test_accuracy_10x": "test_accuracy",
+    "test_loss_10x": "test_loss",
+    "valid_loss_10x": "valid_loss",
+    "update_norm_ratio_10x": "update_norm_ratio",
+    "param_norm_ratio_10x": "param_norm_ratio",
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
     """Sizes of the study; ``quick()`` gives the CI-sized one."""
 
-    outer_steps: int = 300
+    outer_steps: int = 400
     num_pairs: int = 8
     truncation: int = 50
     n_min: int = 20
@@ -52,11 +75,14 @@ class StudyConfig:
     hidden_sizes: tuple[int, ...] | None = None  # None: the env's default MLP
     batch_size: int | None = None
     hidden_size: int = 32
-    p_th_sweep: tuple[float, ...] = P_TH_SWEEP
+    eval_every: int = 50  # outer steps between the runs' validation evaluations
+    meta_seeds: tuple[int, ...] = (0, 1, 2)
+    p_th_sweep: tuple[float, ...] = (0.01, 0.05, 0.2, 0.5)
     eval_seeds: int = 3
     eval_steps: int | None = None  # None: 10 x n_max
     eval_lrs: tuple[float, ...] = evaluate.PAPER_LRS
-    seed: int = 0
+    heldout_hidden_sizes: tuple[int, ...] = HELDOUT["hidden_sizes"]
+    heldout_activation: str = HELDOUT["activation"]
 
     @classmethod
     def quick(cls) -> StudyConfig:
@@ -69,16 +95,18 @@ class StudyConfig:
             hidden_sizes=(10,),
             batch_size=32,
             hidden_size=8,
-            p_th_sweep=(0.1, 0.2, 0.5),
+            eval_every=1,
+            meta_seeds=(0, 1),
+            p_th_sweep=(0.1, 0.5),
             eval_seeds=2,
             eval_steps=20,
             eval_lrs=(0.01, 0.001),
+            heldout_hidden_sizes=(12, 12),
         )
 
 
-def _runs(config: StudyConfig) -> dict[str, pes_train.Args]:
-    """Every meta-training run of the study, by name."""
-    base = dict(
+def _base_args(config: StudyConfig) -> dict:
+    return dict(
         outer_steps=config.outer_steps,
         num_pairs=config.num_pairs,
         truncation=config.truncation,
@@ -87,262 +115,390 @@ def _runs(config: StudyConfig) -> dict[str, pes_train.Args]:
         hidden_sizes=config.hidden_sizes,
         batch_size=config.batch_size,
         hidden_size=config.hidden_size,
-        seed=config.seed,
+        eval_every=config.eval_every,
         progress=False,
         checkpoint_every=max(1, config.outer_steps // 4),
     )
-    runs = {
-        mode: pes_train.Args(mode=mode, **base)
-        for mode in dict.fromkeys(MAIN + ABLATIONS)
+
+
+def runs(config: StudyConfig) -> dict[str, pes_train.Args]:
+    """Every meta-training run of the study, by name (``<method>_s<meta-seed>``)."""
+    base = _base_args(config)
+    out = {
+        f"{mode}_s{seed}": pes_train.Args(mode=mode, seed=seed, **base)
+        for mode in METHODS
+        for seed in config.meta_seeds
     }
+    first = config.meta_seeds[0]
+    for mode in ABLATIONS:
+        out[f"{mode}_s{first}"] = pes_train.Args(mode=mode, seed=first, **base)
+    default_p_th = pes_train.Args().p_th
     for p_th in config.p_th_sweep:
-        if p_th != 0.2:  # the main ELO run is p_th = 0.2 (the paper's default)
-            runs[f"elo_pth{p_th:g}"] = pes_train.Args(mode="elo", p_th=p_th, **base)
-    return runs
-
-
-def _pth_label(name: str) -> float:
-    return 0.2 if name == "elo" else float(name.removeprefix("elo_pth"))
+        if p_th != default_p_th:  # the main ELO run is the default p_th
+            out[f"elo_pth{p_th:g}_s{first}"] = pes_train.Args(
+                mode="elo", p_th=p_th, seed=first, **base
+            )
+    return out
 
 
 def meta_train(config: StudyConfig, out: pathlib.Path) -> dict[str, float]:
-    """Runs (or resumes) every meta-training run; returns wall seconds per run."""
-    seconds = {}
-    for i, (name, args) in enumerate(_runs(config).items()):
-        print(f"[{i + 1}/{len(_runs(config))}] meta-training {name}", file=sys.stderr)
+    """Runs every meta-training run not finished yet; returns wall seconds per run
+    (kept in ``timings.json`` across resumed studies)."""
+    timings_file = out / "timings.json"
+    seconds = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
+    todo = runs(config)
+    for i, (name, args) in enumerate(todo.items()):
+        run_dir = out / "runs" / name
+        if (run_dir / "lo.msgpack").is_file() and name in seconds:
+            continue
+        print(f"[{i + 1}/{len(todo)}] meta-training {name}", file=sys.stderr)
         tic = time.perf_counter()
-        pes_train.main(dataclasses.replace(args, run_dir=str(out / "runs" / name)))
-        seconds[name] = time.perf_counter() - tic
+        pes_train.main(dataclasses.replace(args, run_dir=str(run_dir)))
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - tic
+        out.mkdir(parents=True, exist_ok=True)
+        timings_file.write_text(json.dumps(seconds, indent=2))
     return seconds
 
 
-def _evaluate(config: StudyConfig, out: pathlib.Path, names, label: str) -> dict:
+def _evaluate(
+    config: StudyConfig, out: pathlib.Path, names: list[str], label: str, **task
+) -> dict:
+    """evaluate.run over ``names``, or its earlier results if the config matches."""
     eval_config = evaluate.EvalConfig(
         los=tuple((n, str(out / "runs" / n)) for n in names),
         steps=config.eval_steps,
         seeds=config.eval_seeds,
         lrs=config.eval_lrs,
         progress=False,
+        **task,
     )
+    results_file = out / label / "results.json"
+    if results_file.is_file():
+        saved = json.loads(results_file.read_text())
+        expected = json.loads(json.dumps(dataclasses.asdict(eval_config)))
+        expected["los"] = [list(x) for x in eval_config.los]
+        if saved["config"] == expected:
+            return saved
+    print(f"evaluating {label}", file=sys.stderr)
     return evaluate.run(eval_config, out / label)
 
 
-def _plot_p_th(results: dict, path: pathlib.Path) -> dict[str, dict]:
-    points = sorted(
-        ((_pth_label(n), results["final"][n]) for n in results["lo_labels"]),
-        key=lambda point: point[0],
-    )
-    xs = [p for p, _ in points]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-    for ax, key, title in zip(
-        axes,
-        ("valid_loss", "test_loss", "test_accuracy"),
-        ("validation loss", "test loss", "test accuracy"),
-        strict=True,
-    ):
-        means = [f[key]["mean"] for _, f in points]
-        stds = [f[key]["std"] for _, f in points]
-        ax.errorbar(
-            xs,
-            [m if m is not None else float("nan") for m in means],
-            yerr=[s if s is not None else 0.0 for s in stds],
-            marker="o",
-        )
-        ax.set_xscale("log")
-        ax.set_xlabel("p_th")
-        ax.set_title(f"{title} at step {results['steps']}")
-        ax.grid(alpha=0.3)
-    fig.suptitle("ELO p_th sweep (Fig. 6), mean ± std over seeds")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return {f"{p:g}": f for p, f in points}
+def _per_lo(final: dict) -> dict[str, float]:
+    """One LO's (or AdamW's) means over optimizee seeds, by results.json key."""
+    out = {}
+    for key, name in METRICS.items():
+        if name.endswith("_ratio"):
+            norm = name.removesuffix("_ratio")
+            first, last = final[f"{norm}_first"]["mean"], final[norm]["mean"]
+            value = None if first in (None, 0) or last is None else last / first
+        else:
+            value = final[name]["mean"]
+        out[key] = math.inf if value is None else float(value)
+    return out
 
 
-def _final_meta(run_dir: pathlib.Path) -> dict[str, float]:
-    columns = plot_meta_training.read_metrics(run_dir, ("meta_loss", "task_loss"))
-    columns = columns["columns"]
-    window = max(1, len(columns["meta_loss"]) // 10)
-    return {k: float(columns[k][-window:].mean()) for k in ("meta_loss", "task_loss")}
+def aggregate(result: dict, methods: tuple[str, ...], seeds: tuple[int, ...]) -> dict:
+    """Per method: mean and std over meta-seeds of the per-LO means, and AdamW's
+    (tuned lr; its std is over optimizee seeds, it has no meta-seed)."""
+    table = {}
+    for method in methods:
+        per_seed = [_per_lo(result["final"][f"{method}_s{s}"]) for s in seeds]
+        entry: dict[str, Any] = {"meta_seeds": list(seeds)}
+        for key in METRICS:
+            values = np.array([p[key] for p in per_seed], np.float64)
+            finite = bool(np.all(np.isfinite(values)))
+            entry[key] = float(values.mean()) if finite else None
+            entry[f"{key}_std"] = float(values.std()) if finite else None
+            entry[f"{key}_per_seed"] = [
+                float(v) if np.isfinite(v) else None for v in values
+            ]
+        table[method] = entry
+    adamw = result["final"][evaluate.ADAMW]
+    entry = {"meta_seeds": [], "lr": result["best_lr"]}
+    for key, value in _per_lo(adamw).items():
+        entry[key] = value if math.isfinite(value) else None
+        name = METRICS[key]
+        std = None if name.endswith("_ratio") else adamw[name]["std"]
+        entry[f"{key}_std"] = std
+    table[ADAMW] = entry
+    return table
 
 
-def _stat(final: dict, key: str) -> float:
-    value = final[key]["mean"]
-    return float("nan") if value is None else float(value)
+def _fmt(entry: dict, key: str, scale: float = 1.0, digits: int = 4) -> str:
+    mean, std = entry[key], entry[f"{key}_std"]
+    if mean is None:
+        return "diverged"
+    if std is None:
+        return f"{mean * scale:.{digits}f}"
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
 
 
-def _yes(condition: bool) -> str:
-    return "yes" if condition else "no"
-
-
-def _claims(main: dict, sweep: dict, meta: dict) -> list[str]:
-    """The paper's qualitative claims, checked on the measured numbers."""
-    f = main["final"]
-    elo, naive, adamw = f["elo"], f["naive"], f[evaluate.ADAMW]
-
-    def pair(key: str, a: dict, b: dict, scale: float = 1.0) -> str:
-        return f"{scale * _stat(a, key):.4g} vs {scale * _stat(b, key):.4g}"
-
-    better_train = _stat(elo, "train_loss") < _stat(naive, "train_loss")
-    better_acc = _stat(elo, "test_accuracy") > _stat(naive, "test_accuracy")
+def table_markdown(table: dict) -> str:
     lines = [
-        f"ELO-LO beats naive LO at {main['steps']} steps (10x): {_yes(better_train)} "
-        f"on final train loss ({pair('train_loss', elo, naive)}); {_yes(better_acc)} "
-        f"on test accuracy ({pair('test_accuracy', elo, naive, 100)} %)."
+        "| method | meta-seeds | train loss @10x | test accuracy (%) @10x | "
+        "test loss @10x | update norm end/start | param norm end/start |",
+        "|---|---|---|---|---|---|---|",
     ]
-    as_good_loss = _stat(elo, "test_loss") <= _stat(adamw, "test_loss")
-    as_good_acc = _stat(elo, "test_accuracy") >= _stat(adamw, "test_accuracy")
-    lines.append(
-        f"ELO-LO at least as good as tuned AdamW (lr {main['best_lr']:g}): "
-        f"{_yes(as_good_loss)} on test loss ({pair('test_loss', elo, adamw)}); "
-        f"{_yes(as_good_acc)} on test accuracy "
-        f"({pair('test_accuracy', elo, adamw, 100)} %)."
+    for method, entry in table.items():
+        name = method if method != ADAMW else f"AdamW (tuned lr {entry['lr']:g})"
+        lines.append(
+            f"| {name} | {len(entry['meta_seeds']) or '-'} | "
+            f"{_fmt(entry, 'train_loss_10x')} | "
+            f"{_fmt(entry, 'test_accuracy_10x', 100, 2)} | "
+            f"{_fmt(entry, 'test_loss_10x')} | "
+            f"{_fmt(entry, 'update_norm_ratio_10x', digits=3)} | "
+            f"{_fmt(entry, 'param_norm_ratio_10x', digits=3)} |"
+        )
+    return "\n".join(lines)
+
+
+def compare(table: dict, key: str, a: str, b: str, lower_is_better: bool) -> str:
+    """``a`` against ``b`` on ``key``: which is better, and whether the gap exceeds
+    the sum of their stds."""
+    x, y = table[a], table[b]
+    if x[key] is None or y[key] is None:
+        return f"{a} vs {b}: a run diverged"
+    better = x[key] < y[key] if lower_is_better else x[key] > y[key]
+    spread = (x[f"{key}_std"] or 0.0) + (y[f"{key}_std"] or 0.0)
+    exceeds = abs(x[key] - y[key]) > spread
+    return (
+        f"{a} {'better' if better else 'not better'} than {b} "
+        f"({x[key]:.4g} vs {y[key]:.4g}; the gap "
+        f"{'exceeds' if exceeds else 'is within'} the spread {spread:.2g})"
     )
-    buffer_task, elo_task = meta["buffer"]["task_loss"], meta["elo"]["task_loss"]
-    collapsed = buffer_task > 0.9 * math.log(10) or buffer_task > 2 * elo_task
+
+
+def claims(main: dict, heldout: dict) -> list[str]:
+    """The done-when claims of the study, answered from the measurements."""
+    lines = []
+    for other in ("adamw", "naive", "curriculum", "buffer"):
+        lines.append(compare(main, "train_loss_10x", "elo", other, True))
+    lines.append(compare(main, "test_accuracy_10x", "elo", "adamw", False))
     lines.append(
-        f"Buffer-only collapses: {_yes(collapsed)} (task loss over the last 10% of "
-        f"meta-training {buffer_task:.4g}, ELO {elo_task:.4g}, chance ln 10 = 2.303; "
-        "collapse = above 90% of chance or twice ELO's)."
+        "held-out family: " + compare(heldout, "train_loss_10x", "elo", "adamw", True)
     )
-    values = {p: _stat(v, "valid_loss") for p, v in sweep.items()}
-    best = min(values, key=values.get)
-    ends = (min(values, key=float), max(values, key=float))
-    lines.append(
-        f"p_th has an interior optimum: {_yes(best not in ends)} (lowest final "
-        f"validation loss at p_th = {best}; the sweep spans {ends[0]} to {ends[1]})."
-    )
+    for other in ("naive", "curriculum"):
+        lines.append(
+            "held-out family: "
+            + compare(heldout, "train_loss_10x", "elo", other, True)
+        )
     return lines
 
 
-def _copy_figure(src: pathlib.Path, figures: pathlib.Path, name: str) -> str:
-    figures.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, figures / name)
-    return f"figures/{name}"
-
-
-def write_report(
-    config: StudyConfig,
-    out: pathlib.Path,
-    report: pathlib.Path,
-    seconds: dict,
-    main: dict,
-    ablations: dict,
-    sweep_eval: dict,
-    total_s: float,
-) -> str:
-    """Writes results.md (and its figures beside it) from what the study measured."""
-    figures = report.parent / "figures"
-    plot_meta_training.run(
-        plot_meta_training.PlotConfig(
-            elo=str(out / "runs" / "elo"),
-            naive=str(out / "runs" / "naive"),
-            buffer=str(out / "runs" / "buffer"),
-        ),
-        out / "meta_plots",
+def _method_curves(result: dict, method: str, seeds, key: str) -> np.ndarray:
+    """(meta-seeds, points) curves, each the mean over optimizee seeds."""
+    return np.stack(
+        [
+            np.nanmean(np.asarray(result["curves"][f"{method}_s{s}"][key], float), 0)
+            for s in seeds
+        ]
     )
-    sweep = _plot_p_th(sweep_eval, out / "p_th_sweep.png")
-    meta = {n: _final_meta(out / "runs" / n) for n in seconds}
-    figs = {
-        "curves": _copy_figure(
-            out / "main" / "loss_curves.png", figures, "main_loss.png"
-        ),
-        "ablations": _copy_figure(
-            out / "ablations" / "loss_curves.png", figures, "ablation_loss.png"
-        ),
-        "p_th": _copy_figure(out / "p_th_sweep.png", figures, "p_th_sweep.png"),
-        "inner": _copy_figure(
-            out / "meta_plots" / "inner_steps.png", figures, "inner_steps.png"
-        ),
-        "meta": _copy_figure(
-            out / "meta_plots" / "meta_loss.png", figures, "meta_loss.png"
-        ),
-    }
-    settings = json.dumps(dataclasses.asdict(config))
-    cost_rows = "\n".join(f"| {n} | {s:.0f} |" for n, s in seconds.items())
-    meta_rows = "\n".join(
-        f"| {n} | {m['meta_loss']:.4g} | {m['task_loss']:.4g} |"
-        for n, m in meta.items()
+
+
+def plot_methods(result: dict, seeds, methods, path: pathlib.Path, title: str) -> None:
+    """Train loss, validation loss, update and param norm against the inner step:
+    each method's mean over meta-seeds with a min-max band over meta-seeds."""
+    steps = result["steps"]
+    window = max(1, steps // 100)
+    evals = np.asarray(result["eval_steps"])
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
+    panels = (
+        ("train_loss", "training loss (minibatch, moving average)"),
+        ("valid_loss", "validation loss"),
+        ("update_norm", "update norm (moving average)"),
+        ("param_norm", "parameter norm"),
     )
-    text = f"""# ELO at CPU scale: results on ELO-Digits-MLP
+    adamw = result["curves"][evaluate.ADAMW][str(result["best_lr"])]
+    for ax, (key, name) in zip(axes, panels, strict=True):
+        per_step = key in ("train_loss", "update_norm")
+        for method in methods:
+            curves = _method_curves(result, method, seeds, key)
+            if per_step:
+                curves = np.stack([evaluate._smooth(c, window) for c in curves])
+            x = np.arange(curves.shape[1]) + (window - 1) if per_step else evals
+            ax.plot(x, curves.mean(0), label=method, lw=1.5)
+            ax.fill_between(x, curves.min(0), curves.max(0), alpha=0.2, lw=0)
+        curve = np.nanmean(np.asarray(adamw[key], float), 0)
+        if per_step:
+            curve = evaluate._smooth(curve, window)
+        x = np.arange(curve.size) + (window - 1) if per_step else evals
+        ax.plot(x, curve, "k--", label=f"AdamW (lr {result['best_lr']:g})", lw=1.2)
+        for horizon in sorted(set(result["n_max"].values())):
+            ax.axvline(horizon, color="red", ls=":", lw=1)
+        ax.set_yscale("log")
+        ax.set_xlabel("inner step")
+        ax.set_title(name)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
-Produced by `python scripts/reproduce.py` (this file is generated; numbers are whatever
-the code measured). Task: {main["task"]["dataset"]} MLP, {main["task"]["num_params"]:,}
-parameters, batch {main["task"]["batch_size"]}, augmentation {main["task"]["augment"]}.
-Each LO was meta-trained with PES for {config.outer_steps} outer steps x
-{config.num_pairs} antithetic pairs x truncation {config.truncation} (the same compute
-for every run), meta-training horizon n_max = {config.n_max}; evaluation trains fresh
-optimizees for {main["steps"]} steps (10x) over {config.eval_seeds} seeds; AdamW (weight
-decay 1e-4) with the best of {len(config.eval_lrs)} learning rates picked on validation
-loss. Study settings: `{settings}`.
 
-## Claims of the paper, checked at this scale
-
-{chr(10).join("- " + line for line in _claims(main, sweep, meta))}
-
-## Table 1: ELO vs baselines at 10x the meta-training horizon
-
-{(out / "main" / "table.md").read_text()}
-![train and validation loss]({figs["curves"]})
-
-## Fig. 7: ablations
-
-{(out / "ablations" / "table.md").read_text()}
-![ablations]({figs["ablations"]})
-
-## Fig. 6: effect of p_th
-
-{(out / "p_th" / "table.md").read_text()}
-![p_th sweep]({figs["p_th"]})
-
-## Fig. 2: inner steps trained on, and meta-training stability
-
-![inner steps, elo vs naive]({figs["inner"]})
-![meta-loss, elo vs buffer-only]({figs["meta"]})
-
-Mean meta-loss and task loss over the last 10% of outer steps:
-
-| run | meta-loss | task loss |
-| --- | --- | --- |
-{meta_rows}
-
-## Compute
-
-Wall-clock seconds per meta-training run on this machine ({os.cpu_count()} CPU cores):
-
-| run | seconds |
-| --- | --- |
-{cost_rows}
-
-Total study time, evaluation included: {total_s / 60:.1f} minutes.
-"""
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(text)
-    return text
+def _single_seed_table(result: dict, names: list[str]) -> str:
+    lines = [
+        "| run | train loss @10x | test accuracy (%) | test loss | valid loss |",
+        "|---|---|---|---|---|",
+    ]
+    for name in [*names, evaluate.ADAMW]:
+        f = _per_lo(result["final"][name])
+        label = name if name != evaluate.ADAMW else f"AdamW (lr {result['best_lr']:g})"
+        lines.append(
+            f"| {label} | {f['train_loss_10x']:.4f} | "
+            f"{100 * f['test_accuracy_10x']:.2f} | {f['test_loss_10x']:.4f} | "
+            f"{f['valid_loss_10x']:.4f} |"
+        )
+    return "\n".join(lines)
 
 
 def run(
-    config: StudyConfig, out: str | pathlib.Path, report: str | pathlib.Path
-) -> str:
-    """The whole study; returns the report's text."""
+    config: StudyConfig,
+    out: str | pathlib.Path,
+    report: str | pathlib.Path,
+    results_json: str | pathlib.Path | None = None,
+) -> dict:
+    """The whole study (resuming what is done); returns what results.json holds."""
     tic = time.perf_counter()
     out, report = pathlib.Path(out), pathlib.Path(report)
+    results_json = pathlib.Path(results_json or report.with_suffix(".json"))
     seconds = meta_train(config, out)
-    sweep_names = ["elo" if p == 0.2 else f"elo_pth{p:g}" for p in config.p_th_sweep]
-    print("evaluating", file=sys.stderr)
-    main = _evaluate(config, out, MAIN, "main")
-    ablations = _evaluate(config, out, ABLATIONS, "ablations")
-    sweep_eval = _evaluate(config, out, sweep_names, "p_th")
-    return write_report(
+    seeds = config.meta_seeds
+    names = [f"{m}_s{s}" for m in METHODS for s in seeds]
+    main = _evaluate(config, out, names, "main")
+    heldout = _evaluate(
         config,
         out,
-        report,
-        seconds,
-        main,
-        ablations,
-        sweep_eval,
-        time.perf_counter() - tic,
+        names,
+        "heldout",
+        hidden_sizes=config.heldout_hidden_sizes,
+        activation=config.heldout_activation,
     )
+    first = seeds[0]
+    extra = [f"{m}_s{first}" for m in ABLATIONS]
+    sweep = [
+        f"elo_pth{p:g}_s{first}" if p != pes_train.Args().p_th else f"elo_s{first}"
+        for p in config.p_th_sweep
+    ]
+    ablations = _evaluate(
+        config, out, [f"elo_s{first}", f"buffer_s{first}", *extra], "ablations"
+    )
+    p_th = _evaluate(config, out, sweep, "p_th")
+    main_table = aggregate(main, METHODS, seeds)
+    heldout_table = aggregate(heldout, METHODS, seeds)
+    figures = report.parent / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    plot_methods(
+        main, seeds, METHODS, figures / "study_main.png",
+        f"ELO-Digits-MLP at 10x the horizon: mean over {len(seeds)} meta-seeds, "
+        "band = min-max over meta-seeds",
+    )  # fmt: skip
+    plot_methods(
+        heldout, seeds, METHODS, figures / "study_heldout.png",
+        f"held-out MLP {config.heldout_hidden_sizes} {config.heldout_activation} "
+        "(never meta-trained on)",
+    )  # fmt: skip
+    plot_meta_training.run(
+        plot_meta_training.PlotConfig(
+            elo=str(out / "runs" / f"elo_s{first}"),
+            naive=str(out / "runs" / f"naive_s{first}"),
+            buffer=str(out / "runs" / f"buffer_s{first}"),
+        ),
+        out / "meta_plots",
+    )
+    for name in ("inner_steps.png", "meta_loss.png"):
+        shutil.copyfile(out / "meta_plots" / name, figures / name)
+    meta_train_s = sum(seconds.values())
+    study_s = time.perf_counter() - tic
+    results = {
+        "methods": main_table,
+        "heldout": heldout_table,
+        "task": main["task"],
+        "heldout_task": heldout["task"],
+        "steps_10x": main["steps"],
+        "study": {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in dataclasses.asdict(config).items()
+        },
+        "pes_defaults": {
+            k: v
+            for k, v in dataclasses.asdict(pes_train.Args().resolved()).items()
+            if k not in ("run_dir", "progress", "seed", "mode")
+        },
+        "claims": claims(main_table, heldout_table),
+        "ablations": {n: _per_lo(ablations["final"][n]) for n in ablations["final"]},
+        "p_th_sweep": {n: _per_lo(p_th["final"][n]) for n in p_th["final"]},
+        "seconds": {"meta_training": meta_train_s, "meta_training_per_run": seconds},
+    }
+    eval_s = sum(
+        r["compute"]["wall_seconds"] for r in (main, heldout, ablations, p_th)
+    )
+    results["seconds"]["evaluation"] = eval_s
+    results["seconds"]["total"] = meta_train_s + eval_s
+    results["seconds"]["this_invocation"] = study_s
+    results_json.parent.mkdir(parents=True, exist_ok=True)
+    results_json.write_text(json.dumps(results, indent=2, allow_nan=False))
+    report.write_text(_report(config, results, ablations, p_th, figures, report))
+    return results
+
+
+def _report(config, results, ablations, p_th, figures, report) -> str:
+    rel = os.path.relpath(figures, report.parent)
+    s = results["seconds"]
+    return f"""# ELO at CPU scale, with meta-seeds
+
+Generated by `python scripts/reproduce.py` (numbers are what the code measured).
+Meta-training task: {results["task"]["dataset"]} MLP
+{results["task"]["hidden_sizes"]}, {results["task"]["num_params"]:,} parameters,
+batch {results["task"]["batch_size"]}. Each LO: PES for {config.outer_steps} outer
+steps x {config.num_pairs} pairs x truncation {config.truncation}, horizon n_max =
+{config.n_max}, every other setting at `pes_train`'s defaults (below); the exported LO
+is the one the run's own validation picked. Evaluation: fresh optimizees trained
+{results["steps_10x"]} steps (10x) with each LO, {config.eval_seeds} optimizee seeds;
+AdamW (wd 1e-4) tuned over {", ".join(f"{lr:g}" for lr in config.eval_lrs)} on
+validation loss. Rows: mean ± std over meta-seeds of each LO's mean over optimizee
+seeds (AdamW: std over optimizee seeds). Train loss is the mean minibatch loss of the
+last {max(1, results["steps_10x"] // 50)} steps.
+
+## In distribution: ELO-Digits-MLP
+
+{table_markdown(results["methods"])}
+
+![study, in distribution]({rel}/study_main.png)
+
+## Held-out family: MLP {results["heldout_task"]["hidden_sizes"]}, \
+{results["heldout_task"]["activation"]}, {results["heldout_task"]["num_params"]:,} \
+parameters (no LO saw it)
+
+{table_markdown(results["heldout"])}
+
+![study, held-out family]({rel}/study_heldout.png)
+
+## Claims, answered by the numbers
+
+{chr(10).join("- " + c for c in results["claims"])}
+
+## Ablations (one meta-seed)
+
+{_single_seed_table(ablations, ablations["lo_labels"])}
+
+## p_th sweep (one meta-seed)
+
+{_single_seed_table(p_th, p_th["lo_labels"])}
+
+## Meta-training
+
+![inner steps]({rel}/inner_steps.png)
+![meta-loss]({rel}/meta_loss.png)
+
+`pes_train` defaults used: `{json.dumps(results["pes_defaults"])}`.
+
+## Compute
+
+{os.cpu_count()} CPU cores. Meta-training {s["meta_training"] / 60:.1f} min
+({len(s["meta_training_per_run"])} runs), evaluation {s["evaluation"] / 60:.1f} min,
+total {s["total"] / 60:.1f} min.
+"""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -354,7 +510,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--report",
         default=None,
-        help="results.md path (default docs/results.md; --quick: OUT)",
+        help="results.md path (default docs/results.md; --quick: OUT/results.md); "
+        "results.json goes beside it",
     )
     parser.add_argument("--outer-steps", type=int, default=None)
     a = parser.parse_args(argv)

@@ -17,6 +17,7 @@ from types import ModuleType
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 import elo_gym
@@ -148,12 +149,44 @@ def test_pick_best_lr_skips_diverged():
     assert evaluate.pick_best_lr(finals) == 0.001
 
 
+def test_update_and_param_norms(result):
+    """param_norm at step 0 is the norm of the seed's initial params (computed here
+    without the evaluation code), and AdamW's first update moves each parameter with
+    a nonzero gradient by about lr: its norm is at most lr sqrt(P)."""
+    res, _ = result
+    task = evaluate.make_task(res["config"]["env"], hidden_sizes=HIDDEN)
+    init_norms = [
+        float(
+            optax.tree.norm(task.init(jax.random.split(jax.random.PRNGKey(seed))[0]))
+        )
+        for seed in range(SEEDS)
+    ]
+    for label in ("a", "a_file"):
+        curves = res["curves"][label]
+        assert np.shape(curves["update_norm"]) == (SEEDS, STEPS)
+        assert np.shape(curves["param_norm"]) == (SEEDS, len(res["eval_steps"]))
+        np.testing.assert_allclose(
+            np.asarray(curves["param_norm"])[:, 0], init_norms, rtol=1e-5
+        )
+    adamw = res["curves"]["AdamW"]["0.01"]
+    first = np.asarray(adamw["update_norm"])[:, 0]
+    num_params = task.num_params()
+    assert np.all(first <= 0.01 * np.sqrt(num_params) * 1.001)
+    assert np.all(first > 0.01 * np.sqrt(num_params) / 2)
+    # Adam's steps shrink as its second moments fill; they do not grow.
+    later = np.asarray(adamw["update_norm"])[:, -4:].mean(axis=1)
+    assert np.all(later < first)
+    summary = res["final"]["AdamW"]
+    assert summary["update_norm_first"]["mean"] > summary["update_norm"]["mean"]
+
+
 def test_plots_are_pngs(result):
     res, out = result
     assert set(res["plots"]) == {
         "loss_curves.png",
         "train_loss.png",
         "valid_loss.png",
+        "norms.png",
         "adamw_sweep.png",
     }
     for name in res["plots"]:
@@ -243,6 +276,8 @@ def test_diverged_seed_is_null_in_json_and_marked_in_table():
         "valid_accuracy": np.array([[0.1, 0.9], [0.1, 0.1]]),
         "test_loss": np.array([[2.0, 0.5], [2.0, np.nan]]),
         "test_accuracy": np.array([[0.1, 0.8], [0.1, 0.1]]),
+        "update_norm": np.array([[1.0, 0.5, 0.25], [1.0, np.nan, np.nan]]),
+        "param_norm": np.array([[3.0, 6.0], [3.0, np.nan]]),
     }
     summary = evaluate._summary(curves, train_window=2)
     assert summary["test_loss"] == {"mean": None, "std": None}
