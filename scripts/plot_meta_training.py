@@ -10,6 +10,12 @@
   buffer-only (buffer restarts, no behavior cloning). The ELO meta-loss
   ``(1 - alpha) L_bc + alpha L_task`` is mostly L_bc early on, so a second panel shows
   the task loss of both runs, which compares like with like.
+- ``validation.png``: the periodic validation the PES agent runs (``--eval-every``):
+  each LO of the meta-training trajectory trains fresh optimizees for 10x the
+  horizon; its validation loss, and its update and parameter norms at the end over
+  those at the start, against the outer step, with Adam's (lr 1e-3) as a reference.
+  An LO drifting into "big constant steps" shows here as a flat update norm and a
+  growing parameter norm.
 
 Usage::
 
@@ -30,6 +36,15 @@ import numpy as np
 
 HIST_COLUMNS = ("outer_step", "mean_inner_step", "max_inner_step")
 LOSS_COLUMNS = ("outer_step", "meta_loss", "task_loss")
+VALIDATION_PANELS = (
+    ("valid_loss", "validation loss at 10x the horizon"),
+    ("update_norm_ratio", "update norm, end / start"),
+    ("param_norm_ratio", "parameter norm, end / start"),
+)
+VALIDATION_COLUMNS = (
+    "outer_step",
+    *(f"val_{who}_{k}" for who in ("lo", "adam") for k, _ in VALIDATION_PANELS),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,6 +197,51 @@ def plot_meta_loss(elo: dict, buffer: dict, path: pathlib.Path, smooth: int) -> 
     return stats
 
 
+def plot_validation(runs: list[dict], path: pathlib.Path) -> dict:
+    """The periodic validation of each run's LO against the outer step; returns the
+    last validated values per run."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    summary = {}
+    for run in runs:
+        c = run["columns"]
+        rows = np.isfinite(c["val_lo_valid_loss"])
+        x = c["outer_step"][rows] + 1  # validated after the step
+        for ax, (key, _) in zip(axes, VALIDATION_PANELS, strict=True):
+            ax.plot(x, c[f"val_lo_{key}"][rows], marker="o", ms=3, label=run["name"])
+        summary[run["name"]] = {
+            f"{who}_{key}": float(c[f"val_{who}_{key}"][rows][-1])
+            for who in ("lo", "adam")
+            for key, _ in VALIDATION_PANELS
+        }
+    reference = runs[0]["columns"]
+    rows = np.isfinite(reference["val_adam_valid_loss"])
+    for ax, (key, title) in zip(axes, VALIDATION_PANELS, strict=True):
+        ax.axhline(
+            reference[f"val_adam_{key}"][rows][-1], color="k", ls="--", label="Adam"
+        )
+        ax.set_yscale("log")
+        ax.set_xlabel("outer step")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("each LO of meta-training, on fresh optimizees for 10x the horizon")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return summary
+
+
+def _validated(run_dir: str) -> dict | None:
+    """The run's validation columns, or None if it never validated."""
+    try:
+        run = read_metrics(run_dir, VALIDATION_COLUMNS)
+    except ValueError:  # a run from before periodic validation, or eval_every 0
+        return None
+    return run if np.isfinite(run["columns"]["val_lo_valid_loss"]).any() else None
+
+
 def run(config: PlotConfig, workdir: str | pathlib.Path) -> dict:
     """Writes the figures the given runs allow; returns {figure: summary numbers}.
 
@@ -208,6 +268,10 @@ def run(config: PlotConfig, workdir: str | pathlib.Path) -> dict:
         written["meta_loss.png"] = plot_meta_loss(
             elo, buffer, out / "meta_loss.png", config.smooth
         )
+    given = [r for r in (config.elo, config.naive, config.buffer) if r is not None]
+    validated = [v for v in map(_validated, given) if v is not None]
+    if validated:
+        written["validation.png"] = plot_validation(validated, out / "validation.png")
     (out / "meta_training_plots.json").write_text(json.dumps(written, indent=2))
     return written
 

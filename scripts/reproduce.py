@@ -279,8 +279,7 @@ def claims(main: dict, heldout: dict) -> list[str]:
     )
     for other in ("naive", "curriculum"):
         lines.append(
-            "held-out family: "
-            + compare(heldout, "train_loss_10x", "elo", other, True)
+            "held-out family: " + compare(heldout, "train_loss_10x", "elo", other, True)
         )
     return lines
 
@@ -430,9 +429,7 @@ def run(
         "p_th_sweep": {n: _per_lo(p_th["final"][n]) for n in p_th["final"]},
         "seconds": {"meta_training": meta_train_s, "meta_training_per_run": seconds},
     }
-    eval_s = sum(
-        r["compute"]["wall_seconds"] for r in (main, heldout, ablations, p_th)
-    )
+    eval_s = sum(r["compute"]["wall_seconds"] for r in (main, heldout, ablations, p_th))
     results["seconds"]["evaluation"] = eval_s
     results["seconds"]["total"] = meta_train_s + eval_s
     results["seconds"]["this_invocation"] = study_s

@@ -135,3 +135,36 @@ def test_cli(runs, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "meta_loss.png" in json.loads(proc.stdout)
     assert _is_png(tmp_path / "cli" / "meta_loss.png")
+
+
+def test_validation_figure_from_a_real_run(tmp_path):
+    """A tiny PES run that validates twice: validation.png plots its LO at 10x the
+    horizon against Adam, and the summary holds the last validated values."""
+    from elo_gym.agents import pes_train
+
+    run_dir = tmp_path / "elo"
+    pes_train.main(
+        pes_train.Args(
+            run_dir=str(run_dir),
+            num_pairs=2,
+            truncation=4,
+            outer_steps=4,
+            n_min=2,
+            n_max=6,
+            hidden_sizes=(10,),
+            batch_size=32,
+            hidden_size=8,
+            eval_every=2,
+            progress=False,
+        )
+    )
+    naive = fake_run(tmp_path / "naive", np.full(4, 25.0), np.full(4, 2.0))
+    written = plot.run(plot.PlotConfig(elo=str(run_dir), naive=str(naive)), tmp_path)
+    assert _is_png(tmp_path / "validation.png")
+    summary = written["validation.png"]
+    assert list(summary) == ["elo"]  # the fake naive run never validated
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    assert summary["elo"]["lo_valid_loss"] == pytest.approx(
+        float(rows[3]["val_lo_valid_loss"])
+    )
+    assert 0 < summary["elo"]["adam_update_norm_ratio"] < 1  # Adam anneals
