@@ -174,6 +174,11 @@ class Args:
     """Optimizee batch size (default: the env's)."""
     hidden_sizes: tuple[int, ...] | None = None
     """Optimizee MLP widths (default: the env's)."""
+    max_shift: int | None = None
+    """MLP tasks: random image shifts of up to this many pixels (default: the env's)."""
+    noise_std: float | None = None
+    """MLP tasks: Gaussian pixel noise per training batch, so that the meta-training
+    task cannot be memorized (default: none)."""
     data_dir: str | None = None
     """Where datasets on disk live (ImageNet-32)."""
     hidden_size: int = 32
@@ -252,6 +257,8 @@ def env_settings(args: Args) -> env.EnvSettings:
     return env.EnvSettings(
         **registration.ENV_IDS[args.env],
         hidden_sizes=args.hidden_sizes,
+        max_shift=args.max_shift,
+        noise_std=args.noise_std,
         batch_size=args.batch_size,
         data_dir=args.data_dir,
         mode=reset_mode,

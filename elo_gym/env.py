@@ -34,6 +34,8 @@ class EnvSettings:
     activation: str | None = None  # mlp: None -> relu
     batch_size: int | None = None  # None: the task's default
     augment: bool | None = None  # image models: None -> the dataset's default
+    max_shift: int | None = None  # mlp: random shifts of up to this many pixels
+    noise_std: float | None = None  # mlp: Gaussian pixel noise (None: none)
     width: int | None = None  # resnet18: first-stage channels; gpt2mini: model width
     context_length: int | None = None  # gpt2mini: tokens per window
     text_files: tuple[str, ...] | None = None  # gpt2mini on dataset "text"
@@ -64,6 +66,8 @@ class EnvSettings:
             activation=self.activation,
             batch_size=self.batch_size,
             augment=self.augment,
+            max_shift=self.max_shift,
+            noise_std=self.noise_std,
             width=self.width,
             context_length=self.context_length,
             text_files=None if self.text_files is None else tuple(self.text_files),

@@ -67,7 +67,15 @@ class Task(Protocol):
 MODELS: dict[str, tuple[Callable[..., Task], tuple[str, ...]]] = {
     "mlp": (
         make_image_mlp_task,
-        ("hidden_sizes", "activation", "batch_size", "augment", "data_dir"),
+        (
+            "hidden_sizes",
+            "activation",
+            "batch_size",
+            "augment",
+            "max_shift",
+            "noise_std",
+            "data_dir",
+        ),
     ),
     "resnet18": (make_resnet_task, ("width", "batch_size", "augment", "data_dir")),
     "gpt2mini": (

@@ -173,3 +173,18 @@ def test_evaluate_weights_every_example_once(task: ImageMLPTask) -> None:
     expected = _reference_metrics(task, params, images, labels)
     np.testing.assert_allclose(metrics["loss"], expected["loss"], rtol=1e-5)
     np.testing.assert_allclose(metrics["accuracy"], expected["accuracy"], atol=1e-6)
+
+
+def test_augmentation_strength_is_an_option_of_the_factory_and_the_env():
+    from elo_gym.env import EnvSettings
+    from elo_gym.envs import make_task
+
+    task = make_task("mlp", "digits", max_shift=2, noise_std=0.1)
+    assert (task.max_shift, task.noise_std, task.augment) == (2, 0.1, True)
+    assert EnvSettings(noise_std=0.05).task().noise_std == 0.05
+    assert EnvSettings().task().noise_std == 0.0  # the default stays noise-free
+    data = task.load_data()
+    key = jax.random.PRNGKey(0)
+    noisy, _ = task.sample_batch(data, key)
+    clean, _ = make_task("mlp", "digits", max_shift=2).sample_batch(data, key)
+    assert not np.array_equal(np.asarray(noisy), np.asarray(clean))

@@ -156,9 +156,7 @@ def test_update_and_param_norms(result):
     res, _ = result
     task = evaluate.make_task(res["config"]["env"], hidden_sizes=HIDDEN)
     init_norms = [
-        float(
-            optax.tree.norm(task.init(jax.random.split(jax.random.PRNGKey(seed))[0]))
-        )
+        float(optax.tree.norm(task.init(jax.random.split(jax.random.PRNGKey(seed))[0])))
         for seed in range(SEEDS)
     ]
     for label in ("a", "a_file"):
