@@ -166,6 +166,44 @@ def test_optax_face_trains_any_pytree_under_jit():
     assert int(s1.count) == 1
 
 
+def _gradient_following_lo() -> lopt.MetaParams:
+    """An LO whose output is d = its first input (the gradient normalized per tensor)
+    and m = 0: relu(g) - relu(-g) through the three layers. It must descend."""
+    meta = elo_gym.init_meta_params(jax.random.key(0))
+    mlp = jax.tree.map(jnp.zeros_like, meta.mlp)
+    mlp["Dense_0"]["kernel"] = mlp["Dense_0"]["kernel"].at[0, :2].set([1.0, -1.0])
+    mlp["Dense_1"]["kernel"] = mlp["Dense_1"]["kernel"].at[[0, 1], [0, 1]].set(1.0)
+    mlp["Dense_2"]["kernel"] = mlp["Dense_2"]["kernel"].at[:2, 0].set([1.0, -1.0])
+    return meta._replace(mlp=mlp)
+
+
+def test_the_optax_face_descends(tmp_path):
+    """The update's sign and scale: an LO that outputs the normalized gradient lowers
+    the loss, through small_fc_lopt and through a saved and loaded LO alike."""
+    from elo_gym import checkpoint
+
+    params, loss = _tiny_model()
+    meta = _gradient_following_lo()
+    checkpoint.save_lo(tmp_path, meta)
+    for opt in (elo_gym.small_fc_lopt(meta), elo_gym.load_optimizer(tmp_path)):
+
+        @jax.jit
+        def train_step(params, state, opt=opt):
+            value, grads = jax.value_and_grad(loss)(params)
+            updates, state = opt.update(grads, state, params)
+            return optax.apply_updates(params, updates), state, value
+
+        p, state = params, opt.init(params)
+        losses = []
+        for _ in range(200):
+            p, state, value = train_step(p, state)
+            losses.append(float(value))
+        assert losses[-1] < 0.7 * losses[0], losses[::40]
+        # Each step moves a parameter by at most step_mult x its normalized gradient.
+        first, _ = opt.update(jax.grad(loss)(params), opt.init(params), params)
+        assert 0 < max(float(jnp.abs(u).max()) for u in jax.tree.leaves(first)) < 0.01
+
+
 def test_update_requires_params():
     opt = elo_gym.small_fc_lopt(elo_gym.init_meta_params(jax.random.key(0)))
     params = {"w": jnp.ones(3)}
@@ -205,7 +243,7 @@ def test_fast_paths_equal_features_then_mlp(cpu_layout, monkeypatch):
     assert len(tiled) == 4, "the test must exercise the tiled path"
     untiled = sum(math.prod(s) for s in shapes.values() if lopt._tile_rows(s) is None)
     assert untiled >= 2 * lopt.TILE_ELEMENTS, "the merged pass must run in tiles"
-    keys = iter(jax.random.split(jax.random.PRNGKey(0), 32))
+    keys = iter(jax.random.split(jax.random.PRNGKey(0), 64))
     params = {k: jax.random.normal(next(keys), s) for k, s in shapes.items()}
     meta = elo_gym.init_meta_params(next(keys))
     state = lopt.init_state(params)
@@ -229,7 +267,11 @@ def test_fast_paths_equal_features_then_mlp(cpu_layout, monkeypatch):
         }
         return explicit, fast, update
 
-    for _ in range(3):  # nonzero accumulators and step features
+    # Three steps for nonzero accumulators, then step counts where the slow step
+    # features (timescales 1,000 to 100,000) change: far past the tests' short runs.
+    for count in (None, None, None, 9_999, 123_456):
+        if count is not None:
+            state = state._replace(count=jnp.asarray(count, state.count.dtype))
         grads = {k: jax.random.normal(next(keys), s) for k, s in shapes.items()}
         explicit, fast, update = paths(meta, grads, state, params)
         updates, new_state = update[False]
