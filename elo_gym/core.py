@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.struct
 import jax
@@ -240,6 +240,33 @@ def unflatten_rows(task: Any, rows: jax.Array) -> Any:
     )
 
 
+class Episode(NamedTuple):
+    """How one episode runs (Alg. 1): where it starts and for how long."""
+
+    start_step: jax.Array  # () int32: K
+    episode_length: jax.Array  # () int32: N
+    push_step: jax.Array  # () int32: N_push in {K+1..K+N}
+    from_buffer: jax.Array  # () bool: restored from the replay buffer
+
+
+class Transition(NamedTuple):
+    """What one action does to one copy (Eq. 8-10), before any reset."""
+
+    snapshot: Snapshot  # the optimizee after the mixed update
+    reward: jax.Array  # -(meta-loss)
+    bc_loss: jax.Array  # L_bc of the action
+    diverged: jax.Array  # non-finite loss, params or reward
+    truncated: jax.Array  # the episode ran its N steps
+    push: jax.Array  # the snapshot goes into the buffer
+    loss_ema: jax.Array  # running mean of the loss (failure-aware push)
+
+
+def _episode_of(state: EnvState) -> Episode:
+    return Episode(
+        state.start_step, state.episode_length, state.push_step, state.from_buffer
+    )
+
+
 def _fresh_snapshot(cfg: EnvConfig, key: jax.Array) -> Snapshot:
     params, model_state = cfg.task.init_with_state(key)
     adam = demonstrator.adam_expert(cfg.expert_learning_rate).init(params)
@@ -263,7 +290,7 @@ def _begin_episode(
     buf: replay.ReplayBuffer,
     queue: jax.Array,
     p: EnvParams,
-) -> tuple[Snapshot, dict]:
+) -> tuple[Snapshot, Episode]:
     """Draws the start state and episode length (Alg. 1): one copy."""
     k_u, k_pick, k_init, k_len, k_push = jax.random.split(key, 5)
     snapshot = _fresh_snapshot(cfg, k_init)
@@ -278,7 +305,7 @@ def _begin_episode(
         )
     start = snapshot.lo.count
     length = _sample_length(cfg, k_len, p)
-    episode = dict(
+    episode = Episode(
         start_step=start,
         episode_length=length,
         push_step=start + jax.random.randint(k_push, (), 1, length + 1),
@@ -292,7 +319,7 @@ def _prepare(
     snapshot: Snapshot,
     key: jax.Array,
     p: EnvParams,
-    episode: dict,
+    episode: Episode,
     pushed: jax.Array,
     loss_ema: jax.Array,
     next_key: jax.Array,
@@ -327,7 +354,7 @@ def _prepare(
         pushed=pushed,
         loss_ema=loss_ema,
         key=next_key,
-        **episode,
+        **episode._asdict(),
     )
 
 
@@ -461,7 +488,9 @@ def _all_finite(tree: Any) -> jax.Array:
     )
 
 
-def _apply_action(cfg: EnvConfig, s: EnvState, action: jax.Array, p: EnvParams):
+def _apply_action(
+    cfg: EnvConfig, s: EnvState, action: jax.Array, p: EnvParams
+) -> Transition:
     """Eq. 8-10 for one copy: the mixed update, the reward and the push decision."""
     lo_update_rows = -lopt.step_from_action(action, cfg.step_mult, cfg.exp_mult)
     expert_rows = flatten_rows(s.expert_update)
@@ -489,7 +518,7 @@ def _apply_action(cfg: EnvConfig, s: EnvState, action: jax.Array, p: EnvParams):
         due |= s.loss > ema * (1.0 + p.push_tolerance)
     push = cfg.uses_buffer & due & ~s.pushed & ~diverged
     truncated = snapshot.lo.count - s.start_step >= s.episode_length
-    return snapshot, reward, bc, diverged, truncated, push, ema
+    return Transition(snapshot, reward, bc, diverged, truncated, push, ema)
 
 
 def step(
@@ -519,9 +548,8 @@ def step(
       episode that ran its N steps. Both restart the copy in the same call.
     """
     c = state.copies
-    snapshots, reward, bc, diverged, truncated, push, ema = jax.vmap(
-        _apply_action, (None, 0, 0, None)
-    )(cfg, c, actions, p)
+    moved = jax.vmap(_apply_action, (None, 0, 0, None))(cfg, c, actions, p)
+    snapshots, reward, bc, diverged, truncated, push, ema = moved
     buf = state.buffer
     if cfg.uses_buffer:
         buf = replay.push(buf, snapshots, push, _queues(cfg))
@@ -531,12 +559,7 @@ def step(
         done = jnp.repeat(done.reshape(-1, 2).any(axis=1), 2)
     keys = jax.vmap(lambda k: jax.random.split(k, 3))(c.key)
     k_next, k_batch, k_episode = keys[:, 0], keys[:, 1], keys[:, 2]
-    episode = dict(
-        start_step=c.start_step,
-        episode_length=c.episode_length,
-        push_step=c.push_step,
-        from_buffer=c.from_buffer,
-    )
+    episode = _episode_of(c)
 
     def restart(_):
         fresh, new_episode = jax.vmap(_begin_episode, (None, 0, None, 0, None))(

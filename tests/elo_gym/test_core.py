@@ -426,13 +426,13 @@ def test_restore_needs_a_filled_buffer_u_above_p_th_and_t_positive(begin_episode
     def frac(mode, buf, **kw):
         p = core.make_params(data, **{"p_th": 0.2, "n_min": 5, "n_max": 9, **kw})
         stored, episode = starts[mode](keys, buf, q, p)
-        restored = np.asarray(episode["from_buffer"])
+        restored = np.asarray(episode.from_buffer)
         # Restored episodes start at the snapshot's step K with its params; fresh
         # ones at K = 0. N_push lies in {K+1, ..., K+N}.
-        k, n = np.asarray(episode["start_step"]), np.asarray(episode["episode_length"])
+        k, n = np.asarray(episode.start_step), np.asarray(episode.episode_length)
         np.testing.assert_array_equal(k, np.where(restored, 50, 0))
         np.testing.assert_array_equal(stored.lo.count, k)
-        push = np.asarray(episode["push_step"])
+        push = np.asarray(episode.push_step)
         assert np.all((push >= k + 1) & (push <= k + n))
         if restored.any():
             i = int(np.flatnonzero(restored)[0])
