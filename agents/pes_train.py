@@ -162,6 +162,8 @@ class Args:
     meta_loss_split: Literal["train", "valid"] = "train"
     """Task term of the meta-loss on the step's training batch (Eq. 10) or on a
     held-out validation batch at the same params."""
+    expert_lr: float = 1e-3
+    """Learning rate of the Adam demonstrator that behavior cloning imitates."""
     alpha_schedule: Literal["linear", "hold_linear"] = "linear"
     """alpha_t = t/(T-1) (paper) or held at 0 first (authors' code); BC modes only."""
     hold_fraction: float = 0.2
@@ -272,6 +274,7 @@ def env_settings(args: Args) -> env.EnvSettings:
         push_policy=args.push_policy,
         bc_loss=args.bc_loss,
         meta_loss_split=args.meta_loss_split,
+        expert_learning_rate=args.expert_lr,
         paired=True,
     )
 

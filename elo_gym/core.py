@@ -105,6 +105,10 @@ class EnvConfig:
             raise ValueError(
                 f"paired copies need an even num_copies, got {self.num_copies}"
             )
+        if not self.expert_learning_rate > 0:
+            raise ValueError(
+                f"expert_learning_rate must be > 0, got {self.expert_learning_rate}"
+            )
         if self.buffer_scope == "pair" and not self.paired:
             raise ValueError("buffer_scope='pair' needs paired=True")
 

@@ -53,6 +53,7 @@ class EnvSettings:
     push_tolerance: float = 0.1
     bc_loss: str = "l2"
     meta_loss_split: str = "train"
+    expert_learning_rate: float = 1e-3  # the demonstrator Adam's lr (the paper's)
     paired: bool = False
 
     def task(self) -> envs.Task:
@@ -84,6 +85,7 @@ class EnvSettings:
             push_policy=self.push_policy,
             bc_loss=self.bc_loss,
             meta_loss_split=self.meta_loss_split,
+            expert_learning_rate=self.expert_learning_rate,
             paired=self.paired,
         )
 

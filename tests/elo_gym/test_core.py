@@ -171,6 +171,7 @@ def _check_bookkeeping(record):
         ),
         (dict(meta_loss_split="test"), "unknown meta_loss_split 'test'; valid: train"),
         (dict(buffer_size=0), "buffer_size must be >= 1, got 0"),
+        (dict(expert_learning_rate=0.0), "expert_learning_rate must be > 0, got 0.0"),
         (dict(num_copies=0), "num_copies must be >= 1"),
         (dict(num_copies=3, paired=True), "even num_copies, got 3"),
         (dict(num_copies=4, buffer_scope="pair"), "needs paired=True"),
@@ -714,3 +715,17 @@ def test_failure_aware_push_at_a_loss_rise(variants, data):
     assert pushed[2].all()
     np.testing.assert_array_equal(state.buffer.size, [2, 2])
     np.testing.assert_array_equal(state.buffer.snapshots.lo.count[:, :2], 3)
+
+
+def test_the_demonstrator_learning_rate_scales_the_expert(data):
+    """Adam's first step moves every parameter with a nonzero gradient by about its
+    learning rate: the expert follows ``expert_learning_rate``."""
+    p = core.make_params(data, n_min=10, n_max=10)
+    for lr in (1e-3, 4e-3):
+        cfg = core.EnvConfig(task=TASK, num_copies=2, expert_learning_rate=lr)
+        _, _, info = jax.jit(functools.partial(core.reset, cfg))(
+            core.copy_keys(cfg, 0), p
+        )
+        moves = np.abs(np.asarray(info["expert_update"]))
+        assert moves.max() == pytest.approx(lr, rel=1e-3)
+        assert np.median(moves[moves > 0]) == pytest.approx(lr, rel=0.05)
