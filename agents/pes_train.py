@@ -66,8 +66,14 @@ VALIDATION_METRICS = (
 )
 # The paper's preset and the CPU default; a flag given explicitly wins over both.
 PRESETS = {
+    # expert_lr: the cpu task's AdamW lr tuned on validation (docs/levers.md).
     "cpu": dict(
-        env="ELO-Digits-MLP", outer_steps=400, n_min=20, n_max=200, truncation=50
+        env="ELO-Digits-MLP",
+        outer_steps=400,
+        n_min=20,
+        n_max=200,
+        truncation=50,
+        expert_lr=4e-3,
     ),
     "paper": dict(
         env="ELO-ImageNet32-MLP",
@@ -76,6 +82,7 @@ PRESETS = {
         n_min=100,
         n_max=1000,
         truncation=50,
+        expert_lr=1e-3,
     ),
 }
 METRICS = (
@@ -129,8 +136,9 @@ class Args:
     """Std of the PES perturbations."""
     learning_rate: float = 3e-3
     """Peak AdamW learning rate of the outer optimizer."""
-    lr_schedule: Literal["constant", "warmup_cosine"] = "constant"
-    """Outer lr: constant (paper) or warmup then cosine decay (the authors' code)."""
+    lr_schedule: Literal["constant", "warmup_cosine"] = "warmup_cosine"
+    """Outer lr: constant (the paper) or warmup then cosine decay (the authors' code;
+    a last iterate as good as the best, docs/levers.md)."""
     warmup_fraction: float = 0.05
     """warmup_cosine: fraction of the outer steps spent warming up."""
     min_learning_rate: float = 1e-5
@@ -147,23 +155,26 @@ class Args:
     """Longest inner episode, the meta-training horizon (cpu: 200, paper: 1000)."""
     n_max_final: int | None = None
     """curriculum: n_max at the last outer step (default 10 x n_max)."""
-    p_th: float = 0.2
-    """Probability of a fresh start instead of a buffer restore."""
+    p_th: float = 0.05
+    """Probability of a fresh start instead of a buffer restore (the paper: 0.2;
+    0.05 had the lowest validation loss in the p_th sweep, docs/results.md)."""
     buffer_size: int = 4
     """Replay buffer capacity M."""
     buffer_scope: Literal["shared", "pair"] = "shared"
     """One buffer queue (paper) or one per antithetic pair (authors' code)."""
     push_policy: Literal["uniform", "failure_aware"] = "uniform"
     """When an episode pushes its snapshot."""
-    bc_loss: Literal["l2", "cosine_norm", "l2_relative"] = "l2"
-    """Behavior-cloning loss: Eq. 9, the authors' cosine + norm, or Eq. 9 / |dH|^2."""
+    bc_loss: Literal["l2", "cosine_norm", "l2_relative"] = "cosine_norm"
+    """Behavior-cloning loss: Eq. 9 (the paper), the authors' cosine + norm (whose
+    weight does not shrink with the optimizee's size), or Eq. 9 / |dH|^2."""
     bc_scale: float = 1.0
     """Multiplies L_bc in the meta-loss."""
     meta_loss_split: Literal["train", "valid"] = "train"
     """Task term of the meta-loss on the step's training batch (Eq. 10) or on a
     held-out validation batch at the same params."""
-    expert_lr: float = 1e-3
-    """Learning rate of the Adam demonstrator that behavior cloning imitates."""
+    expert_lr: float | None = None
+    """Learning rate of the Adam demonstrator that behavior cloning imitates (cpu:
+    4e-3, the digits AdamW lr picked on validation; paper: 1e-3)."""
     alpha_schedule: Literal["linear", "hold_linear"] = "linear"
     """alpha_t = t/(T-1) (paper) or held at 0 first (authors' code); BC modes only."""
     hold_fraction: float = 0.2
@@ -192,7 +203,7 @@ class Args:
     """Fresh optimizees per validation run."""
     eval_horizon_factor: int = 10
     """Validation runs train for this many times n_max inner steps."""
-    export: Literal["last", "best"] = "last"
+    export: Literal["last", "best"] = "best"
     """lo.msgpack: the last LO, or the one with the lowest validation loss at 10x the
     horizon among the periodic validation runs."""
     checkpoint_every: int = 50
@@ -238,7 +249,10 @@ class Args:
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
         if self.export == "best" and self.eval_every == 0:
-            raise ValueError("export='best' needs validation runs: set eval_every > 0")
+            raise ValueError(
+                "export='best' needs validation runs: set eval_every > 0, or "
+                "export='last'"
+            )
         if not 0.0 < self.alpha_end_fraction <= 1.0:
             raise ValueError(
                 f"alpha_end_fraction must be in (0, 1], got {self.alpha_end_fraction}"

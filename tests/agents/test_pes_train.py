@@ -274,7 +274,7 @@ def test_cli_smoke(tmp_path):
     )
     assert (run_dir / "lo.msgpack").is_file()
     # The end of the main job says where the LO is, how it did, and what to run next.
-    assert f"learned optimizer: {run_dir / 'lo.msgpack'} (last LO" in out.stdout
+    assert f"learned optimizer: {run_dir / 'lo.msgpack'} (best LO" in out.stdout
     assert "meta-loss" in out.stdout and "task loss" in out.stdout
     assert "at 10x the horizon (validation, outer step 2)" in out.stdout
     assert f"scripts/evaluate.py --lo bc={run_dir}" in out.stdout
@@ -296,6 +296,8 @@ def test_explicit_flags_win_over_the_preset():
     assert pes_train.Args(env="ELO-Digits-MLP", preset="paper").resolved().env == (
         "ELO-Digits-MLP"
     )
+    assert (cpu.expert_lr, paper.expert_lr) == (4e-3, 1e-3)
+    assert pes_train.Args(expert_lr=2e-3).resolved().expert_lr == 2e-3
 
 
 def test_validation_columns_and_best_export(reference_run, tmp_path):
