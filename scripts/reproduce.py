@@ -77,7 +77,7 @@ class StudyConfig:
     hidden_size: int = 32
     eval_every: int = 50  # outer steps between the runs' validation evaluations
     meta_seeds: tuple[int, ...] = (0, 1, 2)
-    p_th_sweep: tuple[float, ...] = (0.01, 0.05, 0.2, 0.5)
+    p_th_sweep: tuple[float, ...] = (0.05, 0.2)  # the default and the paper's
     eval_seeds: int = 3
     eval_steps: int | None = None  # None: 10 x n_max
     eval_lrs: tuple[float, ...] = evaluate.PAPER_LRS
