@@ -75,6 +75,7 @@ class ImageClassificationTask(abc.ABC):
     data_dir: str | None = None  # where datasets read from disk live
 
     model_name = "image"  # overridden by subclasses; names the family in configs
+    cpu_step_loop = "scan"  # see Task.cpu_step_loop
 
     def __post_init__(self) -> None:
         datasets.dataset_info(self.dataset)

@@ -106,6 +106,7 @@ class LanguageModelTask:
     eval_windows: int = 512  # windows of each evaluation split that evaluate() uses
 
     model_name = "gpt2mini"
+    cpu_step_loop = "scan"  # see Task.cpu_step_loop
 
     def __post_init__(self) -> None:
         if self.dataset not in LM_DATASETS:

@@ -82,6 +82,7 @@ class ResNetTask(ImageClassificationTask):
     width: int = 64  # channels of the first stage (64: the standard ResNet-18)
 
     model_name = "resnet18"
+    cpu_step_loop = "host"  # convolutions: see Task.cpu_step_loop
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -22,6 +22,10 @@ class Task(Protocol):
 
     batch_size: int
     model_name: str  # "mlp", "resnet18" or "gpt2mini"
+    # How a CPU best drives this model's inner steps: "scan" (one compiled loop) or
+    # "host" (a Python loop of jitted steps; XLA:CPU runs convolutions inside a
+    # compiled loop about 8x slower than alone).
+    cpu_step_loop: str
 
     @property
     def num_classes(self) -> int:

@@ -40,21 +40,22 @@ it should be asked for, not happen by a typo).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
 import math
+import os
 import pathlib
+import sys
 import time
-import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tyro
 from tqdm import tqdm
 
 import elo_gym
@@ -64,16 +65,35 @@ from elo_gym.env import EnvSettings
 from elo_gym.inner_loop import HostLoop, eval_steps, train_curves
 from elo_gym.lopt import EXP_MULT, STEP_MULT
 
+sys.path.insert(0, os.fspath(pathlib.Path(__file__).resolve().parent))
+import eval_report  # noqa: E402
+from eval_report import ADAMW  # noqa: E402
+
 PAPER_LRS = (0.01, 0.007, 0.004, 0.001, 0.0007, 0.0004, 0.0001)
 WEIGHT_DECAY = 1e-4
-ADAMW = "AdamW"
+
+
+def _labeled(
+    lo: Annotated[tuple[str, ...], tyro.conf.UseAppendAction],
+) -> tuple[tuple[str, str], ...]:
+    """LABEL=PATH of an LO run dir or checkpoint; repeat --lo for each LO."""
+    pairs = []
+    for text in lo:
+        label, sep, path = text.partition("=")
+        if not sep or not label or not path:
+            raise ValueError(f"--lo expects LABEL=PATH, got {text!r}")
+        pairs.append((label, path))
+    return tuple(pairs)
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     """Settings of one evaluation (all of it is written to results.json)."""
 
-    los: tuple[tuple[str, str], ...]  # (label, run dir or checkpoint path) per LO
+    # (label, run dir or checkpoint path) per LO; on the command line --lo LABEL=PATH.
+    los: Annotated[
+        tuple[tuple[str, str], ...], tyro.conf.arg(name="", constructor=_labeled)
+    ]
     env: str = "ELO-Digits-MLP"  # env id whose task the optimizees train on
     steps: int | None = None  # H; None: 10 x the largest meta-training n_max
     horizon_factor: int = 10  # H = horizon_factor x n_max when steps is None
@@ -243,218 +263,6 @@ def pick_best_lr(final_valid_loss: dict[float, np.ndarray]) -> float:
     return min(means, key=means.__getitem__)
 
 
-# --------------------------------------------------------------------------- outputs
-
-
-def _finite_or_none(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
-
-
-def _summary(
-    curves: dict[str, np.ndarray], train_window: int
-) -> dict[str, dict[str, float | None]]:
-    """Metrics at step H, mean and std over seeds (ddof 0); None where non-finite.
-
-    The training loss and the update norm are means over the last ``train_window``
-    steps: one minibatch alone is too noisy to rank methods by. ``update_norm_first``
-    and ``param_norm_first`` are the same at the start of training.
-    """
-    per_step = ("train_loss", "update_norm")
-    final = {
-        **{k: curves[k][:, -train_window:].mean(axis=1) for k in per_step},
-        **{k: v[:, -1] for k, v in curves.items() if k not in per_step},
-        # Where the run started, so growth (or annealing) reads off one row.
-        "update_norm_first": curves["update_norm"][:, :train_window].mean(axis=1),
-        "param_norm_first": curves["param_norm"][:, 0],
-    }
-    with np.errstate(invalid="ignore"):  # inf - inf in std: reported as None
-        return {
-            k: {
-                "mean": _finite_or_none(np.mean(v)),
-                "std": _finite_or_none(np.std(v)),
-            }
-            for k, v in final.items()
-        }
-
-
-def _jsonable(array: np.ndarray) -> list:
-    """Nested lists with non-finite values as null (strict JSON has no NaN)."""
-    as_object = np.where(np.isfinite(array), array, None).astype(object)
-    return [[None if x is None else float(x) for x in row] for row in as_object]
-
-
-def _smooth(y: np.ndarray, window: int) -> np.ndarray:
-    if window <= 1:
-        return y
-    kernel = np.ones(window) / window
-    return np.convolve(y, kernel, mode="valid")
-
-
-def _band(ax, x, per_seed: np.ndarray, label: str, color) -> None:
-    """Mean over seeds with a min-max band; diverged (NaN) seeds are left out."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all seeds NaN: a gap
-        mean = np.nanmean(per_seed, axis=0)
-        low, high = np.nanmin(per_seed, axis=0), np.nanmax(per_seed, axis=0)
-    ax.plot(x, mean, label=label, color=color, lw=1.5)
-    ax.fill_between(x, low, high, color=color, alpha=0.2, lw=0)
-
-
-def _horizons(ax, n_max: dict[str, int]) -> None:
-    for i, horizon in enumerate(sorted(set(n_max.values()))):
-        ax.axvline(
-            horizon,
-            color="red",
-            ls="--",
-            lw=1.2,
-            label="meta-training horizon" if i == 0 else None,
-        )
-
-
-def _plot_losses(ax, result: dict, which: str, window: int) -> None:
-    import matplotlib.pyplot as plt
-
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    methods = [*result["lo_labels"], ADAMW]
-    for i, method in enumerate(methods):
-        curves = result["curves"][method]
-        label = method
-        if method == ADAMW:
-            lr = result["best_lr"]
-            curves, label = curves[str(lr)], f"AdamW (lr {lr:g})"
-        per_seed = np.asarray(curves[which], dtype=float)
-        if which in ("train_loss", "update_norm"):
-            x = np.arange(per_seed.shape[1])  # loss of theta_n, before update n
-            per_seed = np.stack([_smooth(row, window) for row in per_seed])
-            x = x[window - 1 :] if window > 1 else x
-        else:
-            x = np.asarray(result["eval_steps"])
-        _band(ax, x, per_seed, label, colors[i % len(colors)])
-    _horizons(ax, result["n_max"])
-    ax.set_yscale("log")
-    ax.set_xlabel("inner step")
-    ax.grid(True, which="both", alpha=0.3)
-
-
-def write_plots(result: dict, out_dir: pathlib.Path, smooth: int | None) -> list[str]:
-    """Figs. 3-5-style PNGs; returns their file names."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps, seeds = result["steps"], result["config"]["seeds"]
-    window = smooth if smooth is not None else max(1, steps // 100)
-    window = min(max(1, window), steps)
-    titles = {
-        "train_loss": f"training loss (minibatch, moving average of {window})"
-        if window > 1
-        else "training loss (minibatch)",
-        "valid_loss": "validation loss",
-    }
-    written = []
-    suptitle = f"{result['config']['env']}: mean over {seeds} seeds, band = min-max"
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, which in zip(axes, titles, strict=True):
-        _plot_losses(ax, result, which, window)
-        ax.set_title(titles[which])
-    axes[0].legend(fontsize=8)
-    fig.suptitle(suptitle)
-    fig.tight_layout()
-    fig.savefig(out_dir / "loss_curves.png", dpi=120)
-    plt.close(fig)
-    written.append("loss_curves.png")
-    for which, title in titles.items():
-        fig, ax = plt.subplots(figsize=(6.5, 4.5))
-        _plot_losses(ax, result, which, window)
-        ax.set_title(f"{title}\n{suptitle}", fontsize=9)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        name = f"{which}.png"
-        fig.savefig(out_dir / name, dpi=120)
-        plt.close(fig)
-        written.append(name)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, which, title in (
-        (axes[0], "update_norm", f"update norm (moving average of {window})"),
-        (axes[1], "param_norm", "parameter norm"),
-    ):
-        _plot_losses(ax, result, which, window)
-        ax.set_title(title)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"{suptitle}: an LO that anneals shrinks its updates like AdamW")
-    fig.tight_layout()
-    fig.savefig(out_dir / "norms.png", dpi=120)
-    plt.close(fig)
-    written.append("norms.png")
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    cmap = plt.get_cmap("viridis")
-    lrs = result["config"]["lrs"]
-    for i, lr in enumerate(lrs):
-        per_seed = np.asarray(result["curves"][ADAMW][str(lr)]["valid_loss"], float)
-        color = cmap(i / max(1, len(lrs) - 1))
-        _band(ax, result["eval_steps"], per_seed, f"lr {lr:g}", color)
-    _horizons(ax, result["n_max"])
-    ax.set_yscale("log")
-    ax.set_xlabel("inner step")
-    ax.set_title(f"AdamW lr sweep: validation loss (best: {result['best_lr']:g})")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_dir / "adamw_sweep.png", dpi=120)
-    plt.close(fig)
-    written.append("adamw_sweep.png")
-    return written
-
-
-def _pm(stat: dict[str, float | None], scale: float = 1.0, digits: int = 4) -> str:
-    if stat["mean"] is None or stat["std"] is None:
-        return "diverged"  # non-finite on at least one seed
-    return f"{stat['mean'] * scale:.{digits}f} ± {stat['std'] * scale:.{digits}f}"
-
-
-def _growth(summary: dict, key: str) -> str:
-    """``first -> final (ratio x)`` of a norm's means over seeds."""
-    first, final = summary[f"{key}_first"]["mean"], summary[key]["mean"]
-    if first is None or final is None or first == 0:
-        return "diverged"
-    return f"{first:.3g} -> {final:.3g} ({final / first:.2f}x)"
-
-
-def table_markdown(result: dict) -> str:
-    """Table 1-style summary at the final step, mean ± std over seeds."""
-    cfg = result["config"]
-    lines = [
-        f"Task {cfg['env']}, H = {result['steps']} inner steps, {cfg['seeds']} seeds "
-        f"(mean ± std over seeds, at step H). Meta-training horizon(s): "
-        + (", ".join(f"{k} {v}" for k, v in result["n_max"].items()) or "unknown")
-        + ".",
-        "",
-        "| method | test accuracy (%) | test loss | validation loss | "
-        f"train loss (last {min(result['eval_every'], result['steps'])} "
-        "minibatches) | update norm, start -> H | param norm, start -> H |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for method in [*result["lo_labels"], ADAMW]:
-        summary = result["final"][method]
-        name = method
-        if method == ADAMW:
-            name = f"AdamW (lr {result['best_lr']:g}, wd {cfg['weight_decay']:g})"
-        lines.append(
-            f"| {name} | {_pm(summary['test_accuracy'], 100.0, 2)} | "
-            f"{_pm(summary['test_loss'])} | {_pm(summary['valid_loss'])} | "
-            f"{_pm(summary['train_loss'])} | {_growth(summary, 'update_norm')} | "
-            f"{_growth(summary, 'param_norm')} |"
-        )
-    lines += [
-        "",
-        "AdamW's lr was picked from "
-        + ", ".join(f"{lr:g}" for lr in cfg["lrs"])
-        + " by the mean final validation loss.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 # --------------------------------------------------------------------------- run
 
 
@@ -468,7 +276,7 @@ def _use_host_loop(config: EvalConfig, task: tasks.Task) -> bool:
         )
     if config.step_loop != "auto":
         return config.step_loop == "host"
-    return jax.default_backend() == "cpu" and task.model_name == "resnet18"
+    return jax.default_backend() == "cpu" and task.cpu_step_loop == "host"
 
 
 def run(config: EvalConfig, workdir: str | pathlib.Path) -> dict:
@@ -565,7 +373,9 @@ def run(config: EvalConfig, workdir: str | pathlib.Path) -> dict:
     best_lr = pick_best_lr(
         {lr: c["valid_loss"][:, -1] for lr, c in curves[ADAMW].items()}
     )
-    summary = functools.partial(_summary, train_window=min(eval_every, steps))
+    summary = functools.partial(
+        eval_report.final_summary, train_window=min(eval_every, steps)
+    )
     final = {label: summary(curves[label]) for label in optimizers}
     final[ADAMW] = summary(curves[ADAMW][best_lr])
     config_dict = dataclasses.asdict(config)
@@ -588,11 +398,11 @@ def run(config: EvalConfig, workdir: str | pathlib.Path) -> dict:
         "final": final,
         "curves": {
             **{
-                label: {k: _jsonable(v) for k, v in curves[label].items()}
+                label: {k: eval_report.jsonable(v) for k, v in curves[label].items()}
                 for label in optimizers
             },
             ADAMW: {
-                str(lr): {k: _jsonable(v) for k, v in c.items()}
+                str(lr): {k: eval_report.jsonable(v) for k, v in c.items()}
                 for lr, c in curves[ADAMW].items()
             },
         },
@@ -604,8 +414,8 @@ def run(config: EvalConfig, workdir: str | pathlib.Path) -> dict:
     }
     out_dir = pathlib.Path(workdir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    result["plots"] = write_plots(result, out_dir, config.smooth)
-    (out_dir / "table.md").write_text(table_markdown(result))
+    result["plots"] = eval_report.write_plots(result, out_dir, config.smooth)
+    (out_dir / "table.md").write_text(eval_report.table_markdown(result))
     result["compute"]["wall_seconds"] = time.perf_counter() - wall_start
     (out_dir / "results.json").write_text(json.dumps(result, allow_nan=False))
     return result
@@ -614,103 +424,32 @@ def run(config: EvalConfig, workdir: str | pathlib.Path) -> dict:
 # --------------------------------------------------------------------------- CLI
 
 
-def _labeled(text: str) -> tuple[str, str]:
-    label, sep, path = text.partition("=")
-    if not sep or not label or not path:
-        raise argparse.ArgumentTypeError(f"expected LABEL=PATH, got {text!r}")
-    return label, path
+def cli(
+    config: Annotated[EvalConfig, tyro.conf.arg(name="")],
+    out: str,
+) -> dict:
+    """Evaluates learned optimizers at 10x their horizon against LR-tuned AdamW.
 
-
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(",") if x)
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(x) for x in text.split(",") if x)
-
-
-def parse_args(argv: Sequence[str] | None = None) -> tuple[EvalConfig, str]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--lo",
-        type=_labeled,
-        action="append",
-        required=True,
-        metavar="LABEL=PATH",
-        help="an LO run dir or checkpoint (repeat)",
-    )
-    p.add_argument("--env", default=EvalConfig.env, help="env id of the task")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--steps", type=int, help="H (default: 10 x the runs' n_max)")
-    p.add_argument("--seeds", type=int, default=EvalConfig.seeds)
-    p.add_argument("--seed", type=int, default=EvalConfig.seed, help="first seed")
-    p.add_argument(
-        "--lrs",
-        type=_floats,
-        default=PAPER_LRS,
-        help="comma-separated AdamW lrs (default: the paper's 7)",
-    )
-    p.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY)
-    p.add_argument("--eval-every", type=int, help="default: about H / 50")
-    p.add_argument("--hidden-sizes", type=_ints, help="e.g. 32,32")
-    p.add_argument("--activation", help="MLP activation (relu, gelu, tanh, silu)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--data-dir")
-    p.add_argument("--dataset", help="override the env's dataset (e.g. text)")
-    p.add_argument("--width", type=int, help="ResNet-18 / GPT-2-mini width")
-    p.add_argument("--context-length", type=int, help="GPT-2-mini context")
-    p.add_argument(
-        "--text-files", nargs="+", help="plain-text files (GPT-2-mini, --dataset text)"
-    )
-    p.add_argument("--smooth", type=int, help="train-loss moving-average window")
-    p.add_argument(
-        "--allow-task-mismatch",
-        action="store_true",
-        help="evaluate LOs meta-trained on another env (OOD)",
-    )
-    p.add_argument(
-        "--step-loop",
-        choices=STEP_LOOPS,
-        default=EvalConfig.step_loop,
-        help="inner steps in a compiled loop (scan) or a Python loop (host); auto: "
-        "host for conv nets on CPU",
-    )
-    p.add_argument("--no-progress", action="store_true")
-    a = p.parse_args(argv)
-    config = EvalConfig(
-        los=tuple(a.lo),
-        env=a.env,
-        steps=a.steps,
-        seeds=a.seeds,
-        seed=a.seed,
-        lrs=a.lrs,
-        weight_decay=a.weight_decay,
-        eval_every=a.eval_every,
-        hidden_sizes=a.hidden_sizes,
-        activation=a.activation,
-        batch_size=a.batch_size,
-        data_dir=a.data_dir,
-        dataset=a.dataset,
-        width=a.width,
-        context_length=a.context_length,
-        text_files=None if a.text_files is None else tuple(a.text_files),
-        allow_task_mismatch=a.allow_task_mismatch,
-        smooth=a.smooth,
-        step_loop=a.step_loop,
-        progress=not a.no_progress,
-    )
-    return config, a.out
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: parse flags, run, print the table and where the outputs went."""
-    config, out = parse_args(argv)
+    Args:
+      config: what to evaluate and how.
+      out: output directory.
+    """
     result = run(config, out)
     print((pathlib.Path(out) / "table.md").read_text())
     print(
         f"wrote {out}/results.json, table.md, {', '.join(result['plots'])} "
         f"in {result['compute']['wall_seconds']:.1f} s"
     )
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """CLI: parse flags (a bad one prints what is wrong and exits 2), run, print."""
+    try:
+        tyro.cli(cli, args=argv)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"evaluate.py: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

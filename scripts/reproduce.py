@@ -46,6 +46,7 @@ from elo_gym.agents import pes_train  # noqa: E402
 sys.path.insert(0, os.fspath(pathlib.Path(__file__).resolve().parent))
 import evaluate  # noqa: E402
 import plot_meta_training  # noqa: E402
+from eval_report import moving_average as smooth  # noqa: E402
 
 METHODS = ("elo", "naive", "curriculum", "buffer")
 ABLATIONS = ("bc", "uniform")
@@ -313,13 +314,15 @@ def plot_methods(result: dict, seeds, methods, path: pathlib.Path, title: str) -
         for method in methods:
             curves = _method_curves(result, method, seeds, key)
             if per_step:
-                curves = np.stack([evaluate._smooth(c, window) for c in curves])
+                curves = np.stack(
+                    [evaluate.eval_report.moving_average(c, window) for c in curves]
+                )
             x = np.arange(curves.shape[1]) + (window - 1) if per_step else evals
             ax.plot(x, curves.mean(0), label=method, lw=1.5)
             ax.fill_between(x, curves.min(0), curves.max(0), alpha=0.2, lw=0)
         curve = np.nanmean(np.asarray(adamw[key], float), 0)
         if per_step:
-            curve = evaluate._smooth(curve, window)
+            curve = smooth(curve, window)
         x = np.arange(curve.size) + (window - 1) if per_step else evals
         ax.plot(x, curve, "k--", label=f"AdamW (lr {result['best_lr']:g})", lw=1.2)
         for horizon in sorted(set(result["n_max"].values())):

@@ -89,7 +89,7 @@ def _cli_flags(runs: Path, out: Path) -> list[str]:
         "--seeds",
         str(SEEDS),
         "--lrs",
-        ",".join(map(str, LRS)),
+        *map(str, LRS),
         "--eval-every",
         str(EVAL_EVERY),
         "--no-progress",
@@ -277,13 +277,16 @@ def test_diverged_seed_is_null_in_json_and_marked_in_table():
         "update_norm": np.array([[1.0, 0.5, 0.25], [1.0, np.nan, np.nan]]),
         "param_norm": np.array([[3.0, 6.0], [3.0, np.nan]]),
     }
-    summary = evaluate._summary(curves, train_window=2)
+    summary = evaluate.eval_report.final_summary(curves, train_window=2)
     assert summary["test_loss"] == {"mean": None, "std": None}
     assert summary["test_accuracy"]["mean"] == pytest.approx(0.45)
     json.dumps(summary, allow_nan=False)  # strict JSON
-    assert evaluate._jsonable(curves["train_loss"])[1] == [2.0, None, None]
-    assert evaluate._pm(summary["test_loss"]) == "diverged"
-    assert evaluate._pm(summary["test_accuracy"], 100.0, 2) == "45.00 ± 35.00"
+    assert evaluate.eval_report.jsonable(curves["train_loss"])[1] == [2.0, None, None]
+    assert evaluate.eval_report.mean_pm_std(summary["test_loss"]) == "diverged"
+    assert (
+        evaluate.eval_report.mean_pm_std(summary["test_accuracy"], 100.0, 2)
+        == "45.00 ± 35.00"
+    )
 
 
 @pytest.mark.parametrize("env_id", ["ELO-ImageNet32-ResNet18", "ELO-FineWeb-GPT2Mini"])
