@@ -36,10 +36,14 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # The adapters pull in stable-baselines3 and torch when used: import them lazily so
+    # The adapters (stable-baselines3, torch) and torch_optim (torch) import lazily so
     # `import elo_gym` stays light.
     if name in ("RowDemoStream", "SB3RowVecEnv"):
         from elo_gym import adapters
 
         return getattr(adapters, name)
+    if name == "torch_optim":
+        import importlib
+
+        return importlib.import_module("elo_gym.torch_optim")
     raise AttributeError(f"module 'elo_gym' has no attribute {name!r}")

@@ -719,7 +719,7 @@ def small_fc_lopt(
     """small_fc_lopt as an ``optax.GradientTransformation``.
 
     Works on any params pytree. ``update`` needs ``params``; the returned updates are
-    new params minus params. Non-finite gradient entries produce no move on that entry.
+    new params minus params. Non-finite gradient entries count as zero gradient.
     ``merged``: as for :func:`lopt_update` (for meta-parameters vmapped per copy).
 
     Example:

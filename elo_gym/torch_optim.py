@@ -1,0 +1,366 @@
+"""A meta-trained small_fc_lopt as a ``torch.optim.Optimizer``.
+
+The same math as :mod:`elo_gym.lopt` (accumulators, 39 features, per-parameter MLP,
+update), written with torch ops; ``tests/elo_gym/test_torch_optim.py`` checks it
+against the golden fixture and against the optax face :func:`elo_gym.small_fc_lopt`.
+
+Example:
+  >>> import elo_gym.torch_optim  # doctest: +SKIP
+  >>> opt = elo_gym.torch_optim.load("runs/my_run", model.parameters())
+  >>> loss.backward(); opt.step(); opt.zero_grad()
+
+Like the JAX fast path (:func:`elo_gym.lopt.mlp_outputs`), it never builds the
+(n, 39) feature matrix: the 11 step features fold into the first layer's bias, each
+tensor's normalization into the first layer's weights, and the row and column
+features of a factored tensor (broadcasts of its small second moments) enter the
+first layer as small (hidden,) + S products, added by broadcasting. Large tensors run
+the MLP in tiles along axis 0, so that each tile's activations stay in cache.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import torch
+
+from elo_gym import checkpoint, lopt
+
+# The per-element input rows, in the order _element_rows builds them: features 0-12,
+# then the Adafactor-preconditioned momenta 25-27.
+_ELEMENT_FEATURES = list(range(13)) + [25, 26, 27]
+# (v_k, rsqrt(v_k + 1e-8)) of a factored tensor's row moments are features 13-15 and
+# 19-21, of its column moments 16-18 and 22-24. An unfactored tensor has no factors:
+# both are its own v_k, so it feeds the sum of the two weights.
+_ROW_FEATURES = [13, 14, 15, 19, 20, 21]
+_COL_FEATURES = [16, 17, 18, 22, 23, 24]
+# Elements per MLP tile: a tile's (32, tile) float32 activations (1 MiB) then stay in
+# a core's L2 cache. 4,096-16,384 timed alike on the busy 2-core CI machine.
+TILE_ELEMENTS = 8192
+
+
+class _Net:
+    """The LO's MLP and effective decays as float32 tensors on one device."""
+
+    def __init__(self, meta_params: lopt.MetaParams, device: torch.device) -> None:
+        def tensor(x: Any) -> torch.Tensor:
+            return torch.tensor(np.array(x, np.float32), device=device)
+
+        mlp = meta_params.mlp
+        names = sorted(mlp, key=lambda name: int(name.rsplit("_", 1)[1]))
+        self.w0 = tensor(mlp[names[0]]["kernel"])  # (39, hidden)
+        self.b0 = tensor(mlp[names[0]]["bias"])
+        # Later layers as (out, in) weights and (out, 1) biases, for addmm on (in, n).
+        self.layers = [
+            (tensor(mlp[n]["kernel"]).T.contiguous(), tensor(mlp[n]["bias"])[:, None])
+            for n in names[1:]
+        ]
+        # The optax face's own float32 decays d, so that both faces use the same
+        # bits; each with 1 - d, the weight of the new value.
+        decays = lopt.effective_decays(meta_params)
+        self.momentum, self.rms, self.adafactor = (
+            (tensor(d), 1.0 - tensor(d)) for d in decays
+        )
+        self.timescales = tensor(lopt.STEP_TIMESCALES)
+        self._first_bias = (-1, self.b0)
+
+    def first_bias(self, count: int) -> torch.Tensor:
+        """b0 plus the 11 step features of iteration ``count`` times their weights."""
+        # Every tensor of a step asks for the same count: compute it once.
+        if self._first_bias[0] != count:
+            count_f32 = torch.tensor(count, dtype=torch.float32, device=self.w0.device)
+            steps = torch.tanh(count_f32 / self.timescales - 1.0)
+            bias = self.b0 + steps @ self.w0[lopt.NUM_NORMALIZED :]
+            self._first_bias = (count, bias)
+        return self._first_bias[1]
+
+
+def _validate_meta_params(meta_params: Any) -> None:
+    if not isinstance(meta_params, lopt.MetaParams):
+        raise TypeError(
+            "meta_params must be an elo_gym.lopt.MetaParams (from "
+            "elo_gym.init_meta_params, elo_gym.meta_params_from_reference or "
+            f"elo_gym.checkpoint.load_meta_params), got {type(meta_params).__name__}"
+        )
+    kernel = np.shape(meta_params.mlp.get("Dense_0", {}).get("kernel"))
+    if len(kernel) != 2 or kernel[0] != lopt.NUM_FEATURES:
+        raise ValueError(
+            f"meta_params.mlp['Dense_0']['kernel'] has shape {kernel}; "
+            f"expected ({lopt.NUM_FEATURES}, hidden)"
+        )
+    sizes = [np.size(x) for x in meta_params[1:]]
+    if sizes != [3, 1, 3]:
+        raise ValueError(
+            f"meta_params decay offsets have sizes {sizes}; expected [3, 1, 3]"
+        )
+
+
+def _internal_shape(shape: torch.Size) -> tuple[int, ...]:
+    # As the reference, a scalar is a tensor of shape (1,).
+    return tuple(shape) if len(shape) else (1,)
+
+
+def _init_state(p: torch.Tensor) -> dict[str, Any]:
+    """Zero float32 accumulators, channels first as in :mod:`elo_gym.lopt`."""
+    shape = _internal_shape(p.shape)
+
+    def zeros(*s: int) -> torch.Tensor:
+        return torch.zeros(s, dtype=torch.float32, device=p.device)
+
+    state = {"step": 0, "momentum": zeros(3, *shape), "rms": zeros(1, *shape)}
+    dims = lopt.factored_dims(shape)
+    if dims is None:
+        state["v_row"] = zeros(3, *shape)
+    else:
+        d0, d1 = dims
+        state["v_row"] = zeros(3, *(s for i, s in enumerate(shape) if i != d0))
+        state["v_col"] = zeros(3, *(s for i, s in enumerate(shape) if i != d1))
+    return state
+
+
+def _ema_(
+    acc: torch.Tensor, decay: tuple[torch.Tensor, torch.Tensor], new: torch.Tensor
+) -> None:
+    """acc = d * acc + (1 - d) * new, per channel of the channels-first acc, for
+    ``decay`` = (d, 1 - d)."""
+    shape = (-1,) + (1,) * (acc.ndim - 1)
+    acc.mul_(decay[0].view(shape)).addcmul_(decay[1].view(shape), new)
+
+
+def _accumulate(g: torch.Tensor, state: dict[str, Any], net: _Net) -> None:
+    """Folds the (sanitized, float32, internal-shaped) gradient into the state."""
+    _ema_(state["momentum"], net.momentum, g)
+    g2 = g * g
+    _ema_(state["rms"], net.rms, g2)
+    q = g2 + 1e-30
+    dims = lopt.factored_dims(tuple(g.shape))
+    if dims is None:
+        _ema_(state["v_row"], net.adafactor, q)
+    else:
+        _ema_(state["v_row"], net.adafactor, q.mean(dims[0]))
+        _ema_(state["v_col"], net.adafactor, q.mean(dims[1]))
+
+
+def _mean_squares(x: torch.Tensor) -> torch.Tensor:
+    """Mean of the square of each channel of a channels-first array, (c,)."""
+    flat = x.reshape(x.shape[0], -1)
+    return torch.linalg.vector_norm(flat, dim=1).square() / flat.shape[1]
+
+
+def _moments_rows(v: torch.Tensor) -> torch.Tensor:
+    """(v_k, rsqrt(v_k + 1e-8)): 6 channels of a (3,) + S second moment."""
+    return torch.cat([v, torch.rsqrt(v + 1e-8)])
+
+
+def _element_rows(
+    g: torch.Tensor, p: torch.Tensor, state: dict[str, Any], w0: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-element input rows of one tensor, (rows,) + S', and the first layer's
+    weights (rows, hidden) that multiply them."""
+    shape = g.shape
+    m, r, v = state["momentum"], state["rms"], state["v_row"]
+    factored = "v_col" in state
+    x = torch.empty(
+        (16 if factored else 22,) + shape, dtype=torch.float32, device=g.device
+    )
+    x[0] = g
+    x[1] = p
+    x[2:5] = m
+    x[5:6] = r
+    rsqrt_r = torch.add(r, 1e-6, out=x[9:10]).rsqrt_()
+    torch.mul(m, rsqrt_r, out=x[6:9])
+    if factored:
+        d0, d1 = lopt.factored_dims(tuple(shape))
+        row_mean = v.mean(d1 if d1 > d0 else d1 + 1, keepdim=True)
+        row_factor = torch.clamp(v / (row_mean + 1e-9), min=1e-9).rsqrt_()
+        col_factor = torch.clamp(state["v_col"], min=1e-9).rsqrt_()
+        both = row_factor.unsqueeze(1 + d0) * col_factor.unsqueeze(1 + d1)
+        torch.mul(g, both, out=x[10:13])
+        torch.mul(m, both, out=x[13:16])
+        return x, w0[_ELEMENT_FEATURES]
+    torch.mul(g, torch.clamp(v + 1e-9, min=1e-9).rsqrt_(), out=x[10:13])
+    torch.mul(m, torch.rsqrt(v + 1e-6), out=x[13:16])
+    x[16:22] = _moments_rows(v)
+    w_moments = w0[_ROW_FEATURES] + w0[_COL_FEATURES]
+    return x, torch.cat([w0[_ELEMENT_FEATURES], w_moments])
+
+
+def _broadcast_terms(state: dict[str, Any], w0: torch.Tensor) -> list[torch.Tensor]:
+    """A factored tensor's row and column features' part of the first layer.
+
+    Each is (hidden,) + S' with size 1 on the axis its moments broadcast along; its
+    normalization is taken over the small moments, as a broadcast's mean square over
+    the tensor equals theirs.
+    """
+    if "v_col" not in state:
+        return []
+    shape = state["momentum"].shape[1:]
+    d0, d1 = lopt.factored_dims(tuple(shape))
+    terms = []
+    for features, moments, axis in (
+        (_ROW_FEATURES, state["v_row"], d0),
+        (_COL_FEATURES, state["v_col"], d1),
+    ):
+        rows = _moments_rows(moments)
+        w = w0[features] * torch.rsqrt(1e-5 + _mean_squares(rows))[:, None]
+        terms.append(torch.tensordot(w.T, rows, dims=1).unsqueeze(1 + axis))
+    return terms
+
+
+def _mlp_outputs(
+    g: torch.Tensor, p: torch.Tensor, state: dict[str, Any], net: _Net, count: int
+) -> torch.Tensor:
+    """The MLP output (direction, magnitude) for every element, (2,) + S'.
+
+    ``g`` and ``p`` are float32 with the internal shape S'; ``state`` already
+    includes ``g``. Equals applying the MLP to :func:`elo_gym.lopt.tensor_features`.
+    """
+    shape = g.shape
+    x, w_first = _element_rows(g, p, state, net.w0)
+    scale = torch.rsqrt(1e-5 + _mean_squares(x))
+    w_first = (w_first * scale[:, None]).T.contiguous()  # (hidden, rows)
+    hidden = w_first.shape[0]
+    # Tiles cut axis 0: the terms that broadcast along it are equal in every tile and
+    # enter as addmm's input; the others are sliced and added tile by tile.
+    terms = _broadcast_terms(state, net.w0)
+    fixed = net.first_bias(count).view((hidden,) + (1,) * len(shape))
+    fixed = fixed + sum(t for t in terms if t.shape[1] == 1)
+    sliced = [t for t in terms if t.shape[1] != 1]
+    row = math.prod(shape[1:])
+    rows_per_tile = max(1, min(shape[0], TILE_ELEMENTS // row))
+    if fixed.shape[1:] == (1,) * len(shape):
+        fixed = fixed.view(hidden, 1)
+    else:
+        fixed = fixed.expand((hidden, rows_per_tile) + shape[1:]).reshape(hidden, -1)
+    x = x.view(x.shape[0], -1)
+    out = torch.empty((2, x.shape[1]), dtype=torch.float32, device=g.device)
+    for start in range(0, shape[0], rows_per_tile):
+        stop = min(start + rows_per_tile, shape[0])
+        columns = slice(start * row, stop * row)
+        h = torch.addmm(fixed[:, : (stop - start) * row], w_first, x[:, columns])
+        for t in sliced:
+            h.view((hidden, stop - start) + shape[1:]).add_(t[:, start:stop])
+        h.relu_()
+        for w, b in net.layers[:-1]:
+            h = torch.addmm(b, w, h).relu_()
+        w, b = net.layers[-1]
+        torch.addmm(b, w, h, out=out[:, columns])
+    return out.view((2,) + shape)
+
+
+class SmallFcLOpt(torch.optim.Optimizer):
+    """small_fc_lopt with given meta-parameters, as a ``torch.optim.Optimizer``.
+
+    The update equals the optax face :func:`elo_gym.small_fc_lopt` with the same
+    meta-parameters: new p = p - step_mult * d * exp(exp_mult * m), (d, m) the MLP's
+    output on each element's 39 features. Accumulators are float32 whatever the
+    parameter dtype; a bf16 or float16 parameter is updated from the float32
+    computation with one rounding. Non-finite gradient entries count as zero,
+    as in :func:`elo_gym.lopt.sanitize_gradient`. Each parameter keeps its own
+    iteration count (state ``step``); parameters without a gradient are skipped.
+
+    Args:
+      params: parameters or parameter groups, as for any torch optimizer; a group may
+        set its own ``step_mult`` and ``exp_mult``.
+      meta_params: the LO's :class:`elo_gym.lopt.MetaParams`.
+      step_mult: scale of the step (the LO was meta-trained with one: use it).
+      exp_mult: scale of the magnitude output inside the exponential.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        meta_params: lopt.MetaParams,
+        step_mult: float = lopt.STEP_MULT,
+        exp_mult: float = lopt.EXP_MULT,
+    ) -> None:
+        _validate_meta_params(meta_params)
+        for name, value in (("step_mult", step_mult), ("exp_mult", exp_mult)):
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")
+        super().__init__(params, {"step_mult": step_mult, "exp_mult": exp_mult})
+        for group in self.param_groups:
+            for p in group["params"]:
+                if not p.is_floating_point():
+                    raise ValueError(
+                        f"SmallFcLOpt updates floating-point parameters, got {p.dtype}"
+                    )
+        self.meta_params = meta_params
+        self._nets: dict[torch.device, _Net] = {}
+
+    def _net(self, device: torch.device) -> _Net:
+        if device not in self._nets:
+            self._nets[device] = _Net(self.meta_params, device)
+        return self._nets[device]
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One LO step on every parameter with a gradient; returns closure's loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("SmallFcLOpt does not support sparse gradients")
+                self._update(p, group["step_mult"], group["exp_mult"])
+        return loss
+
+    def _update(self, p: torch.Tensor, step_mult: float, exp_mult: float) -> None:
+        state = self.state[p]
+        if not state:
+            state.update(_init_state(p))
+        net = self._net(p.device)
+        shape = _internal_shape(p.shape)
+        g = torch.nan_to_num(
+            p.grad.reshape(shape).float(), nan=0.0, posinf=0.0, neginf=0.0
+        )
+        _accumulate(g, state, net)
+        out = _mlp_outputs(g, p.reshape(shape).float(), state, net, state["step"])
+        update = (out[0] * -step_mult).mul_(torch.exp(out[1] * exp_mult))
+        update = update.view(p.shape)
+        if torch.finfo(p.dtype).bits >= 32:
+            p.add_(update)
+        else:  # bf16, float16: round p + update once
+            p.copy_(update.add_(p))
+        state["step"] += 1
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Loads :meth:`state_dict`, keeping the float32 accumulators float32."""
+        super().load_state_dict(state_dict)
+        # torch casts floating state to its parameter's dtype (bf16 would lose bits).
+        saved = (i for g in state_dict["param_groups"] for i in g["params"])
+        params = (p for g in self.param_groups for p in g["params"])
+        for i, p in zip(saved, params, strict=True):
+            for key, value in state_dict["state"].get(i, {}).items():
+                if torch.is_tensor(value):
+                    self.state[p][key] = value.to(p.device)
+
+
+def load(
+    path: str | pathlib.Path,
+    params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+) -> SmallFcLOpt:
+    """A trained LO as a :class:`SmallFcLOpt` over ``params``.
+
+    Args:
+      path: anything :func:`elo_gym.load_optimizer` accepts: a run directory, its
+        ``lo.msgpack``, a ``checkpoints`` directory or one checkpoint step directory.
+      params: the parameters (or groups) to optimize.
+
+    Returns:
+      The optimizer, with the step_mult and exp_mult the LO was trained with.
+    """
+    meta_params, info = checkpoint.load_meta_params(path)
+    return SmallFcLOpt(
+        params,
+        meta_params,
+        step_mult=info.get("step_mult", lopt.STEP_MULT),
+        exp_mult=info.get("exp_mult", lopt.EXP_MULT),
+    )
