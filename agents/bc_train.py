@@ -32,7 +32,8 @@ import jax.numpy as jnp
 import optax
 import tyro
 
-from elo_gym import adapters, checkpoint, core, env, lopt, registration, runs
+from elo_gym import adapters, checkpoint, core, lopt, registration, runs
+from elo_gym.settings import EnvSettings
 
 METRICS = (
     "outer_step",
@@ -129,10 +130,10 @@ class Args:
             )
 
 
-def env_settings(args: Args) -> env.EnvSettings:
+def env_settings(args: Args) -> EnvSettings:
     """alpha = 1: the chosen action (expert's or learner's) alone moves the params."""
-    return env.EnvSettings(
-        **registration.ENV_IDS[args.env],
+    return EnvSettings.from_id(
+        args.env,
         hidden_sizes=args.hidden_sizes,
         batch_size=args.batch_size,
         data_dir=args.data_dir,

@@ -36,7 +36,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from elo_gym import (
     checkpoint,
     core,
-    env,
     envs,
     inner_loop,
     lopt,
@@ -44,6 +43,7 @@ from elo_gym import (
     runs,
     schedules,
 )
+from elo_gym.settings import EnvSettings
 
 MODES = ("elo", "naive", "curriculum", "uniform", "bc", "buffer")
 # mode -> (env reset distribution, behavior cloning on)
@@ -267,11 +267,11 @@ class Args:
         )
 
 
-def env_settings(args: Args) -> env.EnvSettings:
+def env_settings(args: Args) -> EnvSettings:
     """The env the agent meta-trains in: paired copies, the mode's resets."""
     reset_mode, _ = MODE_SETTINGS[args.mode]
-    return env.EnvSettings(
-        **registration.ENV_IDS[args.env],
+    return EnvSettings.from_id(
+        args.env,
         hidden_sizes=args.hidden_sizes,
         max_shift=args.max_shift,
         noise_std=args.noise_std,

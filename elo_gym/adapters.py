@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from elo_gym import core, demonstrator, lopt, registration
-from elo_gym.env import EnvSettings
+from elo_gym import core, demonstrator, lopt
+from elo_gym.settings import EnvSettings
 
 # A row-wise policy: features (..., P, 39) -> actions (..., P, 2), traceable by JAX.
 # None means the expert (Adam's action); MetaParams means small_fc_lopt's MLP.
@@ -43,14 +43,9 @@ ROW_OBSERVATION_SPACE = gym.spaces.Box(
 
 
 def _settings(env_id: str, env_kwargs: dict[str, Any]) -> EnvSettings:
-    if env_id not in registration.ENV_IDS:
-        raise ValueError(
-            f"unknown env {env_id!r}; valid: {', '.join(registration.ENV_IDS)}"
-        )
     # alpha = 1 by default: the acting policy alone moves the optimizee (alpha = 0
     # would let Adam move it whatever the policy does).
-    kwargs = {"alpha": 1.0, **registration.ENV_IDS[env_id], **env_kwargs}
-    return EnvSettings(**kwargs)
+    return EnvSettings.from_id(env_id, **{"alpha": 1.0, **env_kwargs})
 
 
 def _policy_fn(policy: Policy) -> Callable[[jax.Array], jax.Array] | None:

@@ -61,9 +61,9 @@ from tqdm import tqdm
 import elo_gym
 from elo_gym import envs as tasks
 from elo_gym.checkpoint import load_meta_params
-from elo_gym.env import EnvSettings
 from elo_gym.inner_loop import HostLoop, eval_steps, train_curves
 from elo_gym.lopt import EXP_MULT, STEP_MULT
+from elo_gym.settings import EnvSettings
 
 sys.path.insert(0, os.fspath(pathlib.Path(__file__).resolve().parent))
 import eval_report  # noqa: E402
@@ -229,9 +229,7 @@ def make_task(env_id: str, **options: Any) -> tasks.Task:
     augmentation); ``options`` (None: the env's) override the env's settings, e.g.
     ``hidden_sizes``, ``batch_size``, ``width``, ``dataset`` or ``text_files``."""
     _check_env(env_id)
-    registered = elo_gym.ENV_IDS[env_id]
-    given = {k: v for k, v in options.items() if v is not None}
-    return EnvSettings(**{**registered, **given}).task()
+    return EnvSettings.from_id(env_id, **options).task()
 
 
 # --------------------------------------------------------------------------- training

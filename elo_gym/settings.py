@@ -1,0 +1,114 @@
+"""One way from an env id and overrides to everything an ELO env is made of.
+
+:class:`EnvSettings` is what an env id plus keyword arguments mean (the keyword
+arguments of ``gymnasium.make``); it builds the optimizee task, the static
+:class:`~elo_gym.core.EnvConfig` and the numeric :class:`~elo_gym.core.EnvParams`.
+The Gymnasium shells, the agents, the adapters and ``scripts/evaluate.py`` all start
+from :meth:`EnvSettings.from_id`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from elo_gym import core, envs, registration
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvSettings:
+    """What an ELO env id is made from: keyword arguments of ``gymnasium.make``."""
+
+    model: str = "mlp"  # task family: "mlp", "resnet18" or "gpt2mini"
+    dataset: str = "digits"  # digits, imagenet32 (image models); fineweb, text (LM)
+    hidden_sizes: tuple[int, ...] | None = None  # mlp: None -> the dataset's default
+    activation: str | None = None  # mlp: None -> relu
+    batch_size: int | None = None  # None: the task's default
+    augment: bool | None = None  # image models: None -> the dataset's default
+    max_shift: int | None = None  # mlp: random shifts of up to this many pixels
+    noise_std: float | None = None  # mlp: Gaussian pixel noise (None: none)
+    width: int | None = None  # resnet18: first-stage channels; gpt2mini: model width
+    context_length: int | None = None  # gpt2mini: tokens per window
+    text_files: tuple[str, ...] | None = None  # gpt2mini on dataset "text"
+    data_dir: str | None = None
+    mode: str = "elo"
+    p_th: float = 0.2
+    buffer_size: int = 4
+    n_min: int = 1
+    n_max: int = 200
+    n_max_final: int | None = None  # curriculum: n_max reached at the last outer step
+    alpha: float = 0.0
+    bc_scale: float = 1.0
+    buffer_scope: str = "shared"
+    push_policy: str = "uniform"
+    push_tolerance: float = 0.1
+    bc_loss: str = "l2"
+    meta_loss_split: str = "train"
+    expert_learning_rate: float = 1e-3  # the demonstrator Adam's lr (the paper's)
+    paired: bool = False
+
+    @classmethod
+    def from_id(cls, env_id: str, **overrides: Any) -> EnvSettings:
+        """The settings of a registered env id; overrides left None keep its
+        defaults.
+
+        Raises:
+          ValueError: an unknown env id (naming the valid ones) or setting.
+        """
+        if env_id not in registration.ENV_IDS:
+            raise ValueError(
+                f"unknown env {env_id!r}; valid: {', '.join(registration.ENV_IDS)}"
+            )
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown env setting(s) {', '.join(unknown)}")
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return cls(**{**registration.ENV_IDS[env_id], **given})
+
+    def task(self) -> envs.Task:
+        """The optimizee task (options left None keep the family's defaults)."""
+        return envs.make_task(
+            self.model,
+            self.dataset,
+            hidden_sizes=None
+            if self.hidden_sizes is None
+            else tuple(self.hidden_sizes),
+            activation=self.activation,
+            batch_size=self.batch_size,
+            augment=self.augment,
+            max_shift=self.max_shift,
+            noise_std=self.noise_std,
+            width=self.width,
+            context_length=self.context_length,
+            text_files=None if self.text_files is None else tuple(self.text_files),
+            data_dir=self.data_dir,
+        )
+
+    def config(self, num_copies: int) -> core.EnvConfig:
+        return core.EnvConfig(
+            task=self.task(),
+            num_copies=num_copies,
+            mode=self.mode,
+            buffer_size=self.buffer_size,
+            buffer_scope=self.buffer_scope,
+            push_policy=self.push_policy,
+            bc_loss=self.bc_loss,
+            meta_loss_split=self.meta_loss_split,
+            expert_learning_rate=self.expert_learning_rate,
+            paired=self.paired,
+        )
+
+    def params(self, data: Any) -> core.EnvParams:
+        if self.n_max_final is not None and self.n_max_final < self.n_max:
+            raise ValueError(
+                f"n_max_final ({self.n_max_final}) must be >= n_max ({self.n_max})"
+            )
+        return core.make_params(
+            data,
+            alpha=self.alpha,
+            p_th=self.p_th,
+            n_min=self.n_min,
+            n_max=self.n_max,
+            bc_scale=self.bc_scale,
+            push_tolerance=self.push_tolerance,
+        )
