@@ -31,11 +31,11 @@ import numpy as np
 import optax
 import tyro
 from jax.flatten_util import ravel_pytree
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from elo_gym import (
     checkpoint,
     core,
+    distributed,
     envs,
     inner_loop,
     lopt,
@@ -210,6 +210,16 @@ class Args:
     """Outer steps between checkpoints."""
     progress: bool = True
     """Show a progress bar."""
+    distributed: bool = False
+    """Join a multi-process run (jax.distributed) even with the three settings below
+    unset: JAX detects them under SLURM, Open MPI, Cloud TPU or Kubernetes."""
+    coordinator_address: str | None = None
+    """Multi-process run: host:port of process 0, the same for every process."""
+    num_processes: int | None = None
+    """Multi-process run: how many processes (the pairs are split over all devices)."""
+    process_id: int | None = None
+    """Multi-process run: this process's rank, 0 .. num_processes - 1 (0 writes the
+    files)."""
 
     def resolved(self) -> Args:
         """Fills the preset's values into the fields left None, then defaults that
@@ -253,6 +263,10 @@ class Args:
                 "export='best' needs validation runs: set eval_every > 0, or "
                 "export='last'"
             )
+        launched = (self.coordinator_address, self.num_processes, self.process_id)
+        if self.run_dir is None and (self.distributed or launched != (None,) * 3):
+            # The default name holds the time, which differs between processes.
+            raise ValueError("a multi-process run needs --run-dir, the same for all")
         if not 0.0 < self.alpha_end_fraction <= 1.0:
             raise ValueError(
                 f"alpha_end_fraction must be in (0, 1], got {self.alpha_end_fraction}"
@@ -521,30 +535,23 @@ def outer_step(
 
 
 def shard_state(state: PESState, num_pairs: int) -> PESState:
-    """Spreads the particle pairs over all visible devices (JAX SPMD); the LO, the
-    outer optimizer and the buffer are replicated."""
-    devices = jax.devices()
-    if num_pairs % len(devices):
-        raise ValueError(
-            f"num_pairs ({num_pairs}) must be a multiple of the number of "
-            f"devices ({len(devices)}) so pairs stay on one device"
-        )
-    mesh = Mesh(np.asarray(devices), ("pairs",))
-    split = NamedSharding(mesh, PartitionSpec("pairs"))
-    whole = NamedSharding(mesh, PartitionSpec())
+    """Spreads the particle pairs over all devices of all processes (JAX SPMD); the
+    LO, the outer optimizer and the buffer are replicated. Each process feeds only the
+    shards its devices hold (see :func:`elo_gym.distributed.put`)."""
+    split, whole = distributed.pairs_shardings(num_pairs)
     return state.replace(
-        meta=jax.device_put(state.meta, whole),
-        opt_state=jax.device_put(state.opt_state, whole),
+        meta=distributed.put(state.meta, whole),
+        opt_state=distributed.put(state.opt_state, whole),
         env=state.env.replace(
-            copies=jax.device_put(state.env.copies, split),
-            buffer=jax.device_put(state.env.buffer, whole),
+            copies=distributed.put(state.env.copies, split),
+            buffer=distributed.put(state.env.buffer, whole),
         ),
-        accumulator=jax.device_put(state.accumulator, split),
-        key=jax.device_put(state.key, whole),
-        outer_step=jax.device_put(state.outer_step, whole),
-        best_meta=jax.device_put(state.best_meta, whole),
-        best_valid_loss=jax.device_put(state.best_valid_loss, whole),
-        best_step=jax.device_put(state.best_step, whole),
+        accumulator=distributed.put(state.accumulator, split),
+        key=distributed.put(state.key, whole),
+        outer_step=distributed.put(state.outer_step, whole),
+        best_meta=distributed.put(state.best_meta, whole),
+        best_valid_loss=distributed.put(state.best_valid_loss, whole),
+        best_step=distributed.put(state.best_step, whole),
     )
 
 
@@ -624,6 +631,13 @@ def main(args: Args) -> pathlib.Path:
     """Meta-trains (or resumes) and returns the run directory."""
     args = args.resolved()
     args.validate()
+    distributed.initialize(
+        args.coordinator_address,
+        args.num_processes,
+        args.process_id,
+        auto=args.distributed,
+    )
+    main_process = distributed.is_main_process()
     settings = env_settings(args)
     env_cfg = settings.config(2 * args.num_pairs)  # validates the env settings
     data = env_cfg.task.load_data()
@@ -639,20 +653,28 @@ def main(args: Args) -> pathlib.Path:
     run_dir = pathlib.Path(
         args.run_dir or runs.default_run_dir(args.env, args.mode, str(args.seed))
     )
+    launch = ("distributed", "coordinator_address", "num_processes", "process_id")
     config = {
         k: v
         for k, v in dataclasses.asdict(args).items()
-        if k not in ("run_dir", "progress")
+        if k not in ("run_dir", "progress", *launch)
     }
-    runs.prepare_run_dir(run_dir, config)
+    runs.prepare_run_dir(run_dir, config, write=main_process)
     manager = checkpoint.checkpoint_manager(run_dir)
-    state = init_state(args, cfg, env_params)
+    # Sharded first, so that a resumed run restores each shard where it belongs.
+    state = shard_state(init_state(args, cfg, env_params), args.num_pairs)
     restored = checkpoint.restore_state(manager, state)
     start = 0
     if restored is not None:
         state, start = restored
-    state = shard_state(state, args.num_pairs)
-    log = runs.MetricsLog(run_dir / "metrics.csv", METRICS, start)
+    # The data on every device once, rather than copied from one device at each step.
+    _, whole = distributed.pairs_shardings(args.num_pairs)
+    env_params = distributed.put(env_params, whole)
+    log = (
+        runs.MetricsLog(run_dir / "metrics.csv", METRICS, start)
+        if main_process
+        else None
+    )
     step_fn = jax.jit(
         functools.partial(outer_step, cfg, outer_optimizer(args)), donate_argnums=0
     )
@@ -680,7 +702,8 @@ def main(args: Args) -> pathlib.Path:
             outer_lr=float(lr_at(t)),
         )
         if validate is not None and _validation_due(args, t + 1):
-            row.update(validate(state.meta))
+            # Process 0's numbers everywhere, so every process keeps the same best LO.
+            row.update(distributed.broadcast_from_main(validate(state.meta)))
             state = _keep_best(state, row, t + 1)
             row["val_best_step"] = int(state.best_step)
         return state, row
@@ -702,9 +725,9 @@ def main(args: Args) -> pathlib.Path:
         checkpoint_every=args.checkpoint_every,
         postfix=postfix,
         desc=f"PES {args.mode}",
-        progress=args.progress,
+        progress=args.progress and main_process,
     )
-    if int(state.outer_step) >= args.outer_steps:
+    if int(state.outer_step) >= args.outer_steps and main_process:
         export(args, run_dir, state)
     return run_dir
 
@@ -765,6 +788,8 @@ def summary(run_dir: pathlib.Path) -> str:
 
 if __name__ == "__main__":
     run_dir = main(tyro.cli(Args))
+    if not distributed.is_main_process():
+        raise SystemExit(0)  # process 0 reports
     if (run_dir / checkpoint.LO_FILE).is_file():
         print(summary(run_dir))
     else:

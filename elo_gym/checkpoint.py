@@ -36,19 +36,26 @@ def checkpoint_manager(
     return ocp.CheckpointManager(directory, options=options)
 
 
-def _flat_arrays(state: Any) -> dict[str, np.ndarray]:
+def _flat_arrays(state: Any) -> dict[str, Any]:
     """{path: array} of a pytree's non-empty leaves (orbax cannot store empty arrays;
-    their shapes are known from the template on restore)."""
-    leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]
+    their shapes are known from the template on restore).
+
+    jax.Arrays stay on their devices: orbax writes each shard from the process that
+    holds it, so a state sharded over several processes is never gathered.
+    """
+    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
     return {
-        jax.tree_util.keystr(path): np.asarray(leaf)
+        jax.tree_util.keystr(path): (
+            leaf if isinstance(leaf, jax.Array) else np.asarray(leaf)
+        )
         for path, leaf in leaves
         if np.size(leaf) > 0
     }
 
 
 def save_state(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
-    """Writes a pytree of arrays (flax dataclasses, NamedTuples) at ``step``."""
+    """Writes a pytree of arrays (flax dataclasses, NamedTuples) at ``step``; with
+    several processes, all of them must call it."""
     manager.save(step, args=ocp.args.StandardSave(_flat_arrays(state)), force=True)
     manager.wait_until_finished()
 
@@ -57,6 +64,9 @@ def restore_state(
     manager: ocp.CheckpointManager, template: Any, step: int | None = None
 ) -> tuple[Any, int] | None:
     """Restores the latest (or given) step into ``template``'s structure, or None.
+
+    Each restored jax.Array gets its template leaf's sharding (every process reads
+    only its own shards; with several processes, all of them must call this).
 
     Raises:
       ValueError: the checkpoint's arrays do not match the template (another config).
@@ -157,7 +167,10 @@ def _load_from_checkpoint(path: pathlib.Path) -> tuple[lopt.MetaParams, dict]:
         raise FileNotFoundError(
             f"{run_dir} has no {LO_FILE} and no finished checkpoint"
         )
-    flat = manager.restore(step, args=ocp.args.StandardRestore())
+    # A checkpoint written on other devices (another process or device count) lands
+    # on this process's first device.
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    flat = manager.restore(step, args=ocp.args.StandardRestore(fallback_sharding=local))
     hidden = int(np.shape(flat[".meta.mlp['Dense_0']['kernel']"])[1])
     template = lopt.init_meta_params(jax.random.PRNGKey(0), hidden_size=hidden)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(template)

@@ -18,7 +18,7 @@ from typing import Any
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
-from elo_gym import checkpoint, lopt
+from elo_gym import checkpoint, distributed, lopt
 
 
 def default_run_dir(*parts: str) -> pathlib.Path:
@@ -27,8 +27,13 @@ def default_run_dir(*parts: str) -> pathlib.Path:
     return pathlib.Path("runs") / "__".join([*parts, stamp])
 
 
-def prepare_run_dir(run_dir: pathlib.Path, config: dict) -> pathlib.Path:
+def prepare_run_dir(
+    run_dir: pathlib.Path, config: dict, *, write: bool = True
+) -> pathlib.Path:
     """Creates ``run_dir`` with config.json, or checks its config equals ``config``.
+
+    ``write=False`` (processes other than the main one) only checks an existing
+    config.json, so that every process refuses a mismatched run alike.
 
     Raises:
       ValueError: the directory holds a run with another config (names what differs).
@@ -50,6 +55,8 @@ def prepare_run_dir(run_dir: pathlib.Path, config: dict) -> pathlib.Path:
                 f"{run_dir} holds a run with another config ({details}); use another "
                 "--run-dir or the same settings to resume"
             )
+        return run_dir
+    if not write:
         return run_dir
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -96,7 +103,7 @@ def train_loop(
     start: int,
     total: int,
     manager: ocp.CheckpointManager,
-    log: MetricsLog,
+    log: MetricsLog | None,
     checkpoint_every: int,
     postfix: Callable[[dict], dict[str, str]],
     desc: str,
@@ -105,9 +112,10 @@ def train_loop(
     """Runs outer steps ``start .. total - 1`` of an agent and returns the last state.
 
     ``step(state, t)`` does one outer step and returns (state, metrics row), syncing
-    with the host once. Each row goes to ``log``; the state is checkpointed every
-    ``checkpoint_every`` steps and at the end. Ctrl-C finishes the current step, saves
-    it and returns early (the run resumes from there), so no work is lost.
+    with the host once. Each row goes to ``log`` (None: processes other than the main
+    one); the state is checkpointed every ``checkpoint_every`` steps and at the end.
+    Ctrl-C finishes the current step, saves it and returns early (the run resumes from
+    there), so no work is lost; with several processes, all stop at the same step.
     """
     interrupted = False
 
@@ -122,21 +130,26 @@ def train_loop(
     try:
         for t in range(start, total):
             state, row = step(state, t)
-            log.write(row)
+            if log is not None:
+                log.write(row)
             bar.set_postfix(postfix(row))
             bar.update(1)
             done = t + 1
+            # Every process must take part in the same saves: one Ctrl-C stops all.
+            interrupted = distributed.any_process(interrupted)
             if done % checkpoint_every == 0 or done == total or interrupted:
                 checkpoint.save_state(manager, done, state)
             if interrupted:
-                print(
-                    f"\ninterrupted: saved outer step {done} to "
-                    f"{manager.directory.parent}",
-                    file=sys.stderr,
-                )
+                if distributed.is_main_process():
+                    print(
+                        f"\ninterrupted: saved outer step {done} to "
+                        f"{manager.directory.parent}",
+                        file=sys.stderr,
+                    )
                 break
     finally:
         bar.close()
-        log.close()
+        if log is not None:
+            log.close()
         signal.signal(signal.SIGINT, previous)
     return state

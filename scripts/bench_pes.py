@@ -69,7 +69,7 @@ def _pes_step(args: pes_train.Args, policy: pes_train.Policy) -> Callable[[], di
         ),
         donate_argnums=0,
     )
-    params = env_params.replace(alpha=jnp.float32(pes_train.alpha_for(args, 1)))
+    params = env_params.replace(alpha=jnp.float32(pes_train.schedule_at(args, 1).alpha))
     holder = {"state": state}
 
     def call() -> dict:
