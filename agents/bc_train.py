@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import pathlib
+import sys
 import time
 from typing import Literal
 
@@ -411,5 +412,9 @@ def main(args: Args) -> pathlib.Path:
 
 
 if __name__ == "__main__":
-    run_dir = main(tyro.cli(Args))
+    try:
+        run_dir = main(tyro.cli(Args))
+    except (ValueError, OSError) as e:  # bad input: one line, not a traceback
+        print(f"bc_train.py: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(f"run directory: {run_dir}")

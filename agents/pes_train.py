@@ -20,6 +20,7 @@ import functools
 import json
 import math
 import pathlib
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -123,7 +124,9 @@ class Args:
     preset: Literal["cpu", "paper"] = "cpu"
     """paper: ELO-ImageNet32-MLP, batch 4096, T=5000, n_max=1000 (for a GPU)."""
     outer_steps: int | None = None
-    """T, the number of outer (meta) steps (cpu: 400, paper: 5000)."""
+    """T, the number of outer (meta) steps (cpu: 400, paper: 5000). Running a
+    finished run again with a larger T extends it; alpha and the outer lr then
+    follow the schedules of the new T from the step where it stopped."""
     seed: int = 0
     """Seed of the whole run."""
     run_dir: str | None = None
@@ -787,7 +790,11 @@ def summary(run_dir: pathlib.Path) -> str:
 
 
 if __name__ == "__main__":
-    run_dir = main(tyro.cli(Args))
+    try:
+        run_dir = main(tyro.cli(Args))
+    except (ValueError, OSError) as e:  # bad input: one line, not a traceback
+        print(f"pes_train.py: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     if not distributed.is_main_process():
         raise SystemExit(0)  # process 0 reports
     if (run_dir / checkpoint.LO_FILE).is_file():

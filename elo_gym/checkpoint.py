@@ -8,8 +8,10 @@ listed) and, once training ends, ``lo.msgpack`` + ``lo.json`` (the trained LO).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pathlib
+import sys
 from typing import Any
 
 import flax.serialization
@@ -33,7 +35,10 @@ def checkpoint_manager(
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
     )
-    return ocp.CheckpointManager(directory, options=options)
+    # The handler named up front lets item_metadata read a step's tree before restore.
+    return ocp.CheckpointManager(
+        directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
+    )
 
 
 def _flat_arrays(state: Any) -> dict[str, Any]:
@@ -53,11 +58,48 @@ def _flat_arrays(state: Any) -> dict[str, Any]:
     }
 
 
+# orbax does not checksum array data: a flipped byte restores as a wrong number. A
+# SHA-256 of the arrays saved beside them turns that into a detected corruption.
+DIGEST_KEY = "__sha256__"
+
+
+def _digest(flat: dict[str, Any]) -> np.ndarray:
+    """SHA-256 of a {path: array} dict (names, dtypes, shapes and bytes), as uint8."""
+    h = hashlib.sha256()
+    for key in sorted(flat):
+        a = np.ascontiguousarray(np.asarray(flat[key]))
+        h.update(f"{key}|{a.dtype}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return np.frombuffer(h.digest(), np.uint8).copy()
+
+
 def save_state(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
-    """Writes a pytree of arrays (flax dataclasses, NamedTuples) at ``step``; with
-    several processes, all of them must call it."""
-    manager.save(step, args=ocp.args.StandardSave(_flat_arrays(state)), force=True)
+    """Writes a pytree of arrays (flax dataclasses, NamedTuples) at ``step``, with a
+    digest of them when one process holds them all; with several processes, all of
+    them must call it (their arrays are never gathered, so no digest)."""
+    flat = _flat_arrays(state)
+    if jax.process_count() == 1:
+        flat[DIGEST_KEY] = _digest(flat)
+    manager.save(step, args=ocp.args.StandardSave(flat), force=True)
     manager.wait_until_finished()
+
+
+def _restore_checked(
+    manager: ocp.CheckpointManager, step: int, target: dict[str, Any]
+) -> dict[str, Any]:
+    """One step's arrays; raises ValueError if they do not match their digest."""
+    target = dict(target)
+    has_digest = DIGEST_KEY in manager.item_metadata(step).keys()  # noqa: SIM118
+    if has_digest:
+        target[DIGEST_KEY] = np.zeros(32, np.uint8)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    flat = dict(manager.restore(step, args=ocp.args.StandardRestore(abstract)))
+    if has_digest:
+        saved = np.asarray(flat.pop(DIGEST_KEY))
+        # With several processes no one holds every array to hash them.
+        if jax.process_count() == 1 and not np.array_equal(saved, _digest(flat)):
+            raise ValueError("its arrays do not match the digest saved with them")
+    return flat
 
 
 def restore_state(
@@ -68,21 +110,44 @@ def restore_state(
     Each restored jax.Array gets its template leaf's sharding (every process reads
     only its own shards; with several processes, all of them must call this).
 
+    A latest checkpoint that cannot be read (bytes flipped, a half-written file) is
+    reported on stderr and the one before it restored.
+
     Raises:
-      ValueError: the checkpoint's arrays do not match the template (another config).
+      ValueError: no checkpoint can be read into the template (corrupt, or written
+        with another config).
     """
-    step = manager.latest_step() if step is None else step
-    if step is None:
+    steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
+    if not steps:
         return None
     target = _flat_arrays(template)
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    try:
-        flat = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    except (ValueError, KeyError) as e:
+    failures = []
+    for step in steps:
+        try:
+            flat = _restore_checked(manager, step, target)
+            break
+        except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many kinds
+            failures.append((step, e))
+            print(
+                f"checkpoint {step} in {manager.directory} cannot be read (corrupt, "
+                f"or written with another config): {type(e).__name__}: {e}",
+                file=sys.stderr,
+            )
+    else:
         raise ValueError(
-            f"checkpoint {step} in {manager.directory} does not match this "
-            f"run's state (was it written with another config?): {e}"
-        ) from e
+            f"no checkpoint in {manager.directory} can be read into this run's state "
+            f"(tried {', '.join(str(s) for s, _ in failures)}; corrupt, or written "
+            "with another config): use another --run-dir"
+        ) from failures[-1][1]
+    if failures:
+        print(
+            f"resuming from checkpoint {step}, the latest readable; deleting the "
+            f"unreadable {', '.join(str(s) for s, _ in failures)} so that the run "
+            "writes those steps again",
+            file=sys.stderr,
+        )
+        for bad, _ in failures:
+            manager.delete(bad)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
     restored = [flat.get(jax.tree_util.keystr(path), leaf) for path, leaf in leaves]
     return treedef.unflatten(restored), step

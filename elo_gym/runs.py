@@ -28,15 +28,23 @@ def default_run_dir(*parts: str) -> pathlib.Path:
 
 
 def prepare_run_dir(
-    run_dir: pathlib.Path, config: dict, *, write: bool = True
+    run_dir: pathlib.Path,
+    config: dict,
+    *,
+    write: bool = True,
+    extendable: str | None = "outer_steps",
 ) -> pathlib.Path:
     """Creates ``run_dir`` with config.json, or checks its config equals ``config``.
 
-    ``write=False`` (processes other than the main one) only checks an existing
-    config.json, so that every process refuses a mismatched run alike.
+    A run may be extended: if ``extendable`` (the number of outer steps) is the only
+    setting that differs and it grew, config.json takes the new value and the run
+    continues from its last checkpoint. ``write=False`` (processes other than the
+    main one) only checks an existing config.json, so that every process refuses a
+    mismatched run alike.
 
     Raises:
-      ValueError: the directory holds a run with another config (names what differs).
+      ValueError: the directory holds a run with another config (names what differs),
+        or ``extendable`` shrank.
       OSError: the directory cannot be written.
     """
     config = dict(config, step_mult=lopt.STEP_MULT, exp_mult=lopt.EXP_MULT)
@@ -47,6 +55,15 @@ def prepare_run_dir(
         diff = sorted(
             k for k in set(saved) | set(config) if saved.get(k) != config.get(k)
         )
+        if diff == [extendable] and extendable is not None:
+            if config[extendable] < saved[extendable]:
+                raise ValueError(
+                    f"{run_dir} holds a run of {saved[extendable]} {extendable}; it "
+                    f"can be extended, not shortened to {config[extendable]}"
+                )
+            if write:
+                _write_config(run_dir, config)
+            return run_dir
         if diff:
             details = "; ".join(
                 f"{k}: saved {saved.get(k)!r}, now {config.get(k)!r}" for k in diff
@@ -56,19 +73,22 @@ def prepare_run_dir(
                 "--run-dir or the same settings to resume"
             )
         return run_dir
-    if not write:
-        return run_dir
+    if write:
+        _write_config(run_dir, config)
+    return run_dir
+
+
+def _write_config(run_dir: pathlib.Path, config: dict) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         tmp = run_dir / "config.json.tmp"
         tmp.write_text(json.dumps(config, indent=2))
-        tmp.replace(config_file)  # atomic: never a half-written config
+        tmp.replace(run_dir / "config.json")  # atomic: never a half-written config
     except OSError as e:
         raise OSError(
             f"cannot write the run directory {run_dir}: {e}; "
             "choose a writable --run-dir"
         ) from e
-    return run_dir
 
 
 class MetricsLog:

@@ -3,6 +3,8 @@
 import json
 import os
 import pathlib
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -383,3 +385,75 @@ def test_keep_best_and_export_pick_the_lowest_validation_loss(tmp_path):
         info = json.loads((run_dir / "lo.json").read_text())
         assert info["exported"] == export
         assert info["outer_step"] == (2 if export == "best" else 6)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--outer-steps", "0"], "outer_steps must be > 0, got 0"),
+        (["--p-th", "1.5"], r"p_th must be in \[0, 1\], got 1.5"),
+        (["--env", "ELO-Nope"], "unknown env 'ELO-Nope'"),
+    ],
+)
+def test_bad_flag_is_one_line_and_exit_code_2(tmp_path, flags, message):
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--run-dir", str(tmp_path / "bad"), *flags],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pes_train.py: error: ")
+    assert re.search(message, lines[0]), lines[0]
+    assert not (tmp_path / "bad").exists()
+
+
+def test_corrupt_latest_checkpoint_resumes_from_the_one_before(
+    reference_run, tmp_path, capfd
+):
+    """Bytes flipped in the latest checkpoint's data: orbax would restore wrong
+    numbers silently; the saved digest catches it, the run resumes from checkpoint 5
+    and ends with the uninterrupted run's LO."""
+    run_dir = tmp_path / "corrupt"
+    shutil.copytree(reference_run, run_dir)
+    (run_dir / "lo.msgpack").unlink()
+    # The array data files (not the b-tree nodes, whose CRC tensorstore checks).
+    data = [
+        p
+        for p in (run_dir / "checkpoints" / "6").rglob("*")
+        if p.parent.name == "d" and p.parent.parent.name.startswith("ocdbt.process")
+    ]
+    assert data
+    for path in data:
+        raw = bytearray(path.read_bytes())
+        for i in range(len(raw) // 3, len(raw) // 3 + 16):
+            raw[i] ^= 0xFF
+        path.write_bytes(bytes(raw))
+    pes_train.main(pes_train.Args(run_dir=str(run_dir), **TINY))
+    err = capfd.readouterr().err
+    assert "checkpoint 6 in" in err and "cannot be read" in err
+    assert "resuming from checkpoint 5, the latest readable" in err
+    for a, b in zip(_lo_arrays(reference_run), _lo_arrays(run_dir), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_finished_run_extends_with_more_outer_steps(tmp_path):
+    run_dir = tmp_path / "extend"
+    short = {**TINY, "outer_steps": 4, "checkpoint_every": 2}
+    pes_train.main(pes_train.Args(run_dir=str(run_dir), **short))
+    pes_train.main(pes_train.Args(run_dir=str(run_dir), **{**short, "outer_steps": 6}))
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["outer_steps"] == 6
+    rows = (run_dir / "metrics.csv").read_text().strip().splitlines()[1:]
+    steps = [int(r.split(",")[0]) for r in rows]
+    assert steps == list(range(6))
+    header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
+    alphas = [float(r.split(",")[header.index("alpha")]) for r in rows]
+    # Steps 0-3 ran under T = 4, steps 4-5 under the new T = 6.
+    assert alphas == pytest.approx([0, 1 / 3, 2 / 3, 1, 4 / 5, 1])
+    assert json.loads((run_dir / "lo.json").read_text())["best_step"] == 6
+    with pytest.raises(ValueError, match="can be extended, not shortened to 3"):
+        pes_train.main(
+            pes_train.Args(run_dir=str(run_dir), **{**short, "outer_steps": 3})
+        )
