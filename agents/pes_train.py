@@ -630,6 +630,22 @@ def _keep_best(state: PESState, row: dict, done: int) -> PESState:
     )
 
 
+def pes_config(args: Args) -> tuple[PESConfig, core.EnvParams]:
+    """The static outer-step config and the env's numeric params (with the task's
+    data loaded) for resolved ``args``."""
+    settings = env_settings(args)
+    env_cfg = settings.config(2 * args.num_pairs)  # validates the env settings
+    env_params = settings.params(env_cfg.task.load_data())
+    cfg = PESConfig(
+        env=env_cfg,
+        truncation=args.truncation,
+        sigma=args.sigma,
+        loss_cap=args.loss_cap or 2.0 * math.log(env_cfg.task.num_classes),
+        keep_accumulator_on_restore=args.keep_accumulator_on_restore,
+    )
+    return cfg, env_params
+
+
 def main(args: Args) -> pathlib.Path:
     """Meta-trains (or resumes) and returns the run directory."""
     args = args.resolved()
@@ -641,18 +657,8 @@ def main(args: Args) -> pathlib.Path:
         auto=args.distributed,
     )
     main_process = distributed.is_main_process()
-    settings = env_settings(args)
-    env_cfg = settings.config(2 * args.num_pairs)  # validates the env settings
-    data = env_cfg.task.load_data()
-    env_params = settings.params(data)
-    loss_cap = args.loss_cap or 2.0 * math.log(env_cfg.task.num_classes)
-    cfg = PESConfig(
-        env=env_cfg,
-        truncation=args.truncation,
-        sigma=args.sigma,
-        loss_cap=loss_cap,
-        keep_accumulator_on_restore=args.keep_accumulator_on_restore,
-    )
+    cfg, env_params = pes_config(args)
+    env_cfg, data = cfg.env, env_params.data
     run_dir = pathlib.Path(
         args.run_dir or runs.default_run_dir(args.env, args.mode, str(args.seed))
     )

@@ -52,16 +52,7 @@ def _zero_actions(
 def _pes_step(args: pes_train.Args, policy: pes_train.Policy) -> Callable[[], dict]:
     """A no-argument call of one jitted outer step that carries its state along."""
     args = args.resolved()
-    settings = pes_train.env_settings(args)
-    env_cfg = settings.config(2 * args.num_pairs)
-    env_params = settings.params(env_cfg.task.load_data())
-    cfg = pes_train.PESConfig(
-        env=env_cfg,
-        truncation=args.truncation,
-        sigma=args.sigma,
-        loss_cap=4.6,
-        keep_accumulator_on_restore=False,
-    )
+    cfg, env_params = pes_train.pes_config(args)
     state = pes_train.init_state(args, cfg, env_params)
     step = jax.jit(
         functools.partial(

@@ -50,16 +50,7 @@ def _pes_step(args: pes_train.Args) -> Callable[[], dict]:
     like ``pes_train.main`` (sharded state, replicated data), that carries its state
     along."""
     args = args.resolved()
-    settings = pes_train.env_settings(args)
-    env_cfg = settings.config(2 * args.num_pairs)
-    env_params = settings.params(env_cfg.task.load_data())
-    cfg = pes_train.PESConfig(
-        env=env_cfg,
-        truncation=args.truncation,
-        sigma=args.sigma,
-        loss_cap=4.6,
-        keep_accumulator_on_restore=False,
-    )
+    cfg, env_params = pes_train.pes_config(args)
     state = pes_train.init_state(args, cfg, env_params)
     state = pes_train.shard_state(state, args.num_pairs)
     _, whole = distributed.pairs_shardings(args.num_pairs)

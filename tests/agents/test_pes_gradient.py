@@ -22,17 +22,8 @@ SMALL = dict(hidden_sizes=(4,), batch_size=16, hidden_size=8, progress=False)
 
 
 def _setup(**overrides):
-    args = pes_train.Args(**{**SMALL, **overrides}).resolved()
-    settings = pes_train.env_settings(args)
-    env_cfg = settings.config(2 * args.num_pairs)
-    env_params = settings.params(env_cfg.task.load_data())
-    cfg = pes_train.PESConfig(
-        env=env_cfg,
-        truncation=args.truncation,
-        sigma=args.sigma,
-        loss_cap=1e6,
-        keep_accumulator_on_restore=args.keep_accumulator_on_restore,
-    )
+    args = pes_train.Args(**{**SMALL, "loss_cap": 1e6, **overrides}).resolved()
+    cfg, env_params = pes_train.pes_config(args)
     return args, cfg, env_params, pes_train.init_state(args, cfg, env_params)
 
 
