@@ -263,7 +263,7 @@ def compare(table: dict, key: str, a: str, b: str, lower_is_better: bool) -> str
     spread = (x[f"{key}_std"] or 0.0) + (y[f"{key}_std"] or 0.0)
     exceeds = abs(x[key] - y[key]) > spread
     return (
-        f"{a} {'better' if better else 'not better'} than {b} "
+        f"{key}: {a} {'better' if better else 'not better'} than {b} "
         f"({x[key]:.4g} vs {y[key]:.4g}; the gap "
         f"{'exceeds' if exceeds else 'is within'} the spread {spread:.2g})"
     )
@@ -452,8 +452,9 @@ Meta-training task: {results["task"]["dataset"]} MLP
 {results["task"]["hidden_sizes"]}, {results["task"]["num_params"]:,} parameters,
 batch {results["task"]["batch_size"]}. Each LO: PES for {config.outer_steps} outer
 steps x {config.num_pairs} pairs x truncation {config.truncation}, horizon n_max =
-{config.n_max}, every other setting at `pes_train`'s defaults (below); the exported LO
-is the one the run's own validation picked. Evaluation: fresh optimizees trained
+{config.n_max} (the curriculum grows its n_max linearly to 10x that over the run),
+every other setting at `pes_train`'s defaults (below); the exported LO is the one the
+run's own validation picked. Evaluation: fresh optimizees trained
 {results["steps_10x"]} steps (10x) with each LO, {config.eval_seeds} optimizee seeds;
 AdamW (wd 1e-4) tuned over {", ".join(f"{lr:g}" for lr in config.eval_lrs)} on
 validation loss. Rows: mean ± std over meta-seeds of each LO's mean over optimizee

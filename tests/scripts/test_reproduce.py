@@ -54,7 +54,7 @@ def test_aggregate_is_mean_and_std_over_meta_seeds():
     assert table["adamw"]["lr"] == 0.004
     assert table["adamw"]["train_loss_10x_std"] == pytest.approx(0.01)
     line = reproduce.compare(table, "train_loss_10x", "elo", "adamw", True)
-    assert line.startswith("elo not better than adamw (0.2 vs 0.2;")
+    assert line.startswith("train_loss_10x: elo not better than adamw (0.2 vs 0.2;")
     table["elo"]["train_loss_10x"] = 0.05
     line = reproduce.compare(table, "train_loss_10x", "elo", "adamw", True)
     assert "elo better than adamw" in line and "exceeds the spread 0.11" in line
