@@ -254,6 +254,9 @@ def test_other_modes_run(tmp_path, mode):
     assert float(last["alpha"]) == 1.0  # no behavior cloning in these modes
     if mode != "buffer":
         assert float(last["frac_from_buffer"]) == 0.0
+    else:  # the buffer-only ablation does restore (p_th 0.05, from outer step 1 on)
+        assert float(last["frac_from_buffer"]) > 0.0
+        assert float(last["buffer_fill"]) > 0.0
 
 
 def test_cli_smoke(tmp_path):
