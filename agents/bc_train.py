@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import pathlib
-import sys
 import time
 from typing import Literal
 
@@ -31,7 +30,6 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
-import tyro
 
 from elo_gym import adapters, checkpoint, core, lopt, registration, runs
 from elo_gym.settings import EnvSettings
@@ -349,19 +347,12 @@ def main(args: Args) -> pathlib.Path:
         args.run_dir
         or runs.default_run_dir(args.env, f"bc-{args.mode}", str(args.seed))
     )
-    config = {
-        k: v
-        for k, v in dataclasses.asdict(args).items()
-        if k not in ("run_dir", "progress")
-    }
-    runs.prepare_run_dir(run_dir, dict(config, agent="bc"))
-    manager = checkpoint.checkpoint_manager(run_dir)
-    state = init_state(args, cfg, env_params)
-    start = 0
-    restored = checkpoint.restore_state(manager, state)
-    if restored is not None:
-        state, start = restored
-    log = runs.MetricsLog(run_dir / "metrics.csv", METRICS, start)
+    run = runs.open_run(
+        run_dir,
+        dict(runs.args_config(args), agent="bc"),
+        init_state(args, cfg, env_params),
+        METRICS,
+    )
     step_fn = jax.jit(
         functools.partial(outer_step, cfg, optimizer(args)), donate_argnums=0
     )
@@ -391,12 +382,9 @@ def main(args: Args) -> pathlib.Path:
         }
 
     state = runs.train_loop(
-        state,
+        run,
         one_step,
-        start=start,
         total=args.outer_steps,
-        manager=manager,
-        log=log,
         checkpoint_every=args.checkpoint_every,
         postfix=postfix,
         desc="BC",
@@ -412,9 +400,5 @@ def main(args: Args) -> pathlib.Path:
 
 
 if __name__ == "__main__":
-    try:
-        run_dir = main(tyro.cli(Args))
-    except (ValueError, OSError) as e:  # bad input: one line, not a traceback
-        print(f"bc_train.py: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_dir = runs.run_cli(main, Args, "bc_train.py")
     print(f"run directory: {run_dir}")

@@ -20,7 +20,6 @@ import functools
 import json
 import math
 import pathlib
-import sys
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -30,7 +29,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tyro
 from jax.flatten_util import ravel_pytree
 
 from elo_gym import (
@@ -663,27 +661,17 @@ def main(args: Args) -> pathlib.Path:
         args.run_dir or runs.default_run_dir(args.env, args.mode, str(args.seed))
     )
     launch = ("distributed", "coordinator_address", "num_processes", "process_id")
-    config = {
-        k: v
-        for k, v in dataclasses.asdict(args).items()
-        if k not in ("run_dir", "progress", *launch)
-    }
-    runs.prepare_run_dir(run_dir, config, write=main_process)
-    manager = checkpoint.checkpoint_manager(run_dir)
     # Sharded first, so that a resumed run restores each shard where it belongs.
-    state = shard_state(init_state(args, cfg, env_params), args.num_pairs)
-    restored = checkpoint.restore_state(manager, state)
-    start = 0
-    if restored is not None:
-        state, start = restored
+    run = runs.open_run(
+        run_dir,
+        runs.args_config(args, exclude=launch),
+        shard_state(init_state(args, cfg, env_params), args.num_pairs),
+        METRICS,
+        main_process=main_process,
+    )
     # The data on every device once, rather than copied from one device at each step.
     _, whole = distributed.pairs_shardings(args.num_pairs)
     env_params = distributed.put(env_params, whole)
-    log = (
-        runs.MetricsLog(run_dir / "metrics.csv", METRICS, start)
-        if main_process
-        else None
-    )
     step_fn = jax.jit(
         functools.partial(outer_step, cfg, outer_optimizer(args)), donate_argnums=0
     )
@@ -725,12 +713,9 @@ def main(args: Args) -> pathlib.Path:
         }
 
     state = runs.train_loop(
-        state,
+        run,
         one_step,
-        start=start,
         total=args.outer_steps,
-        manager=manager,
-        log=log,
         checkpoint_every=args.checkpoint_every,
         postfix=postfix,
         desc=f"PES {args.mode}",
@@ -796,11 +781,7 @@ def summary(run_dir: pathlib.Path) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        run_dir = main(tyro.cli(Args))
-    except (ValueError, OSError) as e:  # bad input: one line, not a traceback
-        print(f"pes_train.py: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_dir = runs.run_cli(main, Args, "pes_train.py")
     if not distributed.is_main_process():
         raise SystemExit(0)  # process 0 reports
     if (run_dir / checkpoint.LO_FILE).is_file():

@@ -1,21 +1,26 @@
-"""Run directories shared by the agents: config.json written once, metrics.csv rows.
+"""The harness every agent shares: its run directory (config.json, checkpoints,
+metrics.csv), the outer-step loop, and the command line.
 
 A run directory is named env id, agent/mode, seed and time joined by ``__`` unless the
-user gives one; reusing a directory resumes its run, and only with the same config.
+user gives one; reusing a directory resumes its run, only with the same config (or a
+larger number of outer steps, which extends it). An agent reads as its ``Args``, its
+pure functions, and a ``main`` that calls :func:`open_run` and :func:`train_loop`.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime
 import json
 import pathlib
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import orbax.checkpoint as ocp
+import tyro
 from tqdm import tqdm
 
 from elo_gym import checkpoint, distributed, lopt
@@ -91,6 +96,52 @@ def _write_config(run_dir: pathlib.Path, config: dict) -> None:
         ) from e
 
 
+def args_config(args: Any, exclude: Sequence[str] = ()) -> dict:
+    """An agent's settings as config.json records them (``run_dir``, ``progress`` and
+    ``exclude`` left out: they do not change what the run computes)."""
+    skip = {"run_dir", "progress", *exclude}
+    return {k: v for k, v in dataclasses.asdict(args).items() if k not in skip}
+
+
+class Run(NamedTuple):
+    """An opened run directory: where to save, what to continue from, where to log."""
+
+    directory: pathlib.Path
+    manager: ocp.CheckpointManager
+    state: Any  # the restored state, or the fresh template
+    start: int  # outer steps already done
+    log: MetricsLog | None  # None on processes other than the main one
+
+
+def open_run(
+    run_dir: pathlib.Path,
+    config: dict,
+    template: Any,
+    fields: Sequence[str],
+    *,
+    main_process: bool = True,
+) -> Run:
+    """Prepares ``run_dir`` (config.json written, checked or extended), restores its
+    latest readable checkpoint into ``template``'s structure, and opens metrics.csv
+    (on the main process) with the rows of the steps already done."""
+    prepare_run_dir(run_dir, config, write=main_process)
+    manager = checkpoint.checkpoint_manager(run_dir)
+    restored = checkpoint.restore_state(manager, template)
+    state, start = restored if restored is not None else (template, 0)
+    log = MetricsLog(run_dir / "metrics.csv", fields, start) if main_process else None
+    return Run(run_dir, manager, state, start, log)
+
+
+def run_cli(main: Callable[[Any], pathlib.Path], args_type: type, name: str):
+    """Parses ``args_type`` from the command line and runs ``main``; bad input (a
+    ValueError or OSError) prints one line and exits 2 instead of a traceback."""
+    try:
+        return main(tyro.cli(args_type))
+    except (ValueError, OSError) as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 class MetricsLog:
     """metrics.csv, a row per outer step; rows past a resumed checkpoint are dropped."""
 
@@ -117,26 +168,26 @@ class MetricsLog:
 
 
 def train_loop(
-    state: Any,
+    run: Run,
     step: Callable[[Any, int], tuple[Any, dict]],
     *,
-    start: int,
     total: int,
-    manager: ocp.CheckpointManager,
-    log: MetricsLog | None,
     checkpoint_every: int,
     postfix: Callable[[dict], dict[str, str]],
     desc: str,
     progress: bool = True,
 ) -> Any:
-    """Runs outer steps ``start .. total - 1`` of an agent and returns the last state.
+    """Runs outer steps ``run.start .. total - 1`` from ``run.state``; returns the last
+    state.
 
     ``step(state, t)`` does one outer step and returns (state, metrics row), syncing
-    with the host once. Each row goes to ``log`` (None: processes other than the main
-    one); the state is checkpointed every ``checkpoint_every`` steps and at the end.
+    with the host once. Each row goes to ``run.log`` (None: processes other than the
+    main one); the state is checkpointed every ``checkpoint_every`` steps and at the
+    end.
     Ctrl-C finishes the current step, saves it and returns early (the run resumes from
     there), so no work is lost; with several processes, all stop at the same step.
     """
+    state, start, manager, log = run.state, run.start, run.manager, run.log
     interrupted = False
 
     def on_sigint(signum, frame):

@@ -144,7 +144,7 @@ def test_two_devices_match_one(reference_run, tmp_path):
     probe = (
         "import jax; from elo_gym.agents import pes_train as p; "
         "assert len(jax.devices()) == 2; import sys; "
-        "p.main(p.tyro.cli(p.Args, args=sys.argv[1:]))"
+        "import tyro; p.main(tyro.cli(p.Args, args=sys.argv[1:]))"
     )
     subprocess.run(
         [sys.executable, "-c", probe, "--run-dir", str(run_dir), *TINY_FLAGS],
