@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from elo_gym import adapters, checkpoint, core, lopt, registration, runs
+from elo_gym import adapters, checkpoint, core, lopt, runs
 from elo_gym.settings import EnvSettings
 
 METRICS = (
@@ -101,10 +101,7 @@ class Args:
     """Show a progress bar."""
 
     def validate(self) -> None:
-        if self.env not in registration.ENV_IDS:
-            raise ValueError(
-                f"unknown env {self.env!r}; valid: {', '.join(registration.ENV_IDS)}"
-            )
+        EnvSettings.from_id(self.env)  # an unknown id fails here, naming the valid ones
         positive = (
             "outer_steps",
             "num_copies",

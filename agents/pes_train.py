@@ -38,7 +38,6 @@ from elo_gym import (
     envs,
     inner_loop,
     lopt,
-    registration,
     runs,
     schedules,
 )
@@ -234,10 +233,7 @@ class Args:
 
     def validate(self) -> None:
         """Raises ValueError naming the first bad setting (call on ``resolved()``)."""
-        if self.env not in registration.ENV_IDS:
-            raise ValueError(
-                f"unknown env {self.env!r}; valid: {', '.join(registration.ENV_IDS)}"
-            )
+        EnvSettings.from_id(self.env)  # an unknown id fails here, naming the valid ones
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
         positive = (
