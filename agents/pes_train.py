@@ -38,6 +38,7 @@ from elo_gym import (
     envs,
     inner_loop,
     lopt,
+    lopt_fused,
     runs,
     schedules,
 )
@@ -236,7 +237,8 @@ class Args:
         EnvSettings.from_id(self.env)  # an unknown id fails here, naming the valid ones
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
-        positive = (
+        runs.require_positive(
+            self,
             "outer_steps",
             "num_pairs",
             "truncation",
@@ -248,9 +250,6 @@ class Args:
             "eval_seeds",
             "eval_horizon_factor",
         )
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.loss_cap is not None and self.loss_cap <= 0:
             raise ValueError(f"loss_cap must be > 0, got {self.loss_cap}")
         if self.eval_every < 0:
@@ -342,6 +341,7 @@ class PESConfig:
     sigma: float
     loss_cap: float
     keep_accumulator_on_restore: bool
+    layout: lopt_fused.Layout  # the fused LO update's layout, chosen once
 
 
 def outer_learning_rate(args: Args) -> optax.Schedule:
@@ -387,17 +387,23 @@ def init_state(args: Args, cfg: PESConfig, env_params: core.EnvParams) -> PESSta
     )
 
 
-def policy_actions(mlp_flat: jax.Array, unravel, copies: core.EnvState) -> jax.Array:
+def policy_actions(
+    mlp_flat: jax.Array,
+    unravel: Callable,
+    copies: core.EnvState,
+    *,
+    layout: lopt_fused.Layout,
+) -> jax.Array:
     """small_fc_lopt's actions (C, P, 2) for (C, D) weights, one set per copy.
 
     The same function of the copies' state as ``apply_mlp`` on their observed
-    (P, 39) features, by the LO's fast path (``lopt.mlp_outputs``), which never builds
-    those features: the scan below does not build observations at all.
+    (P, 39) features, by the LO's fused path (``lopt_fused.mlp_outputs``), which never
+    builds those features: the scan below does not build observations at all.
     """
 
     def one(weights: jax.Array, s: core.EnvState) -> jax.Array:
-        outputs = lopt.mlp_outputs(
-            s.grads, s.params, s.lo, unravel(weights), merged=True
+        outputs = lopt_fused.mlp_outputs(
+            s.grads, s.params, s.lo, unravel(weights), layout=layout, merged=True
         )
         return jnp.concatenate([out.reshape(2, -1) for out in outputs], axis=1).T
 
@@ -414,14 +420,17 @@ def unroll(
     accumulator: jax.Array,
     key: jax.Array,
     env_params: core.EnvParams,
-    policy: Policy = policy_actions,
+    policy: Policy | None = None,
 ):
     """One truncation of every antithetic pair; returns the PES gradient and metrics.
 
     ``policy`` maps (C, D) flat LO weights, their unravel function and the copies to
-    (C, P, 2) actions; the default is small_fc_lopt (``scripts/bench_pes.py`` swaps in
-    zero actions to time everything but the LO).
+    (C, P, 2) actions; None is small_fc_lopt (:func:`policy_actions` in the config's
+    layout; ``scripts/bench_pes.py`` swaps in zero actions to time everything but the
+    LO).
     """
+    if policy is None:
+        policy = functools.partial(policy_actions, layout=cfg.layout)
     theta, unravel = ravel_pytree(meta.mlp)
     eps = cfg.sigma * jax.random.normal(key, accumulator.shape)
     # Interleave: copy 2i runs theta + eps_i, copy 2i+1 runs theta - eps_i.
@@ -490,7 +499,7 @@ def outer_step(
     optimizer: optax.GradientTransformation,
     state: PESState,
     env_params: core.EnvParams,
-    policy: Policy = policy_actions,
+    policy: Policy | None = None,
 ) -> tuple[PESState, dict]:
     """One PES meta-gradient step (jit with ``cfg``, ``optimizer`` and ``policy``
     static; ``policy`` as for :func:`unroll`)."""
@@ -567,13 +576,14 @@ class Validation:
         self.steps = args.eval_horizon_factor * args.n_max
         self.window = max(1, self.steps // 10)
         keys = jax.random.split(jax.random.PRNGKey(args.seed + 1_000), args.eval_seeds)
+        layout = lopt_fused.default_layout()
         curves = functools.partial(
             inner_loop.train_curves, task, steps=self.steps, eval_every=self.window
         )
 
         @jax.jit
         def lo_curves(meta: lopt.MetaParams) -> dict:
-            optimizer = lopt.small_fc_lopt(meta)
+            optimizer = lopt.small_fc_lopt(meta, layout=layout)
             return jax.vmap(functools.partial(curves, optimizer), (None, 0))(data, keys)
 
         self._lo_curves = lo_curves
@@ -636,6 +646,7 @@ def pes_config(args: Args) -> tuple[PESConfig, core.EnvParams]:
         sigma=args.sigma,
         loss_cap=args.loss_cap or 2.0 * math.log(env_cfg.task.num_classes),
         keep_accumulator_on_restore=args.keep_accumulator_on_restore,
+        layout=lopt_fused.default_layout(),
     )
     return cfg, env_params
 
@@ -701,19 +712,12 @@ def main(args: Args) -> pathlib.Path:
             row["val_best_step"] = int(state.best_step)
         return state, row
 
-    def postfix(row: dict) -> dict[str, str]:
-        return {
-            "meta_loss": f"{row['meta_loss']:.3g}",
-            "alpha": f"{row['alpha']:.2f}",
-            "steps_s": f"{row['inner_steps_per_s']:.0f}",
-        }
-
     state = runs.train_loop(
         run,
         one_step,
         total=args.outer_steps,
         checkpoint_every=args.checkpoint_every,
-        postfix=postfix,
+        shown=("meta_loss", "alpha", "inner_steps_per_s"),
         desc=f"PES {args.mode}",
         progress=args.progress and main_process,
     )

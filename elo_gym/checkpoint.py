@@ -209,10 +209,17 @@ def _load_lo_file(file: pathlib.Path) -> tuple[lopt.MetaParams, dict]:
     return _meta_from_state(state, info), info
 
 
+# Fields that MetaParams had before its decays were fixed (see elo_gym.lopt); files
+# written then still load, as long as the offsets are zero (they were never trained).
+_OLD_DECAY_FIELDS = ("momentum_decays", "rms_decays", "adafactor_decays")
+
+
 def _meta_from_state(state: dict, info: dict) -> lopt.MetaParams:
     hidden = int(np.shape(state["mlp"]["Dense_0"]["kernel"])[1])
     template = lopt.init_meta_params(jax.random.PRNGKey(0), hidden_size=hidden)
     info.setdefault("hidden_size", hidden)
+    lopt.check_decay_offsets({k: state[k] for k in _OLD_DECAY_FIELDS if k in state})
+    state = {k: v for k, v in state.items() if k not in _OLD_DECAY_FIELDS}
     return flax.serialization.from_state_dict(template, state)
 
 
@@ -237,6 +244,9 @@ def _load_from_checkpoint(path: pathlib.Path) -> tuple[lopt.MetaParams, dict]:
     local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     flat = manager.restore(step, args=ocp.args.StandardRestore(fallback_sharding=local))
     hidden = int(np.shape(flat[".meta.mlp['Dense_0']['kernel']"])[1])
+    lopt.check_decay_offsets(
+        {k: flat[f".meta.{k}"] for k in _OLD_DECAY_FIELDS if f".meta.{k}" in flat}
+    )
     template = lopt.init_meta_params(jax.random.PRNGKey(0), hidden_size=hidden)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
     meta = treedef.unflatten(

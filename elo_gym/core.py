@@ -342,7 +342,7 @@ def _prepare(
         meta_task_loss = cfg.task.train_loss(
             snapshot.params, snapshot.model_state, held_out
         )[0]
-    lo_state = lopt.accumulate(grads, snapshot.lo, lopt.default_decays())
+    lo_state = lopt.accumulate(grads, snapshot.lo)
     expert_update, adam = demonstrator.adam_expert(cfg.expert_learning_rate).update(
         grads, snapshot.adam, snapshot.params
     )
@@ -508,9 +508,7 @@ def _apply_action(
     )
     bc = _bc_loss(cfg, lo_update_rows, expert_rows)
     reward = -((1.0 - p.alpha) * p.bc_scale * bc + p.alpha * s.meta_task_loss)
-    snapshot = Snapshot(
-        params, s.lo._replace(count=s.lo.count + 1), s.adam, s.model_state
-    )
+    snapshot = Snapshot(params, lopt.advance(s.lo), s.adam, s.model_state)
     diverged = (
         ~jnp.isfinite(s.loss)
         | ~_all_finite((params, s.model_state))

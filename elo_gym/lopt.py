@@ -28,14 +28,24 @@ index  feature
 Features 0-27 are normalized per tensor by their root mean square. Tensors of rank >= 2
 keep factored (row, column) second moments over their two largest axes.
 
+The decays are fixed (:data:`DECAYS`, the reference's initial values): the features
+are the environment's observation, computed by the env before any agent acts, so
+they cannot depend on the agent's meta-parameters. The reference's learnable decay
+offsets are therefore not meta-parameters here (:func:`meta_params_from_reference`
+accepts them only at zero).
+
 The accumulators are stored channels first, ``(decays,) + S``, where the reference
 stores ``S + (decays,)``: each decay's statistics are then one contiguous array, which
-the fast update (:func:`mlp_outputs`) reads without transposing.
+the fused update (:mod:`elo_gym.lopt_fused`) reads without transposing.
+
+Read top to bottom: meta-parameters, state, :func:`accumulate`, the features, the
+MLP, the step (Eq. 2), and the update :func:`lopt_update` with its optax face
+:func:`small_fc_lopt`. The update evaluates the MLP with the fused path, which equals
+:func:`apply_mlp` on :func:`features` (``tests/elo_gym/test_lopt.py``).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -44,6 +54,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from elo_gym import lopt_fused
 
 NUM_FEATURES = 39
 NUM_NORMALIZED = 28
@@ -87,9 +99,6 @@ class MetaParams(NamedTuple):
     """Meta-parameters of small_fc_lopt (what meta-training learns)."""
 
     mlp: dict  # flax params of SmallFcMLP: {"Dense_0": {"kernel", "bias"}, ...}
-    momentum_decays: jax.Array  # (3,) float32 offsets theta of the momentum decays
-    rms_decays: jax.Array  # (1,) float32 offset of the RMS decay
-    adafactor_decays: jax.Array  # (3,) float32 offsets of the Adafactor decays
 
 
 class TensorAccumulators(NamedTuple):
@@ -112,7 +121,7 @@ class SmallFcLOptState(NamedTuple):
 
 
 def init_meta_params(key: jax.Array, hidden_size: int = 32) -> MetaParams:
-    """Initializes meta-parameters like the reference (truncated normal, zero offsets).
+    """Initializes meta-parameters like the reference (truncated normal, zero bias).
 
     Args:
       key: PRNG key.
@@ -122,24 +131,23 @@ def init_meta_params(key: jax.Array, hidden_size: int = 32) -> MetaParams:
       Fresh :class:`MetaParams`.
     """
     mlp = SmallFcMLP(hidden_size).init(key, jnp.zeros((1, NUM_FEATURES)))["params"]
-    return MetaParams(
-        mlp=mlp,
-        momentum_decays=jnp.zeros(len(MOMENTUM_DECAYS), jnp.float32),
-        rms_decays=jnp.zeros(len(RMS_DECAYS), jnp.float32),
-        adafactor_decays=jnp.zeros(len(ADAFACTOR_DECAYS), jnp.float32),
-    )
+    return MetaParams(mlp=mlp)
 
 
 def meta_params_from_reference(arrays: Mapping[str, Any]) -> MetaParams:
     """Builds meta-parameters from learned_optimization's haiku layout.
 
     Args:
-      arrays: mapping with keys ``meta/nn/~/w0`` ... ``meta/nn/~/b2``,
-        ``meta/momentum_decays``, ``meta/rms_decays`` and ``meta/adafactor_decays``
-        (the golden fixture's keys).
+      arrays: mapping with keys ``meta/nn/~/w0`` ... ``meta/nn/~/b2`` (the golden
+        fixture's keys), and optionally the decay offsets ``meta/momentum_decays``,
+        ``meta/rms_decays`` and ``meta/adafactor_decays``, which must be zero.
 
     Returns:
       :class:`MetaParams`.
+
+    Raises:
+      ValueError: a decay offset is not zero (this LO's decays are fixed, see the
+        module docstring), or the first layer does not take 39 features.
     """
     missing = [k for k in _REFERENCE_KEYS if k not in arrays]
     if missing:
@@ -157,49 +165,45 @@ def meta_params_from_reference(arrays: Mapping[str, Any]) -> MetaParams:
             f"meta/nn/~/w0 has shape {mlp['Dense_0']['kernel'].shape}; "
             f"expected ({NUM_FEATURES}, hidden)"
         )
-    return MetaParams(
-        mlp,
-        f32("meta/momentum_decays"),
-        f32("meta/rms_decays"),
-        f32("meta/adafactor_decays"),
-    )
+    check_decay_offsets({k: arrays[k] for k in DECAY_OFFSET_KEYS if k in arrays})
+    return MetaParams(mlp)
 
 
-_REFERENCE_KEYS = tuple(f"meta/nn/~/{w}{i}" for i in range(3) for w in "wb") + (
+_REFERENCE_KEYS = tuple(f"meta/nn/~/{w}{i}" for i in range(3) for w in "wb")
+# The reference's learnable decay offsets (see the module docstring).
+DECAY_OFFSET_KEYS = (
     "meta/momentum_decays",
     "meta/rms_decays",
     "meta/adafactor_decays",
 )
 
 
+def check_decay_offsets(offsets: Mapping[str, Any]) -> None:
+    """Raises ValueError if any of the reference's decay offsets is nonzero."""
+    for name, value in offsets.items():
+        if np.any(np.asarray(value) != 0):
+            raise ValueError(
+                f"{name} = {np.asarray(value).tolist()}: this small_fc_lopt keeps its "
+                "decays fixed (they define the env's observation), so only zero decay "
+                "offsets can be loaded; an LO trained with learned decays needs "
+                "learned_optimization itself"
+            )
+
+
 class Decays(NamedTuple):
-    """Effective decay rates (float32) after applying the meta-learned offsets."""
+    """Decay rates of the accumulators (float32)."""
 
-    momentum: jax.Array  # (3,)
-    rms: jax.Array  # (1,)
-    adafactor: jax.Array  # (3,)
-
-
-def effective_decays(meta_params: MetaParams) -> Decays:
-    """Applies the offsets: decay = 1 - exp(10 * (log(1 - d0) / 10 + theta))."""
-
-    def shift(initial, theta):
-        base = jnp.log(1.0 - jnp.asarray(initial, jnp.float32)) / 10.0
-        return 1.0 - jnp.exp(10.0 * (base + theta))
-
-    return Decays(
-        momentum=shift(MOMENTUM_DECAYS, meta_params.momentum_decays),
-        rms=jnp.clip(shift(RMS_DECAYS, meta_params.rms_decays), 0.0, 1.0),
-        adafactor=jnp.clip(
-            shift(ADAFACTOR_DECAYS, meta_params.adafactor_decays), 0.0, 1.0
-        ),
-    )
+    momentum: np.ndarray  # (3,)
+    rms: np.ndarray  # (1,)
+    adafactor: np.ndarray  # (3,)
 
 
-def default_decays() -> Decays:
-    """Effective decays of untrained meta-parameters (all offsets zero)."""
-    zeros = lambda n: jnp.zeros(n, jnp.float32)  # noqa: E731
-    return effective_decays(MetaParams({}, zeros(3), zeros(1), zeros(3)))
+# The reference's initial decays, as float32 (what its zero offsets give).
+DECAYS = Decays(
+    momentum=np.asarray(MOMENTUM_DECAYS, np.float32),
+    rms=np.asarray(RMS_DECAYS, np.float32),
+    adafactor=np.asarray(ADAFACTOR_DECAYS, np.float32),
+)
 
 
 def factored_dims(shape: tuple[int, ...]) -> tuple[int, int] | None:
@@ -247,20 +251,19 @@ def sanitize_gradient(g: jax.Array) -> jax.Array:
     return jnp.where(jnp.isfinite(g), g, 0.0)
 
 
-def _per_channel(decay: jax.Array, ndim: int) -> jax.Array:
+def _per_channel(decay: np.ndarray, ndim: int) -> np.ndarray:
     """(c,) decays shaped (c, 1, ..., 1), to scale a channels-first rank-ndim array."""
     return decay.reshape((-1,) + (1,) * (ndim - 1))
 
 
-def _ema(decay: jax.Array, old: jax.Array, new: jax.Array) -> jax.Array:
+def _ema(decay: np.ndarray, old: jax.Array, new: jax.Array) -> jax.Array:
     """decay * old + (1 - decay) * new, per channel of the channels-first ``old``."""
     d = _per_channel(decay, old.ndim)
     return d * old + (1.0 - d) * new
 
 
-def _accumulate_tensor(
-    g: jax.Array, acc: TensorAccumulators, decays: Decays
-) -> TensorAccumulators:
+def _accumulate_tensor(g: jax.Array, acc: TensorAccumulators) -> TensorAccumulators:
+    decays = DECAYS
     g = g.reshape(acc.momentum.shape[1:])
     momentum = _ema(decays.momentum, acc.momentum, g)
     rms = _ema(decays.rms, acc.rms, g**2)
@@ -275,19 +278,90 @@ def _accumulate_tensor(
     return TensorAccumulators(momentum, rms, v_row, v_col)
 
 
-def accumulate(grads: Any, state: SmallFcLOptState, decays: Decays) -> SmallFcLOptState:
+def accumulate(grads: Any, state: SmallFcLOptState) -> SmallFcLOptState:
     """Folds a gradient into the accumulators (done before features are built).
 
     Non-finite gradient entries are treated as zero (see :func:`sanitize_gradient`).
-    The iteration counter is not advanced; :func:`lopt_update` does that.
+    The iteration counter is not advanced; :func:`advance` does that once the step
+    is taken.
     """
     g_leaves, treedef = jax.tree.flatten(grads)
     acc_leaves = treedef.flatten_up_to(state.accumulators)
     new = [
-        _accumulate_tensor(sanitize_gradient(g), a, decays)
+        _accumulate_tensor(sanitize_gradient(g), a)
         for g, a in zip(g_leaves, acc_leaves, strict=True)
     ]
     return state._replace(accumulators=treedef.unflatten(new))
+
+
+def mean_square(x: jax.Array) -> jax.Array:
+    """Mean of the square of a channels-first array, per channel."""
+    return jnp.mean(x**2, axis=tuple(range(1, x.ndim)))
+
+
+def tensor_inputs(
+    g: jax.Array, p: jax.Array, acc: TensorAccumulators
+) -> tuple[dict[str, jax.Array], jax.Array]:
+    """Channels-first inputs of one tensor's 28 normalized features ("rows"), and the
+    mean squares (12,) of its row and column rows.
+
+    Per-element inputs are (c,) + S. A factored tensor's factors and row and column
+    moments keep a size-1 axis where they broadcast, so a tile of the tensor slices
+    them like the rest, and their mean squares are taken on the small arrays: a
+    broadcast's mean square over the tensor is its mean square over the array.
+    """
+    shape = acc.momentum.shape[1:]
+    inputs = {
+        "g": sanitize_gradient(g).reshape((1,) + shape),
+        "p": p.reshape((1,) + shape),
+        "m": acc.momentum,
+        "r": acc.rms,
+    }
+    dims = factored_dims(shape)
+    if dims is None:
+        v = acc.v_row
+        inputs["v"] = v
+        inputs["row"] = inputs["col"] = jnp.concatenate([v, jax.lax.rsqrt(v + 1e-8)])
+        mean_squares = mean_square(inputs["row"])
+        return inputs, jnp.concatenate([mean_squares, mean_squares])
+    d0, d1 = dims
+    row_mean = jnp.mean(acc.v_row, axis=d1 if d1 > d0 else d1 + 1, keepdims=True)
+    row_factor = jax.lax.rsqrt(jnp.maximum(acc.v_row / (row_mean + 1e-9), 1e-9))
+    inputs["row_factor"] = jnp.expand_dims(row_factor, 1 + d0)
+    inputs["col_factor"] = jnp.expand_dims(
+        jax.lax.rsqrt(jnp.maximum(acc.v_col, 1e-9)), 1 + d1
+    )
+    mean_squares = []
+    for name, moments, axis in (("row", acc.v_row, d0), ("col", acc.v_col, d1)):
+        channels = jnp.concatenate([moments, jax.lax.rsqrt(moments + 1e-8)])
+        mean_squares.append(mean_square(channels))
+        inputs[name] = jnp.expand_dims(channels, 1 + axis)
+    return inputs, jnp.concatenate(mean_squares)
+
+
+def per_element_rows(block: dict[str, jax.Array]) -> list[jax.Array]:
+    """The 16 per-element rows of a block (a tensor's inputs, or a tile of them), as
+    8 arrays (c,) + block shape."""
+    g, m, r = block["g"], block["m"], block["r"]
+    rsqrt_r = jax.lax.rsqrt(r + 1e-6)
+    if "v" in block:
+        v = block["v"]
+        fac_g = g * jax.lax.rsqrt(jnp.maximum(v + 1e-9, 1e-9))
+        fac_m = m * jax.lax.rsqrt(v + 1e-6)
+    else:
+        both = block["row_factor"] * block["col_factor"]
+        fac_g, fac_m = g * both, m * both
+    return [g, block["p"], m, r, m * rsqrt_r, rsqrt_r, fac_g, fac_m]
+
+
+def feature_rows(block: dict[str, jax.Array]) -> list[jax.Array]:
+    """All 28 rows of a block, as 10 arrays (c,) + block shape (the row and column
+    ones broadcast): the 16 per-element rows, then the 6 row and 6 column rows."""
+    rows = per_element_rows(block)
+    shape = rows[0].shape[1:]
+    return rows + [
+        jnp.broadcast_to(block[k], block[k].shape[:1] + shape) for k in ("row", "col")
+    ]
 
 
 def step_features(count: jax.Array) -> jax.Array:
@@ -301,13 +375,13 @@ def raw_tensor_features(
 ) -> jax.Array:
     """Features 0-27 of one tensor before normalization, shape S + (28,).
 
-    ``acc`` must already include ``g`` (see :func:`accumulate`). The same rows as the
-    fast path (:func:`mlp_outputs`) builds, put back in the reference's feature order
-    and channels-last layout: this is the observation path, which stores every feature
-    anyway.
+    ``acc`` must already include ``g`` (see :func:`accumulate`). The rows of
+    :func:`feature_rows` (which the fused path reads directly) put in the reference's
+    feature order and channels-last layout: this is the observation path, which
+    stores every feature anyway.
     """
-    inputs, _ = _tensor_inputs(g, p, acc)
-    *per_element, fac_m, row, col = _rows(inputs)
+    inputs, _ = tensor_inputs(g, p, acc)
+    *per_element, fac_m, row, col = feature_rows(inputs)
     # Rows 13-24 interleave the row and column moments in the reference's order.
     rows = [jnp.moveaxis(x, 0, -1) for x in per_element]
     row, col = jnp.moveaxis(row, 0, -1), jnp.moveaxis(col, 0, -1)
@@ -365,320 +439,9 @@ def step_from_action(
     return step_mult * action[..., 0] * jnp.exp(exp_mult * action[..., 1])
 
 
-# The fast path lays out the first layer's 28 input rows as: the 16 per-element
-# features (0-12 and 25-27), then 6 row features (13-15, 19-21) and 6 column features
-# (16-18, 22-24). For a factored tensor these 12 are broadcasts of its small row and
-# column second moments; an unfactored tensor has no factors and repeats its v_k and
-# their rsqrt in both, as the reference does.
-_FEATURE_OF_ROW = np.asarray(
-    tuple(range(13))
-    + (25, 26, 27)
-    + (13, 14, 15, 19, 20, 21)
-    + (16, 17, 18, 22, 23, 24)
-)
-
-
-def _mean_square(x: jax.Array) -> jax.Array:
-    """Mean of the square of a channels-first array, per channel."""
-    return jnp.mean(x**2, axis=tuple(range(1, x.ndim)))
-
-
-def _tensor_inputs(
-    g: jax.Array, p: jax.Array, acc: TensorAccumulators
-) -> tuple[dict[str, jax.Array], jax.Array]:
-    """Channels-first inputs of one tensor's 28 rows, and the mean squares (12,) of its
-    row and column rows.
-
-    Per-element inputs are (c,) + S. A factored tensor's factors and row and column
-    moments keep a size-1 axis where they broadcast, so a tile of the tensor slices
-    them like the rest, and their mean squares are taken on the small arrays: a
-    broadcast's mean square over the tensor is its mean square over the array.
-    """
-    shape = acc.momentum.shape[1:]
-    inputs = {
-        "g": sanitize_gradient(g).reshape((1,) + shape),
-        "p": p.reshape((1,) + shape),
-        "m": acc.momentum,
-        "r": acc.rms,
-    }
-    dims = factored_dims(shape)
-    if dims is None:
-        v = acc.v_row
-        inputs["v"] = v
-        inputs["row"] = inputs["col"] = jnp.concatenate([v, jax.lax.rsqrt(v + 1e-8)])
-        mean_squares = _mean_square(inputs["row"])
-        return inputs, jnp.concatenate([mean_squares, mean_squares])
-    d0, d1 = dims
-    row_mean = jnp.mean(acc.v_row, axis=d1 if d1 > d0 else d1 + 1, keepdims=True)
-    row_factor = jax.lax.rsqrt(jnp.maximum(acc.v_row / (row_mean + 1e-9), 1e-9))
-    inputs["row_factor"] = jnp.expand_dims(row_factor, 1 + d0)
-    inputs["col_factor"] = jnp.expand_dims(
-        jax.lax.rsqrt(jnp.maximum(acc.v_col, 1e-9)), 1 + d1
-    )
-    mean_squares = []
-    for name, moments, axis in (("row", acc.v_row, d0), ("col", acc.v_col, d1)):
-        channels = jnp.concatenate([moments, jax.lax.rsqrt(moments + 1e-8)])
-        mean_squares.append(_mean_square(channels))
-        inputs[name] = jnp.expand_dims(channels, 1 + axis)
-    return inputs, jnp.concatenate(mean_squares)
-
-
-def _per_element_rows(block: dict[str, jax.Array]) -> list[jax.Array]:
-    """The 16 per-element rows of a block (a tensor's inputs, or a tile of them), as
-    8 arrays (c,) + block shape."""
-    g, m, r = block["g"], block["m"], block["r"]
-    rsqrt_r = jax.lax.rsqrt(r + 1e-6)
-    if "v" in block:
-        v = block["v"]
-        fac_g = g * jax.lax.rsqrt(jnp.maximum(v + 1e-9, 1e-9))
-        fac_m = m * jax.lax.rsqrt(v + 1e-6)
-    else:
-        both = block["row_factor"] * block["col_factor"]
-        fac_g, fac_m = g * both, m * both
-    return [g, block["p"], m, r, m * rsqrt_r, rsqrt_r, fac_g, fac_m]
-
-
-def _rows(block: dict[str, jax.Array]) -> list[jax.Array]:
-    """All 28 rows of a block in the fast path's order, as 10 arrays (c,) + block
-    shape (the row and column ones broadcast)."""
-    rows = _per_element_rows(block)
-    shape = rows[0].shape[1:]
-    return rows + [
-        jnp.broadcast_to(block[k], block[k].shape[:1] + shape) for k in ("row", "col")
-    ]
-
-
-def _cpu_layout() -> bool:
-    """Whether the fast path is laid out for XLA:CPU (tiles, rows written in place)."""
-    return jax.default_backend() == "cpu"
-
-
-def _rows_matrix(
-    blocks: list[tuple[dict[str, jax.Array], jax.Array | None]],
-) -> jax.Array:
-    """The 28 rows of several blocks side by side: (28, n_1 + ... + n_k), n_i = block
-    i's element count, each block's rows scaled by its normalization (28,) if given.
-
-    On CPU each row group of each block is written in place into one buffer
-    (dynamic_update_slice): XLA:CPU materializes every operand of a concatenate, so
-    concatenating each row group across blocks and then the groups wrote the rows
-    three times, which cost 5-9% of the PES agent's whole step. Elsewhere the
-    concatenates stay (they fuse on GPU).
-    """
-    per_block = [(_rows(inputs), scale) for inputs, scale in blocks]
-    dtype = jnp.result_type(*[r for rows, _ in per_block for r in rows])
-    groups = [[] for _ in per_block[0][0]]  # groups[j][i]: row group j of block i
-    for rows, scale in per_block:
-        size, start = math.prod(rows[0].shape[1:]), 0
-        for group, r in zip(groups, rows, strict=True):
-            piece = r.reshape(r.shape[0], size).astype(dtype)
-            if scale is not None:
-                piece = piece * scale[start : start + r.shape[0], None]
-            group.append(piece)
-            start += r.shape[0]
-    if not _cpu_layout():
-        return jnp.concatenate([jnp.concatenate(group, axis=1) for group in groups])
-    x = jnp.zeros((NUM_NORMALIZED, sum(p.shape[1] for p in groups[0])), dtype)
-    row = 0
-    for group in groups:
-        column = 0
-        for piece in group:
-            x = jax.lax.dynamic_update_slice(x, piece, (row, column))
-            column += piece.shape[1]
-        row += group[0].shape[0]
-    return x
-
-
-def _normalization(
-    inputs: dict[str, jax.Array], row_col_mean_squares: jax.Array
-) -> jax.Array:
-    """rsqrt(1e-5 + mean square over the tensor) of each of the 28 rows, (28,)."""
-    # Each row's expression fuses into its reduction; none is stored at full size.
-    mean_squares = [_mean_square(x) for x in _per_element_rows(inputs)]
-    return jax.lax.rsqrt(1e-5 + jnp.concatenate(mean_squares + [row_col_mean_squares]))
-
-
-def _layers(
-    mlp: dict, steps: jax.Array, scale: jax.Array | None = None
-) -> list[tuple[jax.Array, jax.Array]]:
-    """The MLP as channels-first layers: (out, in) weights and (out,) biases.
-
-    The first layer takes the 28 rows in the fast path's order. The 11 step features
-    are equal for every element, so they fold into its bias; ``scale`` (28,), when
-    given, folds a tensor's normalization into its weights.
-    """
-    w0, b0 = mlp["Dense_0"]["kernel"], mlp["Dense_0"]["bias"]
-    w_first = w0[_FEATURE_OF_ROW]
-    if scale is not None:
-        w_first = w_first * scale[:, None]
-    bias = b0 + jnp.matmul(steps, w0[NUM_NORMALIZED:], precision=PRECISION)
-    return [(w_first.T, bias)] + [
-        (mlp[name]["kernel"].T, mlp[name]["bias"]) for name in sorted(mlp)[1:]
-    ]
-
-
-def _run_mlp(layers: list[tuple[jax.Array, jax.Array]], x: jax.Array) -> jax.Array:
-    """The MLP on channels-first rows: (28, n) -> (2, n)."""
-    for i, (w, b) in enumerate(layers):
-        x = jnp.matmul(w, x, precision=PRECISION) + b[:, None]
-        if i < len(layers) - 1:
-            x = jax.nn.relu(x)
-    return x
-
-
-# Elements per tile of the CPU path of the fast update (see _tiled_tensor_step).
-# Measured on the 2-core CI machine, ms per update of the 538,856-param MLP: 8,192:
-# 28.4; 16,384: 26.6; 24,576: 23.8; 32,768: 22.6-23.1; 49,152: 22.7; 65,536:
-# 24.2-24.6; 131,072: 58.6 (the activations leave the caches); untiled: 88.4.
-TILE_ELEMENTS = 32768
-
-
-def _tile_rows(shape: tuple[int, ...]) -> int | None:
-    """Rows of axis 0 per tile, or None to run the tensor untiled.
-
-    Tiles cut axis 0 only; a tensor is tiled when some divisor of its first dimension
-    gives tiles of TILE_ELEMENTS / 4 to TILE_ELEMENTS elements and there are at least
-    two of them.
-    """
-    if len(shape) < 2:
-        return None
-    row = math.prod(shape[1:])
-    rows = min(shape[0], TILE_ELEMENTS // row) if row <= TILE_ELEMENTS else 0
-    while rows and shape[0] % rows:
-        rows -= 1
-    num_tiles = shape[0] // rows if rows else 0
-    if rows * row < TILE_ELEMENTS // 4 or num_tiles < 2:
-        return None
-    return rows
-
-
-def _tiled_tensor_step(
-    inputs: dict[str, jax.Array], layers: list, rows_per_tile: int
-) -> jax.Array:
-    """The MLP output (2,) + S of one large tensor on CPU, tile by tile.
-
-    Each tile of rows_per_tile rows along axis 0 builds its 28 input rows and runs all
-    three layers while its (32, T) activations are in cache; full-width layers would
-    stream every (32, n) activation through memory, which costs more than their FLOPs.
-    ``layers`` carry the tensor's normalization in their first weights.
-    """
-    shape = inputs["m"].shape[1:]
-
-    def tile(i: jax.Array, out: jax.Array) -> jax.Array:
-        # Inputs that broadcast along the tensor's axis 0 are the same for every tile.
-        block = {
-            k: x
-            if x.shape[1] == 1
-            else jax.lax.dynamic_slice_in_dim(x, i * rows_per_tile, rows_per_tile, 1)
-            for k, x in inputs.items()
-        }
-        step = _run_mlp(layers, _rows_matrix([(block, None)]))
-        step = step.reshape((2, rows_per_tile) + shape[1:])
-        return jax.lax.dynamic_update_slice_in_dim(out, step, i * rows_per_tile, 1)
-
-    out = jnp.zeros((2,) + shape, layers[0][0].dtype)
-    return jax.lax.fori_loop(0, shape[0] // rows_per_tile, tile, out)
-
-
-def _merged_step(
-    tensors: list[tuple[dict[str, jax.Array], jax.Array]], layers: list
-) -> jax.Array:
-    """The MLP output (2, n_1 + ... + n_k) of several tensors in one pass.
-
-    Builds the normalized (28, n_1 + ... + n_k) rows, each tensor's scaled by its own
-    normalization, so the three layers run as three wide matmuls instead of three per
-    tensor: small tensors (biases, or every tensor of a small network, as in the PES
-    agent's per-copy networks) would otherwise pay a skinny matmul each. On CPU, more
-    than 2 * TILE_ELEMENTS columns run in column tiles, as _tiled_tensor_step does.
-    """
-    x = _rows_matrix(tensors)
-    columns = x.shape[1]
-    # XLA would fold each weight's transpose into its matmul as a transposed operand.
-    # With weights that differ per vmapped copy, those batched matmuls ran 1.3-2x
-    # slower on CPU than with the (out, in) weights stored contiguously, so the
-    # barrier keeps the transposes (a few KB). With shared weights it costs instead.
-    layers = jax.lax.optimization_barrier(layers)
-    if not _cpu_layout() or columns < 2 * TILE_ELEMENTS:
-        return _run_mlp(layers, x)
-    num_tiles = -(-columns // TILE_ELEMENTS)
-    width = -(-columns // num_tiles)
-    x = jnp.pad(x, ((0, 0), (0, num_tiles * width - columns)))
-
-    def tile(i: jax.Array, out: jax.Array) -> jax.Array:
-        block = jax.lax.dynamic_slice_in_dim(x, i * width, width, 1)
-        return jax.lax.dynamic_update_slice_in_dim(
-            out, _run_mlp(layers, block), i * width, 1
-        )
-
-    out = jnp.zeros((2, num_tiles * width), x.dtype)
-    return jax.lax.fori_loop(0, num_tiles, tile, out)[:, :columns]
-
-
-def mlp_outputs(
-    grads: Any,
-    params: Any,
-    state: SmallFcLOptState,
-    mlp: dict,
-    *,
-    merged: bool = False,
-) -> list[jax.Array]:
-    """The LO's MLP output (d, m) for every tensor, without the (n, 39) features.
-
-    Equals ``apply_mlp(mlp, f)`` for each ``f`` of :func:`features` (moved to the
-    front axis); the golden-fixture test checks both. ``state`` must already include
-    ``grads`` (see :func:`accumulate`). The same math, arranged for speed:
-
-    - channels first, as the accumulators are stored: the layers are (h, k) @ (k, n)
-      matmuls over a long, dense n, and no input is transposed;
-    - the per-tensor normalization is a scalar per row, computed from reductions that
-      fuse with each row's expression; the 11 step features fold into the first bias;
-    - the normalization is folded into the first layer's weights, except in the
-      merged pass;
-    - on CPU a large tensor runs in tiles (_tiled_tensor_step).
-
-    Args:
-      grads, params, state, mlp: as for :func:`lopt_update` (``mlp`` is
-        ``MetaParams.mlp``).
-      merged: run every tensor that is not tiled in one merged pass (_merged_step):
-        three wide matmuls instead of three per tensor, for the price of copying the
-        inputs once. It pays off when ``mlp`` differs across a vmapped batch, as in
-        the PES agent, where each tensor's matmuls become small batched ones (2.3 vs
-        3.3 ms per step for 16 copies of a 3,466-parameter MLP). With one ``mlp``
-        for the batch, XLA runs each tensor's matmuls as one wide matmul anyway and
-        the copies cost more than they save (31.9 vs 18.5 ms for 4 copies of a
-        ResNet-18 of width 4).
-
-    Returns:
-      One (2,) + S' array per leaf, in ``jax.tree.leaves`` order (S' = S, or (1,)
-      for scalars).
-    """
-    g_leaves, treedef = jax.tree.flatten(grads)
-    p_leaves = treedef.flatten_up_to(params)
-    acc_leaves = treedef.flatten_up_to(state.accumulators)
-    steps = step_features(state.count)
-    on_cpu = _cpu_layout()
-    outputs: list[jax.Array | None] = [None] * len(g_leaves)
-    pending = []  # tensors for the merged pass
-    for i, (g, p, acc) in enumerate(zip(g_leaves, p_leaves, acc_leaves, strict=True)):
-        inputs, row_col_mean_squares = _tensor_inputs(g, p, acc)
-        scale = _normalization(inputs, row_col_mean_squares)
-        shape = acc.momentum.shape[1:]
-        rows_per_tile = _tile_rows(shape) if on_cpu else None
-        if rows_per_tile is not None:
-            layers = _layers(mlp, steps, scale)
-            outputs[i] = _tiled_tensor_step(inputs, layers, rows_per_tile)
-        elif merged:
-            pending.append((i, shape, inputs, scale))
-        else:
-            out = _run_mlp(_layers(mlp, steps, scale), _rows_matrix([(inputs, None)]))
-            outputs[i] = out.reshape((2,) + shape)
-    if pending:
-        out = _merged_step([(x, s) for _, _, x, s in pending], _layers(mlp, steps))
-        sizes = [math.prod(shape) for _, shape, _, _ in pending]
-        pieces = jnp.split(out, np.cumsum(sizes)[:-1], axis=1)
-        for (i, shape, _, _), piece in zip(pending, pieces, strict=True):
-            outputs[i] = piece.reshape((2,) + shape)
-    return outputs
+def advance(state: SmallFcLOptState) -> SmallFcLOptState:
+    """Counts one finished iteration (the step features read the count)."""
+    return state._replace(count=state.count + 1)
 
 
 def lopt_update(
@@ -689,24 +452,34 @@ def lopt_update(
     step_mult: float = STEP_MULT,
     exp_mult: float = EXP_MULT,
     *,
+    layout: lopt_fused.Layout,
     merged: bool = False,
 ) -> tuple[Any, SmallFcLOptState]:
     """One learned-optimizer step: (updates, new_state); new params = p + updates.
 
-    ``merged`` runs the small tensors' MLP in one pass (see :func:`mlp_outputs`): set
-    it when vmapping over meta-parameters that differ per copy, as an evolution
-    strategy over the LO does; leave it off for one LO over a batch.
+    :func:`accumulate`, the MLP's (d, m) for every parameter, the step of Eq. 2, and
+    :func:`advance`: the rule the env applies to an agent's action, with the action
+    computed by the fused path (:func:`elo_gym.lopt_fused.mlp_outputs`).
+
+    Args:
+      layout: the fused path's layout, ``"cpu"`` or ``"accelerator"``; chosen once by
+        the caller, e.g. ``lopt_fused.default_layout()`` outside ``jit``.
+      merged: run the small tensors' MLP in one pass; set it when vmapping over
+        meta-parameters that differ per copy, as an evolution strategy over the LO
+        does; leave it off for one LO over a batch.
     """
-    state = accumulate(grads, state, effective_decays(meta_params))
-    outputs = mlp_outputs(grads, params, state, meta_params.mlp, merged=merged)
+    state = accumulate(grads, state)
+    outputs = lopt_fused.mlp_outputs(
+        grads, params, state, meta_params.mlp, layout=layout, merged=merged
+    )
     p_leaves, treedef = jax.tree.flatten(params)
     updates = [
-        (-step_mult * out[0] * jnp.exp(exp_mult * out[1]))
+        (-step_from_action(jnp.moveaxis(out, 0, -1), step_mult, exp_mult))
         .reshape(p.shape)
         .astype(p.dtype)
         for out, p in zip(outputs, p_leaves, strict=True)
     ]
-    return treedef.unflatten(updates), state._replace(count=state.count + 1)
+    return treedef.unflatten(updates), advance(state)
 
 
 def small_fc_lopt(
@@ -714,13 +487,15 @@ def small_fc_lopt(
     step_mult: float = STEP_MULT,
     exp_mult: float = EXP_MULT,
     *,
+    layout: lopt_fused.Layout | None = None,
     merged: bool = False,
 ) -> optax.GradientTransformation:
     """small_fc_lopt as an ``optax.GradientTransformation``.
 
     Works on any params pytree. ``update`` needs ``params``; the returned updates are
     new params minus params. Non-finite gradient entries count as zero gradient.
-    ``merged``: as for :func:`lopt_update` (for meta-parameters vmapped per copy).
+    ``layout``: as for :func:`lopt_update`; None takes the default backend's, read
+    here, once. ``merged``: as for :func:`lopt_update`.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, elo_gym
@@ -730,6 +505,8 @@ def small_fc_lopt(
       >>> updates, state = opt.update({"w": jnp.ones((3, 2))}, state, params)
       >>> params = optax.apply_updates(params, updates)
     """
+    layout = lopt_fused.default_layout() if layout is None else layout
+    lopt_fused.check_layout(layout)
 
     def update_fn(updates, state, params=None):
         if params is None:
@@ -737,7 +514,14 @@ def small_fc_lopt(
                 "small_fc_lopt needs params: call update(grads, state, params)"
             )
         return lopt_update(
-            meta_params, updates, state, params, step_mult, exp_mult, merged=merged
+            meta_params,
+            updates,
+            state,
+            params,
+            step_mult,
+            exp_mult,
+            layout=layout,
+            merged=merged,
         )
 
     return optax.GradientTransformation(init_state, update_fn)

@@ -9,7 +9,7 @@ Example:
   >>> opt = elo_gym.torch_optim.load("runs/my_run", model.parameters())
   >>> loss.backward(); opt.step(); opt.zero_grad()
 
-Like the JAX fast path (:func:`elo_gym.lopt.mlp_outputs`), it never builds the
+Like the JAX fused path (:func:`elo_gym.lopt_fused.mlp_outputs`), it never builds the
 (n, 39) feature matrix: the 11 step features fold into the first layer's bias, each
 tensor's normalization into the first layer's weights, and the row and column
 features of a factored tensor (broadcasts of its small second moments) enter the
@@ -43,7 +43,7 @@ TILE_ELEMENTS = 8192
 
 
 class _Net:
-    """The LO's MLP and effective decays as float32 tensors on one device."""
+    """The LO's MLP and decays as float32 tensors on one device."""
 
     def __init__(self, meta_params: lopt.MetaParams, device: torch.device) -> None:
         def tensor(x: Any) -> torch.Tensor:
@@ -60,9 +60,8 @@ class _Net:
         ]
         # The optax face's own float32 decays d, so that both faces use the same
         # bits; each with 1 - d, the weight of the new value.
-        decays = lopt.effective_decays(meta_params)
         self.momentum, self.rms, self.adafactor = (
-            (tensor(d), 1.0 - tensor(d)) for d in decays
+            (tensor(d), 1.0 - tensor(d)) for d in lopt.DECAYS
         )
         self.timescales = tensor(lopt.STEP_TIMESCALES)
         self._first_bias = (-1, self.b0)
@@ -90,11 +89,6 @@ def _validate_meta_params(meta_params: Any) -> None:
         raise ValueError(
             f"meta_params.mlp['Dense_0']['kernel'] has shape {kernel}; "
             f"expected ({lopt.NUM_FEATURES}, hidden)"
-        )
-    sizes = [np.size(x) for x in meta_params[1:]]
-    if sizes != [3, 1, 3]:
-        raise ValueError(
-            f"meta_params decay offsets have sizes {sizes}; expected [3, 1, 3]"
         )
 
 

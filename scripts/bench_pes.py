@@ -49,8 +49,11 @@ def _zero_actions(
     return jnp.zeros((weights.shape[0], size, 2)) + 0.0 * weights[:, :1, None]
 
 
-def _pes_step(args: pes_train.Args, policy: pes_train.Policy) -> Callable[[], dict]:
-    """A no-argument call of one jitted outer step that carries its state along."""
+def _pes_step(
+    args: pes_train.Args, policy: pes_train.Policy | None
+) -> Callable[[], dict]:
+    """A no-argument call of one jitted outer step that carries its state along
+    (``policy`` None: the LO itself)."""
     args = args.resolved()
     cfg, env_params = pes_train.pes_config(args)
     state = pes_train.init_state(args, cfg, env_params)
@@ -110,10 +113,8 @@ def run(repeats: int = 10, num_pairs: int = 8, truncation: int = 50) -> dict:
     elo_args = pes_train.Args(mode="elo", **base)
     log("building the programs ...")
     calls = {
-        "elo": _pes_step(elo_args, pes_train.policy_actions),
-        "naive": _pes_step(
-            pes_train.Args(mode="naive", **base), pes_train.policy_actions
-        ),
+        "elo": _pes_step(elo_args, None),
+        "naive": _pes_step(pes_train.Args(mode="naive", **base), None),
         "no_lo": _pes_step(elo_args, _zero_actions),
         "floor": _adam_floor(elo_args),
     }

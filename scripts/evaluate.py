@@ -60,6 +60,7 @@ from tqdm import tqdm
 
 import elo_gym
 from elo_gym import envs as tasks
+from elo_gym import lopt_fused
 from elo_gym.checkpoint import load_meta_params
 from elo_gym.inner_loop import HostLoop, eval_steps, train_curves
 from elo_gym.lopt import EXP_MULT, STEP_MULT
@@ -314,6 +315,7 @@ def run(config: EvalConfig, workdir: str | pathlib.Path) -> dict:
     steps, eval_every = resolved["steps"], resolved["eval_every"]
     keys = _seed_keys(config)
     train = functools.partial(train_curves, task, steps=steps, eval_every=eval_every)
+    layout = lopt_fused.default_layout()
 
     def build_adamw(lr):
         return optax.adamw(lr, weight_decay=config.weight_decay)
@@ -324,7 +326,10 @@ def run(config: EvalConfig, workdir: str | pathlib.Path) -> dict:
         def lo_program(meta, data, keys, *, step_mult, exp_mult):
             if (step_mult, exp_mult) not in host_loops:
                 build = functools.partial(
-                    elo_gym.small_fc_lopt, step_mult=step_mult, exp_mult=exp_mult
+                    elo_gym.small_fc_lopt,
+                    step_mult=step_mult,
+                    exp_mult=exp_mult,
+                    layout=layout,
                 )
                 host_loops[step_mult, exp_mult] = HostLoop(
                     task, build, steps=steps, eval_every=eval_every
@@ -336,7 +341,7 @@ def run(config: EvalConfig, workdir: str | pathlib.Path) -> dict:
 
         @functools.partial(jax.jit, static_argnames=("step_mult", "exp_mult"))
         def lo_program(meta, data, keys, *, step_mult, exp_mult):
-            optimizer = elo_gym.small_fc_lopt(meta, step_mult, exp_mult)
+            optimizer = elo_gym.small_fc_lopt(meta, step_mult, exp_mult, layout=layout)
             return jax.vmap(functools.partial(train, optimizer), (None, 0))(data, keys)
 
         # lr is a traced argument: one compilation serves the whole sweep.

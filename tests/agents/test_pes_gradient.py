@@ -40,7 +40,9 @@ def test_pes_gradient_points_along_the_autodiff_gradient():
     def mean_meta_loss(mlp):
         theta, unravel = ravel_pytree(mlp)
         weights = jnp.broadcast_to(theta, (2 * args.num_pairs, theta.size))
-        actions = pes_train.policy_actions(weights, unravel, state.env.copies)
+        actions = pes_train.policy_actions(
+            weights, unravel, state.env.copies, layout=cfg.layout
+        )
         reward = core.step(cfg.env, state.env, actions, env_params)[2]
         return -reward.mean()
 

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 import elo_gym
-from elo_gym import lopt
+from elo_gym import lopt, lopt_fused
 
 FIXTURE = pathlib.Path(__file__).parents[1] / "fixtures" / "small_fc_lopt_golden.npz"
 NAMES = ("w", "b", "s", "k")  # 2-D, 1-D, scalar, 4-D
@@ -37,13 +37,14 @@ def _params_close(mine, ref):
 
 def _step(meta, params, state, grads):
     """One update, returning every intermediate the fixture records."""
-    decays = lopt.effective_decays(meta)
-    acc_state = lopt.accumulate(grads, state, decays)
+    acc_state = lopt.accumulate(grads, state)
     feats = dict(zip(LEAF_ORDER, lopt.features(grads, params, acc_state), strict=True))
     accs = {n: acc_state.accumulators[n] for n in NAMES}
     raws = {n: lopt.raw_tensor_features(grads[n], params[n], accs[n]) for n in NAMES}
     outs = {n: lopt.apply_mlp(meta.mlp, feats[n]) for n in NAMES}
-    updates, new_state = lopt.lopt_update(meta, grads, state, params)
+    updates, new_state = lopt.lopt_update(
+        meta, grads, state, params, layout=lopt_fused.default_layout()
+    )
     new_params = optax.apply_updates(params, updates)
     return feats, raws, outs, accs, new_params, new_state
 
@@ -57,7 +58,7 @@ def test_parity_with_reference_fixture(golden, jit):
         ("adafactor", "adafactor"),
     ]:
         np.testing.assert_array_equal(
-            getattr(lopt.effective_decays(meta), name),
+            getattr(lopt.DECAYS, name),
             golden[f"config/effective_{key}_decays"],
         )
     for n in ("w", "k"):
@@ -114,20 +115,22 @@ def test_init_meta_params_shapes_and_scale():
     assert np.abs(w0).max() <= 2.0 / np.sqrt(39) + 1e-6
     assert 0.6 / np.sqrt(39) < w0.std() < 1.1 / np.sqrt(39)
     assert not np.any(meta.mlp["Dense_0"]["bias"])
-    assert not np.any(meta.momentum_decays) and meta.rms_decays.shape == (1,)
     wide = elo_gym.init_meta_params(jax.random.key(0), hidden_size=8)
     assert wide.mlp["Dense_1"]["kernel"].shape == (8, 8)
 
 
-def test_nonzero_decay_offsets_use_the_reference_mapping():
-    meta = elo_gym.init_meta_params(jax.random.key(0))._replace(
-        momentum_decays=jnp.array([0.1, -0.1, 0.0])
-    )
-    decays = lopt.effective_decays(meta)
-    expected = 1 - (1 - np.array([0.9, 0.99, 0.999])) * np.exp(
-        10 * np.array([0.1, -0.1, 0])
-    )
-    np.testing.assert_allclose(decays.momentum, expected, rtol=1e-5)
+def test_reference_meta_params_with_learned_decays_are_refused(golden):
+    """The env's features use fixed decays, so a reference LO whose decay offsets
+    were meta-trained cannot be run faithfully; loading it must say so."""
+    shifted = dict(golden, **{"meta/momentum_decays": np.float32([0.1, -0.1, 0.0])})
+    with pytest.raises(ValueError, match="meta/momentum_decays = \\[0.1"):
+        elo_gym.meta_params_from_reference(shifted)
+    without = {k: v for k, v in golden.items() if k not in lopt.DECAY_OFFSET_KEYS}
+    assert elo_gym.meta_params_from_reference(without).mlp.keys() == {
+        "Dense_0",
+        "Dense_1",
+        "Dense_2",
+    }
 
 
 def _tiny_model():
@@ -223,13 +226,12 @@ def test_non_finite_gradients_are_contained():
         assert np.all(np.isfinite(leaf))
 
 
-@pytest.mark.parametrize("cpu_layout", [True, False], ids=["cpu", "accelerator"])
-def test_fast_paths_equal_features_then_mlp(cpu_layout, monkeypatch):
+@pytest.mark.parametrize("layout", lopt_fused.LAYOUTS)
+def test_fast_paths_equal_features_then_mlp(layout):
     """On CPU, large tensors take the tiled path of the fast update and the others
     run one by one, or in one merged pass (the PES agent's); an accelerator runs
     every tensor whole and concatenates the rows. Every path must give what building
     the 39 features and applying the MLP gives, on every tensor kind."""
-    monkeypatch.setattr(lopt, "_cpu_layout", lambda: cpu_layout)
     shapes = {
         "kernel": (1536, 48),  # factored, axis 0 cut into tiles
         "tall": (384, 4, 64),  # factored over axes 0 and 2: a broadcast along axis 0
@@ -239,10 +241,12 @@ def test_fast_paths_equal_features_then_mlp(cpu_layout, monkeypatch):
         "small": (7, 5),  # factored, untiled
         "scalar": (),
     }
-    tiled = [s for s in shapes.values() if lopt._tile_rows(s) is not None]
+    tiled = [s for s in shapes.values() if lopt_fused._tile_rows(s) is not None]
     assert len(tiled) == 4, "the test must exercise the tiled path"
-    untiled = sum(math.prod(s) for s in shapes.values() if lopt._tile_rows(s) is None)
-    assert untiled >= 2 * lopt.TILE_ELEMENTS, "the merged pass must run in tiles"
+    untiled = sum(
+        math.prod(s) for s in shapes.values() if lopt_fused._tile_rows(s) is None
+    )
+    assert untiled >= 2 * lopt_fused.TILE_ELEMENTS, "the merged pass must be tiled"
     keys = iter(jax.random.split(jax.random.PRNGKey(0), 64))
     params = {k: jax.random.normal(next(keys), s) for k, s in shapes.items()}
     meta = elo_gym.init_meta_params(next(keys))
@@ -252,17 +256,19 @@ def test_fast_paths_equal_features_then_mlp(cpu_layout, monkeypatch):
     # dozens of per-op compiles (34 s of this test with a cold JAX cache, 14 s jitted).
     @jax.jit
     def paths(meta, grads, state, params):
-        accumulated = lopt.accumulate(grads, state, lopt.effective_decays(meta))
+        accumulated = lopt.accumulate(grads, state)
         feats = lopt.features(grads, params, accumulated)
         fast = {
-            merged: lopt.mlp_outputs(
-                grads, params, accumulated, meta.mlp, merged=merged
+            merged: lopt_fused.mlp_outputs(
+                grads, params, accumulated, meta.mlp, layout=layout, merged=merged
             )
             for merged in (False, True)
         }
         explicit = [lopt.apply_mlp(meta.mlp, f) for f in feats]
         update = {
-            merged: lopt.lopt_update(meta, grads, state, params, merged=merged)
+            merged: lopt.lopt_update(
+                meta, grads, state, params, layout=layout, merged=merged
+            )
             for merged in (False, True)
         }
         return explicit, fast, update
@@ -296,3 +302,12 @@ def test_fast_paths_equal_features_then_mlp(cpu_layout, monkeypatch):
                 updates[name], expected.reshape(p.shape), rtol=2e-4, atol=1e-9
             )
         state, params = new_state, optax.apply_updates(params, updates)
+
+
+def test_layout_is_chosen_by_the_caller():
+    assert lopt_fused.default_layout("cpu") == "cpu"
+    assert lopt_fused.default_layout("gpu") == lopt_fused.default_layout("tpu")
+    assert lopt_fused.default_layout("gpu") == "accelerator"
+    meta = elo_gym.init_meta_params(jax.random.key(0))
+    with pytest.raises(ValueError, match="unknown layout 'gpu'; valid: cpu, acc"):
+        elo_gym.small_fc_lopt(meta, layout="gpu")

@@ -63,7 +63,7 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def _nontrivial_meta(seed: int = 0) -> lopt.MetaParams:
-    """Meta-parameters whose outputs are far from zero and whose decays are shifted.
+    """Meta-parameters whose outputs are far from zero.
 
     The random init, shrunk, plus a path that makes the direction the tensor's
     normalized momentum (feature 2): the LO then descends, and every feature and
@@ -75,12 +75,7 @@ def _nontrivial_meta(seed: int = 0) -> lopt.MetaParams:
     mlp["Dense_1"]["kernel"][[0, 1], [0, 1]] += 1.0
     mlp["Dense_2"]["kernel"][[0, 1], 0] += [1.0, -1.0]
     mlp["Dense_2"]["bias"][1] = 20.0
-    return meta._replace(
-        mlp=mlp,
-        momentum_decays=np.float32([0.05, -0.05, 0.02]),
-        rms_decays=np.float32([0.03]),
-        adafactor_decays=np.float32([-0.02, 0.04, 0.01]),
-    )
+    return meta._replace(mlp=mlp)
 
 
 def _state_arrays(state: dict) -> dict:
