@@ -102,7 +102,8 @@ class Args:
 
     def validate(self) -> None:
         EnvSettings.from_id(self.env)  # an unknown id fails here, naming the valid ones
-        positive = (
+        runs.require_positive(
+            self,
             "outer_steps",
             "num_copies",
             "chunk",
@@ -115,9 +116,6 @@ class Args:
             "checkpoint_every",
             "hidden_size",
         )
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         rows = self.chunk * self.num_copies * self.rows_per_step
         if rows % self.num_minibatches:
             raise ValueError(
@@ -371,19 +369,12 @@ def main(args: Args) -> pathlib.Path:
         )
         return state, row
 
-    def postfix(row: dict) -> dict[str, str]:
-        return {
-            "bc_loss": f"{row['bc_loss']:.3g}",
-            "beta": f"{row['beta']:.2f}",
-            "task": f"{row['task_loss']:.3g}",
-        }
-
     state = runs.train_loop(
         run,
         one_step,
         total=args.outer_steps,
         checkpoint_every=args.checkpoint_every,
-        postfix=postfix,
+        shown=("bc_loss", "beta", "task_loss"),
         desc="BC",
         progress=args.progress,
     )

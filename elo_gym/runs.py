@@ -96,6 +96,13 @@ def _write_config(run_dir: pathlib.Path, config: dict) -> None:
         ) from e
 
 
+def require_positive(args: Any, *names: str) -> None:
+    """Raises ValueError naming the first field of ``args`` in ``names`` not > 0."""
+    for name in names:
+        if not getattr(args, name) > 0:
+            raise ValueError(f"{name} must be > 0, got {getattr(args, name)}")
+
+
 def args_config(args: Any, exclude: Sequence[str] = ()) -> dict:
     """An agent's settings as config.json records them (``run_dir``, ``progress`` and
     ``exclude`` left out: they do not change what the run computes)."""
@@ -173,7 +180,7 @@ def train_loop(
     *,
     total: int,
     checkpoint_every: int,
-    postfix: Callable[[dict], dict[str, str]],
+    shown: Sequence[str],
     desc: str,
     progress: bool = True,
 ) -> Any:
@@ -182,8 +189,8 @@ def train_loop(
 
     ``step(state, t)`` does one outer step and returns (state, metrics row), syncing
     with the host once. Each row goes to ``run.log`` (None: processes other than the
-    main one); the state is checkpointed every ``checkpoint_every`` steps and at the
-    end.
+    main one), and its ``shown`` metrics to the progress bar; the state is
+    checkpointed every ``checkpoint_every`` steps and at the end.
     Ctrl-C finishes the current step, saves it and returns early (the run resumes from
     there), so no work is lost; with several processes, all stop at the same step.
     """
@@ -203,7 +210,7 @@ def train_loop(
             state, row = step(state, t)
             if log is not None:
                 log.write(row)
-            bar.set_postfix(postfix(row))
+            bar.set_postfix({k: f"{row[k]:.3g}" for k in shown})
             bar.update(1)
             done = t + 1
             # Every process must take part in the same saves: one Ctrl-C stops all.

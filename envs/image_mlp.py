@@ -73,28 +73,10 @@ class ImageMLPTask(ImageClassificationTask):
         return _MLP(self.hidden_sizes, self.activation, self.num_classes)
 
 
-_DEFAULT_TASKS = {
-    "digits": ImageMLPTask(
-        dataset="digits",
-        hidden_sizes=(32, 32),
-        activation="relu",
-        batch_size=128,
-        augment=True,
-        flip=False,  # digits are not mirror-symmetric
-        max_shift=1,
-        noise_std=0.0,
-    ),
-    # muLO's w128-d3 with the paper's "flipping, cropping, translation".
-    "imagenet32": ImageMLPTask(
-        dataset="imagenet32",
-        hidden_sizes=(128, 128, 128),
-        activation="relu",
-        batch_size=4096,
-        augment=True,
-        flip=True,
-        max_shift=4,
-        noise_std=0.0,
-    ),
+# imagenet32: muLO's w128-d3 (its augmentations: image_task.DATASET_DEFAULTS).
+_HIDDEN_SIZES = {
+    "digits": dict(hidden_sizes=(32, 32)),
+    "imagenet32": dict(hidden_sizes=(128, 128, 128)),
 }
 
 
@@ -122,7 +104,8 @@ def make_image_mlp_task(
       3466
     """
     return task_with_overrides(
-        _DEFAULT_TASKS,
+        ImageMLPTask,
+        _HIDDEN_SIZES,
         dataset,
         hidden_sizes=hidden_sizes,
         activation=activation,

@@ -41,12 +41,29 @@ def scale_pixels(images: jax.Array) -> jax.Array:
     return images.astype(jnp.float32) / 255.0 - 0.5
 
 
-def task_with_overrides(defaults: dict[str, Any], dataset: str, **overrides: Any):
-    """The default task of ``dataset`` in ``defaults``, with the overrides that are
-    not None applied (an unknown dataset fails with the usual message)."""
+# How each dataset trains, whatever the model: batch size and augmentation.
+# imagenet32 takes the paper's flips and 4-pixel shifts (pad-4 random crop); digits
+# are not mirror-symmetric, so they only shift by 1 pixel.
+DATASET_DEFAULTS = {
+    "digits": dict(
+        batch_size=128, augment=True, flip=False, max_shift=1, noise_std=0.0
+    ),
+    "imagenet32": dict(
+        batch_size=4096, augment=True, flip=True, max_shift=4, noise_std=0.0
+    ),
+}
+
+
+def task_with_overrides(
+    task_class: type, model_defaults: dict[str, dict], dataset: str, **overrides: Any
+):
+    """A ``task_class`` task of ``dataset``: the dataset's :data:`DATASET_DEFAULTS`,
+    then the model's defaults for it, then the overrides that are not None (an
+    unknown dataset fails with the usual message)."""
     datasets.dataset_info(dataset)
     given = {k: v for k, v in overrides.items() if v is not None}
-    return dataclasses.replace(defaults[dataset], **given)
+    fields = {**DATASET_DEFAULTS[dataset], **model_defaults.get(dataset, {}), **given}
+    return task_class(dataset=dataset, **fields)
 
 
 def require_model_state(task: Any, model_state: ModelState | None) -> ModelState:

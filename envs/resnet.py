@@ -97,29 +97,6 @@ class ResNetTask(ImageClassificationTask):
         return ResNet18(self.num_classes, self.width)
 
 
-_DEFAULT_TASKS = {
-    # Not in the paper (it has no ImageNet here): ResNet-18 on the offline digits,
-    # so that the family runs end to end on this machine.
-    "digits": ResNetTask(
-        dataset="digits",
-        batch_size=128,
-        augment=True,
-        flip=False,
-        max_shift=1,
-        noise_std=0.0,
-    ),
-    # The paper's OOD task: batch 4096 and the meta-training augmentations.
-    "imagenet32": ResNetTask(
-        dataset="imagenet32",
-        batch_size=4096,
-        augment=True,
-        flip=True,
-        max_shift=4,
-        noise_std=0.0,
-    ),
-}
-
-
 def make_resnet_task(
     dataset: str = "imagenet32",
     *,
@@ -141,7 +118,8 @@ def make_resnet_task(
       11681832
     """
     return task_with_overrides(
-        _DEFAULT_TASKS,
+        ResNetTask,
+        {},
         dataset,
         width=width,
         batch_size=batch_size,
