@@ -170,6 +170,9 @@ class Args:
     weight does not shrink with the optimizee's size), or Eq. 9 / |dH|^2."""
     bc_scale: float = 1.0
     """Multiplies L_bc in the meta-loss."""
+    bc_floor: float = 0.0
+    """Least weight of L_bc in the meta-loss, max(1 - alpha, bc_floor): 0 is Eq. 10;
+    above 0 the LO stays anchored to Adam after alpha reaches 1 (BC modes only)."""
     meta_loss_split: Literal["train", "valid"] = "train"
     """Task term of the meta-loss on the step's training batch (Eq. 10) or on a
     held-out validation batch at the same params."""
@@ -267,6 +270,13 @@ class Args:
             raise ValueError(
                 f"alpha_end_fraction must be in (0, 1], got {self.alpha_end_fraction}"
             )
+        if not 0.0 <= self.bc_floor <= 1.0:
+            raise ValueError(f"bc_floor must be in [0, 1], got {self.bc_floor}")
+        if self.bc_floor > 0 and not MODE_SETTINGS[self.mode][1]:
+            raise ValueError(
+                f"--bc-floor {self.bc_floor} needs behavior cloning; mode "
+                f"{self.mode!r} has none (use elo or bc, or --bc-floor 0)"
+            )
         # Builds the schedule once, so that a bad lr setting fails here.
         schedules.outer_learning_rate(
             self.learning_rate,
@@ -294,6 +304,7 @@ def env_settings(args: Args) -> EnvSettings:
         n_max=args.n_max,
         n_max_final=args.n_max_final,
         bc_scale=args.bc_scale,
+        bc_floor=args.bc_floor,
         buffer_scope=args.buffer_scope,
         push_policy=args.push_policy,
         bc_loss=args.bc_loss,
@@ -445,9 +456,10 @@ def unroll(
         # Clip the per-step meta-loss; NaN maps to the cap, so one diverging copy cannot
         # poison the estimate.
         alpha = env_params.alpha
+        # The same split of the reward as core's: L_bc weighted, L_task by alpha.
         parts = {
             "meta": -reward,
-            "bc": (1.0 - alpha) * env_params.bc_scale * info["bc_loss"],
+            "bc": core.bc_weight(env_params) * info["bc_loss"],
             "task": alpha * info["meta_task_loss"],
         }
         parts = {

@@ -12,7 +12,8 @@ loss on this step's batch (computed once, fed to both Adam and the LO features):
 - the action (P, 2) = (d, m) proposes dtheta_O = -step_mult * d * exp(exp_mult * m);
 - Adam proposes dtheta_H; the optimizee moves to theta_n + (1-alpha) dtheta_H + alpha
   dtheta_O (Eq. 8);
-- the reward is -[(1-alpha) * bc_scale * L_bc + alpha * L_task(theta_n)] with
+- the reward is -[(1-alpha) * bc_scale * L_bc + alpha * L_task(theta_n)] (the BC
+  weight never below bc_scale * bc_floor, see :func:`bc_weight`) with
   L_bc = ||dtheta_O - dtheta_H||^2 (Eq. 9-10).
 
 Episodes start fresh (K = 0) or, in ``elo`` mode, from a replay-buffer snapshot with
@@ -132,6 +133,7 @@ class EnvParams:
     n_max: jax.Array  # () int32: longest episode
     outer_step: jax.Array  # () int32: the agent's outer step t (buffer only when t > 0)
     bc_scale: jax.Array  # () float32: multiplies L_bc in the reward
+    bc_floor: jax.Array  # () float32: least weight of L_bc (see bc_weight)
     push_tolerance: jax.Array  # () float32: relative loss rise that marks a failure
 
 
@@ -144,6 +146,7 @@ def make_params(
     n_max: int = 200,
     outer_step: int = 1,
     bc_scale: float = 1.0,
+    bc_floor: float = 0.0,
     push_tolerance: float = 0.1,
 ) -> EnvParams:
     """Validated :class:`EnvParams`. Errors name the bad value and the valid range."""
@@ -157,6 +160,8 @@ def make_params(
         raise ValueError(f"n_min ({n_min}) must be <= n_max ({n_max})")
     if bc_scale < 0:
         raise ValueError(f"bc_scale must be >= 0, got {bc_scale}")
+    if not 0.0 <= bc_floor <= 1.0:
+        raise ValueError(f"bc_floor must be in [0, 1], got {bc_floor}")
     return EnvParams(
         data=data,
         alpha=jnp.float32(alpha),
@@ -165,6 +170,7 @@ def make_params(
         n_max=jnp.int32(n_max),
         outer_step=jnp.int32(outer_step),
         bc_scale=jnp.float32(bc_scale),
+        bc_floor=jnp.float32(bc_floor),
         push_tolerance=jnp.float32(push_tolerance),
     )
 
@@ -486,6 +492,15 @@ def _bc_loss(
     return 0.7 * (1.0 - cosine) + 0.3 * jnp.abs(norm_lo / (norm_ex + 1e-12) - 1.0)
 
 
+def bc_weight(p: EnvParams) -> jax.Array:
+    """Weight of L_bc in the reward: bc_scale * max(1 - alpha, bc_floor).
+
+    With ``bc_floor`` 0 this is Eq. 10's (1 - alpha). A floor keeps the LO anchored
+    to Adam after alpha reaches 1, while Eq. 8's update is already the LO's alone.
+    """
+    return p.bc_scale * jnp.maximum(1.0 - p.alpha, p.bc_floor)
+
+
 def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(
         jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)] + [True])
@@ -507,7 +522,7 @@ def _apply_action(
         s.params,
     )
     bc = _bc_loss(cfg, lo_update_rows, expert_rows)
-    reward = -((1.0 - p.alpha) * p.bc_scale * bc + p.alpha * s.meta_task_loss)
+    reward = -(bc_weight(p) * bc + p.alpha * s.meta_task_loss)
     snapshot = Snapshot(params, lopt.advance(s.lo), s.adam, s.model_state)
     diverged = (
         ~jnp.isfinite(s.loss)

@@ -39,6 +39,7 @@ class EnvSettings:
     n_max_final: int | None = None  # curriculum: n_max reached at the last outer step
     alpha: float = 0.0
     bc_scale: float = 1.0
+    bc_floor: float = 0.0  # least weight of L_bc once alpha passes 1 - bc_floor
     buffer_scope: str = "shared"
     push_policy: str = "uniform"
     push_tolerance: float = 0.1
@@ -110,5 +111,6 @@ class EnvSettings:
             n_min=self.n_min,
             n_max=self.n_max,
             bc_scale=self.bc_scale,
+            bc_floor=self.bc_floor,
             push_tolerance=self.push_tolerance,
         )

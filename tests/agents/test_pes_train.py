@@ -396,6 +396,7 @@ def test_keep_best_and_export_pick_the_lowest_validation_loss(tmp_path):
         (["--outer-steps", "0"], "outer_steps must be > 0, got 0"),
         (["--p-th", "1.5"], r"p_th must be in \[0, 1\], got 1.5"),
         (["--env", "ELO-Nope"], "unknown env 'ELO-Nope'"),
+        (["--mode", "naive", "--bc-floor", "0.2"], "needs behavior cloning"),
     ],
 )
 def test_bad_flag_is_one_line_and_exit_code_2(tmp_path, flags, message):

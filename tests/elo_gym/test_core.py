@@ -191,6 +191,7 @@ def test_config_errors(kwargs, match):
         (dict(n_min=0), "n_min must be >= 1"),
         (dict(n_min=5, n_max=3), r"n_min \(5\) must be <= n_max \(3\)"),
         (dict(bc_scale=-1.0), "bc_scale must be >= 0"),
+        (dict(bc_floor=1.5), r"bc_floor must be in \[0, 1\], got 1.5"),
     ],
 )
 def test_param_errors(kwargs, match):
@@ -318,6 +319,17 @@ def test_reward_is_minus_the_meta_loss(elo, data):
         state, actions, p.replace(bc_scale=jnp.float32(2.0))
     )
     np.testing.assert_allclose(scaled, -(0.7 * 2.0 * bc + 0.3 * task), rtol=1e-5)
+    # bc_floor: the BC weight is max(1 - alpha, floor); below 1 - alpha it is inert.
+    floored, _, at_floor, _, _, _ = elo.step(
+        state, actions, p.replace(alpha=jnp.float32(0.9), bc_floor=jnp.float32(0.25))
+    )
+    np.testing.assert_allclose(at_floor, -(0.25 * bc + 0.9 * task), rtol=1e-5)
+    # Eq. 8's mixing still follows alpha alone.
+    np.testing.assert_allclose(
+        rows(floored.copies.params), before + 0.1 * expert + 0.9 * lo, atol=1e-7
+    )
+    _, _, inert, _, _, _ = elo.step(state, actions, p.replace(bc_floor=0.25))
+    np.testing.assert_allclose(inert, reward, rtol=1e-6)
     assert elo.step._cache_size() == 1
 
 
