@@ -14,13 +14,15 @@ bench_lopt rose by 1.5-2x with it).
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
+import tyro
 
 SETTLE_S = 0.01  # pause before each timed call on CPU (see the module docstring)
 
@@ -146,16 +148,7 @@ def machine_info(load_start: float) -> dict:
     }
 
 
-def hidden_sizes_arg(text: str) -> tuple[int, ...]:
-    """argparse type for ``--hidden-sizes 128,128``."""
-    import argparse
-
-    try:
-        sizes = tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"hidden sizes must be comma-separated ints, got {text!r}"
-        ) from None
-    if sizes and min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"hidden sizes must be positive, got {text!r}")
-    return sizes
+def json_cli(run: Callable[..., dict], argv: Sequence[str] | None = None) -> None:
+    """A benchmark's CLI: ``run``'s keyword arguments as flags (tyro; the help comes
+    from its docstring), its result printed as one JSON object."""
+    print(json.dumps(tyro.cli(run, args=argv), indent=2))

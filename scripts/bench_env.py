@@ -25,10 +25,8 @@ Usage: ``python scripts/bench_env.py [--num-envs 16] [--repeats 21] [--scan-step
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
-import json
 import os
 import pathlib
 import sys
@@ -46,7 +44,7 @@ from elo_gym import core
 sys.path.insert(0, os.fspath(pathlib.Path(__file__).resolve().parent))
 from _timing import (  # noqa: E402
     Timing,
-    hidden_sizes_arg,
+    json_cli,
     log,
     machine_info,
     median_time,
@@ -228,42 +226,8 @@ def run(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: prints the result of :func:`run` as one JSON object."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--num-envs", type=int, default=16, help="optimizee copies (default 16)"
-    )
-    parser.add_argument(
-        "--repeats",
-        type=int,
-        default=21,
-        help="timed blocks per measurement (default 21)",
-    )
-    parser.add_argument(
-        "--scan-steps",
-        type=int,
-        default=50,
-        help="vectorized steps per timed block (default 50)",
-    )
-    parser.add_argument(
-        "--warmup", type=int, default=2, help="untimed blocks before timing (default 2)"
-    )
-    parser.add_argument(
-        "--hidden-sizes",
-        type=hidden_sizes_arg,
-        default=None,
-        help="optimizee hidden widths, comma-separated; empty for none "
-        "(default: the env's 32,32)",
-    )
-    args = parser.parse_args(argv)
-    result = run(
-        num_envs=args.num_envs,
-        repeats=args.repeats,
-        scan_steps=args.scan_steps,
-        warmup=args.warmup,
-        hidden_sizes=args.hidden_sizes,
-    )
-    print(json.dumps(result, indent=2))
+    """CLI: :func:`run`'s arguments as flags; prints its result as one JSON object."""
+    json_cli(run, argv)
 
 
 if __name__ == "__main__":

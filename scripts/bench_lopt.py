@@ -2,7 +2,7 @@
 
 Measures, in one run and on random data (no dataset is read), for the ImageNet-32
 image MLP (3072-128-128-1000 by default, 538,856 parameters; ``--hidden-sizes
-128,128,128`` gives the env's 555,368-parameter default):
+128 128 128`` gives the env's 555,368-parameter default):
 
 - ``lo_update_ms``: one jitted small_fc_lopt step through its optax face (accumulators,
   the 39 features, the per-parameter MLP and the update, then ``optax.apply_updates``),
@@ -21,14 +21,12 @@ update; issue 8's target is ``lo_over_matmul`` <= 2. All times are medians of ti
 calls after warm-up (``time.perf_counter`` around the call and
 ``jax.block_until_ready``). Prints one JSON object on stdout; progress goes to stderr.
 
-Usage: ``python scripts/bench_lopt.py [--repeats 21] [--hidden-sizes 128,128]``
+Usage: ``python scripts/bench_lopt.py [--repeats 21] [--hidden-sizes 128 128]``
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import math
 import os
 import pathlib
@@ -48,7 +46,7 @@ from elo_gym import lopt
 # scripts/ is not on sys.path.
 sys.path.insert(0, os.fspath(pathlib.Path(__file__).resolve().parent))
 from _timing import (  # noqa: E402
-    hidden_sizes_arg,
+    json_cli,
     log,
     machine_info,
     median_times,
@@ -237,38 +235,8 @@ def run(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: prints the result of :func:`run` as one JSON object."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--repeats",
-        type=int,
-        default=21,
-        help="timed calls per measurement (default 21)",
-    )
-    parser.add_argument(
-        "--hidden-sizes",
-        type=hidden_sizes_arg,
-        default=(128, 128),
-        help="hidden widths, comma-separated (default 128,128; "
-        "128,128,128 is the env's 555,368-param default)",
-    )
-    parser.add_argument(
-        "--warmup", type=int, default=3, help="untimed calls before timing (default 3)"
-    )
-    parser.add_argument(
-        "--large-batch-size",
-        type=int,
-        default=4096,
-        help="batch of fwd_bwd_4096_ms (default 4096, the paper's)",
-    )
-    args = parser.parse_args(argv)
-    result = run(
-        hidden_sizes=args.hidden_sizes,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        large_batch_size=args.large_batch_size,
-    )
-    print(json.dumps(result, indent=2))
+    """CLI: :func:`run`'s arguments as flags; prints its result as one JSON object."""
+    json_cli(run, argv)
 
 
 if __name__ == "__main__":

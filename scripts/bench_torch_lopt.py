@@ -23,8 +23,6 @@ Usage: ``python scripts/bench_torch_lopt.py [--repeats 21] [--torch-threads 1]``
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import pathlib
 import sys
@@ -43,7 +41,7 @@ from elo_gym import torch_optim
 # The helper sits beside this file; the script is also imported by path (tests), when
 # scripts/ is not on sys.path.
 sys.path.insert(0, os.fspath(pathlib.Path(__file__).resolve().parent))
-from _timing import hidden_sizes_arg, log, machine_info, median_times  # noqa: E402
+from _timing import json_cli, log, machine_info, median_times  # noqa: E402
 
 IMAGE_SIZE = 32 * 32 * 3
 NUM_CLASSES = 1000
@@ -158,34 +156,8 @@ def run(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: prints the result of :func:`run` as one JSON object."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--repeats", type=int, default=21, help="timed calls per measurement"
-    )
-    parser.add_argument(
-        "--hidden-sizes",
-        type=hidden_sizes_arg,
-        default=(128, 128),
-        help="hidden widths, comma-separated (default 128,128: 538,856 params)",
-    )
-    parser.add_argument(
-        "--warmup", type=int, default=3, help="untimed calls before timing (default 3)"
-    )
-    parser.add_argument(
-        "--torch-threads",
-        type=int,
-        default=None,
-        help="torch intra-op threads (default: torch's default)",
-    )
-    args = parser.parse_args(argv)
-    result = run(
-        hidden_sizes=args.hidden_sizes,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        torch_threads=args.torch_threads,
-    )
-    print(json.dumps(result, indent=2))
+    """CLI: :func:`run`'s arguments as flags; prints its result as one JSON object."""
+    json_cli(run, argv)
 
 
 if __name__ == "__main__":

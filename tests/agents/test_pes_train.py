@@ -301,7 +301,7 @@ def test_explicit_flags_win_over_the_preset():
     assert pes_train.Args(env="ELO-Digits-MLP", preset="paper").resolved().env == (
         "ELO-Digits-MLP"
     )
-    assert (cpu.expert_lr, paper.expert_lr) == (4e-3, 1e-3)
+    assert (cpu.expert_lr, paper.expert_lr) == (2e-3, 1e-3)
     assert pes_train.Args(expert_lr=2e-3).resolved().expert_lr == 2e-3
 
 

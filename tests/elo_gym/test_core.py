@@ -328,7 +328,9 @@ def test_reward_is_minus_the_meta_loss(elo, data):
     np.testing.assert_allclose(
         rows(floored.copies.params), before + 0.1 * expert + 0.9 * lo, atol=1e-7
     )
-    _, _, inert, _, _, _ = elo.step(state, actions, p.replace(bc_floor=0.25))
+    _, _, inert, _, _, _ = elo.step(
+        state, actions, p.replace(bc_floor=jnp.float32(0.25))
+    )
     np.testing.assert_allclose(inert, reward, rtol=1e-6)
     assert elo.step._cache_size() == 1
 
