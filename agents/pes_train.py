@@ -21,7 +21,7 @@ import json
 import math
 import pathlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import flax.struct
@@ -105,6 +105,7 @@ METRICS = (
     "outer_lr",
     *(f"val_{who}_{what}" for who in ("lo", "adam") for what in VALIDATION_METRICS),
     "val_best_step",
+    "task_index",
 )
 
 
@@ -197,6 +198,11 @@ class Args:
     noise_std: float | None = None
     """MLP tasks: Gaussian pixel noise per training batch, so that the meta-training
     task cannot be memorized (default: none)."""
+    mixture: tuple[str, ...] = ()
+    """More optimizee MLPs to meta-train on beside the env's, each WIDTHS[:ACTIVATION]
+    (e.g. ``--mixture 128:gelu 32-32-32-32``): outer step t trains on task t mod
+    (1 + len(mixture)), each task with its own copies, buffer and PES accumulators, so
+    that the LO meets several shapes. Validation and export stay on the env's task."""
     data_dir: str | None = None
     """Where datasets on disk live (ImageNet-32)."""
     hidden_size: int = 32
@@ -239,6 +245,8 @@ class Args:
     def validate(self) -> None:
         """Raises ValueError naming the first bad setting (call on ``resolved()``)."""
         EnvSettings.from_id(self.env)  # an unknown id fails here, naming the valid ones
+        for spec in self.mixture:
+            mixture_shape(spec)
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
         runs.require_positive(
@@ -342,6 +350,9 @@ class PESState:
     best_meta: lopt.MetaParams  # the LO with the lowest validation loss so far
     best_valid_loss: jax.Array  # () float32: its loss (inf before any validation)
     best_step: jax.Array  # () int32: outer steps done when it was validated (-1: none)
+    # (env, accumulator) of each --mixture task; empty without a mixture, so that a
+    # single-task checkpoint has the same leaves as before mixtures existed.
+    mixture: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -373,23 +384,39 @@ def outer_optimizer(args: Args) -> optax.GradientTransformation:
     )
 
 
-def init_state(args: Args, cfg: PESConfig, env_params: core.EnvParams) -> PESState:
-    """Fresh LO, outer optimizer, copies and an empty buffer, from ``args.seed``."""
+def init_state(
+    args: Args,
+    cfg: PESConfig,
+    env_params: core.EnvParams,
+    mixture: Sequence[tuple[PESConfig, core.EnvParams]] = (),
+) -> PESState:
+    """Fresh LO, outer optimizer, copies and an empty buffer, from ``args.seed``
+    (and fresh copies of each ``mixture`` task, see :func:`mixture_configs`)."""
     key = jax.random.PRNGKey(args.seed)
     key, k_meta, k_env = jax.random.split(key, 3)
     meta = lopt.init_meta_params(k_meta, args.hidden_size)
-    env_state, _, _ = jax.jit(functools.partial(core.reset, cfg.env))(
-        jax.vmap(jax.random.fold_in, (None, 0))(
-            k_env, jnp.arange(args.num_pairs)
-        ).repeat(2, axis=0),
-        env_params,
-    )
     dim = ravel_pytree(meta.mlp)[0].size
+
+    def fresh(cfg: PESConfig, env_params: core.EnvParams, k: jax.Array):
+        env_state, _, _ = jax.jit(functools.partial(core.reset, cfg.env))(
+            jax.vmap(jax.random.fold_in, (None, 0))(
+                k, jnp.arange(args.num_pairs)
+            ).repeat(2, axis=0),
+            env_params,
+        )
+        return env_state, jnp.zeros((args.num_pairs, dim))
+
+    env_state, accumulator = fresh(cfg, env_params, k_env)
+    extra = tuple(
+        fresh(c, p, jax.random.fold_in(k_env, 1 + i))
+        for i, (c, p) in enumerate(mixture)
+    )
     return PESState(
         meta=meta,
         opt_state=outer_optimizer(args).init(meta.mlp),
         env=env_state,
-        accumulator=jnp.zeros((args.num_pairs, dim)),
+        accumulator=accumulator,
+        mixture=extra,
         key=key,
         outer_step=jnp.int32(0),
         # Copies: the jitted step donates its input, and a buffer can go only once.
@@ -549,8 +576,28 @@ def outer_step(
         best_meta=state.best_meta,
         best_valid_loss=state.best_valid_loss,
         best_step=state.best_step,
+        mixture=state.mixture,
     )
     return new_state, metrics
+
+
+def mixture_outer_step(
+    index: int,
+    cfg: PESConfig,
+    optimizer: optax.GradientTransformation,
+    state: PESState,
+    env_params: core.EnvParams,
+) -> tuple[PESState, dict]:
+    """:func:`outer_step` on mixture task ``index`` (1, 2, ...): its copies and
+    accumulators take the place of the env's for the step, then go back."""
+    env, accumulator = state.mixture[index - 1]
+    new, metrics = outer_step(
+        cfg, optimizer, state.replace(env=env, accumulator=accumulator), env_params
+    )
+    mixture = list(state.mixture)
+    mixture[index - 1] = (new.env, new.accumulator)
+    new = new.replace(env=state.env, accumulator=state.accumulator)
+    return new.replace(mixture=tuple(mixture)), metrics
 
 
 def shard_state(state: PESState, num_pairs: int) -> PESState:
@@ -558,14 +605,19 @@ def shard_state(state: PESState, num_pairs: int) -> PESState:
     LO, the outer optimizer and the buffer are replicated. Each process feeds only the
     shards its devices hold (see :func:`elo_gym.distributed.put`)."""
     split, whole = distributed.pairs_shardings(num_pairs)
+
+    def env(env_state: core.VecEnvState) -> core.VecEnvState:
+        return env_state.replace(
+            copies=distributed.put(env_state.copies, split),
+            buffer=distributed.put(env_state.buffer, whole),
+        )
+
     return state.replace(
         meta=distributed.put(state.meta, whole),
         opt_state=distributed.put(state.opt_state, whole),
-        env=state.env.replace(
-            copies=distributed.put(state.env.copies, split),
-            buffer=distributed.put(state.env.buffer, whole),
-        ),
+        env=env(state.env),
         accumulator=distributed.put(state.accumulator, split),
+        mixture=tuple((env(e), distributed.put(a, split)) for e, a in state.mixture),
         key=distributed.put(state.key, whole),
         outer_step=distributed.put(state.outer_step, whole),
         best_meta=distributed.put(state.best_meta, whole),
@@ -664,6 +716,43 @@ def pes_config(args: Args) -> tuple[PESConfig, core.EnvParams]:
     return cfg, env_params
 
 
+def mixture_shape(spec: str) -> tuple[tuple[int, ...], str]:
+    """``"128-64:gelu"`` -> ((128, 64), "gelu"); the activation defaults to relu."""
+    widths, _, activation = spec.partition(":")
+    try:
+        sizes = tuple(int(w) for w in widths.split("-"))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise ValueError(
+            f"--mixture entry {spec!r} must be WIDTHS[:ACTIVATION], positive widths "
+            "joined by '-', e.g. 128-64:gelu"
+        )
+    return sizes, activation or "relu"
+
+
+def mixture_configs(
+    args: Args, cfg: PESConfig
+) -> list[tuple[PESConfig, core.EnvParams]]:
+    """(config, params) of each ``--mixture`` task: ``cfg`` and the env's settings
+    with the optimizee MLP's widths and activation replaced."""
+    settings = env_settings(args)
+    out = []
+    for spec in args.mixture:
+        sizes, activation = mixture_shape(spec)
+        task_settings = dataclasses.replace(
+            settings, hidden_sizes=sizes, activation=activation
+        )
+        env_cfg = task_settings.config(2 * args.num_pairs)
+        out.append(
+            (
+                dataclasses.replace(cfg, env=env_cfg),
+                task_settings.params(env_cfg.task.load_data()),
+            )
+        )
+    return out
+
+
 def main(args: Args) -> pathlib.Path:
     """Meta-trains (or resumes) and returns the run directory."""
     args = args.resolved()
@@ -676,6 +765,7 @@ def main(args: Args) -> pathlib.Path:
     )
     main_process = distributed.is_main_process()
     cfg, env_params = pes_config(args)
+    mixture = mixture_configs(args, cfg)
     env_cfg, data = cfg.env, env_params.data
     run_dir = pathlib.Path(
         args.run_dir or runs.default_run_dir(args.env, args.mode, str(args.seed))
@@ -685,21 +775,36 @@ def main(args: Args) -> pathlib.Path:
     run = runs.open_run(
         run_dir,
         runs.args_config(args, exclude=launch),
-        shard_state(init_state(args, cfg, env_params), args.num_pairs),
+        shard_state(init_state(args, cfg, env_params, mixture), args.num_pairs),
         METRICS,
         main_process=main_process,
     )
     # The data on every device once, rather than copied from one device at each step.
     _, whole = distributed.pairs_shardings(args.num_pairs)
-    env_params = distributed.put(env_params, whole)
-    step_fn = jax.jit(
-        functools.partial(outer_step, cfg, outer_optimizer(args)), donate_argnums=0
-    )
+    optimizer = outer_optimizer(args)
+    # One compiled step and one set of device-resident params per task.
+    tasks = [
+        (
+            jax.jit(functools.partial(outer_step, cfg, optimizer), donate_argnums=0),
+            distributed.put(env_params, whole),
+        )
+    ] + [
+        (
+            jax.jit(
+                functools.partial(mixture_outer_step, i + 1, c, optimizer),
+                donate_argnums=0,
+            ),
+            distributed.put(p, whole),
+        )
+        for i, (c, p) in enumerate(mixture)
+    ]
     lr_at = outer_learning_rate(args)
     validate = Validation(args, env_cfg.task, data) if args.eval_every else None
 
     def one_step(state: PESState, t: int) -> tuple[PESState, dict]:
         values = schedule_at(args, t)
+        task_index = t % len(tasks)
+        step_fn, env_params = tasks[task_index]
         params_t = env_params.replace(
             alpha=jnp.float32(values.alpha),
             n_max=jnp.int32(values.n_max),
@@ -717,6 +822,7 @@ def main(args: Args) -> pathlib.Path:
             n_max=values.n_max,
             inner_steps_per_s=2 * args.num_pairs * args.truncation / seconds,
             outer_lr=float(lr_at(t)),
+            task_index=task_index,
         )
         if validate is not None and _validation_due(args, t + 1):
             # Process 0's numbers everywhere, so every process keeps the same best LO.

@@ -461,3 +461,57 @@ def test_a_finished_run_extends_with_more_outer_steps(tmp_path):
         pes_train.main(
             pes_train.Args(run_dir=str(run_dir), **{**short, "outer_steps": 3})
         )
+
+
+def test_mixture_trains_each_task_in_turn_on_its_own_copies(tmp_path):
+    """--mixture: outer step t trains task t mod 3; a mixture task's step moves its
+    own copies and the LO, and leaves the env's copies and the other task's alone."""
+    args = pes_train.Args(
+        **dict(TINY, outer_steps=3, eval_every=0, export="last"),
+        mixture=("12:gelu", "8-8"),
+    ).resolved()
+    args.validate()
+    cfg, env_params = pes_train.pes_config(args)
+    mixture = pes_train.mixture_configs(args, cfg)
+    assert [(c.env.task.hidden_sizes, c.env.task.activation) for c, _ in mixture] == [
+        ((12,), "gelu"),
+        ((8, 8), "relu"),
+    ]
+    state = pes_train.init_state(args, cfg, env_params, mixture)
+    leaves = lambda tree: [np.asarray(x) for x in jax.tree.leaves(tree)]  # noqa: E731
+    before = jax.tree.map(np.asarray, state)
+    c, p = mixture[0]
+    params = p.replace(alpha=jnp.float32(0.5), outer_step=jnp.int32(1))
+    new, _ = jax.jit(
+        lambda s: pes_train.mixture_outer_step(
+            1, c, pes_train.outer_optimizer(args), s, params
+        )
+    )(state)
+    shapes = {x.shape for x in jax.tree.leaves(new.mixture[0][0].copies.params)}
+    assert (4, 64, 12) in shapes  # 4 copies of the 12-wide first layer on 8x8 digits
+    for same_a, same_b in [(new.env, before.env), (new.mixture[1], before.mixture[1])]:
+        for a, b in zip(leaves(same_a), leaves(same_b), strict=True):
+            np.testing.assert_array_equal(a, b)
+    moved = leaves(new.mixture[0][0].copies.params)
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(moved, leaves(before.mixture[0][0].copies.params), strict=True)
+    )
+    assert not np.array_equal(leaves(new.meta)[0], leaves(before.meta)[0])
+
+    run_dir = pes_train.main(
+        pes_train.Args(
+            **dict(TINY, outer_steps=3, eval_every=0, export="last"),
+            mixture=("12:gelu", "8-8"),
+            run_dir=str(tmp_path / "mix"),
+        )
+    )
+    lines = (run_dir / "metrics.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    column = header.index("task_index")
+    assert [int(float(row.split(",")[column])) for row in lines[1:]] == [0, 1, 2]
+
+
+def test_bad_mixture_entry_is_named():
+    with pytest.raises(ValueError, match="--mixture entry '12x' must be WIDTHS"):
+        pes_train.Args(mixture=("12x",)).resolved().validate()
