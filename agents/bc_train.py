@@ -372,8 +372,7 @@ def main(args: Args) -> pathlib.Path:
     state = runs.train_loop(
         run,
         one_step,
-        total=args.outer_steps,
-        checkpoint_every=args.checkpoint_every,
+        args,
         shown=("bc_loss", "beta", "task_loss"),
         desc="BC",
         progress=args.progress,

@@ -834,8 +834,7 @@ def main(args: Args) -> pathlib.Path:
     state = runs.train_loop(
         run,
         one_step,
-        total=args.outer_steps,
-        checkpoint_every=args.checkpoint_every,
+        args,
         shown=("meta_loss", "alpha", "inner_steps_per_s"),
         desc=f"PES {args.mode}",
         progress=args.progress and main_process,

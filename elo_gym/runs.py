@@ -177,24 +177,25 @@ class MetricsLog:
 def train_loop(
     run: Run,
     step: Callable[[Any, int], tuple[Any, dict]],
+    args: Any,
     *,
-    total: int,
-    checkpoint_every: int,
     shown: Sequence[str],
     desc: str,
     progress: bool = True,
 ) -> Any:
-    """Runs outer steps ``run.start .. total - 1`` from ``run.state``; returns the last
-    state.
+    """Runs outer steps ``run.start .. args.outer_steps - 1`` from ``run.state``;
+    returns the last state.
 
     ``step(state, t)`` does one outer step and returns (state, metrics row), syncing
     with the host once. Each row goes to ``run.log`` (None: processes other than the
     main one), and its ``shown`` metrics to the progress bar; the state is
-    checkpointed every ``checkpoint_every`` steps and at the end.
+    checkpointed every ``args.checkpoint_every`` steps and at the end (``args``: the
+    agent's settings).
     Ctrl-C finishes the current step, saves it and returns early (the run resumes from
     there), so no work is lost; with several processes, all stop at the same step.
     """
     state, start, manager, log = run.state, run.start, run.manager, run.log
+    total, checkpoint_every = args.outer_steps, args.checkpoint_every
     interrupted = False
 
     def on_sigint(signum, frame):
