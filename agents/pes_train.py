@@ -388,7 +388,7 @@ def init_state(
     args: Args,
     cfg: PESConfig,
     env_params: core.EnvParams,
-    mixture: Sequence[tuple[PESConfig, core.EnvParams]] = (),
+    mixture: Sequence[PESConfig] = (),
 ) -> PESState:
     """Fresh LO, outer optimizer, copies and an empty buffer, from ``args.seed``
     (and fresh copies of each ``mixture`` task, see :func:`mixture_configs`)."""
@@ -397,7 +397,7 @@ def init_state(
     meta = lopt.init_meta_params(k_meta, args.hidden_size)
     dim = ravel_pytree(meta.mlp)[0].size
 
-    def fresh(cfg: PESConfig, env_params: core.EnvParams, k: jax.Array):
+    def fresh(cfg: PESConfig, k: jax.Array):
         env_state, _, _ = jax.jit(functools.partial(core.reset, cfg.env))(
             jax.vmap(jax.random.fold_in, (None, 0))(
                 k, jnp.arange(args.num_pairs)
@@ -406,10 +406,9 @@ def init_state(
         )
         return env_state, jnp.zeros((args.num_pairs, dim))
 
-    env_state, accumulator = fresh(cfg, env_params, k_env)
+    env_state, accumulator = fresh(cfg, k_env)
     extra = tuple(
-        fresh(c, p, jax.random.fold_in(k_env, 1 + i))
-        for i, (c, p) in enumerate(mixture)
+        fresh(c, jax.random.fold_in(k_env, 1 + i)) for i, c in enumerate(mixture)
     )
     return PESState(
         meta=meta,
@@ -566,17 +565,13 @@ def outer_step(
         "grad_norm_bc": optax.tree.norm(grads["bc"]),
         "grad_norm_task": optax.tree.norm(grads["task"]),
     }
-    new_state = PESState(
+    new_state = state.replace(
         meta=meta,
         opt_state=opt_state,
         env=env_state,
         accumulator=accumulator,
         key=key,
         outer_step=state.outer_step + 1,
-        best_meta=state.best_meta,
-        best_valid_loss=state.best_valid_loss,
-        best_step=state.best_step,
-        mixture=state.mixture,
     )
     return new_state, metrics
 
@@ -731,11 +726,10 @@ def mixture_shape(spec: str) -> tuple[tuple[int, ...], str]:
     return sizes, activation or "relu"
 
 
-def mixture_configs(
-    args: Args, cfg: PESConfig
-) -> list[tuple[PESConfig, core.EnvParams]]:
-    """(config, params) of each ``--mixture`` task: ``cfg`` and the env's settings
-    with the optimizee MLP's widths and activation replaced."""
+def mixture_configs(args: Args, cfg: PESConfig) -> list[PESConfig]:
+    """The config of each ``--mixture`` task: ``cfg`` with the optimizee MLP's widths
+    and activation replaced. They share the env's params: the same dataset and
+    numeric settings, only the network differs."""
     settings = env_settings(args)
     out = []
     for spec in args.mixture:
@@ -744,12 +738,7 @@ def mixture_configs(
             settings, hidden_sizes=sizes, activation=activation
         )
         env_cfg = task_settings.config(2 * args.num_pairs)
-        out.append(
-            (
-                dataclasses.replace(cfg, env=env_cfg),
-                task_settings.params(env_cfg.task.load_data()),
-            )
-        )
+        out.append(dataclasses.replace(cfg, env=env_cfg))
     return out
 
 
@@ -781,37 +770,30 @@ def main(args: Args) -> pathlib.Path:
     )
     # The data on every device once, rather than copied from one device at each step.
     _, whole = distributed.pairs_shardings(args.num_pairs)
+    env_params = distributed.put(env_params, whole)
     optimizer = outer_optimizer(args)
-    # One compiled step and one set of device-resident params per task.
-    tasks = [
-        (
-            jax.jit(functools.partial(outer_step, cfg, optimizer), donate_argnums=0),
-            distributed.put(env_params, whole),
+    # One compiled step per task; the mixture tasks share the env's params.
+    steps = [jax.jit(functools.partial(outer_step, cfg, optimizer), donate_argnums=0)]
+    steps += [
+        jax.jit(
+            functools.partial(mixture_outer_step, i + 1, c, optimizer),
+            donate_argnums=0,
         )
-    ] + [
-        (
-            jax.jit(
-                functools.partial(mixture_outer_step, i + 1, c, optimizer),
-                donate_argnums=0,
-            ),
-            distributed.put(p, whole),
-        )
-        for i, (c, p) in enumerate(mixture)
+        for i, c in enumerate(mixture)
     ]
     lr_at = outer_learning_rate(args)
     validate = Validation(args, env_cfg.task, data) if args.eval_every else None
 
     def one_step(state: PESState, t: int) -> tuple[PESState, dict]:
         values = schedule_at(args, t)
-        task_index = t % len(tasks)
-        step_fn, env_params = tasks[task_index]
+        task_index = t % len(steps)
         params_t = env_params.replace(
             alpha=jnp.float32(values.alpha),
             n_max=jnp.int32(values.n_max),
             outer_step=jnp.int32(t),
         )
         tic = time.perf_counter()
-        state, metrics = step_fn(state, params_t)
+        state, metrics = steps[task_index](state, params_t)
         metrics = jax.device_get(metrics)  # one host sync per outer step
         seconds = time.perf_counter() - tic
         row = dict.fromkeys(METRICS, math.nan)

@@ -473,18 +473,17 @@ def test_mixture_trains_each_task_in_turn_on_its_own_copies(tmp_path):
     args.validate()
     cfg, env_params = pes_train.pes_config(args)
     mixture = pes_train.mixture_configs(args, cfg)
-    assert [(c.env.task.hidden_sizes, c.env.task.activation) for c, _ in mixture] == [
+    assert [(c.env.task.hidden_sizes, c.env.task.activation) for c in mixture] == [
         ((12,), "gelu"),
         ((8, 8), "relu"),
     ]
     state = pes_train.init_state(args, cfg, env_params, mixture)
     leaves = lambda tree: [np.asarray(x) for x in jax.tree.leaves(tree)]  # noqa: E731
     before = jax.tree.map(np.asarray, state)
-    c, p = mixture[0]
-    params = p.replace(alpha=jnp.float32(0.5), outer_step=jnp.int32(1))
+    params = env_params.replace(alpha=jnp.float32(0.5), outer_step=jnp.int32(1))
     new, _ = jax.jit(
         lambda s: pes_train.mixture_outer_step(
-            1, c, pes_train.outer_optimizer(args), s, params
+            1, mixture[0], pes_train.outer_optimizer(args), s, params
         )
     )(state)
     shapes = {x.shape for x in jax.tree.leaves(new.mixture[0][0].copies.params)}
