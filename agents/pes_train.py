@@ -181,6 +181,10 @@ class Args:
     expert_lr: float | None = None
     """Learning rate of the Adam demonstrator that behavior cloning imitates (cpu:
     2e-3, picked on validation loss, docs/levers.md; paper: 1e-3)."""
+    expert_decay_steps: float | None = None
+    """tau > 0: the demonstrator's lr at inner step n is expert_lr / sqrt(1 + n / tau),
+    an annealing the LO can learn from its step-count features (0: constant, the
+    paper)."""
     alpha_schedule: Literal["linear", "hold_linear"] = "linear"
     """alpha_t = t/(T-1) (paper) or held at 0 first (authors' code); BC modes only."""
     hold_fraction: float = 0.2
@@ -286,6 +290,12 @@ class Args:
                 f"--bc-floor {self.bc_floor} needs behavior cloning; mode "
                 f"{self.mode!r} has none (use elo or bc, or --bc-floor 0)"
             )
+        if self.expert_decay_steps and not MODE_SETTINGS[self.mode][1]:
+            raise ValueError(
+                f"--expert-decay-steps {self.expert_decay_steps} shapes the expert "
+                f"that behavior cloning imitates; mode {self.mode!r} has none (use "
+                "elo or bc, or leave it unset)"
+            )
         # Builds the schedule once, so that a bad lr setting fails here.
         schedules.outer_learning_rate(
             self.learning_rate,
@@ -319,6 +329,7 @@ def env_settings(args: Args) -> EnvSettings:
         bc_loss=args.bc_loss,
         meta_loss_split=args.meta_loss_split,
         expert_learning_rate=args.expert_lr,
+        expert_decay_steps=args.expert_decay_steps,
         paired=True,
     )
 

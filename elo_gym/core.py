@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 import flax.struct
 import jax
 import jax.numpy as jnp
+import optax
 
 from elo_gym import buffer as replay
 from elo_gym import demonstrator, lopt
@@ -77,6 +78,8 @@ class EnvConfig:
         end their episodes together (antithetic pairs for PES).
       step_mult, exp_mult: the LO update's multipliers (Eq. 2).
       expert_learning_rate: Adam's learning rate.
+      expert_decay_steps: 0 (the paper: constant) or tau > 0: the expert's learning
+        rate at inner step n is expert_learning_rate / sqrt(1 + n / tau).
     """
 
     task: Any
@@ -91,6 +94,7 @@ class EnvConfig:
     step_mult: float = lopt.STEP_MULT
     exp_mult: float = lopt.EXP_MULT
     expert_learning_rate: float = demonstrator.EXPERT_LEARNING_RATE
+    expert_decay_steps: float = 0.0
 
     def __post_init__(self):
         _check_choice("mode", self.mode, MODES)
@@ -109,6 +113,11 @@ class EnvConfig:
         if not self.expert_learning_rate > 0:
             raise ValueError(
                 f"expert_learning_rate must be > 0, got {self.expert_learning_rate}"
+            )
+        if not self.expert_decay_steps >= 0:
+            raise ValueError(
+                "expert_decay_steps must be >= 0 (0: a constant expert lr), got "
+                f"{self.expert_decay_steps}"
             )
         if self.buffer_scope == "pair" and not self.paired:
             raise ValueError("buffer_scope='pair' needs paired=True")
@@ -277,9 +286,13 @@ def _episode_of(state: EnvState) -> Episode:
     )
 
 
+def _expert(cfg: EnvConfig) -> optax.GradientTransformation:
+    return demonstrator.adam_expert(cfg.expert_learning_rate, cfg.expert_decay_steps)
+
+
 def _fresh_snapshot(cfg: EnvConfig, key: jax.Array) -> Snapshot:
     params, model_state = cfg.task.init_with_state(key)
-    adam = demonstrator.adam_expert(cfg.expert_learning_rate).init(params)
+    adam = _expert(cfg).init(params)
     return Snapshot(params, lopt.init_state(params), adam, model_state)
 
 
@@ -349,9 +362,7 @@ def _prepare(
             snapshot.params, snapshot.model_state, held_out
         )[0]
     lo_state = lopt.accumulate(grads, snapshot.lo)
-    expert_update, adam = demonstrator.adam_expert(cfg.expert_learning_rate).update(
-        grads, snapshot.adam, snapshot.params
-    )
+    expert_update, adam = _expert(cfg).update(grads, snapshot.adam, snapshot.params)
     return EnvState(
         params=snapshot.params,
         model_state=model_state,

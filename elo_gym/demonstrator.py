@@ -2,6 +2,12 @@
 
 The expert runs beside the learned optimizer on the same gradient. Its update is also
 exposed in the learned optimizer's action space, so a policy can act on it.
+
+Optionally the expert's learning rate decays with the optimizee's inner step n as
+lr / sqrt(1 + n / decay_steps). The decay needs no end of training, so an LO can learn
+it from its step-count features and carry it past the meta-training horizon; Adam's
+own shrinking of m / sqrt(v) is invisible to small_fc_lopt, whose features are
+normalized per tensor.
 """
 
 import jax
@@ -13,11 +19,23 @@ from elo_gym import lopt
 EXPERT_LEARNING_RATE = 1e-3
 
 
+def inverse_sqrt_decay(learning_rate: float, decay_steps: float) -> optax.Schedule:
+    """lr / sqrt(1 + n / decay_steps) at step n."""
+    return lambda count: learning_rate * jax.lax.rsqrt(1.0 + count / decay_steps)
+
+
 def adam_expert(
-    learning_rate: float = EXPERT_LEARNING_RATE,
+    learning_rate: float = EXPERT_LEARNING_RATE, decay_steps: float = 0.0
 ) -> optax.GradientTransformation:
-    """The demonstrator: exactly ``optax.adam(learning_rate)``."""
-    return optax.adam(learning_rate)
+    """The demonstrator: ``optax.adam`` at ``learning_rate`` (``decay_steps`` 0, the
+    paper) or at :func:`inverse_sqrt_decay` of it (``decay_steps`` > 0)."""
+    if decay_steps < 0:
+        raise ValueError(
+            f"expert decay_steps must be >= 0 (0: constant), got {decay_steps}"
+        )
+    if decay_steps == 0:
+        return optax.adam(learning_rate)
+    return optax.adam(inverse_sqrt_decay(learning_rate, decay_steps))
 
 
 def expert_action(

@@ -46,6 +46,7 @@ class EnvSettings:
     bc_loss: str = "l2"
     meta_loss_split: str = "train"
     expert_learning_rate: float = 1e-3  # the demonstrator Adam's lr (the paper's)
+    expert_decay_steps: float = 0.0  # > 0: the expert's lr decays as 1/sqrt(1 + n/tau)
     paired: bool = False
 
     @classmethod
@@ -96,6 +97,7 @@ class EnvSettings:
             bc_loss=self.bc_loss,
             meta_loss_split=self.meta_loss_split,
             expert_learning_rate=self.expert_learning_rate,
+            expert_decay_steps=self.expert_decay_steps,
             paired=self.paired,
         )
 

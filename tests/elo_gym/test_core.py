@@ -743,3 +743,29 @@ def test_the_demonstrator_learning_rate_scales_the_expert(data):
         moves = np.abs(np.asarray(info["expert_update"]))
         assert moves.max() == pytest.approx(lr, rel=1e-3)
         assert np.median(moves[moves > 0]) == pytest.approx(lr, rel=0.05)
+
+
+def test_the_expert_learning_rate_decays_with_the_inner_step(data):
+    """expert_decay_steps tau: at inner step n the expert's update is the constant
+    expert's times 1 / sqrt(1 + n / tau). With alpha = 1 and zero actions the params
+    never move, so both experts see the same gradients and only the lr differs."""
+    p = core.make_params(data, n_min=50, n_max=50, alpha=1.0)
+    tau, steps = 4.0, 6
+    updates = {}
+    for decay in (0.0, tau):
+        cfg = core.EnvConfig(task=TASK, num_copies=2, expert_decay_steps=decay)
+        state, _, info = core.reset(cfg, core.copy_keys(cfg, 0), p)
+        zeros = jnp.zeros((2, core.num_params(TASK), 2))
+        step = jax.jit(functools.partial(core.step, cfg))
+        for _ in range(steps):
+            state, _, _, _, _, info = step(state, zeros, p)
+        np.testing.assert_array_equal(info["inner_step"], steps)
+        updates[decay] = np.asarray(info["expert_update"])
+    moving = np.abs(updates[0.0]) > 1e-7
+    np.testing.assert_allclose(
+        updates[tau][moving] / updates[0.0][moving],
+        1.0 / np.sqrt(1.0 + steps / tau),
+        rtol=1e-4,
+    )
+    with pytest.raises(ValueError, match="expert_decay_steps must be >= 0"):
+        core.EnvConfig(task=TASK, expert_decay_steps=-1.0)
