@@ -185,6 +185,9 @@ class Args:
     """tau > 0: the demonstrator's lr at inner step n is expert_lr / sqrt(1 + n / tau),
     an annealing the LO can learn from its step-count features (0: constant, the
     paper)."""
+    raw_adam_ratio: bool = False
+    """Give the LO Adam's ratio m / sqrt(r) (features 6-8) unnormalized, so that it can
+    follow Adam's shrinking steps; off: the reference small_fc_lopt."""
     alpha_schedule: Literal["linear", "hold_linear"] = "linear"
     """alpha_t = t/(T-1) (paper) or held at 0 first (authors' code); BC modes only."""
     hold_fraction: float = 0.2
@@ -330,6 +333,7 @@ def env_settings(args: Args) -> EnvSettings:
         meta_loss_split=args.meta_loss_split,
         expert_learning_rate=args.expert_lr,
         expert_decay_steps=args.expert_decay_steps,
+        raw_adam_ratio=args.raw_adam_ratio,
         paired=True,
     )
 
@@ -437,22 +441,28 @@ def init_state(
 
 
 def policy_actions(
+    cfg: PESConfig,
     mlp_flat: jax.Array,
     unravel: Callable,
     copies: core.EnvState,
-    *,
-    layout: lopt_fused.Layout,
 ) -> jax.Array:
     """small_fc_lopt's actions (C, P, 2) for (C, D) weights, one set per copy.
 
     The same function of the copies' state as ``apply_mlp`` on their observed
-    (P, 39) features, by the LO's fused path (``lopt_fused.mlp_outputs``), which never
-    builds those features: the scan below does not build observations at all.
+    (P, 39) features (``cfg.env`` says which features), by the LO's fused path
+    (``lopt_fused.mlp_outputs``, in ``cfg.layout``), which never builds those
+    features: the scan below does not build observations at all.
     """
 
     def one(weights: jax.Array, s: core.EnvState) -> jax.Array:
         outputs = lopt_fused.mlp_outputs(
-            s.grads, s.params, s.lo, unravel(weights), layout=layout, merged=True
+            s.grads,
+            s.params,
+            s.lo,
+            unravel(weights),
+            layout=cfg.layout,
+            merged=True,
+            raw_adam_ratio=cfg.env.raw_adam_ratio,
         )
         return jnp.concatenate([out.reshape(2, -1) for out in outputs], axis=1).T
 
@@ -474,12 +484,12 @@ def unroll(
     """One truncation of every antithetic pair; returns the PES gradient and metrics.
 
     ``policy`` maps (C, D) flat LO weights, their unravel function and the copies to
-    (C, P, 2) actions; None is small_fc_lopt (:func:`policy_actions` in the config's
-    layout; ``scripts/bench_pes.py`` swaps in zero actions to time everything but the
+    (C, P, 2) actions; None is small_fc_lopt (:func:`policy_actions`;
+    ``scripts/bench_pes.py`` swaps in zero actions to time everything but the
     LO).
     """
     if policy is None:
-        policy = functools.partial(policy_actions, layout=cfg.layout)
+        policy = functools.partial(policy_actions, cfg)
     theta, unravel = ravel_pytree(meta.mlp)
     eps = cfg.sigma * jax.random.normal(key, accumulator.shape)
     # Interleave: copy 2i runs theta + eps_i, copy 2i+1 runs theta - eps_i.
@@ -654,7 +664,9 @@ class Validation:
 
         @jax.jit
         def lo_curves(meta: lopt.MetaParams) -> dict:
-            optimizer = lopt.small_fc_lopt(meta, layout=layout)
+            optimizer = lopt.small_fc_lopt(
+                meta, layout=layout, raw_adam_ratio=args.raw_adam_ratio
+            )
             return jax.vmap(functools.partial(curves, optimizer), (None, 0))(data, keys)
 
         self._lo_curves = lo_curves
@@ -850,13 +862,14 @@ def export(args: Args, run_dir: pathlib.Path, state: PESState) -> None:
     }
     best = dict(info, exported="best", outer_step=int(state.best_step))
     last = dict(info, exported="last", outer_step=int(state.outer_step))
+    save = functools.partial(checkpoint.save_lo, raw_adam_ratio=args.raw_adam_ratio)
     if args.export == "best" and validated:
-        checkpoint.save_lo(run_dir, state.best_meta, extra=best)
+        save(run_dir, state.best_meta, extra=best)
     else:
-        checkpoint.save_lo(run_dir, state.meta, extra=last)
+        save(run_dir, state.meta, extra=last)
     if validated:
         (run_dir / "best").mkdir(exist_ok=True)
-        checkpoint.save_lo(run_dir / "best", state.best_meta, extra=best)
+        save(run_dir / "best", state.best_meta, extra=best)
 
 
 def summary(run_dir: pathlib.Path) -> str:

@@ -159,6 +159,7 @@ def save_lo(
     *,
     step_mult: float = lopt.STEP_MULT,
     exp_mult: float = lopt.EXP_MULT,
+    raw_adam_ratio: bool = False,
     extra: dict | None = None,
 ) -> pathlib.Path:
     """Writes the trained LO as ``lo.msgpack`` + ``lo.json`` into ``run_dir``."""
@@ -171,10 +172,27 @@ def save_lo(
         "hidden_size": _hidden_size(meta_params),
         "step_mult": step_mult,
         "exp_mult": exp_mult,
+        "raw_adam_ratio": raw_adam_ratio,
         **(extra or {}),
     }
     (run_dir / LO_META_FILE).write_text(json.dumps(info, indent=2))
     return run_dir / LO_FILE
+
+
+# The settings an LO's update needs beside its weights, with the values of files that
+# do not record them: lo.json stores them, a run's config.json holds them for its
+# checkpoints.
+LO_SETTINGS = {
+    "step_mult": lopt.STEP_MULT,
+    "exp_mult": lopt.EXP_MULT,
+    "raw_adam_ratio": False,
+}
+
+
+def lo_settings(info: dict) -> dict:
+    """The keyword arguments of ``lopt.small_fc_lopt`` (and of the PyTorch port) that
+    ``info`` (from :func:`load_meta_params`) records."""
+    return {k: info.get(k, default) for k, default in LO_SETTINGS.items()}
 
 
 def _hidden_size(meta_params: lopt.MetaParams) -> int:
@@ -182,7 +200,7 @@ def _hidden_size(meta_params: lopt.MetaParams) -> int:
 
 
 def load_meta_params(path: str | pathlib.Path) -> tuple[lopt.MetaParams, dict]:
-    """Loads LO meta-parameters and their settings (hidden size, step_mult, exp_mult).
+    """Loads LO meta-parameters and their settings (hidden size, :data:`LO_SETTINGS`).
 
     Args:
       path: a run directory (its ``lo.msgpack``, else its latest checkpoint), a
@@ -256,7 +274,7 @@ def _load_from_checkpoint(path: pathlib.Path) -> tuple[lopt.MetaParams, dict]:
     config_file = run_dir / "config.json"
     if config_file.is_file():
         config = json.loads(config_file.read_text())
-        info = {k: config[k] for k in ("step_mult", "exp_mult") if k in config}
+        info = {k: config[k] for k in LO_SETTINGS if k in config}
     return meta, info
 
 
@@ -269,8 +287,4 @@ def load_optimizer(path: str | pathlib.Path) -> optax.GradientTransformation:
       >>> updates, state = opt.update(grads, state, params)
     """
     meta, info = load_meta_params(path)
-    return lopt.small_fc_lopt(
-        meta,
-        step_mult=info.get("step_mult", lopt.STEP_MULT),
-        exp_mult=info.get("exp_mult", lopt.EXP_MULT),
-    )
+    return lopt.small_fc_lopt(meta, **lo_settings(info))

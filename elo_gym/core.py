@@ -80,6 +80,8 @@ class EnvConfig:
       expert_learning_rate: Adam's learning rate.
       expert_decay_steps: 0 (the paper: constant) or tau > 0: the expert's learning
         rate at inner step n is expert_learning_rate / sqrt(1 + n / tau).
+      raw_adam_ratio: observe features 6-8 (m_k / sqrt(r)) unnormalized
+        (``lopt.normalizers``); the LO acting on them must be built with the same.
     """
 
     task: Any
@@ -95,6 +97,7 @@ class EnvConfig:
     exp_mult: float = lopt.EXP_MULT
     expert_learning_rate: float = demonstrator.EXPERT_LEARNING_RATE
     expert_decay_steps: float = 0.0
+    raw_adam_ratio: bool = False
 
     def __post_init__(self):
         _check_choice("mode", self.mode, MODES)
@@ -394,7 +397,9 @@ def _queues(cfg: EnvConfig) -> jax.Array:
 
 def observe(cfg: EnvConfig, state: EnvState, p: EnvParams) -> dict:
     """The observation of one prepared copy."""
-    feats = lopt.features(state.grads, state.params, state.lo)
+    feats = lopt.features(
+        state.grads, state.params, state.lo, raw_adam_ratio=cfg.raw_adam_ratio
+    )
     return {
         "features": jnp.concatenate([f.reshape(-1, lopt.NUM_FEATURES) for f in feats]),
         "inner_step": state.lo.count.astype(jnp.float32),

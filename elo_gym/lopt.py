@@ -28,6 +28,11 @@ index  feature
 Features 0-27 are normalized per tensor by their root mean square. Tensors of rank >= 2
 keep factored (row, column) second moments over their two largest axes.
 
+One variant, off by default: ``raw_adam_ratio`` leaves features 6-8 (Adam's ratio
+m_k / sqrt(r)) unnormalized. The reference's normalization gives every tensor's update
+a fixed RMS for a fixed output, so it cannot follow Adam's steps as they shrink with
+m / sqrt(r); with the raw ratio an LO can (docs/levers.md measures what it changes).
+
 The decays are fixed (:data:`DECAYS`, the reference's initial values): the features
 are the environment's observation, computed by the env before any agent acts, so
 they cannot depend on the agent's meta-parameters. The reference's learnable decay
@@ -58,6 +63,8 @@ import optax
 from elo_gym import lopt_fused
 
 NUM_FEATURES = 39
+# Features 6-8, m_k * rsqrt(r), in the reference order and in the fused path's rows.
+ADAM_RATIO_FEATURES = slice(6, 9)
 NUM_NORMALIZED = 28
 MOMENTUM_DECAYS = (0.9, 0.99, 0.999)
 RMS_DECAYS = (0.999,)
@@ -393,21 +400,38 @@ def raw_tensor_features(
     )
 
 
+def normalizers(mean_squares: jax.Array, *, raw_adam_ratio: bool = False) -> jax.Array:
+    """The factors (..., 28) that features 0-27 are multiplied by: rsqrt(1e-5 + their
+    mean square over the tensor), or 1 for features 6-8 with ``raw_adam_ratio``."""
+    scale = jax.lax.rsqrt(1e-5 + mean_squares)
+    if raw_adam_ratio:
+        scale = scale.at[..., ADAM_RATIO_FEATURES].set(1.0)
+    return scale
+
+
 def tensor_features(
-    g: jax.Array, p: jax.Array, acc: TensorAccumulators, count: jax.Array
+    g: jax.Array,
+    p: jax.Array,
+    acc: TensorAccumulators,
+    count: jax.Array,
+    *,
+    raw_adam_ratio: bool = False,
 ) -> jax.Array:
     """All 39 features of one tensor, shape S' + (39,); S' = S (or (1,) for scalars).
 
-    Features 0-27 are scaled by rsqrt(1e-5 + mean over the tensor of their square).
+    Features 0-27 are scaled by :func:`normalizers`.
     """
     raw = raw_tensor_features(g, p, acc)
     axes = tuple(range(raw.ndim - 1))
-    normalized = raw * jax.lax.rsqrt(1e-5 + jnp.mean(raw**2, axis=axes, keepdims=True))
+    mean_squares = jnp.mean(raw**2, axis=axes, keepdims=True)
+    normalized = raw * normalizers(mean_squares, raw_adam_ratio=raw_adam_ratio)
     steps = jnp.broadcast_to(step_features(count), raw.shape[:-1] + (11,))
     return jnp.concatenate([normalized, steps], axis=-1)
 
 
-def features(grads: Any, params: Any, state: SmallFcLOptState) -> list[jax.Array]:
+def features(
+    grads: Any, params: Any, state: SmallFcLOptState, *, raw_adam_ratio: bool = False
+) -> list[jax.Array]:
     """Per-tensor features, one S' + (39,) array per leaf in ``jax.tree.leaves`` order.
 
     ``state`` must already include ``grads`` (see :func:`accumulate`).
@@ -416,7 +440,7 @@ def features(grads: Any, params: Any, state: SmallFcLOptState) -> list[jax.Array
     p_leaves = treedef.flatten_up_to(params)
     acc_leaves = treedef.flatten_up_to(state.accumulators)
     return [
-        tensor_features(g, p, a, state.count)
+        tensor_features(g, p, a, state.count, raw_adam_ratio=raw_adam_ratio)
         for g, p, a in zip(g_leaves, p_leaves, acc_leaves, strict=True)
     ]
 
@@ -454,6 +478,7 @@ def lopt_update(
     *,
     layout: lopt_fused.Layout,
     merged: bool = False,
+    raw_adam_ratio: bool = False,
 ) -> tuple[Any, SmallFcLOptState]:
     """One learned-optimizer step: (updates, new_state); new params = p + updates.
 
@@ -467,10 +492,17 @@ def lopt_update(
       merged: run the small tensors' MLP in one pass; set it when vmapping over
         meta-parameters that differ per copy, as an evolution strategy over the LO
         does; leave it off for one LO over a batch.
+      raw_adam_ratio: features 6-8 unnormalized (the LO must have been trained so).
     """
     state = accumulate(grads, state)
     outputs = lopt_fused.mlp_outputs(
-        grads, params, state, meta_params.mlp, layout=layout, merged=merged
+        grads,
+        params,
+        state,
+        meta_params.mlp,
+        layout=layout,
+        merged=merged,
+        raw_adam_ratio=raw_adam_ratio,
     )
     p_leaves, treedef = jax.tree.flatten(params)
     updates = [
@@ -489,13 +521,14 @@ def small_fc_lopt(
     *,
     layout: lopt_fused.Layout | None = None,
     merged: bool = False,
+    raw_adam_ratio: bool = False,
 ) -> optax.GradientTransformation:
     """small_fc_lopt as an ``optax.GradientTransformation``.
 
     Works on any params pytree. ``update`` needs ``params``; the returned updates are
     new params minus params. Non-finite gradient entries count as zero gradient.
     ``layout``: as for :func:`lopt_update`; None takes the default backend's, read
-    here, once. ``merged``: as for :func:`lopt_update`.
+    here, once. ``merged``, ``raw_adam_ratio``: as for :func:`lopt_update`.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, elo_gym
@@ -522,6 +555,7 @@ def small_fc_lopt(
             exp_mult,
             layout=layout,
             merged=merged,
+            raw_adam_ratio=raw_adam_ratio,
         )
 
     return optax.GradientTransformation(init_state, update_fn)

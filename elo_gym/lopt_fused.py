@@ -98,12 +98,17 @@ def _rows_matrix(
 
 
 def _normalization(
-    inputs: dict[str, jax.Array], row_col_mean_squares: jax.Array
+    inputs: dict[str, jax.Array],
+    row_col_mean_squares: jax.Array,
+    raw_adam_ratio: bool,
 ) -> jax.Array:
-    """rsqrt(1e-5 + mean square over the tensor) of each of the 28 rows, (28,)."""
+    """``lopt.normalizers`` of the 28 rows, (28,)."""
     # Each row's expression fuses into its reduction; none is stored at full size.
     mean_squares = [lopt.mean_square(x) for x in lopt.per_element_rows(inputs)]
-    return jax.lax.rsqrt(1e-5 + jnp.concatenate(mean_squares + [row_col_mean_squares]))
+    return lopt.normalizers(
+        jnp.concatenate(mean_squares + [row_col_mean_squares]),
+        raw_adam_ratio=raw_adam_ratio,
+    )
 
 
 def _layers(
@@ -228,6 +233,7 @@ def mlp_outputs(
     *,
     layout: Layout,
     merged: bool = False,
+    raw_adam_ratio: bool = False,
 ) -> list[jax.Array]:
     """The LO's MLP output (d, m) for every tensor, without the (n, 39) features.
 
@@ -246,6 +252,7 @@ def mlp_outputs(
         the PES agent; with one ``mlp`` for the batch XLA already runs each tensor's
         matmuls as one wide matmul, and the copies cost more than they save
         (docs/performance.md).
+      raw_adam_ratio: features 6-8 unnormalized (``lopt.normalizers``).
 
     Returns:
       One (2,) + S' array per leaf, in ``jax.tree.leaves`` order (S' = S, or (1,)
@@ -260,7 +267,7 @@ def mlp_outputs(
     pending = []  # tensors for the merged pass
     for i, (g, p, acc) in enumerate(zip(g_leaves, p_leaves, acc_leaves, strict=True)):
         inputs, row_col_mean_squares = lopt.tensor_inputs(g, p, acc)
-        scale = _normalization(inputs, row_col_mean_squares)
+        scale = _normalization(inputs, row_col_mean_squares, raw_adam_ratio)
         shape = acc.momentum.shape[1:]
         rows_per_tile = _tile_rows(shape) if layout == "cpu" else None
         if rows_per_tile is not None:

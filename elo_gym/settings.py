@@ -47,6 +47,7 @@ class EnvSettings:
     meta_loss_split: str = "train"
     expert_learning_rate: float = 1e-3  # the demonstrator Adam's lr (the paper's)
     expert_decay_steps: float = 0.0  # > 0: the expert's lr decays as 1/sqrt(1 + n/tau)
+    raw_adam_ratio: bool = False  # observe the LO's features 6-8 unnormalized
     paired: bool = False
 
     @classmethod
@@ -98,6 +99,7 @@ class EnvSettings:
             meta_loss_split=self.meta_loss_split,
             expert_learning_rate=self.expert_learning_rate,
             expert_decay_steps=self.expert_decay_steps,
+            raw_adam_ratio=self.raw_adam_ratio,
             paired=self.paired,
         )
 

@@ -205,7 +205,12 @@ def _broadcast_terms(state: dict[str, Any], w0: torch.Tensor) -> list[torch.Tens
 
 
 def _mlp_outputs(
-    g: torch.Tensor, p: torch.Tensor, state: dict[str, Any], net: _Net, count: int
+    g: torch.Tensor,
+    p: torch.Tensor,
+    state: dict[str, Any],
+    net: _Net,
+    count: int,
+    raw_adam_ratio: bool,
 ) -> torch.Tensor:
     """The MLP output (direction, magnitude) for every element, (2,) + S'.
 
@@ -215,6 +220,8 @@ def _mlp_outputs(
     shape = g.shape
     x, w_first = _element_rows(g, p, state, net.w0)
     scale = torch.rsqrt(1e-5 + _mean_squares(x))
+    if raw_adam_ratio:  # as lopt.normalizers; rows 6-8 are m_k * rsqrt(r) here too
+        scale[lopt.ADAM_RATIO_FEATURES] = 1.0
     w_first = (w_first * scale[:, None]).T.contiguous()  # (hidden, rows)
     hidden = w_first.shape[0]
     # Tiles cut axis 0: the terms that broadcast along it are equal in every tile and
@@ -262,6 +269,8 @@ class SmallFcLOpt(torch.optim.Optimizer):
       meta_params: the LO's :class:`elo_gym.lopt.MetaParams`.
       step_mult: scale of the step (the LO was meta-trained with one: use it).
       exp_mult: scale of the magnitude output inside the exponential.
+      raw_adam_ratio: features 6-8 unnormalized, as the LO was meta-trained
+        (``elo_gym.lopt.normalizers``).
     """
 
     def __init__(
@@ -270,6 +279,7 @@ class SmallFcLOpt(torch.optim.Optimizer):
         meta_params: lopt.MetaParams,
         step_mult: float = lopt.STEP_MULT,
         exp_mult: float = lopt.EXP_MULT,
+        raw_adam_ratio: bool = False,
     ) -> None:
         _validate_meta_params(meta_params)
         for name, value in (("step_mult", step_mult), ("exp_mult", exp_mult)):
@@ -283,6 +293,7 @@ class SmallFcLOpt(torch.optim.Optimizer):
                         f"SmallFcLOpt updates floating-point parameters, got {p.dtype}"
                     )
         self.meta_params = meta_params
+        self.raw_adam_ratio = raw_adam_ratio
         self._nets: dict[torch.device, _Net] = {}
 
     def _net(self, device: torch.device) -> _Net:
@@ -316,7 +327,14 @@ class SmallFcLOpt(torch.optim.Optimizer):
             p.grad.reshape(shape).float(), nan=0.0, posinf=0.0, neginf=0.0
         )
         _accumulate(g, state, net)
-        out = _mlp_outputs(g, p.reshape(shape).float(), state, net, state["step"])
+        out = _mlp_outputs(
+            g,
+            p.reshape(shape).float(),
+            state,
+            net,
+            state["step"],
+            self.raw_adam_ratio,
+        )
         update = (out[0] * -step_mult).mul_(torch.exp(out[1] * exp_mult))
         update = update.view(p.shape)
         if torch.finfo(p.dtype).bits >= 32:
@@ -349,12 +367,8 @@ def load(
       params: the parameters (or groups) to optimize.
 
     Returns:
-      The optimizer, with the step_mult and exp_mult the LO was trained with.
+      The optimizer, with the settings the LO was trained with
+      (``checkpoint.LO_SETTINGS``).
     """
     meta_params, info = checkpoint.load_meta_params(path)
-    return SmallFcLOpt(
-        params,
-        meta_params,
-        step_mult=info.get("step_mult", lopt.STEP_MULT),
-        exp_mult=info.get("exp_mult", lopt.EXP_MULT),
-    )
+    return SmallFcLOpt(params, meta_params, **checkpoint.lo_settings(info))

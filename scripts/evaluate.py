@@ -61,9 +61,8 @@ from tqdm import tqdm
 import elo_gym
 from elo_gym import envs as tasks
 from elo_gym import lopt_fused
-from elo_gym.checkpoint import load_meta_params
+from elo_gym.checkpoint import lo_settings, load_meta_params
 from elo_gym.inner_loop import HostLoop, eval_steps, train_curves
-from elo_gym.lopt import EXP_MULT, STEP_MULT
 from elo_gym.settings import EnvSettings
 
 sys.path.insert(0, os.fspath(pathlib.Path(__file__).resolve().parent))
@@ -323,25 +322,22 @@ def run(config: EvalConfig, workdir: str | pathlib.Path) -> dict:
     if _use_host_loop(config, task):
         host_loops = {}
 
-        def lo_program(meta, data, keys, *, step_mult, exp_mult):
-            if (step_mult, exp_mult) not in host_loops:
+        def lo_program(meta, data, keys, *, settings):
+            if settings not in host_loops:
                 build = functools.partial(
-                    elo_gym.small_fc_lopt,
-                    step_mult=step_mult,
-                    exp_mult=exp_mult,
-                    layout=layout,
+                    elo_gym.small_fc_lopt, **dict(settings), layout=layout
                 )
-                host_loops[step_mult, exp_mult] = HostLoop(
+                host_loops[settings] = HostLoop(
                     task, build, steps=steps, eval_every=eval_every
                 )
-            return host_loops[step_mult, exp_mult](meta, data, keys)
+            return host_loops[settings](meta, data, keys)
 
         adamw_program = HostLoop(task, build_adamw, steps=steps, eval_every=eval_every)
     else:
 
-        @functools.partial(jax.jit, static_argnames=("step_mult", "exp_mult"))
-        def lo_program(meta, data, keys, *, step_mult, exp_mult):
-            optimizer = elo_gym.small_fc_lopt(meta, step_mult, exp_mult, layout=layout)
+        @functools.partial(jax.jit, static_argnames=("settings",))
+        def lo_program(meta, data, keys, *, settings):
+            optimizer = elo_gym.small_fc_lopt(meta, **dict(settings), layout=layout)
             return jax.vmap(functools.partial(train, optimizer), (None, 0))(data, keys)
 
         # lr is a traced argument: one compilation serves the whole sweep.
@@ -359,12 +355,9 @@ def run(config: EvalConfig, workdir: str | pathlib.Path) -> dict:
         bar.set_postfix_str(name)
         if lr is None:
             meta, info = optimizers[label]
-            program = functools.partial(
-                lo_program,
-                meta,
-                step_mult=info.get("step_mult", STEP_MULT),
-                exp_mult=info.get("exp_mult", EXP_MULT),
-            )
+            # A hashable static argument: LOs with equal settings share a compile.
+            settings = tuple(sorted(lo_settings(info).items()))
+            program = functools.partial(lo_program, meta, settings=settings)
             out, sec = _run_many(program, data, keys)
             curves[label] = out
         else:

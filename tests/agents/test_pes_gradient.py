@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from elo_gym import core
+from elo_gym import core, lopt
 from elo_gym.agents import pes_train
 
 SMALL = dict(hidden_sizes=(4,), batch_size=16, hidden_size=8, progress=False)
@@ -40,9 +40,7 @@ def test_pes_gradient_points_along_the_autodiff_gradient():
     def mean_meta_loss(mlp):
         theta, unravel = ravel_pytree(mlp)
         weights = jnp.broadcast_to(theta, (2 * args.num_pairs, theta.size))
-        actions = pes_train.policy_actions(
-            weights, unravel, state.env.copies, layout=cfg.layout
-        )
+        actions = pes_train.policy_actions(cfg, weights, unravel, state.env.copies)
         reward = core.step(cfg.env, state.env, actions, env_params)[2]
         return -reward.mean()
 
@@ -84,3 +82,23 @@ def test_accumulator_after_an_episode_end(keep):
         cfg, state.meta, state.env, before, key, env_params
     )
     np.testing.assert_allclose(after, before + eps, rtol=1e-6)
+
+
+@pytest.mark.parametrize("raw_adam_ratio", [False, True], ids=["reference", "raw"])
+def test_the_agent_acts_on_what_the_env_observes(raw_adam_ratio):
+    """The PES policy (fused path, no features built) gives, copy by copy, the MLP
+    on the env's observed features, also when ``--raw-adam-ratio`` changes them."""
+    args, cfg, env_params, state = _setup(num_pairs=2, raw_adam_ratio=raw_adam_ratio)
+    assert cfg.env.raw_adam_ratio is raw_adam_ratio
+    mlp = jax.tree.map(lambda w: w * 3.0 + 0.1, state.meta.mlp)  # outputs far from 0
+    theta, unravel = ravel_pytree(mlp)
+    env_state = state.env
+    zeros = jnp.zeros((2 * args.num_pairs, core.num_params(cfg.env.task), 2))
+    for _ in range(3):  # accumulators of several gradients
+        env_state = core.step(cfg.env, env_state, zeros, env_params)[0]
+    copies = env_state.copies
+    weights = jnp.broadcast_to(theta, (2 * args.num_pairs, theta.size))
+    actions = pes_train.policy_actions(cfg, weights, unravel, copies)
+    features = jax.vmap(core.observe, (None, 0, None))(cfg.env, copies, env_params)
+    expected = lopt.apply_mlp(mlp, features["features"])
+    np.testing.assert_allclose(actions, expected, rtol=2e-4, atol=2e-5)

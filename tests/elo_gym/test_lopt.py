@@ -226,8 +226,9 @@ def test_non_finite_gradients_are_contained():
         assert np.all(np.isfinite(leaf))
 
 
+@pytest.mark.parametrize("raw_adam_ratio", [False, True], ids=["reference", "raw"])
 @pytest.mark.parametrize("layout", lopt_fused.LAYOUTS)
-def test_fast_paths_equal_features_then_mlp(layout):
+def test_fast_paths_equal_features_then_mlp(layout, raw_adam_ratio):
     """On CPU, large tensors take the tiled path of the fast update and the others
     run one by one, or in one merged pass (the PES agent's); an accelerator runs
     every tensor whole and concatenates the rows. Every path must give what building
@@ -257,17 +258,24 @@ def test_fast_paths_equal_features_then_mlp(layout):
     @jax.jit
     def paths(meta, grads, state, params):
         accumulated = lopt.accumulate(grads, state)
-        feats = lopt.features(grads, params, accumulated)
+        raw = dict(raw_adam_ratio=raw_adam_ratio)
+        feats = lopt.features(grads, params, accumulated, **raw)
         fast = {
             merged: lopt_fused.mlp_outputs(
-                grads, params, accumulated, meta.mlp, layout=layout, merged=merged
+                grads,
+                params,
+                accumulated,
+                meta.mlp,
+                layout=layout,
+                merged=merged,
+                **raw,
             )
             for merged in (False, True)
         }
         explicit = [lopt.apply_mlp(meta.mlp, f) for f in feats]
         update = {
             merged: lopt.lopt_update(
-                meta, grads, state, params, layout=layout, merged=merged
+                meta, grads, state, params, layout=layout, merged=merged, **raw
             )
             for merged in (False, True)
         }
@@ -311,3 +319,48 @@ def test_layout_is_chosen_by_the_caller():
     meta = elo_gym.init_meta_params(jax.random.key(0))
     with pytest.raises(ValueError, match="unknown layout 'gpu'; valid: cpu, acc"):
         elo_gym.small_fc_lopt(meta, layout="gpu")
+
+
+def _adam_ratio_lo() -> lopt.MetaParams:
+    """An LO whose direction is feature 6 (m_0.9 * rsqrt(r)): relu(x) - relu(-x)."""
+    meta = elo_gym.init_meta_params(jax.random.PRNGKey(0))
+    mlp = jax.tree.map(lambda w: np.zeros_like(w), meta.mlp)
+    mlp["Dense_0"]["kernel"][6, :2] = [1.0, -1.0]
+    mlp["Dense_1"]["kernel"][[0, 1], [0, 1]] = 1.0
+    mlp["Dense_2"]["kernel"][[0, 1], 0] = [1.0, -1.0]
+    return lopt.MetaParams(mlp=mlp)
+
+
+def test_raw_adam_ratio_lets_an_lo_follow_adams_shrinking_steps():
+    """Features 6-8 unnormalized: an LO that steps along feature 6 steps by exactly
+    step_mult * m / sqrt(r), so its steps shrink 10x when the gradients do, as Adam's
+    do; the reference normalization keeps that LO's update RMS fixed. The other 36
+    features are the reference's."""
+    params = {"w": jnp.zeros((8, 5)), "b": jnp.zeros((5,))}
+    meta = _adam_ratio_lo()
+    rng = np.random.default_rng(0)
+    rms = {}
+    for raw in (False, True):
+        opt = lopt.small_fc_lopt(meta, raw_adam_ratio=raw)
+        update = jax.jit(opt.update)
+        state, norms = opt.init(params), []
+        for t in range(1_300):
+            scale = 1.0 if t < 1_000 else 0.1
+            grads = {
+                k: jnp.asarray(scale * (0.5 + rng.normal(size=v.shape)), jnp.float32)
+                for k, v in params.items()
+            }
+            updates, state = update(grads, state, params)
+            norms.append(float(jnp.sqrt(jnp.mean(updates["w"] ** 2))))
+        acc = state.accumulators["w"]
+        ratio = acc.momentum[0] * jax.lax.rsqrt(acc.rms[0] + 1e-6)
+        if raw:
+            np.testing.assert_allclose(updates["w"], -1e-3 * ratio, rtol=1e-5)
+            feats = lopt.features(grads, params, state, raw_adam_ratio=True)
+            reference = lopt.features(grads, params, state)
+            np.testing.assert_array_equal(feats[1][..., 6], ratio)
+            keep = np.r_[0:6, 9:39]
+            np.testing.assert_array_equal(feats[1][..., keep], reference[1][..., keep])
+        rms[raw] = np.mean(norms[-50:]) / np.mean(norms[900:1_000])
+    assert rms[False] == pytest.approx(1.0, abs=0.02)
+    assert rms[True] < 0.3

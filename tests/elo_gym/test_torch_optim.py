@@ -2,6 +2,7 @@
 
 import copy
 import io
+import json
 import pathlib
 
 import jax
@@ -127,7 +128,7 @@ def test_parity_with_reference_fixture(golden):
             if "v_col" not in state:
                 order = order + [13, 14, 15, 19, 20, 21]
             _close(_numpy(rows), np.moveaxis(raw[..., order], -1, 0))
-            out = _numpy(torch_optim._mlp_outputs(g, p, state, net, t - 1))
+            out = _numpy(torch_optim._mlp_outputs(g, p, state, net, t - 1, False))
             _close(out[0], golden[f"direction/{t}/{n}"])
             _close(out[1], golden[f"magnitude/{t}/{n}"])
             _close(
@@ -194,6 +195,39 @@ def test_parity_with_optax_face_on_every_tensor_kind(tile_elements, monkeypatch)
             _check_accumulators(opt.state[p], jax_state.accumulators[k])
     moved = [np.abs(_numpy(p) - init[k]).max() for k, p in params.items()]
     assert min(moved) > 1e-3  # the check compares real moves, not two no-ops
+
+
+def test_raw_adam_ratio_lo_loads_with_its_setting_in_both_faces(tmp_path):
+    """An LO meta-trained with raw_adam_ratio: lo.json records it, and
+    ``elo_gym.load_optimizer`` and ``torch_optim.load`` both build the raw update,
+    which differs from the reference one on the same weights."""
+    meta = _nontrivial_meta()
+    meta.mlp["Dense_0"]["kernel"][6, :2] += [2.0, -2.0]  # feature 6 moves the output
+    checkpoint.save_lo(tmp_path, meta, raw_adam_ratio=True)
+    assert json.loads((tmp_path / "lo.json").read_text())["raw_adam_ratio"] is True
+    rng = np.random.default_rng(0)
+    init = _random_tree(rng, 0.1)
+    params = {k: torch.nn.Parameter(torch.tensor(v)) for k, v in init.items()}
+    opt = torch_optim.load(tmp_path, params.values())
+    jax_opt = elo_gym.load_optimizer(tmp_path)
+    reference_opt = elo_gym.small_fc_lopt(meta)
+    jax_params = reference_params = {k: jnp.asarray(v) for k, v in init.items()}
+    jax_state, reference_state = jax_opt.init(jax_params), reference_opt.init(init)
+    for _ in range(5):
+        grads = _random_tree(rng, 0.05)
+        for k, p in params.items():
+            p.grad = torch.tensor(grads[k])
+        opt.step()
+        updates, jax_state = jax_opt.update(grads, jax_state, jax_params)
+        jax_params = optax.apply_updates(jax_params, updates)
+        updates, reference_state = reference_opt.update(
+            grads, reference_state, reference_params
+        )
+        reference_params = optax.apply_updates(reference_params, updates)
+    for k, p in params.items():
+        np.testing.assert_allclose(_numpy(p), jax_params[k], rtol=1e-6, atol=1e-7)
+    gap = max(np.abs(jax_params[k] - reference_params[k]).max() for k in init)
+    assert gap > 1e-4
 
 
 def _jax_mlp_loss(params, x, y):
