@@ -95,6 +95,11 @@ class Args:
     """Where datasets on disk live (ImageNet-32)."""
     hidden_size: int = 32
     """Width of the LO's hidden layers."""
+    expert_lr: float = 1e-3
+    """Learning rate of the Adam expert that the LO clones."""
+    raw_adam_ratio: bool = False
+    """The LO sees Adam's ratio m / sqrt(r) unnormalized (``elo_gym.lopt``), with which
+    it can reproduce Adam's shrinking steps; recorded in ``lo.json``."""
     checkpoint_every: int = 50
     """Outer steps between checkpoints."""
     progress: bool = True
@@ -115,6 +120,7 @@ class Args:
             "beta_anneal",
             "checkpoint_every",
             "hidden_size",
+            "expert_lr",
         )
         rows = self.chunk * self.num_copies * self.rows_per_step
         if rows % self.num_minibatches:
@@ -135,6 +141,8 @@ def env_settings(args: Args) -> EnvSettings:
         p_th=args.p_th,
         n_min=args.n_min,
         n_max=args.n_max,
+        expert_learning_rate=args.expert_lr,
+        raw_adam_ratio=args.raw_adam_ratio,
         alpha=1.0,
     )
 
@@ -381,6 +389,7 @@ def main(args: Args) -> pathlib.Path:
         checkpoint.save_lo(
             run_dir,
             state.meta,
+            raw_adam_ratio=args.raw_adam_ratio,
             extra={"env": args.env, "agent": "bc", "mode": args.mode},
         )
     return run_dir

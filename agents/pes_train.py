@@ -188,6 +188,10 @@ class Args:
     raw_adam_ratio: bool = False
     """Give the LO Adam's ratio m / sqrt(r) (features 6-8) unnormalized, so that it can
     follow Adam's shrinking steps; off: the reference small_fc_lopt."""
+    init_lo: str | None = None
+    """Start from this LO (run dir or lo.msgpack), e.g. one that agents/bc_train.py
+    cloned from Adam, instead of a random init; its hidden size and raw_adam_ratio
+    must be this run's."""
     alpha_schedule: Literal["linear", "hold_linear"] = "linear"
     """alpha_t = t/(T-1) (paper) or held at 0 first (authors' code); BC modes only."""
     hold_fraction: float = 0.2
@@ -399,6 +403,22 @@ def outer_optimizer(args: Args) -> optax.GradientTransformation:
     )
 
 
+def initial_lo(args: Args) -> lopt.MetaParams:
+    """The LO of ``--init-lo``, checked against this run's LO settings."""
+    meta, info = checkpoint.load_meta_params(args.init_lo)
+    found = {
+        "hidden_size": info["hidden_size"],
+        "raw_adam_ratio": checkpoint.lo_settings(info)["raw_adam_ratio"],
+    }
+    wanted = {"hidden_size": args.hidden_size, "raw_adam_ratio": args.raw_adam_ratio}
+    if found != wanted:
+        raise ValueError(
+            f"--init-lo {args.init_lo} has {found}, this run {wanted}: meta-train "
+            "with the LO's settings (--hidden-size, --raw-adam-ratio) or clone another"
+        )
+    return meta
+
+
 def init_state(
     args: Args,
     cfg: PESConfig,
@@ -410,6 +430,8 @@ def init_state(
     key = jax.random.PRNGKey(args.seed)
     key, k_meta, k_env = jax.random.split(key, 3)
     meta = lopt.init_meta_params(k_meta, args.hidden_size)
+    if args.init_lo is not None:
+        meta = initial_lo(args)
     dim = ravel_pytree(meta.mlp)[0].size
 
     def fresh(cfg: PESConfig, k: jax.Array):

@@ -1,5 +1,6 @@
 """Online BC agent: runs, resumes exactly, loads as optax, rejects bad input."""
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -132,3 +133,16 @@ def test_cli_smoke(tmp_path):
     )
     assert "run directory" in out.stdout
     assert (run_dir / "lo.msgpack").is_file()
+
+
+def test_clones_the_given_expert_with_the_given_features(tmp_path):
+    """``--expert-lr`` and ``--raw-adam-ratio`` reach the env the LO is cloned in, and
+    the saved LO records its features, so every face loads it with them."""
+    args = bc_train.Args(**TINY, expert_lr=4e-3, raw_adam_ratio=True)
+    cfg = bc_train.env_settings(args).config(args.num_copies)
+    assert cfg.expert_learning_rate == 4e-3 and cfg.raw_adam_ratio
+    bc_train.main(dataclasses.replace(args, run_dir=str(tmp_path / "run")))
+    info = json.loads((tmp_path / "run" / "lo.json").read_text())
+    assert info["raw_adam_ratio"] is True
+    _, loaded = checkpoint.load_meta_params(tmp_path / "run")
+    assert checkpoint.lo_settings(loaded)["raw_adam_ratio"] is True

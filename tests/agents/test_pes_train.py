@@ -110,6 +110,26 @@ def test_same_seed_same_result(reference_run, tmp_path):
     )
 
 
+def test_init_lo_starts_from_a_trained_lo(reference_run):
+    """``--init-lo``: the run's first LO is the given one (not the seed's init), and
+    an LO of other settings is refused, naming them."""
+    args = pes_train.Args(**TINY, init_lo=str(reference_run)).resolved()
+    cfg, env_params = pes_train.pes_config(args)
+    state = pes_train.init_state(args, cfg, env_params)
+    start = jax.tree.leaves(flax.serialization.to_state_dict(state.meta))
+    for a, b in zip(start, _lo_arrays(reference_run), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(
+        jax.tree.leaves(state.best_meta), jax.tree.leaves(state.meta), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+    for bad in (dict(hidden_size=16), dict(raw_adam_ratio=True)):
+        args = pes_train.Args(**{**TINY, **bad}, init_lo=str(reference_run)).resolved()
+        cfg, env_params = pes_train.pes_config(args)
+        with pytest.raises(ValueError, match=r"--init-lo .* has \{'hidden_size': 8"):
+            pes_train.init_state(args, cfg, env_params)
+
+
 def test_sigkill_then_resume_gives_identical_weights(reference_run, tmp_path):
     run_dir = tmp_path / "killed"
     cmd = [sys.executable, str(SCRIPT), "--run-dir", str(run_dir), *TINY_FLAGS]
