@@ -42,6 +42,7 @@ from elo_gym import (
     runs,
     schedules,
 )
+from elo_gym.agents import bc_train
 from elo_gym.settings import EnvSettings
 
 MODES = ("elo", "naive", "curriculum", "uniform", "bc", "buffer")
@@ -85,6 +86,8 @@ PRESETS = {
         expert_lr=1e-3,
     ),
 }
+# --init-lo's value that clones the demonstrator before meta-training.
+CLONE_DEMONSTRATOR = "bc"
 METRICS = (
     "outer_step",
     "meta_loss",
@@ -189,8 +192,9 @@ class Args:
     """Give the LO Adam's ratio m / sqrt(r) (features 6-8) unnormalized, so that it can
     follow Adam's shrinking steps; off: the reference small_fc_lopt."""
     init_lo: str | None = None
-    """Start from this LO (run dir or lo.msgpack), e.g. one that agents/bc_train.py
-    cloned from Adam, instead of a random init; its hidden size and raw_adam_ratio
+    """Start from this LO instead of a random init: a run dir or lo.msgpack, or
+    ``bc``: clone the demonstrator first with agents/bc_train.py (this run's env,
+    expert_lr and features, in RUN_DIR/init_lo). Its hidden size and raw_adam_ratio
     must be this run's."""
     alpha_schedule: Literal["linear", "hold_linear"] = "linear"
     """alpha_t = t/(T-1) (paper) or held at 0 first (authors' code); BC modes only."""
@@ -286,6 +290,15 @@ class Args:
         if self.run_dir is None and (self.distributed or launched != (None,) * 3):
             # The default name holds the time, which differs between processes.
             raise ValueError("a multi-process run needs --run-dir, the same for all")
+        if self.init_lo == CLONE_DEMONSTRATOR and (
+            self.distributed or launched != (None,) * 3
+        ):
+            raise ValueError(
+                "--init-lo bc clones the demonstrator in one process: for a "
+                "multi-process run, clone it first (python agents/bc_train.py "
+                "--raw-adam-ratio --expert-lr LR --run-dir DIR) and pass "
+                "--init-lo DIR"
+            )
         if not 0.0 < self.alpha_end_fraction <= 1.0:
             raise ValueError(
                 f"alpha_end_fraction must be in (0, 1], got {self.alpha_end_fraction}"
@@ -401,6 +414,31 @@ def outer_optimizer(args: Args) -> optax.GradientTransformation:
         optax.clip_by_global_norm(args.max_grad_norm),
         optax.adamw(outer_learning_rate(args), weight_decay=args.weight_decay),
     )
+
+
+def clone_demonstrator(args: Args, run_dir: pathlib.Path) -> pathlib.Path:
+    """``--init-lo bc``: the BC agent clones this run's demonstrator (Adam at
+    expert_lr) on this run's env and LO features, into RUN_DIR/init_lo (kept, so a
+    resumed run does not clone again)."""
+    out = run_dir / "init_lo"
+    if not (out / checkpoint.LO_FILE).is_file():
+        bc_train.main(
+            bc_train.Args(
+                env=args.env,
+                seed=args.seed,
+                run_dir=str(out),
+                n_min=args.n_min,
+                n_max=args.n_max,
+                batch_size=args.batch_size,
+                hidden_sizes=args.hidden_sizes,
+                data_dir=args.data_dir,
+                hidden_size=args.hidden_size,
+                expert_lr=args.expert_lr,
+                raw_adam_ratio=args.raw_adam_ratio,
+                progress=args.progress,
+            )
+        )
+    return out
 
 
 def initial_lo(args: Args) -> lopt.MetaParams:
@@ -804,6 +842,8 @@ def main(args: Args) -> pathlib.Path:
     run_dir = pathlib.Path(
         args.run_dir or runs.default_run_dir(args.env, args.mode, str(args.seed))
     )
+    if args.init_lo == CLONE_DEMONSTRATOR:
+        args = dataclasses.replace(args, init_lo=str(clone_demonstrator(args, run_dir)))
     launch = ("distributed", "coordinator_address", "num_processes", "process_id")
     # Sharded first, so that a resumed run restores each shard where it belongs.
     run = runs.open_run(

@@ -1,5 +1,7 @@
 """PES agent: runs, resumes exactly after SIGKILL, shards, loads, rejects bad input."""
 
+import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -19,7 +21,7 @@ import pytest
 
 import elo_gym
 from elo_gym import checkpoint
-from elo_gym.agents import pes_train
+from elo_gym.agents import bc_train, pes_train
 
 SCRIPT = pathlib.Path(pes_train.__file__)
 # Tiny but complete: 2 pairs, a 10-unit optimizee, short truncations, checkpoints.
@@ -128,6 +130,33 @@ def test_init_lo_starts_from_a_trained_lo(reference_run):
         cfg, env_params = pes_train.pes_config(args)
         with pytest.raises(ValueError, match=r"--init-lo .* has \{'hidden_size': 8"):
             pes_train.init_state(args, cfg, env_params)
+
+
+def test_init_lo_bc_clones_this_runs_demonstrator(tmp_path, monkeypatch):
+    """``--init-lo bc``: the BC agent first clones the run's demonstrator (its
+    expert_lr, features and LO size) into RUN_DIR/init_lo, and meta-training starts
+    from that LO; a multi-process run is refused."""
+    tiny_bc = dict(num_copies=2, chunk=4, rows_per_step=16, num_minibatches=2)
+    tiny_bc.update(outer_steps=2, checkpoint_every=2)
+    monkeypatch.setattr(
+        pes_train.bc_train, "Args", functools.partial(bc_train.Args, **tiny_bc)
+    )
+    run_dir = tmp_path / "run"
+    args = pes_train.Args(
+        **{**TINY, "outer_steps": 1},
+        run_dir=str(run_dir),
+        init_lo="bc",
+        expert_lr=3e-3,
+        raw_adam_ratio=True,
+    )
+    pes_train.main(args)
+    clone = json.loads((run_dir / "init_lo" / "config.json").read_text())
+    assert clone["expert_lr"] == 3e-3 and clone["raw_adam_ratio"] is True
+    assert clone["hidden_size"] == TINY["hidden_size"]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["init_lo"] == str(run_dir / "init_lo")
+    with pytest.raises(ValueError, match="--init-lo bc clones the demonstrator"):
+        dataclasses.replace(args, distributed=True).resolved().validate()
 
 
 def test_sigkill_then_resume_gives_identical_weights(reference_run, tmp_path):
