@@ -98,8 +98,8 @@ class Args:
     expert_lr: float = 1e-3
     """Learning rate of the Adam expert that the LO clones."""
     raw_adam_ratio: bool = False
-    """The LO sees Adam's ratio m / sqrt(r) unnormalized (``elo_gym.lopt``), with which
-    it can reproduce Adam's shrinking steps; recorded in ``lo.json``."""
+    """The LO sees Adam's ratio m / sqrt(r) unnormalized (``elo_gym.lopt``); recorded
+    in ``lo.json``."""
     checkpoint_every: int = 50
     """Outer steps between checkpoints."""
     progress: bool = True

@@ -189,8 +189,8 @@ class Args:
     an annealing the LO can learn from its step-count features (0: constant, the
     paper)."""
     raw_adam_ratio: bool = False
-    """Give the LO Adam's ratio m / sqrt(r) (features 6-8) unnormalized, so that it can
-    follow Adam's shrinking steps; off: the reference small_fc_lopt."""
+    """Give the LO Adam's ratio m / sqrt(r) (features 6-8) unnormalized, so that Adam's
+    shrinking steps are in its input; off: the reference small_fc_lopt."""
     init_lo: str | None = None
     """Start from this LO instead of a random init: a run dir or lo.msgpack, or
     ``bc``: clone the demonstrator first with agents/bc_train.py (this run's env,

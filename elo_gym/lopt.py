@@ -29,9 +29,9 @@ Features 0-27 are normalized per tensor by their root mean square. Tensors of ra
 keep factored (row, column) second moments over their two largest axes.
 
 One variant, off by default: ``raw_adam_ratio`` leaves features 6-8 (Adam's ratio
-m_k / sqrt(r)) unnormalized. The reference's normalization gives every tensor's update
-a fixed RMS for a fixed output, so it cannot follow Adam's steps as they shrink with
-m / sqrt(r); with the raw ratio an LO can (docs/levers.md measures what it changes).
+m_k / sqrt(r)) unnormalized. The reference normalizes them per tensor, so an LO sees
+Adam's steps shrink only through its step-count features; with the raw ratio the
+shrinking is in its input (docs/levers.md measures what it changes).
 
 The decays are fixed (:data:`DECAYS`, the reference's initial values): the features
 are the environment's observation, computed by the env before any agent acts, so
