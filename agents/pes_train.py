@@ -75,6 +75,7 @@ PRESETS = {
         n_max=200,
         truncation=50,
         expert_lr=2e-3,
+        init_lo="bc",
     ),
     "paper": dict(
         env="ELO-ImageNet32-MLP",
@@ -192,10 +193,13 @@ class Args:
     """Give the LO Adam's ratio m / sqrt(r) (features 6-8) unnormalized, so that Adam's
     shrinking steps are in its input; off: the reference small_fc_lopt."""
     init_lo: str | None = None
-    """Start from this LO instead of a random init: a run dir or lo.msgpack, or
-    ``bc``: clone the demonstrator first with agents/bc_train.py (this run's env,
-    expert_lr and features, in RUN_DIR/init_lo). Its hidden size and raw_adam_ratio
-    must be this run's."""
+    """Start from this LO instead of a random init: a run dir or lo.msgpack; ``bc``:
+    clone the demonstrator first with agents/bc_train.py (this run's env, expert_lr
+    and features, in RUN_DIR/init_lo; cpu preset, BC modes: the lowest validation
+    loss at 10x on digits, docs/levers.md); ``none``: a random LO. Its hidden size and
+    raw_adam_ratio must be this run's."""
+    clone_steps: int = 150
+    """Outer steps of the BC agent that ``--init-lo bc`` runs."""
     alpha_schedule: Literal["linear", "hold_linear"] = "linear"
     """alpha_t = t/(T-1) (paper) or held at 0 first (authors' code); BC modes only."""
     hold_fraction: float = 0.2
@@ -255,6 +259,11 @@ class Args:
         args = dataclasses.replace(self, **filled)
         if args.n_max_final is None:
             args = dataclasses.replace(args, n_max_final=10 * args.n_max)
+        # The preset's clone of the demonstrator warm-starts the BC modes only: the
+        # baselines without behavior cloning start from a random LO, as in the paper.
+        preset_clone = self.init_lo is None and not MODE_SETTINGS[args.mode][1]
+        if args.init_lo == "none" or preset_clone:
+            args = dataclasses.replace(args, init_lo=None)
         return args
 
     def validate(self) -> None:
@@ -274,6 +283,7 @@ class Args:
             "max_grad_norm",
             "checkpoint_every",
             "hidden_size",
+            "clone_steps",
             "eval_seeds",
             "eval_horizon_factor",
         )
@@ -296,8 +306,8 @@ class Args:
             raise ValueError(
                 "--init-lo bc clones the demonstrator in one process: for a "
                 "multi-process run, clone it first (python agents/bc_train.py "
-                "--raw-adam-ratio --expert-lr LR --run-dir DIR) and pass "
-                "--init-lo DIR"
+                "--expert-lr LR --run-dir DIR) and pass --init-lo DIR, or "
+                "--init-lo none"
             )
         if not 0.0 < self.alpha_end_fraction <= 1.0:
             raise ValueError(
@@ -435,6 +445,8 @@ def clone_demonstrator(args: Args, run_dir: pathlib.Path) -> pathlib.Path:
                 hidden_size=args.hidden_size,
                 expert_lr=args.expert_lr,
                 raw_adam_ratio=args.raw_adam_ratio,
+                outer_steps=args.clone_steps,
+                checkpoint_every=min(50, args.clone_steps),
                 progress=args.progress,
             )
         )
@@ -443,6 +455,11 @@ def clone_demonstrator(args: Args, run_dir: pathlib.Path) -> pathlib.Path:
 
 def initial_lo(args: Args) -> lopt.MetaParams:
     """The LO of ``--init-lo``, checked against this run's LO settings."""
+    if args.init_lo == CLONE_DEMONSTRATOR:
+        raise ValueError(
+            "--init-lo bc is run by pes_train.main, which clones the demonstrator "
+            "first; outside it pass the clone's run dir, or init_lo='none'"
+        )
     meta, info = checkpoint.load_meta_params(args.init_lo)
     found = {
         "hidden_size": info["hidden_size"],

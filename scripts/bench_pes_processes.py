@@ -88,6 +88,7 @@ def _worker(a: argparse.Namespace) -> None:
         batch_size=128,
         outer_steps=1000,
         buffer_scope=a.scope,
+        init_lo="none",  # the step's cost does not depend on the LO's weights
         progress=False,
     )
     call = _pes_step(args)

@@ -76,6 +76,7 @@ class StudyConfig:
     hidden_sizes: tuple[int, ...] | None = None  # None: the env's default MLP
     batch_size: int | None = None
     hidden_size: int = 32
+    clone_steps: int = pes_train.Args.clone_steps  # the BC warm start of ELO's LO
     eval_every: int = 50  # outer steps between the runs' validation evaluations
     meta_seeds: tuple[int, ...] = (0, 1, 2)
     p_th_sweep: tuple[float, ...] = (0.05, 0.2)  # the default and the paper's
@@ -96,6 +97,7 @@ class StudyConfig:
             hidden_sizes=(10,),
             batch_size=32,
             hidden_size=8,
+            clone_steps=2,
             eval_every=1,
             meta_seeds=(0, 1),
             p_th_sweep=(0.1, 0.5),
@@ -116,6 +118,7 @@ def _base_args(config: StudyConfig) -> dict:
         hidden_sizes=config.hidden_sizes,
         batch_size=config.batch_size,
         hidden_size=config.hidden_size,
+        clone_steps=config.clone_steps,
         eval_every=config.eval_every,
         progress=False,
         checkpoint_every=max(1, config.outer_steps // 4),

@@ -18,7 +18,9 @@ from jax.flatten_util import ravel_pytree
 from elo_gym import core, lopt
 from elo_gym.agents import pes_train
 
-SMALL = dict(hidden_sizes=(4,), batch_size=16, hidden_size=8, progress=False)
+SMALL = dict(
+    hidden_sizes=(4,), batch_size=16, hidden_size=8, init_lo="none", progress=False
+)
 
 
 def _setup(**overrides):

@@ -35,6 +35,7 @@ TINY = dict(
     batch_size=32,
     hidden_size=8,
     checkpoint_every=1,
+    init_lo="none",  # the cpu preset's clone of the demonstrator: its own tests
     progress=False,
 )
 TINY_FLAGS = [
@@ -56,6 +57,8 @@ TINY_FLAGS = [
     "8",
     "--checkpoint-every",
     "1",
+    "--init-lo",
+    "none",
     "--no-progress",
 ]
 
@@ -115,7 +118,7 @@ def test_same_seed_same_result(reference_run, tmp_path):
 def test_init_lo_starts_from_a_trained_lo(reference_run):
     """``--init-lo``: the run's first LO is the given one (not the seed's init), and
     an LO of other settings is refused, naming them."""
-    args = pes_train.Args(**TINY, init_lo=str(reference_run)).resolved()
+    args = pes_train.Args(**{**TINY, "init_lo": str(reference_run)}).resolved()
     cfg, env_params = pes_train.pes_config(args)
     state = pes_train.init_state(args, cfg, env_params)
     start = jax.tree.leaves(flax.serialization.to_state_dict(state.meta))
@@ -126,7 +129,9 @@ def test_init_lo_starts_from_a_trained_lo(reference_run):
     ):
         np.testing.assert_array_equal(a, b)
     for bad in (dict(hidden_size=16), dict(raw_adam_ratio=True)):
-        args = pes_train.Args(**{**TINY, **bad}, init_lo=str(reference_run)).resolved()
+        args = pes_train.Args(
+            **{**TINY, **bad, "init_lo": str(reference_run)}
+        ).resolved()
         cfg, env_params = pes_train.pes_config(args)
         with pytest.raises(ValueError, match=r"--init-lo .* has \{'hidden_size': 8"):
             pes_train.init_state(args, cfg, env_params)
@@ -143,9 +148,8 @@ def test_init_lo_bc_clones_this_runs_demonstrator(tmp_path, monkeypatch):
     )
     run_dir = tmp_path / "run"
     args = pes_train.Args(
-        **{**TINY, "outer_steps": 1},
+        **{**TINY, "outer_steps": 1, "init_lo": "bc"},
         run_dir=str(run_dir),
-        init_lo="bc",
         expert_lr=3e-3,
         raw_adam_ratio=True,
     )
@@ -351,6 +355,12 @@ def test_explicit_flags_win_over_the_preset():
         "ELO-Digits-MLP"
     )
     assert (cpu.expert_lr, paper.expert_lr) == (2e-3, 1e-3)
+    # The cpu preset warm-starts the BC modes from a clone of the demonstrator; the
+    # baselines without BC and the paper start from a random LO.
+    assert (cpu.init_lo, paper.init_lo) == ("bc", None)
+    assert pes_train.Args(mode="naive").resolved().init_lo is None
+    assert pes_train.Args(mode="naive", init_lo="bc").resolved().init_lo == "bc"
+    assert pes_train.Args(init_lo="none").resolved().init_lo is None
     assert pes_train.Args(expert_lr=2e-3).resolved().expert_lr == 2e-3
 
 

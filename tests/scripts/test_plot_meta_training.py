@@ -155,6 +155,7 @@ def test_validation_figure_from_a_real_run(tmp_path):
             batch_size=32,
             hidden_size=8,
             eval_every=2,
+            init_lo="none",
             progress=False,
         )
     )
