@@ -446,7 +446,6 @@ def clone_demonstrator(args: Args, run_dir: pathlib.Path) -> pathlib.Path:
                 expert_lr=args.expert_lr,
                 raw_adam_ratio=args.raw_adam_ratio,
                 outer_steps=args.clone_steps,
-                checkpoint_every=min(50, args.clone_steps),
                 progress=args.progress,
             )
         )

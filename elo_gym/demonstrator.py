@@ -5,9 +5,8 @@ exposed in the learned optimizer's action space, so a policy can act on it.
 
 Optionally the expert's learning rate decays with the optimizee's inner step n as
 lr / sqrt(1 + n / decay_steps). The decay needs no end of training, so an LO can learn
-it from its step-count features and carry it past the meta-training horizon; Adam's
-own shrinking of m / sqrt(v) is invisible to small_fc_lopt, whose features are
-normalized per tensor.
+it from its step-count features and carry it past the meta-training horizon
+(docs/levers.md: it did not help at CPU scale).
 """
 
 import jax
