@@ -5,7 +5,9 @@ Each outer step rolls C optimizees ``chunk`` inner steps inside one jitted
 (Adam) with probability beta, else the learner (the LO being trained); beta goes from 1
 to 0 over the first ``beta_anneal`` of training (Ross et al., 2011). Every step, random
 parameter rows of every copy are kept with their features and the expert's action, and
-the LO is then regressed onto them with optax Adam over a few minibatches.
+the LO is then regressed onto them with optax Adam over a few minibatches. With
+``--mixture`` every task's copies roll each outer step and the regression uses the
+rows of all of them.
 
 Loss (per row): the squared error between the LO's update and Adam's, in units of
 step_mult: ``(d exp(exp_mult m) - d*)^2`` with ``d* = -dtheta_H / step_mult``. This is
@@ -32,7 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from elo_gym import adapters, checkpoint, core, lopt, runs
-from elo_gym.settings import EnvSettings
+from elo_gym.settings import EnvSettings, mixture_shape
 
 METRICS = (
     "outer_step",
@@ -91,6 +93,11 @@ class Args:
     """Optimizee batch size (default: the env's)."""
     hidden_sizes: tuple[int, ...] | None = None
     """Optimizee MLP widths (default: the env's)."""
+    mixture: tuple[str, ...] = ()
+    """More optimizee MLPs to clone the expert on beside the env's, each
+    WIDTHS[:ACTIVATION] (e.g. ``--mixture 128:gelu 32-32-32-32``): every outer step
+    rolls each task's own copies and regresses the LO on the rows of all of them, so
+    that the clone meets Adam on several shapes, not only the env's."""
     data_dir: str | None = None
     """Where datasets on disk live (ImageNet-32)."""
     hidden_size: int = 32
@@ -107,6 +114,8 @@ class Args:
 
     def validate(self) -> None:
         EnvSettings.from_id(self.env)  # an unknown id fails here, naming the valid ones
+        for spec in self.mixture:
+            mixture_shape(spec)
         runs.require_positive(
             self,
             "outer_steps",
@@ -161,6 +170,9 @@ class BCState:
     env: core.VecEnvState  # the C optimizee copies and the replay buffer
     key: jax.Array  # (2,) uint32
     outer_step: jax.Array  # () int32: outer steps done
+    # Copies and buffer of each --mixture task; empty without a mixture, so that a
+    # single-task checkpoint has the same leaves as before mixtures existed.
+    mixture: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +184,7 @@ class BCConfig:
     rows_per_step: int
     num_minibatches: int
     epochs: int
+    mixture: tuple[core.EnvConfig, ...] = ()  # --mixture tasks (share env's params)
 
 
 def optimizer(args: Args) -> optax.GradientTransformation:
@@ -181,24 +194,33 @@ def optimizer(args: Args) -> optax.GradientTransformation:
 
 
 def init_state(args: Args, cfg: BCConfig, env_params: core.EnvParams) -> BCState:
-    """Fresh LO, optimizer and copies, from ``args.seed``."""
+    """Fresh LO, optimizer and copies (of every task), from ``args.seed``."""
     key = jax.random.PRNGKey(args.seed)
     key, k_meta, k_env = jax.random.split(key, 3)
     meta = lopt.init_meta_params(k_meta, args.hidden_size)
-    env_state, _, _ = jax.jit(functools.partial(core.reset, cfg.env))(
-        jax.random.split(k_env, args.num_copies), env_params
-    )
+
+    def fresh(env_cfg: core.EnvConfig, k: jax.Array) -> core.VecEnvState:
+        state, _, _ = jax.jit(functools.partial(core.reset, env_cfg))(
+            jax.random.split(k, args.num_copies), env_params
+        )
+        return state
+
     return BCState(
         meta=meta,
         opt_state=optimizer(args).init(meta.mlp),
-        env=env_state,
+        env=fresh(cfg.env, k_env),
         key=key,
         outer_step=jnp.int32(0),
+        mixture=tuple(
+            fresh(c, jax.random.fold_in(k_env, 1 + i))
+            for i, c in enumerate(cfg.mixture)
+        ),
     )
 
 
 def rollout(
     cfg: BCConfig,
+    env_cfg: core.EnvConfig,
     mlp: dict,
     env_state: core.VecEnvState,
     beta: jax.Array,
@@ -206,15 +228,16 @@ def rollout(
     key: jax.Array,
     env_params: core.EnvParams,
 ) -> tuple[core.VecEnvState, dict, dict]:
-    """Rolls every copy ``cfg.chunk`` steps, the expert acting with probability beta
-    (one draw per copy and step, or per row if ``row_mix``, a () bool).
+    """Rolls every copy of the task ``env_cfg`` (the env's or a mixture task)
+    ``cfg.chunk`` steps, the expert acting with probability beta (one draw per copy
+    and step, or per row if ``row_mix``, a () bool).
 
     Returns:
       (env_state, rows, metrics): rows ``obs`` (N, 39) and ``acts`` (N, 2) (the
       expert's actions), N = chunk * C * rows_per_step; per-step metrics (chunk, ...).
     """
-    c = cfg.env.num_copies
-    num_params = core.num_params(cfg.env.task)
+    c = env_cfg.num_copies
+    num_params = core.num_params(env_cfg.task)
 
     def body(carry, key):
         state, feats, expert = carry
@@ -231,7 +254,7 @@ def rollout(
         }
         inner = state.copies.lo.count
         state, obs, _, term, trunc, info = core.step(
-            cfg.env, state, actions, env_params
+            env_cfg, state, actions, env_params
         )
         metrics = {
             "task_loss": info["task_loss"].mean(),
@@ -243,12 +266,43 @@ def rollout(
         }
         return (state, obs["features"], info["expert_action"]), (rows, metrics)
 
-    feats, expert = adapters.current_rows(cfg.env, env_state, env_params)
+    feats, expert = adapters.current_rows(env_cfg, env_state, env_params)
     (env_state, _, _), (rows, metrics) = jax.lax.scan(
         body, (env_state, feats, expert), jax.random.split(key, cfg.chunk)
     )
     rows = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[3:]), rows)
     return env_state, rows, metrics
+
+
+def rollout_tasks(
+    cfg: BCConfig,
+    mlp: dict,
+    env_states: tuple[core.VecEnvState, ...],
+    beta: jax.Array,
+    row_mix: jax.Array,
+    key: jax.Array,
+    env_params: core.EnvParams,
+) -> tuple[list[core.VecEnvState], dict, dict]:
+    """:func:`rollout` of the env's task and of each mixture task (``env_states`` in
+    that order), with the rows of all of them concatenated in that order.
+
+    Returns:
+      (env_states, rows, metrics): the metrics are the env's task's, except that
+      episodes ended and diverged are counted over every task.
+    """
+    tasks = (cfg.env, *cfg.mixture)
+    # The env's task keeps ``key``, so a run without a mixture is what it was before.
+    keys = [key] + [jax.random.fold_in(key, 1 + i) for i in range(len(cfg.mixture))]
+    rolled = [
+        rollout(cfg, c, mlp, s, beta, row_mix, k, env_params)
+        for c, s, k in zip(tasks, env_states, keys, strict=True)
+    ]
+    # One regression on the rows of every task: the clone fits Adam on all shapes.
+    rows = jax.tree.map(lambda *x: jnp.concatenate(x), *[r[1] for r in rolled])
+    metrics = dict(rolled[0][2])
+    metrics["episodes_ended"] = sum(r[2]["episodes_ended"].sum() for r in rolled)
+    metrics["diverged"] = sum(r[2]["diverged"].sum() for r in rolled)
+    return [r[0] for r in rolled], rows, metrics
 
 
 def bc_loss(
@@ -285,8 +339,14 @@ def outer_step(
 ) -> tuple[BCState, dict]:
     """One rollout chunk and the LO updates on its rows (jit, cfg and opt static)."""
     key, k_roll, k_perm = jax.random.split(state.key, 3)
-    env_state, rows, m = rollout(
-        cfg, state.meta.mlp, state.env, beta, row_mix, k_roll, env_params
+    env_states, rows, m = rollout_tasks(
+        cfg,
+        state.meta.mlp,
+        (state.env, *state.mixture),
+        beta,
+        row_mix,
+        k_roll,
+        env_params,
     )
     exp_mult = cfg.env.exp_mult
     _, relative = bc_loss(state.meta.mlp, rows["obs"], rows["acts"], exp_mult)
@@ -325,27 +385,35 @@ def outer_step(
     new_state = BCState(
         meta=state.meta._replace(mlp=mlp),
         opt_state=opt_state,
-        env=env_state,
+        env=env_states[0],
         key=key,
         outer_step=state.outer_step + 1,
+        mixture=tuple(env_states[1:]),
     )
     return new_state, metrics
+
+
+def bc_config(args: Args, settings: EnvSettings) -> BCConfig:
+    """The static config of an outer step: the env's task and each mixture task."""
+    return BCConfig(
+        env=settings.config(args.num_copies),
+        chunk=args.chunk,
+        rows_per_step=args.rows_per_step,
+        num_minibatches=args.num_minibatches,
+        epochs=args.epochs,
+        mixture=tuple(
+            settings.reshaped(spec).config(args.num_copies) for spec in args.mixture
+        ),
+    )
 
 
 def main(args: Args) -> pathlib.Path:
     """Trains (or resumes) and returns the run directory."""
     args.validate()
     settings = env_settings(args)
-    env_cfg = settings.config(args.num_copies)
+    cfg = bc_config(args, settings)
     settings.params(None)  # bad knobs fail before the data load and the run dir
-    env_params = settings.params(env_cfg.task.load_data())
-    cfg = BCConfig(
-        env=env_cfg,
-        chunk=args.chunk,
-        rows_per_step=args.rows_per_step,
-        num_minibatches=args.num_minibatches,
-        epochs=args.epochs,
-    )
+    env_params = settings.params(cfg.env.task.load_data())
     run_dir = pathlib.Path(
         args.run_dir
         or runs.default_run_dir(args.env, f"bc-{args.mode}", str(args.seed))

@@ -43,7 +43,7 @@ from elo_gym import (
     schedules,
 )
 from elo_gym.agents import bc_train
-from elo_gym.settings import EnvSettings
+from elo_gym.settings import EnvSettings, mixture_shape
 
 MODES = ("elo", "naive", "curriculum", "uniform", "bc", "buffer")
 # mode -> (env reset distribution, behavior cloning on)
@@ -221,7 +221,8 @@ class Args:
     """More optimizee MLPs to meta-train on beside the env's, each WIDTHS[:ACTIVATION]
     (e.g. ``--mixture 128:gelu 32-32-32-32``): outer step t trains on task t mod
     (1 + len(mixture)), each task with its own copies, buffer and PES accumulators, so
-    that the LO meets several shapes. Validation and export stay on the env's task."""
+    that the LO meets several shapes (``--init-lo bc`` clones Adam on the same tasks).
+    Validation and export stay on the env's task."""
     data_dir: str | None = None
     """Where datasets on disk live (ImageNet-32)."""
     hidden_size: int = 32
@@ -445,6 +446,7 @@ def clone_demonstrator(args: Args, run_dir: pathlib.Path) -> pathlib.Path:
                 hidden_size=args.hidden_size,
                 expert_lr=args.expert_lr,
                 raw_adam_ratio=args.raw_adam_ratio,
+                mixture=args.mixture,
                 outer_steps=args.clone_steps,
                 progress=args.progress,
             )
@@ -810,35 +812,15 @@ def pes_config(args: Args) -> tuple[PESConfig, core.EnvParams]:
     return cfg, env_params
 
 
-def mixture_shape(spec: str) -> tuple[tuple[int, ...], str]:
-    """``"128-64:gelu"`` -> ((128, 64), "gelu"); the activation defaults to relu."""
-    widths, _, activation = spec.partition(":")
-    try:
-        sizes = tuple(int(w) for w in widths.split("-"))
-    except ValueError:
-        sizes = ()
-    if not sizes or min(sizes) < 1:
-        raise ValueError(
-            f"--mixture entry {spec!r} must be WIDTHS[:ACTIVATION], positive widths "
-            "joined by '-', e.g. 128-64:gelu"
-        )
-    return sizes, activation or "relu"
-
-
 def mixture_configs(args: Args, cfg: PESConfig) -> list[PESConfig]:
     """The config of each ``--mixture`` task: ``cfg`` with the optimizee MLP's widths
     and activation replaced. They share the env's params: the same dataset and
     numeric settings, only the network differs."""
     settings = env_settings(args)
-    out = []
-    for spec in args.mixture:
-        sizes, activation = mixture_shape(spec)
-        task_settings = dataclasses.replace(
-            settings, hidden_sizes=sizes, activation=activation
-        )
-        env_cfg = task_settings.config(2 * args.num_pairs)
-        out.append(dataclasses.replace(cfg, env=env_cfg))
-    return out
+    return [
+        dataclasses.replace(cfg, env=settings.reshaped(spec).config(2 * args.num_pairs))
+        for spec in args.mixture
+    ]
 
 
 def main(args: Args) -> pathlib.Path:

@@ -68,6 +68,12 @@ class EnvSettings:
         given = {k: v for k, v in overrides.items() if v is not None}
         return cls(**{**registration.ENV_IDS[env_id], **given})
 
+    def reshaped(self, spec: str) -> EnvSettings:
+        """These settings with the optimizee MLP of a ``--mixture`` entry
+        (:func:`mixture_shape`): the same dataset and numbers, another network."""
+        sizes, activation = mixture_shape(spec)
+        return dataclasses.replace(self, hidden_sizes=sizes, activation=activation)
+
     def task(self) -> envs.Task:
         """The optimizee task (options left None keep the family's defaults)."""
         return envs.make_task(
@@ -118,3 +124,18 @@ class EnvSettings:
             bc_floor=self.bc_floor,
             push_tolerance=self.push_tolerance,
         )
+
+
+def mixture_shape(spec: str) -> tuple[tuple[int, ...], str]:
+    """``"128-64:gelu"`` -> ((128, 64), "gelu"); the activation defaults to relu."""
+    widths, _, activation = spec.partition(":")
+    try:
+        sizes = tuple(int(w) for w in widths.split("-"))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise ValueError(
+            f"--mixture entry {spec!r} must be WIDTHS[:ACTIVATION], positive widths "
+            "joined by '-', e.g. 128-64:gelu"
+        )
+    return sizes, activation or "relu"

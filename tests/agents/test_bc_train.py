@@ -146,3 +146,41 @@ def test_clones_the_given_expert_with_the_given_features(tmp_path):
     assert info["raw_adam_ratio"] is True
     _, loaded = checkpoint.load_meta_params(tmp_path / "run")
     assert checkpoint.lo_settings(loaded)["raw_adam_ratio"] is True
+
+
+def test_mixture_clones_on_the_rows_of_every_task():
+    """``--mixture``: each task rolls its own copies (its own shapes) every outer step,
+    and the regression sees the rows of all of them, the mixture task's being exactly
+    its own rollout's."""
+    args = bc_train.Args(**TINY, mixture=("12:gelu",))
+    settings = bc_train.env_settings(args)
+    cfg = bc_train.bc_config(args, settings)
+    assert (cfg.mixture[0].task.hidden_sizes, cfg.mixture[0].task.activation) == (
+        (12,),
+        "gelu",
+    )
+    params = settings.params(cfg.env.task.load_data())
+    state = bc_train.init_state(args, cfg, params)
+    first_layer = jax.tree.leaves(state.mixture[0].copies.params)
+    assert (2, 12) in {x.shape for x in first_layer}  # (copies, 12) biases
+    beta, row_mix, key = jnp.float32(1.0), jnp.bool_(False), jax.random.PRNGKey(3)
+    states, rows, _ = bc_train.rollout_tasks(
+        cfg, state.meta.mlp, (state.env, *state.mixture), beta, row_mix, key, params
+    )
+    per_task = args.chunk * args.num_copies * args.rows_per_step
+    assert rows["obs"].shape == (2 * per_task, lopt.NUM_FEATURES)
+    _, mixture_rows, _ = bc_train.rollout(
+        cfg,
+        cfg.mixture[0],
+        state.meta.mlp,
+        state.mixture[0],
+        beta,
+        row_mix,
+        jax.random.fold_in(key, 1),
+        params,
+    )
+    np.testing.assert_array_equal(rows["acts"][per_task:], mixture_rows["acts"])
+    moved = jax.tree.leaves(states[1].copies.params)
+    assert any(
+        not np.array_equal(a, b) for a, b in zip(moved, first_layer, strict=True)
+    )

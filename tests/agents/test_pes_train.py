@@ -163,6 +163,17 @@ def test_init_lo_bc_clones_this_runs_demonstrator(tmp_path, monkeypatch):
         dataclasses.replace(args, distributed=True).resolved().validate()
 
 
+def test_clone_meets_the_runs_mixture(tmp_path, monkeypatch):
+    """``--init-lo bc --mixture ...``: the BC agent clones Adam on the same tasks as
+    the run meta-trains on."""
+    seen = []
+    monkeypatch.setattr(pes_train.bc_train, "main", seen.append)
+    args = pes_train.Args(**TINY, mixture=("12:gelu", "8-8")).resolved()
+    pes_train.clone_demonstrator(args, tmp_path)
+    assert seen[0].mixture == ("12:gelu", "8-8")
+    assert seen[0].hidden_sizes == TINY["hidden_sizes"]
+
+
 def test_sigkill_then_resume_gives_identical_weights(reference_run, tmp_path):
     run_dir = tmp_path / "killed"
     cmd = [sys.executable, str(SCRIPT), "--run-dir", str(run_dir), *TINY_FLAGS]
