@@ -142,13 +142,13 @@ def test_init_lo_bc_clones_this_runs_demonstrator(tmp_path, monkeypatch):
     expert_lr, features and LO size) into RUN_DIR/init_lo, and meta-training starts
     from that LO; a multi-process run is refused."""
     tiny_bc = dict(num_copies=2, chunk=4, rows_per_step=16, num_minibatches=2)
-    tiny_bc.update(outer_steps=2, checkpoint_every=2)
+    tiny_bc.update(checkpoint_every=2)
     monkeypatch.setattr(
         pes_train.bc_train, "Args", functools.partial(bc_train.Args, **tiny_bc)
     )
     run_dir = tmp_path / "run"
     args = pes_train.Args(
-        **{**TINY, "outer_steps": 1, "init_lo": "bc"},
+        **{**TINY, "outer_steps": 1, "init_lo": "bc", "clone_steps": 2},
         run_dir=str(run_dir),
         expert_lr=3e-3,
         raw_adam_ratio=True,
@@ -156,6 +156,7 @@ def test_init_lo_bc_clones_this_runs_demonstrator(tmp_path, monkeypatch):
     pes_train.main(args)
     clone = json.loads((run_dir / "init_lo" / "config.json").read_text())
     assert clone["expert_lr"] == 3e-3 and clone["raw_adam_ratio"] is True
+    assert clone["outer_steps"] == 2  # --clone-steps
     assert clone["hidden_size"] == TINY["hidden_size"]
     config = json.loads((run_dir / "config.json").read_text())
     assert config["init_lo"] == str(run_dir / "init_lo")
