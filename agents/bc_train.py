@@ -300,8 +300,8 @@ def rollout_tasks(
     # One regression on the rows of every task: the clone fits Adam on all shapes.
     rows = jax.tree.map(lambda *x: jnp.concatenate(x), *[r[1] for r in rolled])
     metrics = dict(rolled[0][2])
-    metrics["episodes_ended"] = sum(r[2]["episodes_ended"].sum() for r in rolled)
-    metrics["diverged"] = sum(r[2]["diverged"].sum() for r in rolled)
+    for name in ("episodes_ended", "diverged"):  # per step, summed over tasks
+        metrics[name] = sum(r[2][name] for r in rolled)
     return [r[0] for r in rolled], rows, metrics
 
 

@@ -310,8 +310,7 @@ class Args:
                 "--init-lo bc clones the demonstrator in one process: for a "
                 "multi-process run, clone it first (python agents/bc_train.py "
                 "--expert-lr LR --outer-steps STEPS --run-dir DIR) and pass "
-                "--init-lo DIR, or "
-                "--init-lo none"
+                "--init-lo DIR, or --init-lo none"
             )
         if not 0.0 < self.alpha_end_fraction <= 1.0:
             raise ValueError(
