@@ -104,6 +104,9 @@ class Args:
     """Width of the LO's hidden layers."""
     expert_lr: float = 1e-3
     """Learning rate of the Adam expert that the LO clones."""
+    expert_decay_steps: float = 0.0
+    """tau > 0: the expert's lr at inner step n is expert_lr / sqrt(1 + n / tau), an
+    annealing the clone reads off its step-count features (0: constant, the paper)."""
     raw_adam_ratio: bool = False
     """The LO sees Adam's ratio m / sqrt(r) unnormalized (``elo_gym.lopt``); recorded
     in ``lo.json``."""
@@ -151,6 +154,7 @@ def env_settings(args: Args) -> EnvSettings:
         n_min=args.n_min,
         n_max=args.n_max,
         expert_learning_rate=args.expert_lr,
+        expert_decay_steps=args.expert_decay_steps,
         raw_adam_ratio=args.raw_adam_ratio,
         alpha=1.0,
     )

@@ -431,8 +431,8 @@ def outer_optimizer(args: Args) -> optax.GradientTransformation:
 
 def clone_demonstrator(args: Args, run_dir: pathlib.Path) -> pathlib.Path:
     """``--init-lo bc``: the BC agent clones this run's demonstrator (Adam at
-    expert_lr) on this run's env and LO features, into RUN_DIR/init_lo (kept, so a
-    resumed run does not clone again)."""
+    expert_lr, decayed by expert_decay_steps) on this run's env and LO features, into
+    RUN_DIR/init_lo (kept, so a resumed run does not clone again)."""
     out = run_dir / "init_lo"
     if not (out / checkpoint.LO_FILE).is_file():
         bc_train.main(
@@ -447,6 +447,7 @@ def clone_demonstrator(args: Args, run_dir: pathlib.Path) -> pathlib.Path:
                 data_dir=args.data_dir,
                 hidden_size=args.hidden_size,
                 expert_lr=args.expert_lr,
+                expert_decay_steps=args.expert_decay_steps or 0.0,
                 raw_adam_ratio=args.raw_adam_ratio,
                 mixture=args.mixture,
                 outer_steps=args.clone_steps,

@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import inspect
 import json
 import os
 import pathlib
@@ -139,8 +140,8 @@ def test_init_lo_starts_from_a_trained_lo(reference_run):
 
 def test_init_lo_bc_clones_this_runs_demonstrator(tmp_path, monkeypatch):
     """``--init-lo bc``: the BC agent first clones the run's demonstrator (its
-    expert_lr, features and LO size) into RUN_DIR/init_lo, and meta-training starts
-    from that LO; a multi-process run is refused."""
+    expert_lr and lr decay, features and LO size) into RUN_DIR/init_lo, and
+    meta-training starts from that LO; a multi-process run is refused."""
     tiny_bc = dict(num_copies=2, chunk=4, rows_per_step=16, num_minibatches=2)
     tiny_bc.update(checkpoint_every=2)
     monkeypatch.setattr(
@@ -151,11 +152,18 @@ def test_init_lo_bc_clones_this_runs_demonstrator(tmp_path, monkeypatch):
         **{**TINY, "outer_steps": 1, "init_lo": "bc", "clone_steps": 2},
         run_dir=str(run_dir),
         expert_lr=3e-3,
+        expert_decay_steps=50.0,
         raw_adam_ratio=True,
     )
     pes_train.main(args)
     clone = json.loads((run_dir / "init_lo" / "config.json").read_text())
     assert clone["expert_lr"] == 3e-3 and clone["raw_adam_ratio"] is True
+    assert clone["expert_decay_steps"] == 50.0
+    # ... and the clone's env imitates the decayed expert, not the constant one.
+    fields = inspect.signature(bc_train.Args).parameters
+    clone_args = bc_train.Args(**{k: v for k, v in clone.items() if k in fields})
+    clone_env = bc_train.env_settings(clone_args).config(2)
+    assert clone_env.expert_decay_steps == 50.0
     assert clone["outer_steps"] == 2  # --clone-steps
     assert clone["hidden_size"] == TINY["hidden_size"]
     config = json.loads((run_dir / "config.json").read_text())
