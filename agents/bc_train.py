@@ -110,6 +110,9 @@ class Args:
     raw_adam_ratio: bool = False
     """The LO sees Adam's ratio m / sqrt(r) unnormalized (``elo_gym.lopt``); recorded
     in ``lo.json``."""
+    adam_scaled_step: bool = False
+    """The LO's step is multiplied per tensor by the RMS of Adam's ratio
+    (``elo_gym.lopt.adam_step_scale``); recorded in ``lo.json``."""
     checkpoint_every: int = 50
     """Outer steps between checkpoints."""
     progress: bool = True
@@ -156,6 +159,7 @@ def env_settings(args: Args) -> EnvSettings:
         expert_learning_rate=args.expert_lr,
         expert_decay_steps=args.expert_decay_steps,
         raw_adam_ratio=args.raw_adam_ratio,
+        adam_scaled_step=args.adam_scaled_step,
         alpha=1.0,
     )
 
@@ -462,6 +466,7 @@ def main(args: Args) -> pathlib.Path:
             run_dir,
             state.meta,
             raw_adam_ratio=args.raw_adam_ratio,
+            adam_scaled_step=args.adam_scaled_step,
             extra={"env": args.env, "agent": "bc", "mode": args.mode},
         )
     return run_dir

@@ -192,12 +192,16 @@ class Args:
     raw_adam_ratio: bool = False
     """Give the LO Adam's ratio m / sqrt(r) (features 6-8) unnormalized, so that Adam's
     shrinking steps are in its input; off: the reference small_fc_lopt."""
+    adam_scaled_step: bool = False
+    """Multiply each tensor's LO step by the root mean square of Adam's ratio
+    m / sqrt(r) over the tensor (``elo_gym.lopt.adam_step_scale``), so that the LO's
+    steps shrink where Adam's do; off: the reference small_fc_lopt."""
     init_lo: str | None = None
     """Start from this LO instead of a random init: a run dir or lo.msgpack; ``bc``:
     clone the demonstrator first with agents/bc_train.py (this run's env, expert_lr
     and features, in RUN_DIR/init_lo; cpu preset, BC modes: the lowest validation
-    loss at 10x on digits, docs/levers.md); ``none``: a random LO. Its hidden size and
-    raw_adam_ratio must be this run's."""
+    loss at 10x on digits, docs/levers.md); ``none``: a random LO. Its hidden size,
+    raw_adam_ratio and adam_scaled_step must be this run's."""
     clone_steps: int = 500
     """Outer steps of the BC agent that ``--init-lo bc`` runs (500: a lower digits
     validation loss at 10x than 150, and the validation family's lowest,
@@ -364,6 +368,7 @@ def env_settings(args: Args) -> EnvSettings:
         expert_learning_rate=args.expert_lr,
         expert_decay_steps=args.expert_decay_steps,
         raw_adam_ratio=args.raw_adam_ratio,
+        adam_scaled_step=args.adam_scaled_step,
         paired=True,
     )
 
@@ -449,6 +454,7 @@ def clone_demonstrator(args: Args, run_dir: pathlib.Path) -> pathlib.Path:
                 expert_lr=args.expert_lr,
                 expert_decay_steps=args.expert_decay_steps or 0.0,
                 raw_adam_ratio=args.raw_adam_ratio,
+                adam_scaled_step=args.adam_scaled_step,
                 mixture=args.mixture,
                 outer_steps=args.clone_steps,
                 progress=args.progress,
@@ -465,15 +471,22 @@ def initial_lo(args: Args) -> lopt.MetaParams:
             "first; outside it pass the clone's run dir, or init_lo='none'"
         )
     meta, info = checkpoint.load_meta_params(args.init_lo)
+    settings = checkpoint.lo_settings(info)
     found = {
         "hidden_size": info["hidden_size"],
-        "raw_adam_ratio": checkpoint.lo_settings(info)["raw_adam_ratio"],
+        "raw_adam_ratio": settings["raw_adam_ratio"],
+        "adam_scaled_step": settings["adam_scaled_step"],
     }
-    wanted = {"hidden_size": args.hidden_size, "raw_adam_ratio": args.raw_adam_ratio}
+    wanted = {
+        "hidden_size": args.hidden_size,
+        "raw_adam_ratio": args.raw_adam_ratio,
+        "adam_scaled_step": args.adam_scaled_step,
+    }
     if found != wanted:
         raise ValueError(
             f"--init-lo {args.init_lo} has {found}, this run {wanted}: meta-train "
-            "with the LO's settings (--hidden-size, --raw-adam-ratio) or clone another"
+            "with the LO's settings (--hidden-size, --raw-adam-ratio, "
+            "--adam-scaled-step) or clone another"
         )
     return meta
 
@@ -746,7 +759,10 @@ class Validation:
         @jax.jit
         def lo_curves(meta: lopt.MetaParams) -> dict:
             optimizer = lopt.small_fc_lopt(
-                meta, layout=layout, raw_adam_ratio=args.raw_adam_ratio
+                meta,
+                layout=layout,
+                raw_adam_ratio=args.raw_adam_ratio,
+                adam_scaled_step=args.adam_scaled_step,
             )
             return jax.vmap(functools.partial(curves, optimizer), (None, 0))(data, keys)
 
@@ -925,7 +941,11 @@ def export(args: Args, run_dir: pathlib.Path, state: PESState) -> None:
     }
     best = dict(info, exported="best", outer_step=int(state.best_step))
     last = dict(info, exported="last", outer_step=int(state.outer_step))
-    save = functools.partial(checkpoint.save_lo, raw_adam_ratio=args.raw_adam_ratio)
+    save = functools.partial(
+        checkpoint.save_lo,
+        raw_adam_ratio=args.raw_adam_ratio,
+        adam_scaled_step=args.adam_scaled_step,
+    )
     if args.export == "best" and validated:
         save(run_dir, state.best_meta, extra=best)
     else:

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from elo_gym import core, demonstrator, lopt
+from elo_gym import core, lopt
 from elo_gym.settings import EnvSettings
 
 # A row-wise policy: features (..., P, 39) -> actions (..., P, 2), traceable by JAX.
@@ -64,8 +64,7 @@ def current_rows(
 ) -> tuple[jax.Array, jax.Array]:
     """Features (C, P, 39) and expert actions (C, P, 2) of the copies' current obs."""
     obs = jax.vmap(core.observe, (None, 0, None))(cfg, state.copies, p)
-    updates = jax.vmap(core.flatten_rows)(state.copies.expert_update)
-    return obs["features"], demonstrator.expert_action(updates, cfg.step_mult)
+    return obs["features"], jax.vmap(core.expert_action, (None, 0))(cfg, state.copies)
 
 
 def _act(

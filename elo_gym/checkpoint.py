@@ -160,6 +160,7 @@ def save_lo(
     step_mult: float = lopt.STEP_MULT,
     exp_mult: float = lopt.EXP_MULT,
     raw_adam_ratio: bool = False,
+    adam_scaled_step: bool = False,
     extra: dict | None = None,
 ) -> pathlib.Path:
     """Writes the trained LO as ``lo.msgpack`` + ``lo.json`` into ``run_dir``."""
@@ -173,6 +174,7 @@ def save_lo(
         "step_mult": step_mult,
         "exp_mult": exp_mult,
         "raw_adam_ratio": raw_adam_ratio,
+        "adam_scaled_step": adam_scaled_step,
         **(extra or {}),
     }
     (run_dir / LO_META_FILE).write_text(json.dumps(info, indent=2))
@@ -186,6 +188,7 @@ LO_SETTINGS = {
     "step_mult": lopt.STEP_MULT,
     "exp_mult": lopt.EXP_MULT,
     "raw_adam_ratio": False,
+    "adam_scaled_step": False,
 }
 
 
@@ -274,7 +277,7 @@ def _load_from_checkpoint(path: pathlib.Path) -> tuple[lopt.MetaParams, dict]:
     config_file = run_dir / "config.json"
     if config_file.is_file():
         config = json.loads(config_file.read_text())
-        info = {k: config[k] for k in LO_SETTINGS if k in config}
+        info.update({k: config[k] for k in LO_SETTINGS if k in config})
     return meta, info
 
 

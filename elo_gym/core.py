@@ -82,6 +82,9 @@ class EnvConfig:
         rate at inner step n is expert_learning_rate / sqrt(1 + n / tau).
       raw_adam_ratio: observe features 6-8 (m_k / sqrt(r)) unnormalized
         (``lopt.normalizers``); the LO acting on them must be built with the same.
+      adam_scaled_step: an action's step is multiplied, per tensor, by
+        ``lopt.adam_step_scale`` (and the expert's action divided by it); the LO
+        must be built with the same.
     """
 
     task: Any
@@ -98,6 +101,7 @@ class EnvConfig:
     expert_learning_rate: float = demonstrator.EXPERT_LEARNING_RATE
     expert_decay_steps: float = 0.0
     raw_adam_ratio: bool = False
+    adam_scaled_step: bool = False
 
     def __post_init__(self):
         _check_choice("mode", self.mode, MODES)
@@ -408,11 +412,25 @@ def observe(cfg: EnvConfig, state: EnvState, p: EnvParams) -> dict:
     }
 
 
+def step_scale_rows(cfg: EnvConfig, state: EnvState) -> jax.Array | float:
+    """(P,) factors of one prepared copy's LO step (``adam_scaled_step``), else 1."""
+    if not cfg.adam_scaled_step:
+        return 1.0
+    return flatten_rows(lopt.step_scales(state.params, state.lo))
+
+
+def expert_action(cfg: EnvConfig, state: EnvState) -> jax.Array:
+    """(P, 2): the action of one prepared copy that moves it as Adam does."""
+    return demonstrator.expert_action(
+        flatten_rows(state.expert_update), cfg.step_mult, step_scale_rows(cfg, state)
+    )
+
+
 def _info(cfg: EnvConfig, state: EnvState) -> dict:
     update = flatten_rows(state.expert_update)
     return {
         "expert_update": update,
-        "expert_action": demonstrator.expert_action(update, cfg.step_mult),
+        "expert_action": expert_action(cfg, state),
         "inner_step": state.lo.count,
         "start_step": state.start_step,
         "episode_length": state.episode_length,
@@ -527,7 +545,9 @@ def _apply_action(
     cfg: EnvConfig, s: EnvState, action: jax.Array, p: EnvParams
 ) -> Transition:
     """Eq. 8-10 for one copy: the mixed update, the reward and the push decision."""
-    lo_update_rows = -lopt.step_from_action(action, cfg.step_mult, cfg.exp_mult)
+    lo_update_rows = -lopt.step_from_action(
+        action, cfg.step_mult, cfg.exp_mult
+    ) * step_scale_rows(cfg, s)
     expert_rows = flatten_rows(s.expert_update)
     moved = flatten_rows(s.params) + (
         (1.0 - p.alpha) * expert_rows + p.alpha * lo_update_rows

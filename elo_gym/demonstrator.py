@@ -38,19 +38,24 @@ def adam_expert(
 
 
 def expert_action(
-    expert_update: jax.Array, step_mult: float = lopt.STEP_MULT
+    expert_update: jax.Array,
+    step_mult: float = lopt.STEP_MULT,
+    step_scale: jax.Array | float = 1.0,
 ) -> jax.Array:
     """Maps a raw update dtheta_H to the LO action that reproduces it.
 
-    The canonical inverse of Eq. 2: d* = -dtheta_H / step_mult and m* = 0, because
-    theta - step_mult * d* * exp(exp_mult * 0) = theta + dtheta_H for every exp_mult.
+    The canonical inverse of Eq. 2: d* = -dtheta_H / (step_mult * step_scale) and
+    m* = 0, because theta - step_scale * step_mult * d* * exp(exp_mult * 0) =
+    theta + dtheta_H for every exp_mult.
 
     Args:
       expert_update: (...,) raw updates (new params minus params).
       step_mult: the LO's step multiplier.
+      step_scale: (...,) or scalar; the factor the env applies to the LO's step
+        (``lopt.adam_step_scale`` with ``adam_scaled_step``, else 1).
 
     Returns:
       (..., 2) actions (d*, m*).
     """
-    d = -expert_update / step_mult
+    d = -expert_update / (step_mult * step_scale)
     return jnp.stack([d, jnp.zeros_like(d)], axis=-1)

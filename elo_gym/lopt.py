@@ -33,6 +33,12 @@ m_k / sqrt(r)) unnormalized. The reference normalizes them per tensor, so an LO 
 Adam's steps shrink only through its step-count features; with the raw ratio the
 shrinking is in its input (docs/levers.md measures what it changes).
 
+Another variant, off by default: ``adam_scaled_step`` multiplies each tensor's step
+by the root mean square over that tensor of Adam's ratio m_0.9 / sqrt(r) (feature 6
+before normalization, :func:`adam_step_scale`): the factor the normalization divided
+out comes back at the output, so the LO's steps shrink where Adam's do (when the
+gradients of a tensor turn to noise), on any architecture.
+
 The decays are fixed (:data:`DECAYS`, the reference's initial values): the features
 are the environment's observation, computed by the env before any agent acts, so
 they cannot depend on the agent's meta-parameters. The reference's learnable decay
@@ -463,6 +469,28 @@ def step_from_action(
     return step_mult * action[..., 0] * jnp.exp(exp_mult * action[..., 1])
 
 
+def adam_step_scale(acc: TensorAccumulators) -> jax.Array:
+    """sqrt(1e-5 + mean over the tensor of (m_0.9 * rsqrt(r + 1e-6))^2), a scalar: the
+    factor that normalization divides feature 6 by (``adam_scaled_step``)."""
+    ratio = acc.momentum[0] * jax.lax.rsqrt(acc.rms[0] + 1e-6)
+    return jnp.sqrt(1e-5 + jnp.mean(ratio**2))
+
+
+def step_scales(params: Any, state: SmallFcLOptState) -> Any:
+    """Params-shaped pytree of :func:`adam_step_scale`, each broadcast to its tensor.
+
+    ``state`` must already include this step's gradient (see :func:`accumulate`).
+    """
+    p_leaves, treedef = jax.tree.flatten(params)
+    acc_leaves = treedef.flatten_up_to(state.accumulators)
+    return treedef.unflatten(
+        [
+            jnp.broadcast_to(adam_step_scale(a), p.shape)
+            for p, a in zip(p_leaves, acc_leaves, strict=True)
+        ]
+    )
+
+
 def advance(state: SmallFcLOptState) -> SmallFcLOptState:
     """Counts one finished iteration (the step features read the count)."""
     return state._replace(count=state.count + 1)
@@ -479,6 +507,7 @@ def lopt_update(
     layout: lopt_fused.Layout,
     merged: bool = False,
     raw_adam_ratio: bool = False,
+    adam_scaled_step: bool = False,
 ) -> tuple[Any, SmallFcLOptState]:
     """One learned-optimizer step: (updates, new_state); new params = p + updates.
 
@@ -493,6 +522,7 @@ def lopt_update(
         meta-parameters that differ per copy, as an evolution strategy over the LO
         does; leave it off for one LO over a batch.
       raw_adam_ratio: features 6-8 unnormalized (the LO must have been trained so).
+      adam_scaled_step: each tensor's step times :func:`adam_step_scale` (likewise).
     """
     state = accumulate(grads, state)
     outputs = lopt_fused.mlp_outputs(
@@ -505,11 +535,17 @@ def lopt_update(
         raw_adam_ratio=raw_adam_ratio,
     )
     p_leaves, treedef = jax.tree.flatten(params)
+    scales = [1.0] * len(p_leaves)
+    if adam_scaled_step:
+        scales = treedef.flatten_up_to(step_scales(params, state))
     updates = [
-        (-step_from_action(jnp.moveaxis(out, 0, -1), step_mult, exp_mult))
-        .reshape(p.shape)
-        .astype(p.dtype)
-        for out, p in zip(outputs, p_leaves, strict=True)
+        (
+            -step_from_action(jnp.moveaxis(out, 0, -1), step_mult, exp_mult).reshape(
+                p.shape
+            )
+            * scale
+        ).astype(p.dtype)
+        for out, p, scale in zip(outputs, p_leaves, scales, strict=True)
     ]
     return treedef.unflatten(updates), advance(state)
 
@@ -522,13 +558,15 @@ def small_fc_lopt(
     layout: lopt_fused.Layout | None = None,
     merged: bool = False,
     raw_adam_ratio: bool = False,
+    adam_scaled_step: bool = False,
 ) -> optax.GradientTransformation:
     """small_fc_lopt as an ``optax.GradientTransformation``.
 
     Works on any params pytree. ``update`` needs ``params``; the returned updates are
     new params minus params. Non-finite gradient entries count as zero gradient.
     ``layout``: as for :func:`lopt_update`; None takes the default backend's, read
-    here, once. ``merged``, ``raw_adam_ratio``: as for :func:`lopt_update`.
+    here, once. ``merged``, ``raw_adam_ratio``, ``adam_scaled_step``: as for
+    :func:`lopt_update`.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, elo_gym
@@ -556,6 +594,7 @@ def small_fc_lopt(
             layout=layout,
             merged=merged,
             raw_adam_ratio=raw_adam_ratio,
+            adam_scaled_step=adam_scaled_step,
         )
 
     return optax.GradientTransformation(init_state, update_fn)

@@ -48,6 +48,7 @@ class EnvSettings:
     expert_learning_rate: float = 1e-3  # the demonstrator Adam's lr (the paper's)
     expert_decay_steps: float = 0.0  # > 0: the expert's lr decays as 1/sqrt(1 + n/tau)
     raw_adam_ratio: bool = False  # observe the LO's features 6-8 unnormalized
+    adam_scaled_step: bool = False  # the LO's step times Adam's ratio RMS per tensor
     paired: bool = False
 
     @classmethod
@@ -106,6 +107,7 @@ class EnvSettings:
             expert_learning_rate=self.expert_learning_rate,
             expert_decay_steps=self.expert_decay_steps,
             raw_adam_ratio=self.raw_adam_ratio,
+            adam_scaled_step=self.adam_scaled_step,
             paired=self.paired,
         )
 

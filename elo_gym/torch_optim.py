@@ -271,6 +271,8 @@ class SmallFcLOpt(torch.optim.Optimizer):
       exp_mult: scale of the magnitude output inside the exponential.
       raw_adam_ratio: features 6-8 unnormalized, as the LO was meta-trained
         (``elo_gym.lopt.normalizers``).
+      adam_scaled_step: each tensor's step times ``elo_gym.lopt.adam_step_scale``,
+        as the LO was meta-trained.
     """
 
     def __init__(
@@ -280,6 +282,7 @@ class SmallFcLOpt(torch.optim.Optimizer):
         step_mult: float = lopt.STEP_MULT,
         exp_mult: float = lopt.EXP_MULT,
         raw_adam_ratio: bool = False,
+        adam_scaled_step: bool = False,
     ) -> None:
         _validate_meta_params(meta_params)
         for name, value in (("step_mult", step_mult), ("exp_mult", exp_mult)):
@@ -294,6 +297,7 @@ class SmallFcLOpt(torch.optim.Optimizer):
                     )
         self.meta_params = meta_params
         self.raw_adam_ratio = raw_adam_ratio
+        self.adam_scaled_step = adam_scaled_step
         self._nets: dict[torch.device, _Net] = {}
 
     def _net(self, device: torch.device) -> _Net:
@@ -336,6 +340,9 @@ class SmallFcLOpt(torch.optim.Optimizer):
             self.raw_adam_ratio,
         )
         update = (out[0] * -step_mult).mul_(torch.exp(out[1] * exp_mult))
+        if self.adam_scaled_step:  # as lopt.adam_step_scale
+            ratio = state["momentum"][0] * torch.rsqrt(state["rms"][0] + 1e-6)
+            update.mul_(torch.sqrt(1e-5 + ratio.square().mean()))
         update = update.view(p.shape)
         if torch.finfo(p.dtype).bits >= 32:
             p.add_(update)

@@ -769,3 +769,48 @@ def test_the_expert_learning_rate_decays_with_the_inner_step(data):
     )
     with pytest.raises(ValueError, match="expert_decay_steps must be >= 0"):
         core.EnvConfig(task=TASK, expert_decay_steps=-1.0)
+
+
+def test_adam_scaled_step_scales_the_action_and_the_expert(data):
+    """adam_scaled_step: an action moves each tensor by the Eq. 2 step times the RMS
+    over the tensor of m_0.9 / sqrt(r + 1e-6) (computed here from the accumulators),
+    and the expert's action, divided by that factor, still reproduces Adam."""
+    cfg = core.EnvConfig(task=TASK, num_copies=C, adam_scaled_step=True)
+    reset = jax.jit(functools.partial(core.reset, cfg))
+    step = jax.jit(functools.partial(core.step, cfg))
+    p = core.make_params(data, alpha=1.0, n_min=10, n_max=10, p_th=1.0)
+    state, obs, info = reset(core.copy_keys(cfg, 3), p)
+    for _ in range(2):  # accumulators of several gradients
+        state, obs, _, _, _, info = step(state, info["expert_action"], p)
+    factors = []
+    for acc, param in zip(
+        jax.tree.leaves(
+            state.copies.lo.accumulators,
+            is_leaf=lambda x: isinstance(x, lopt.TensorAccumulators),
+        ),
+        jax.tree.leaves(state.copies.params),
+        strict=True,
+    ):
+        m0 = np.asarray(acc.momentum[:, 0], np.float64)
+        ratio = m0 / np.sqrt(np.asarray(acc.rms[:, 0], np.float64) + 1e-6)
+        axes = tuple(range(1, ratio.ndim))
+        rms = np.sqrt(1e-5 + np.mean(ratio**2, axis=axes))  # (C,)
+        factors.append(np.repeat(rms[:, None], param[0].size, axis=1))
+    factor = np.concatenate(factors, axis=1)  # (C, P), in flatten_rows' order
+    assert not np.allclose(factor, 1.0, rtol=0.05)  # the factor is not a no-op
+    actions = _random_actions(4, scale=2.0, m_scale=500.0)
+    before = rows(state.copies.params)
+    expert_update = np.asarray(info["expert_update"], np.float64)
+    expert_action = info["expert_action"]
+    moved, *_ = step(state, actions, p)
+    np.testing.assert_allclose(
+        rows(moved.copies.params),
+        before + lo_update(actions) * factor,
+        rtol=0,
+        atol=1e-7,
+    )
+    moved, _, _, _, _, step_info = step(state, expert_action, p)
+    np.testing.assert_allclose(
+        rows(moved.copies.params), before + expert_update, rtol=0, atol=1e-7
+    )
+    assert np.all(np.asarray(step_info["bc_loss"]) < 1e-12)

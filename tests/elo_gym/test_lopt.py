@@ -331,17 +331,20 @@ def _adam_ratio_lo() -> lopt.MetaParams:
     return lopt.MetaParams(mlp=mlp)
 
 
-def test_raw_adam_ratio_lets_an_lo_follow_adams_shrinking_steps():
-    """Features 6-8 unnormalized: an LO that steps along feature 6 steps by exactly
-    step_mult * m / sqrt(r), so its steps shrink 10x when the gradients do, as Adam's
-    do; the reference normalization keeps that LO's update RMS fixed. The other 36
-    features are the reference's."""
+def test_raw_ratio_and_scaled_step_let_an_lo_follow_adams_shrinking_steps():
+    """An LO that steps along feature 6 steps by exactly step_mult * m / sqrt(r) with
+    features 6-8 unnormalized (raw_adam_ratio) or with its step scaled back by the
+    normalizer (adam_scaled_step), so its steps shrink 10x when the gradients do, as
+    Adam's do; the reference keeps that LO's update RMS fixed. The raw variant's other
+    36 features are the reference's."""
     params = {"w": jnp.zeros((8, 5)), "b": jnp.zeros((5,))}
     meta = _adam_ratio_lo()
     rng = np.random.default_rng(0)
     rms = {}
-    for raw in (False, True):
-        opt = lopt.small_fc_lopt(meta, raw_adam_ratio=raw)
+    variants = {"reference": {}, "raw": dict(raw_adam_ratio=True)}
+    variants["scaled"] = dict(adam_scaled_step=True)
+    for name, variant in variants.items():
+        opt = lopt.small_fc_lopt(meta, **variant)
         update = jax.jit(opt.update)
         state, norms = opt.init(params), []
         for t in range(1_300):
@@ -354,13 +357,14 @@ def test_raw_adam_ratio_lets_an_lo_follow_adams_shrinking_steps():
             norms.append(float(jnp.sqrt(jnp.mean(updates["w"] ** 2))))
         acc = state.accumulators["w"]
         ratio = acc.momentum[0] * jax.lax.rsqrt(acc.rms[0] + 1e-6)
-        if raw:
+        if name != "reference":
             np.testing.assert_allclose(updates["w"], -1e-3 * ratio, rtol=1e-5)
+        if name == "raw":
             feats = lopt.features(grads, params, state, raw_adam_ratio=True)
             reference = lopt.features(grads, params, state)
             np.testing.assert_array_equal(feats[1][..., 6], ratio)
             keep = np.r_[0:6, 9:39]
             np.testing.assert_array_equal(feats[1][..., keep], reference[1][..., keep])
-        rms[raw] = np.mean(norms[-50:]) / np.mean(norms[900:1_000])
-    assert rms[False] == pytest.approx(1.0, abs=0.02)
-    assert rms[True] < 0.3
+        rms[name] = np.mean(norms[-50:]) / np.mean(norms[900:1_000])
+    assert rms["reference"] == pytest.approx(1.0, abs=0.02)
+    assert rms["raw"] < 0.3 and rms["scaled"] < 0.3

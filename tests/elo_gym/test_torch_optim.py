@@ -197,14 +197,15 @@ def test_parity_with_optax_face_on_every_tensor_kind(tile_elements, monkeypatch)
     assert min(moved) > 1e-3  # the check compares real moves, not two no-ops
 
 
-def test_raw_adam_ratio_lo_loads_with_its_setting_in_both_faces(tmp_path):
-    """An LO meta-trained with raw_adam_ratio: lo.json records it, and
-    ``elo_gym.load_optimizer`` and ``torch_optim.load`` both build the raw update,
-    which differs from the reference one on the same weights."""
+@pytest.mark.parametrize("setting", ["raw_adam_ratio", "adam_scaled_step"])
+def test_lo_variant_loads_with_its_setting_in_both_faces(tmp_path, setting):
+    """An LO meta-trained with raw_adam_ratio or adam_scaled_step: lo.json records
+    it, and ``elo_gym.load_optimizer`` and ``torch_optim.load`` both build that
+    variant's update, which differs from the reference one on the same weights."""
     meta = _nontrivial_meta()
     meta.mlp["Dense_0"]["kernel"][6, :2] += [2.0, -2.0]  # feature 6 moves the output
-    checkpoint.save_lo(tmp_path, meta, raw_adam_ratio=True)
-    assert json.loads((tmp_path / "lo.json").read_text())["raw_adam_ratio"] is True
+    checkpoint.save_lo(tmp_path, meta, **{setting: True})
+    assert json.loads((tmp_path / "lo.json").read_text())[setting] is True
     rng = np.random.default_rng(0)
     init = _random_tree(rng, 0.1)
     params = {k: torch.nn.Parameter(torch.tensor(v)) for k, v in init.items()}
