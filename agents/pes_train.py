@@ -66,15 +66,18 @@ VALIDATION_METRICS = (
 )
 # The paper's preset and the CPU default; a flag given explicitly wins over both.
 PRESETS = {
-    # expert_lr: the lowest validation loss at 10x on digits among the settings
-    # screened, and on the validation family second only to 1e-3 (docs/levers.md).
+    # The demonstrator (Adam at lr 0.02 decayed with tau 300), its clone and the
+    # scaled step: the lowest validation loss at 10x on digits among the settings
+    # screened (docs/levers.md, "Fifth screen"); BC modes only.
     "cpu": dict(
         env="ELO-Digits-MLP",
         outer_steps=400,
         n_min=20,
         n_max=200,
         truncation=50,
-        expert_lr=2e-3,
+        expert_lr=2e-2,
+        expert_decay_steps=300.0,
+        adam_scaled_step=True,
         init_lo="bc",
     ),
     "paper": dict(
@@ -184,18 +187,19 @@ class Args:
     held-out validation batch at the same params."""
     expert_lr: float | None = None
     """Learning rate of the Adam demonstrator that behavior cloning imitates (cpu:
-    2e-3, picked on validation loss, docs/levers.md; paper: 1e-3)."""
+    2e-2, docs/levers.md; paper: 1e-3)."""
     expert_decay_steps: float | None = None
     """tau > 0: the demonstrator's lr at inner step n is expert_lr / sqrt(1 + n / tau),
-    an annealing the LO can learn from its step-count features (0: constant, the
-    paper)."""
+    an annealing the LO can learn from its step-count features (cpu, BC modes: 300;
+    0: constant, the paper)."""
     raw_adam_ratio: bool = False
     """Give the LO Adam's ratio m / sqrt(r) (features 6-8) unnormalized, so that Adam's
     shrinking steps are in its input; off: the reference small_fc_lopt."""
-    adam_scaled_step: bool = False
+    adam_scaled_step: bool | None = None
     """Multiply each tensor's LO step by the root mean square of Adam's ratio
     m / sqrt(r) over the tensor (``elo_gym.lopt.adam_step_scale``), so that the LO's
-    steps shrink where Adam's do; off: the reference small_fc_lopt."""
+    steps shrink where Adam's do (cpu preset, BC modes: True); False: the reference
+    small_fc_lopt."""
     init_lo: str | None = None
     """Start from this LO instead of a random init: a run dir or lo.msgpack; ``bc``:
     clone the demonstrator first with agents/bc_train.py (this run's env, expert_lr
@@ -266,11 +270,19 @@ class Args:
         args = dataclasses.replace(self, **filled)
         if args.n_max_final is None:
             args = dataclasses.replace(args, n_max_final=10 * args.n_max)
-        # The preset's clone of the demonstrator warm-starts the BC modes only: the
-        # baselines without behavior cloning start from a random LO, as in the paper.
-        preset_clone = self.init_lo is None and not MODE_SETTINGS[args.mode][1]
-        if args.init_lo == "none" or preset_clone:
+        # The preset's demonstrator settings (its decay, its clone as the first LO and
+        # the step scaled like it) are the BC modes' only: the baselines without
+        # behavior cloning keep the reference LO from a random init, as in the paper.
+        if not MODE_SETTINGS[args.mode][1]:
+            baseline = dict(
+                init_lo=None, expert_decay_steps=0.0, adam_scaled_step=False
+            )
+            unset = {k: v for k, v in baseline.items() if getattr(self, k) is None}
+            args = dataclasses.replace(args, **unset)
+        if args.init_lo == "none":
             args = dataclasses.replace(args, init_lo=None)
+        if args.adam_scaled_step is None:
+            args = dataclasses.replace(args, adam_scaled_step=False)
         return args
 
     def validate(self) -> None:
@@ -313,8 +325,9 @@ class Args:
             raise ValueError(
                 "--init-lo bc clones the demonstrator in one process: for a "
                 "multi-process run, clone it first (python agents/bc_train.py "
-                "--expert-lr LR --outer-steps STEPS --run-dir DIR) and pass "
-                "--init-lo DIR, or --init-lo none"
+                "--expert-lr LR --expert-decay-steps TAU --adam-scaled-step "
+                "--outer-steps STEPS --run-dir DIR, with this run's settings) and "
+                "pass --init-lo DIR, or --init-lo none"
             )
         if not 0.0 < self.alpha_end_fraction <= 1.0:
             raise ValueError(
