@@ -273,7 +273,8 @@ class Args:
         # The preset's demonstrator settings (its decay, its clone as the first LO and
         # the step scaled like it) are the BC modes' only: the baselines without
         # behavior cloning keep the reference LO from a random init, as in the paper.
-        if not MODE_SETTINGS[args.mode][1]:
+        # (An unknown mode is left for validate() to name.)
+        if args.mode in MODE_SETTINGS and not MODE_SETTINGS[args.mode][1]:
             baseline = dict(
                 init_lo=None, expert_decay_steps=0.0, adam_scaled_step=False
             )
