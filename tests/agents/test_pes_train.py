@@ -174,6 +174,21 @@ def test_init_lo_bc_clones_this_runs_demonstrator(tmp_path, monkeypatch):
         dataclasses.replace(args, distributed=True).resolved().validate()
 
 
+def test_a_checkpoint_loads_with_its_size_and_settings(reference_run):
+    """An LO read from a run's checkpoints (no lo.msgpack needed) comes with its
+    hidden size and the LO settings of the run's config.json, so ``--init-lo
+    RUN/checkpoints`` is checked like a finished run."""
+    config = json.loads((reference_run / "config.json").read_text())
+    _, info = checkpoint.load_meta_params(reference_run / "checkpoints")
+    assert info["hidden_size"] == TINY["hidden_size"]
+    settings = checkpoint.lo_settings(info)
+    assert settings["adam_scaled_step"] == config["adam_scaled_step"]
+    args = pes_train.Args(
+        **{**TINY, "init_lo": str(reference_run / "checkpoints")}
+    ).resolved()
+    pes_train.initial_lo(args)  # the same settings: accepted
+
+
 def test_clone_meets_the_runs_mixture(tmp_path, monkeypatch):
     """``--init-lo bc --mixture ...``: the BC agent clones Adam on the same tasks as
     the run meta-trains on."""
