@@ -158,8 +158,7 @@ def env_settings(args: Args) -> EnvSettings:
         n_max=args.n_max,
         expert_learning_rate=args.expert_lr,
         expert_decay_steps=args.expert_decay_steps,
-        raw_adam_ratio=args.raw_adam_ratio,
-        adam_scaled_step=args.adam_scaled_step,
+        **checkpoint.lo_variants(args),
         alpha=1.0,
     )
 
@@ -465,8 +464,7 @@ def main(args: Args) -> pathlib.Path:
         checkpoint.save_lo(
             run_dir,
             state.meta,
-            raw_adam_ratio=args.raw_adam_ratio,
-            adam_scaled_step=args.adam_scaled_step,
+            **checkpoint.lo_variants(args),
             extra={"env": args.env, "agent": "bc", "mode": args.mode},
         )
     return run_dir

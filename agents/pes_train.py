@@ -381,8 +381,7 @@ def env_settings(args: Args) -> EnvSettings:
         meta_loss_split=args.meta_loss_split,
         expert_learning_rate=args.expert_lr,
         expert_decay_steps=args.expert_decay_steps,
-        raw_adam_ratio=args.raw_adam_ratio,
-        adam_scaled_step=args.adam_scaled_step,
+        **checkpoint.lo_variants(args),
         paired=True,
     )
 
@@ -467,8 +466,7 @@ def clone_demonstrator(args: Args, run_dir: pathlib.Path) -> pathlib.Path:
                 hidden_size=args.hidden_size,
                 expert_lr=args.expert_lr,
                 expert_decay_steps=args.expert_decay_steps or 0.0,
-                raw_adam_ratio=args.raw_adam_ratio,
-                adam_scaled_step=args.adam_scaled_step,
+                **checkpoint.lo_variants(args),
                 mixture=args.mixture,
                 outer_steps=args.clone_steps,
                 progress=args.progress,
@@ -486,16 +484,9 @@ def initial_lo(args: Args) -> lopt.MetaParams:
         )
     meta, info = checkpoint.load_meta_params(args.init_lo)
     settings = checkpoint.lo_settings(info)
-    found = {
-        "hidden_size": info["hidden_size"],
-        "raw_adam_ratio": settings["raw_adam_ratio"],
-        "adam_scaled_step": settings["adam_scaled_step"],
-    }
-    wanted = {
-        "hidden_size": args.hidden_size,
-        "raw_adam_ratio": args.raw_adam_ratio,
-        "adam_scaled_step": args.adam_scaled_step,
-    }
+    found = {"hidden_size": info["hidden_size"]}
+    found.update({k: settings[k] for k in checkpoint.LO_VARIANTS})
+    wanted = {"hidden_size": args.hidden_size, **checkpoint.lo_variants(args)}
     if found != wanted:
         raise ValueError(
             f"--init-lo {args.init_lo} has {found}, this run {wanted}: meta-train "
@@ -773,10 +764,7 @@ class Validation:
         @jax.jit
         def lo_curves(meta: lopt.MetaParams) -> dict:
             optimizer = lopt.small_fc_lopt(
-                meta,
-                layout=layout,
-                raw_adam_ratio=args.raw_adam_ratio,
-                adam_scaled_step=args.adam_scaled_step,
+                meta, layout=layout, **checkpoint.lo_variants(args)
             )
             return jax.vmap(functools.partial(curves, optimizer), (None, 0))(data, keys)
 
@@ -955,11 +943,7 @@ def export(args: Args, run_dir: pathlib.Path, state: PESState) -> None:
     }
     best = dict(info, exported="best", outer_step=int(state.best_step))
     last = dict(info, exported="last", outer_step=int(state.outer_step))
-    save = functools.partial(
-        checkpoint.save_lo,
-        raw_adam_ratio=args.raw_adam_ratio,
-        adam_scaled_step=args.adam_scaled_step,
-    )
+    save = functools.partial(checkpoint.save_lo, **checkpoint.lo_variants(args))
     if args.export == "best" and validated:
         save(run_dir, state.best_meta, extra=best)
     else:

@@ -190,6 +190,14 @@ LO_SETTINGS = {
     "raw_adam_ratio": False,
     "adam_scaled_step": False,
 }
+# The boolean LO variants among them: every agent, env and face takes them by these
+# names, so ``lo_variants(args)`` passes a run's variants on in one place.
+LO_VARIANTS = ("raw_adam_ratio", "adam_scaled_step")
+
+
+def lo_variants(source: Any) -> dict[str, bool]:
+    """``{name: source.name}`` for each of :data:`LO_VARIANTS` (e.g. agent Args)."""
+    return {k: bool(getattr(source, k)) for k in LO_VARIANTS}
 
 
 def lo_settings(info: dict) -> dict:

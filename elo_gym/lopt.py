@@ -536,8 +536,9 @@ def lopt_update(
     )
     p_leaves, treedef = jax.tree.flatten(params)
     scales = [1.0] * len(p_leaves)
-    if adam_scaled_step:
-        scales = treedef.flatten_up_to(step_scales(params, state))
+    if adam_scaled_step:  # one scalar per tensor; no params-shaped broadcast needed
+        acc_leaves = treedef.flatten_up_to(state.accumulators)
+        scales = [adam_step_scale(a) for a in acc_leaves]
     updates = [
         (
             -step_from_action(jnp.moveaxis(out, 0, -1), step_mult, exp_mult).reshape(
