@@ -392,19 +392,19 @@ def test_explicit_flags_win_over_the_preset():
         "ELO-Digits-MLP"
     )
     assert (cpu.expert_lr, paper.expert_lr) == (2e-2, 1e-3)
-    assert cpu.expert_decay_steps == 300.0 and not paper.expert_decay_steps
-    # The cpu preset warm-starts the BC modes from a clone of the demonstrator, with
-    # the scaled step; the baselines without BC and the paper start from a random
-    # reference LO and have no demonstrator to decay.
+    assert cpu.expert_decay_steps == 100.0 and not paper.expert_decay_steps
+    # The cpu preset warm-starts the BC modes from a clone of the demonstrator; every
+    # mode gets the scaled step; the baselines without BC and the paper start from a
+    # random init and have no demonstrator to decay.
     assert (cpu.init_lo, paper.init_lo) == ("bc", None)
     assert (cpu.adam_scaled_step, paper.adam_scaled_step) == (True, False)
     naive = pes_train.Args(mode="naive").resolved()
-    assert (naive.init_lo, naive.adam_scaled_step) == (None, False)
+    assert (naive.init_lo, naive.adam_scaled_step) == (None, True)
     assert naive.expert_decay_steps == 0.0
     naive.validate()  # the preset's decay would be refused for a mode without BC
     assert pes_train.Args(mode="naive", init_lo="bc").resolved().init_lo == "bc"
-    explicit = pes_train.Args(mode="naive", adam_scaled_step=True).resolved()
-    assert explicit.adam_scaled_step is True
+    explicit = pes_train.Args(mode="naive", adam_scaled_step=False).resolved()
+    assert explicit.adam_scaled_step is False
     assert pes_train.Args(adam_scaled_step=False).resolved().adam_scaled_step is False
     assert pes_train.Args(init_lo="none").resolved().init_lo is None
     assert pes_train.Args(expert_lr=2e-3).resolved().expert_lr == 2e-3
