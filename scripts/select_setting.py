@@ -24,12 +24,16 @@ import collections
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import re
 import sys
 from typing import Annotated
 
 import tyro
+
+sys.path.insert(0, os.fspath(pathlib.Path(__file__).resolve().parent))
+import _json_cli  # noqa: E402
 
 # Metrics of evaluate.py's results.json for which lower is better.
 METRICS = ("train_loss", "valid_loss", "test_loss")
@@ -134,16 +138,8 @@ def run(config: SelectConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = tyro.cli(SelectConfig, args=argv)
-    try:
-        result = run(config)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    text = json.dumps(result, indent=2)
-    if config.out:
-        pathlib.Path(config.out).write_text(text)
-    print(text)
+    """CLI: parse flags, score the settings, print (and write) the JSON."""
+    _json_cli.main(SelectConfig, run, "select_setting.py", argv)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import pathlib
 import sys
@@ -29,13 +28,13 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tyro
 from tqdm import tqdm
 
 from elo_gym import demonstrator
 from elo_gym.inner_loop import train_curves
 
 sys.path.insert(0, os.fspath(pathlib.Path(__file__).resolve().parent))
+import _json_cli  # noqa: E402
 import eval_report  # noqa: E402
 import evaluate  # noqa: E402
 
@@ -117,17 +116,7 @@ def run(config: SweepConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: parse flags, run the grid, print (and write) the JSON."""
-    config = tyro.cli(SweepConfig, args=argv)
-    try:
-        result = run(config)
-    except ValueError as e:
-        print(f"sweep_demonstrator.py: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    text = json.dumps(result, indent=1, allow_nan=False)
-    if config.out:
-        pathlib.Path(config.out).parent.mkdir(parents=True, exist_ok=True)
-        pathlib.Path(config.out).write_text(text)
-    print(text)
+    _json_cli.main(SweepConfig, run, "sweep_demonstrator.py", argv)
 
 
 if __name__ == "__main__":
