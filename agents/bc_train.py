@@ -113,6 +113,11 @@ class Args:
     adam_scaled_step: bool = False
     """The LO's step is multiplied per tensor by the RMS of Adam's ratio
     (``elo_gym.lopt.adam_step_scale``); recorded in ``lo.json``."""
+    nominal_lr: float = 0.0
+    """> 0: the LO's step adds Adam's step at this lr (``elo_gym.lopt.nominal_update``),
+    and the clone learns what to add to it; recorded in ``lo.json``."""
+    nominal_decay_steps: float = 0.0
+    """tau > 0: the nominal term's lr decays as nominal_lr / sqrt(1 + n / tau)."""
     checkpoint_every: int = 50
     """Outer steps between checkpoints."""
     progress: bool = True

@@ -200,6 +200,14 @@ class Args:
     m / sqrt(r) over the tensor (``elo_gym.lopt.adam_step_scale``), so that the LO's
     steps shrink where Adam's do (cpu preset: True); False: the reference
     small_fc_lopt."""
+    nominal_lr: float | None = None
+    """> 0: the LO's update is Adam's step at this lr plus the LO's own step (a nominal
+    term, as learned_optimization's ``adafac_nominal``; ``elo_gym.lopt``), so the MLP
+    learns a correction to a schedule that holds at any horizon; 0: the reference
+    small_fc_lopt."""
+    nominal_decay_steps: float | None = None
+    """tau > 0: the nominal term's lr at inner step n is nominal_lr / sqrt(1 + n / tau)
+    (0: constant)."""
     init_lo: str | None = None
     """Start from this LO instead of a random init: a run dir or lo.msgpack; ``bc``:
     clone the demonstrator first with agents/bc_train.py (this run's env, expert_lr
@@ -280,9 +288,11 @@ class Args:
             args = dataclasses.replace(args, **unset)
         if args.init_lo == "none":
             args = dataclasses.replace(args, init_lo=None)
-        if args.adam_scaled_step is None:
-            args = dataclasses.replace(args, adam_scaled_step=False)
-        return args
+        lo_defaults = dict(
+            adam_scaled_step=False, nominal_lr=0.0, nominal_decay_steps=0.0
+        )
+        unset = {k: v for k, v in lo_defaults.items() if getattr(args, k) is None}
+        return dataclasses.replace(args, **unset)
 
     def validate(self) -> None:
         """Raises ValueError naming the first bad setting (call on ``resolved()``)."""
@@ -307,6 +317,7 @@ class Args:
         )
         if self.loss_cap is not None and self.loss_cap <= 0:
             raise ValueError(f"loss_cap must be > 0, got {self.loss_cap}")
+        lopt.check_nominal(self.nominal_lr, self.nominal_decay_steps)
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
         if self.export == "best" and self.eval_every == 0:

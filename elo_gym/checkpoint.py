@@ -161,6 +161,8 @@ def save_lo(
     exp_mult: float = lopt.EXP_MULT,
     raw_adam_ratio: bool = False,
     adam_scaled_step: bool = False,
+    nominal_lr: float = 0.0,
+    nominal_decay_steps: float = 0.0,
     extra: dict | None = None,
 ) -> pathlib.Path:
     """Writes the trained LO as ``lo.msgpack`` + ``lo.json`` into ``run_dir``."""
@@ -175,6 +177,8 @@ def save_lo(
         "exp_mult": exp_mult,
         "raw_adam_ratio": raw_adam_ratio,
         "adam_scaled_step": adam_scaled_step,
+        "nominal_lr": nominal_lr,
+        "nominal_decay_steps": nominal_decay_steps,
         **(extra or {}),
     }
     (run_dir / LO_META_FILE).write_text(json.dumps(info, indent=2))
@@ -189,15 +193,23 @@ LO_SETTINGS = {
     "exp_mult": lopt.EXP_MULT,
     "raw_adam_ratio": False,
     "adam_scaled_step": False,
+    "nominal_lr": 0.0,
+    "nominal_decay_steps": 0.0,
 }
-# The boolean LO variants among them: every agent, env and face takes them by these
-# names, so ``lo_variants(args)`` passes a run's variants on in one place.
-LO_VARIANTS = ("raw_adam_ratio", "adam_scaled_step")
+# The LO variants among them: every agent, env and face takes them by these names, so
+# ``lo_variants(args)`` passes a run's variants on in one place.
+LO_VARIANTS = (
+    "raw_adam_ratio",
+    "adam_scaled_step",
+    "nominal_lr",
+    "nominal_decay_steps",
+)
 
 
-def lo_variants(source: Any) -> dict[str, bool]:
-    """``{name: source.name}`` for each of :data:`LO_VARIANTS` (e.g. agent Args)."""
-    return {k: bool(getattr(source, k)) for k in LO_VARIANTS}
+def lo_variants(source: Any) -> dict[str, bool | float]:
+    """``{name: source.name}`` for each of :data:`LO_VARIANTS` (e.g. agent Args), each
+    of its default's type."""
+    return {k: type(LO_SETTINGS[k])(getattr(source, k)) for k in LO_VARIANTS}
 
 
 def lo_settings(info: dict) -> dict:

@@ -85,6 +85,9 @@ class EnvConfig:
       adam_scaled_step: an action's step is multiplied, per tensor, by
         ``lopt.adam_step_scale`` (and the expert's action divided by it); the LO
         must be built with the same.
+      nominal_lr, nominal_decay_steps: > 0: the LO's step adds the nominal term
+        ``lopt.nominal_update`` (and the expert's action subtracts it); the LO must be
+        built with the same.
     """
 
     task: Any
@@ -102,6 +105,8 @@ class EnvConfig:
     expert_decay_steps: float = 0.0
     raw_adam_ratio: bool = False
     adam_scaled_step: bool = False
+    nominal_lr: float = 0.0
+    nominal_decay_steps: float = 0.0
 
     def __post_init__(self):
         _check_choice("mode", self.mode, MODES)
@@ -126,6 +131,7 @@ class EnvConfig:
                 "expert_decay_steps must be >= 0 (0: a constant expert lr), got "
                 f"{self.expert_decay_steps}"
             )
+        lopt.check_nominal(self.nominal_lr, self.nominal_decay_steps)
         if self.buffer_scope == "pair" and not self.paired:
             raise ValueError("buffer_scope='pair' needs paired=True")
 
@@ -419,10 +425,24 @@ def step_scale_rows(cfg: EnvConfig, state: EnvState) -> jax.Array | float:
     return flatten_rows(lopt.step_scales(state.params, state.lo))
 
 
+def nominal_rows(cfg: EnvConfig, state: EnvState) -> jax.Array | float:
+    """(P,) nominal term of one prepared copy's LO update (``nominal_lr``), else 0."""
+    if not cfg.nominal_lr > 0:
+        return 0.0
+    return flatten_rows(
+        lopt.nominal_updates(
+            state.params, state.lo, cfg.nominal_lr, cfg.nominal_decay_steps
+        )
+    )
+
+
 def expert_action(cfg: EnvConfig, state: EnvState) -> jax.Array:
     """(P, 2): the action of one prepared copy that moves it as Adam does."""
     return demonstrator.expert_action(
-        flatten_rows(state.expert_update), cfg.step_mult, step_scale_rows(cfg, state)
+        flatten_rows(state.expert_update),
+        cfg.step_mult,
+        step_scale_rows(cfg, state),
+        nominal_rows(cfg, state),
     )
 
 
@@ -547,7 +567,7 @@ def _apply_action(
     """Eq. 8-10 for one copy: the mixed update, the reward and the push decision."""
     lo_update_rows = -lopt.step_from_action(
         action, cfg.step_mult, cfg.exp_mult
-    ) * step_scale_rows(cfg, s)
+    ) * step_scale_rows(cfg, s) + nominal_rows(cfg, s)
     expert_rows = flatten_rows(s.expert_update)
     moved = flatten_rows(s.params) + (
         (1.0 - p.alpha) * expert_rows + p.alpha * lo_update_rows

@@ -39,6 +39,13 @@ before normalization, :func:`adam_step_scale`): the factor the normalization div
 out comes back at the output, so the LO's steps shrink where Adam's do (when the
 gradients of a tensor turn to noise), on any architecture.
 
+A third variant, off by default: a nominal term (``nominal_lr`` > 0), as
+learned_optimization's ``adafac_nominal`` adds one. The update is Adam's step at the
+learning rate ``nominal_lr / sqrt(1 + i / nominal_decay_steps)``, computed from the LO's
+own accumulators (m_0.9 and r are Adam's moments), plus the LO's step: the MLP learns a
+correction to a schedule that holds at any horizon, and an LO whose output is zero is
+that Adam (:func:`nominal_update`).
+
 The decays are fixed (:data:`DECAYS`, the reference's initial values): the features
 are the environment's observation, computed by the env before any agent acts, so
 they cannot depend on the agent's meta-parameters. The reference's learnable decay
@@ -66,7 +73,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from elo_gym import lopt_fused
+from elo_gym import lopt_fused, schedules
 
 NUM_FEATURES = 39
 # Features 6-8, m_k * rsqrt(r), in the reference order and in the fused path's rows.
@@ -476,6 +483,52 @@ def adam_step_scale(acc: TensorAccumulators) -> jax.Array:
     return jnp.sqrt(1e-5 + jnp.mean(ratio**2))
 
 
+def nominal_update(
+    acc: TensorAccumulators,
+    count: jax.Array,
+    learning_rate: float,
+    decay_steps: float = 0.0,
+) -> jax.Array:
+    """The nominal term of one tensor, shape S': ``optax.adam`` at
+    ``schedules.inverse_sqrt_decay(learning_rate, decay_steps)`` (b1 0.9, b2 0.999,
+    eps 1e-8), from the accumulators m_0.9 and r, which are Adam's moments.
+
+    ``acc`` must already include this step's gradient and ``count`` is the number of
+    steps taken before it, as in :func:`lopt_update`.
+    """
+    t = count.astype(jnp.float32) + 1.0
+    m_hat = acc.momentum[0] / (1.0 - MOMENTUM_DECAYS[0] ** t)
+    v_hat = acc.rms[0] / (1.0 - RMS_DECAYS[0] ** t)
+    lr = schedules.inverse_sqrt_decay(learning_rate, decay_steps)(count)
+    return -lr * m_hat / (jnp.sqrt(v_hat) + 1e-8)
+
+
+def nominal_updates(
+    params: Any, state: SmallFcLOptState, learning_rate: float, decay_steps: float
+) -> Any:
+    """Params-shaped pytree of :func:`nominal_update` (``state`` as there)."""
+    p_leaves, treedef = jax.tree.flatten(params)
+    acc_leaves = treedef.flatten_up_to(state.accumulators)
+    return treedef.unflatten(
+        [
+            nominal_update(a, state.count, learning_rate, decay_steps).reshape(p.shape)
+            for p, a in zip(p_leaves, acc_leaves, strict=True)
+        ]
+    )
+
+
+def check_nominal(learning_rate: float, decay_steps: float) -> None:
+    """Raises ValueError naming a bad nominal-term setting."""
+    if not learning_rate >= 0:
+        raise ValueError(
+            f"nominal_lr must be >= 0 (0: no nominal term), got {learning_rate}"
+        )
+    if not decay_steps >= 0:
+        raise ValueError(
+            f"nominal_decay_steps must be >= 0 (0: a constant lr), got {decay_steps}"
+        )
+
+
 def step_scales(params: Any, state: SmallFcLOptState) -> Any:
     """Params-shaped pytree of :func:`adam_step_scale`, each broadcast to its tensor.
 
@@ -508,6 +561,8 @@ def lopt_update(
     merged: bool = False,
     raw_adam_ratio: bool = False,
     adam_scaled_step: bool = False,
+    nominal_lr: float = 0.0,
+    nominal_decay_steps: float = 0.0,
 ) -> tuple[Any, SmallFcLOptState]:
     """One learned-optimizer step: (updates, new_state); new params = p + updates.
 
@@ -523,6 +578,7 @@ def lopt_update(
         does; leave it off for one LO over a batch.
       raw_adam_ratio: features 6-8 unnormalized (the LO must have been trained so).
       adam_scaled_step: each tensor's step times :func:`adam_step_scale` (likewise).
+      nominal_lr, nominal_decay_steps: > 0: add :func:`nominal_update` (likewise).
     """
     state = accumulate(grads, state)
     outputs = lopt_fused.mlp_outputs(
@@ -535,18 +591,24 @@ def lopt_update(
         raw_adam_ratio=raw_adam_ratio,
     )
     p_leaves, treedef = jax.tree.flatten(params)
+    acc_leaves = treedef.flatten_up_to(state.accumulators)
     scales = [1.0] * len(p_leaves)
     if adam_scaled_step:  # one scalar per tensor; no params-shaped broadcast needed
-        acc_leaves = treedef.flatten_up_to(state.accumulators)
         scales = [adam_step_scale(a) for a in acc_leaves]
+    nominal = [0.0] * len(p_leaves)
+    if nominal_lr > 0:
+        nominal = [
+            nominal_update(a, state.count, nominal_lr, nominal_decay_steps)
+            for a in acc_leaves
+        ]
     updates = [
         (
-            -step_from_action(jnp.moveaxis(out, 0, -1), step_mult, exp_mult).reshape(
-                p.shape
-            )
-            * scale
+            (
+                -step_from_action(jnp.moveaxis(out, 0, -1), step_mult, exp_mult) * scale
+                + nom
+            ).reshape(p.shape)
         ).astype(p.dtype)
-        for out, p, scale in zip(outputs, p_leaves, scales, strict=True)
+        for out, p, scale, nom in zip(outputs, p_leaves, scales, nominal, strict=True)
     ]
     return treedef.unflatten(updates), advance(state)
 
@@ -560,14 +622,16 @@ def small_fc_lopt(
     merged: bool = False,
     raw_adam_ratio: bool = False,
     adam_scaled_step: bool = False,
+    nominal_lr: float = 0.0,
+    nominal_decay_steps: float = 0.0,
 ) -> optax.GradientTransformation:
     """small_fc_lopt as an ``optax.GradientTransformation``.
 
     Works on any params pytree. ``update`` needs ``params``; the returned updates are
     new params minus params. Non-finite gradient entries count as zero gradient.
     ``layout``: as for :func:`lopt_update`; None takes the default backend's, read
-    here, once. ``merged``, ``raw_adam_ratio``, ``adam_scaled_step``: as for
-    :func:`lopt_update`.
+    here, once. ``merged``, ``raw_adam_ratio``, ``adam_scaled_step``, ``nominal_lr``,
+    ``nominal_decay_steps``: as for :func:`lopt_update`.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, elo_gym
@@ -579,6 +643,7 @@ def small_fc_lopt(
     """
     layout = lopt_fused.default_layout() if layout is None else layout
     lopt_fused.check_layout(layout)
+    check_nominal(nominal_lr, nominal_decay_steps)
 
     def update_fn(updates, state, params=None):
         if params is None:
@@ -596,6 +661,8 @@ def small_fc_lopt(
             merged=merged,
             raw_adam_ratio=raw_adam_ratio,
             adam_scaled_step=adam_scaled_step,
+            nominal_lr=nominal_lr,
+            nominal_decay_steps=nominal_decay_steps,
         )
 
     return optax.GradientTransformation(init_state, update_fn)

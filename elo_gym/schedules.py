@@ -1,5 +1,6 @@
-"""What changes over the outer steps of meta-training: alpha (Eq. 8), the curriculum's
-n_max and the outer learning rate.
+"""What changes over the steps: over the outer steps of meta-training alpha (Eq. 8),
+the curriculum's n_max and the outer learning rate; over the inner steps the
+demonstrator's learning rate (:func:`inverse_sqrt_decay`).
 
 :func:`at_outer_step` is the one place that says what holds at outer step t; the
 Gymnasium env (``set_outer_step``) and the agents both read it.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import jax
 import optax
 
 ALPHA_SCHEDULES = ("linear", "hold_linear", "constant")
@@ -83,6 +85,19 @@ def outer_learning_rate(
         decay_steps=max(1, num_outer_steps),
         end_value=min(min_learning_rate, learning_rate),
     )
+
+
+def inverse_sqrt_decay(learning_rate: float, decay_steps: float) -> optax.Schedule:
+    """lr / sqrt(1 + n / decay_steps) at inner step n; ``decay_steps`` 0: constant lr.
+
+    The demonstrator's schedule and the LO's nominal term's (``elo_gym.lopt``): it needs
+    no end of training, so it holds at any horizon.
+    """
+    if decay_steps < 0:
+        raise ValueError(f"decay_steps must be >= 0 (0: constant), got {decay_steps}")
+    if decay_steps == 0:
+        return lambda count: learning_rate
+    return lambda count: learning_rate * jax.lax.rsqrt(1.0 + count / decay_steps)
 
 
 class OuterStepValues(NamedTuple):

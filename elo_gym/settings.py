@@ -49,6 +49,8 @@ class EnvSettings:
     expert_decay_steps: float = 0.0  # > 0: the expert's lr decays as 1/sqrt(1 + n/tau)
     raw_adam_ratio: bool = False  # observe the LO's features 6-8 unnormalized
     adam_scaled_step: bool = False  # the LO's step times Adam's ratio RMS per tensor
+    nominal_lr: float = 0.0  # > 0: the LO's step adds Adam's at this lr (lopt)
+    nominal_decay_steps: float = 0.0  # the nominal lr decays as 1/sqrt(1 + n/tau)
     paired: bool = False
 
     @classmethod
@@ -108,6 +110,8 @@ class EnvSettings:
             expert_decay_steps=self.expert_decay_steps,
             raw_adam_ratio=self.raw_adam_ratio,
             adam_scaled_step=self.adam_scaled_step,
+            nominal_lr=self.nominal_lr,
+            nominal_decay_steps=self.nominal_decay_steps,
             paired=self.paired,
         )
 

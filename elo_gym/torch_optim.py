@@ -273,6 +273,8 @@ class SmallFcLOpt(torch.optim.Optimizer):
         (``elo_gym.lopt.normalizers``).
       adam_scaled_step: each tensor's step times ``elo_gym.lopt.adam_step_scale``,
         as the LO was meta-trained.
+      nominal_lr, nominal_decay_steps: > 0: add the nominal term
+        ``elo_gym.lopt.nominal_update``, as the LO was meta-trained.
     """
 
     def __init__(
@@ -283,8 +285,11 @@ class SmallFcLOpt(torch.optim.Optimizer):
         exp_mult: float = lopt.EXP_MULT,
         raw_adam_ratio: bool = False,
         adam_scaled_step: bool = False,
+        nominal_lr: float = 0.0,
+        nominal_decay_steps: float = 0.0,
     ) -> None:
         _validate_meta_params(meta_params)
+        lopt.check_nominal(nominal_lr, nominal_decay_steps)
         for name, value in (("step_mult", step_mult), ("exp_mult", exp_mult)):
             if not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value}")
@@ -298,6 +303,8 @@ class SmallFcLOpt(torch.optim.Optimizer):
         self.meta_params = meta_params
         self.raw_adam_ratio = raw_adam_ratio
         self.adam_scaled_step = adam_scaled_step
+        self.nominal_lr = nominal_lr
+        self.nominal_decay_steps = nominal_decay_steps
         self._nets: dict[torch.device, _Net] = {}
 
     def _net(self, device: torch.device) -> _Net:
@@ -343,12 +350,27 @@ class SmallFcLOpt(torch.optim.Optimizer):
         if self.adam_scaled_step:  # as lopt.adam_step_scale
             ratio = state["momentum"][0] * torch.rsqrt(state["rms"][0] + 1e-6)
             update.mul_(torch.sqrt(1e-5 + ratio.square().mean()))
+        if self.nominal_lr > 0:
+            update.add_(self._nominal(state))
         update = update.view(p.shape)
         if torch.finfo(p.dtype).bits >= 32:
             p.add_(update)
         else:  # bf16, float16: round p + update once
             p.copy_(update.add_(p))
         state["step"] += 1
+
+    def _nominal(self, state: dict[str, Any]) -> torch.Tensor:
+        """As ``elo_gym.lopt.nominal_update``, in its float32 order of operations:
+        Adam's step from m_0.9 and r."""
+        device = state["rms"].device
+        count = torch.tensor(state["step"], dtype=torch.float32, device=device)
+        t = count + 1.0
+        m_hat = state["momentum"][0] / (1.0 - lopt.MOMENTUM_DECAYS[0] ** t)
+        v_hat = state["rms"][0] / (1.0 - lopt.RMS_DECAYS[0] ** t)
+        lr = torch.full_like(count, self.nominal_lr)
+        if self.nominal_decay_steps > 0:
+            lr = lr * torch.rsqrt(1.0 + count / self.nominal_decay_steps)
+        return -lr * m_hat / (torch.sqrt(v_hat) + 1e-8)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Loads :meth:`state_dict`, keeping the float32 accumulators float32."""

@@ -136,21 +136,28 @@ def test_cli_smoke(tmp_path):
 
 
 def test_clones_the_given_expert_with_the_given_features(tmp_path):
-    """``--expert-lr``, ``--raw-adam-ratio`` and ``--adam-scaled-step`` reach the env
-    the LO is cloned in, and the saved LO records its settings, so every face loads
-    it with them."""
+    """``--expert-lr``, ``--raw-adam-ratio``, ``--adam-scaled-step`` and the nominal
+    term reach the env the LO is cloned in, and the saved LO records its settings, so
+    every face loads it with them."""
     args = bc_train.Args(
-        **TINY, expert_lr=4e-3, raw_adam_ratio=True, adam_scaled_step=True
+        **TINY,
+        expert_lr=4e-3,
+        raw_adam_ratio=True,
+        adam_scaled_step=True,
+        nominal_lr=4e-3,
+        nominal_decay_steps=50.0,
     )
     cfg = bc_train.env_settings(args).config(args.num_copies)
     assert cfg.expert_learning_rate == 4e-3 and cfg.raw_adam_ratio
     assert cfg.adam_scaled_step
+    assert (cfg.nominal_lr, cfg.nominal_decay_steps) == (4e-3, 50.0)
     bc_train.main(dataclasses.replace(args, run_dir=str(tmp_path / "run")))
     info = json.loads((tmp_path / "run" / "lo.json").read_text())
     assert info["raw_adam_ratio"] is True and info["adam_scaled_step"] is True
     _, loaded = checkpoint.load_meta_params(tmp_path / "run")
     settings = checkpoint.lo_settings(loaded)
     assert settings["raw_adam_ratio"] is True and settings["adam_scaled_step"] is True
+    assert (settings["nominal_lr"], settings["nominal_decay_steps"]) == (4e-3, 50.0)
 
 
 def test_mixture_clones_on_the_rows_of_every_task():

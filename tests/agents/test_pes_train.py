@@ -130,7 +130,11 @@ def test_init_lo_starts_from_a_trained_lo(reference_run):
     ):
         np.testing.assert_array_equal(a, b)
     scaled = json.loads((reference_run / "config.json").read_text())["adam_scaled_step"]
-    bad_settings = dict(hidden_size=16), dict(raw_adam_ratio=True)
+    bad_settings = (
+        dict(hidden_size=16),
+        dict(raw_adam_ratio=True),
+        dict(nominal_lr=0.01),
+    )
     for bad in (*bad_settings, dict(adam_scaled_step=not scaled)):
         args = pes_train.Args(
             **{**TINY, **bad, "init_lo": str(reference_run)}

@@ -814,3 +814,55 @@ def test_adam_scaled_step_scales_the_action_and_the_expert(data):
         rows(moved.copies.params), before + expert_update, rtol=0, atol=1e-7
     )
     assert np.all(np.asarray(step_info["bc_loss"]) < 1e-12)
+
+
+def test_nominal_term_is_added_to_the_action_and_taken_from_the_expert(data):
+    """nominal_lr: an action moves the params by Adam's step at the nominal lr
+    (computed here from the accumulators) plus the Eq. 2 step; with the expert's own
+    lr and decay as the nominal term, the expert's action is zero and still moves the
+    params as Adam does."""
+    lr, tau = 0.02, 100.0
+    cfg = core.EnvConfig(
+        task=TASK,
+        num_copies=C,
+        expert_learning_rate=lr,
+        expert_decay_steps=tau,
+        nominal_lr=lr,
+        nominal_decay_steps=tau,
+    )
+    reset = jax.jit(functools.partial(core.reset, cfg))
+    step = jax.jit(functools.partial(core.step, cfg))
+    p = core.make_params(data, alpha=1.0, n_min=10, n_max=10, p_th=1.0)
+    state, obs, info = reset(core.copy_keys(cfg, 3), p)
+    for _ in range(2):  # accumulators of several gradients
+        state, obs, _, _, _, info = step(state, info["expert_action"], p)
+    n = np.asarray(state.copies.lo.count, np.float64)  # (C,) steps taken: 2
+    t = (n + 1.0)[:, None]
+    nominal = []
+    for acc in jax.tree.leaves(
+        state.copies.lo.accumulators,
+        is_leaf=lambda x: isinstance(x, lopt.TensorAccumulators),
+    ):
+        m = np.asarray(acc.momentum[:, 0], np.float64).reshape(C, -1)
+        r = np.asarray(acc.rms[:, 0], np.float64).reshape(C, -1)
+        adam = (m / (1 - 0.9**t)) / (np.sqrt(r / (1 - 0.999**t)) + 1e-8)
+        nominal.append(-lr / np.sqrt(1.0 + n / tau)[:, None] * adam)
+    nominal = np.concatenate(nominal, axis=1)  # (C, P), in flatten_rows' order
+    assert np.abs(nominal).max() > 1e-3
+    before = rows(state.copies.params)
+    expert_update = np.asarray(info["expert_update"], np.float64)
+    np.testing.assert_allclose(expert_update, nominal, rtol=1e-4, atol=1e-7)
+    assert np.abs(np.asarray(info["expert_action"])).max() < 1e-2
+    actions = _random_actions(4, scale=2.0, m_scale=500.0)
+    moved, *_ = step(state, actions, p)
+    np.testing.assert_allclose(
+        rows(moved.copies.params),
+        before + nominal + lo_update(actions),
+        rtol=0,
+        atol=1e-6,
+    )
+    moved, _, _, _, _, step_info = step(state, info["expert_action"], p)
+    np.testing.assert_allclose(
+        rows(moved.copies.params), before + expert_update, rtol=0, atol=1e-7
+    )
+    assert np.all(np.asarray(step_info["bc_loss"]) < 1e-10)

@@ -368,3 +368,55 @@ def test_raw_ratio_and_scaled_step_let_an_lo_follow_adams_shrinking_steps():
         rms[name] = np.mean(norms[-50:]) / np.mean(norms[900:1_000])
     assert rms["reference"] == pytest.approx(1.0, abs=0.02)
     assert rms["raw"] < 0.3 and rms["scaled"] < 0.3
+
+
+def test_nominal_term_is_decayed_adam_plus_the_lo_step():
+    """nominal_lr: an LO whose MLP outputs zero updates exactly as optax.adam at lr /
+    sqrt(1 + n / tau) over 300 steps (a scalar among the tensors); any other LO's
+    update is that Adam step plus the LO's own step, unchanged."""
+    rng = np.random.default_rng(0)
+    params = {
+        "w": jnp.asarray(rng.normal(size=(6, 4)), jnp.float32),
+        "b": jnp.zeros((4,), jnp.float32),
+        "s": jnp.float32(0.5),
+    }
+    meta = elo_gym.init_meta_params(jax.random.PRNGKey(3))
+    silent = meta._replace(mlp=jax.tree.map(np.zeros_like, meta.mlp))
+    nominal = dict(nominal_lr=0.02, nominal_decay_steps=100.0)
+    adam = optax.adam(lambda n: 0.02 / jnp.sqrt(1.0 + n / 100.0))
+    opts = {
+        "silent": lopt.small_fc_lopt(silent, adam_scaled_step=True, **nominal),
+        "lo": lopt.small_fc_lopt(meta, adam_scaled_step=True, **nominal),
+        "plain": lopt.small_fc_lopt(meta, adam_scaled_step=True),
+        "adam": adam,
+    }
+    updates_fn = {k: jax.jit(o.update) for k, o in opts.items()}
+    states = {k: o.init(params) for k, o in opts.items()}
+    for t in range(300):
+        grads = {
+            k: jnp.asarray((1.0 + 0.01 * t) * rng.normal(size=np.shape(v)), jnp.float32)
+            for k, v in params.items()
+        }
+        updates = {}
+        for k in opts:  # the states hold only gradient statistics: params stay fixed
+            updates[k], states[k] = updates_fn[k](grads, states[k], params)
+        for k in params:
+            expected = np.asarray(updates["adam"][k])
+            np.testing.assert_allclose(
+                updates["silent"][k], expected, rtol=1e-4, atol=1e-7
+            )
+            np.testing.assert_allclose(
+                updates["lo"][k],
+                expected + np.asarray(updates["plain"][k]),
+                rtol=1e-4,
+                atol=1e-7,
+            )
+    assert np.abs(np.asarray(updates["plain"]["w"])).max() > 1e-5  # the LO moves too
+
+
+def test_nominal_settings_are_checked():
+    meta = elo_gym.init_meta_params(jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="nominal_lr must be >= 0"):
+        lopt.small_fc_lopt(meta, nominal_lr=-1.0)
+    with pytest.raises(ValueError, match="nominal_decay_steps must be >= 0"):
+        lopt.small_fc_lopt(meta, nominal_lr=0.01, nominal_decay_steps=-5.0)

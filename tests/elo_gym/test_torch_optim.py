@@ -197,15 +197,25 @@ def test_parity_with_optax_face_on_every_tensor_kind(tile_elements, monkeypatch)
     assert min(moved) > 1e-3  # the check compares real moves, not two no-ops
 
 
-@pytest.mark.parametrize("setting", ["raw_adam_ratio", "adam_scaled_step"])
-def test_lo_variant_loads_with_its_setting_in_both_faces(tmp_path, setting):
-    """An LO meta-trained with raw_adam_ratio or adam_scaled_step: lo.json records
-    it, and ``elo_gym.load_optimizer`` and ``torch_optim.load`` both build that
-    variant's update, which differs from the reference one on the same weights."""
+@pytest.mark.parametrize(
+    "variant",
+    [
+        dict(raw_adam_ratio=True),
+        dict(adam_scaled_step=True),
+        dict(nominal_lr=0.02, nominal_decay_steps=3.0),
+        dict(adam_scaled_step=True, nominal_lr=0.01),
+    ],
+)
+def test_lo_variant_loads_with_its_setting_in_both_faces(tmp_path, variant):
+    """An LO meta-trained with raw_adam_ratio, adam_scaled_step or a nominal term:
+    lo.json records it, and ``elo_gym.load_optimizer`` and ``torch_optim.load`` both
+    build that variant's update, which differs from the reference one on the same
+    weights."""
     meta = _nontrivial_meta()
     meta.mlp["Dense_0"]["kernel"][6, :2] += [2.0, -2.0]  # feature 6 moves the output
-    checkpoint.save_lo(tmp_path, meta, **{setting: True})
-    assert json.loads((tmp_path / "lo.json").read_text())[setting] is True
+    checkpoint.save_lo(tmp_path, meta, **variant)
+    recorded = json.loads((tmp_path / "lo.json").read_text())
+    assert {k: recorded[k] for k in variant} == variant
     rng = np.random.default_rng(0)
     init = _random_tree(rng, 0.1)
     params = {k: torch.nn.Parameter(torch.tensor(v)) for k, v in init.items()}
