@@ -67,8 +67,9 @@ VALIDATION_METRICS = (
 # The paper's preset and the CPU default; a flag given explicitly wins over both.
 PRESETS = {
     # The demonstrator (Adam at lr 0.02 decayed with tau 100) and its clone (BC modes
-    # only), and the step scaled like Adam's (every mode): the best score on the
-    # validation tasks among the settings screened (docs/levers.md, "Sixth screen").
+    # only); the step scaled like Adam's and that same Adam as the LO's nominal term
+    # (every mode): the best score on the validation tasks among the settings screened
+    # (docs/levers.md, "Sixth screen" and "Ninth screen").
     "cpu": dict(
         env="ELO-Digits-MLP",
         outer_steps=400,
@@ -78,6 +79,8 @@ PRESETS = {
         expert_lr=2e-2,
         expert_decay_steps=100.0,
         adam_scaled_step=True,
+        nominal_lr=2e-2,
+        nominal_decay_steps=100.0,
         init_lo="bc",
     ),
     "paper": dict(
@@ -204,10 +207,10 @@ class Args:
     """> 0: the LO's update is Adam's step at this lr plus the LO's own step (a nominal
     term, as learned_optimization's ``adafac_nominal``; ``elo_gym.lopt``), so the MLP
     learns a correction to a schedule that holds at any horizon; 0: the reference
-    small_fc_lopt."""
+    small_fc_lopt (cpu preset, every mode: 2e-2, the demonstrator's)."""
     nominal_decay_steps: float | None = None
     """tau > 0: the nominal term's lr at inner step n is nominal_lr / sqrt(1 + n / tau)
-    (0: constant)."""
+    (cpu preset: 100, the demonstrator's; 0: constant)."""
     init_lo: str | None = None
     """Start from this LO instead of a random init: a run dir or lo.msgpack; ``bc``:
     clone the demonstrator first with agents/bc_train.py (this run's env, expert_lr

@@ -402,14 +402,18 @@ def test_explicit_flags_win_over_the_preset():
     # random init and have no demonstrator to decay.
     assert (cpu.init_lo, paper.init_lo) == ("bc", None)
     assert (cpu.adam_scaled_step, paper.adam_scaled_step) == (True, False)
+    assert (cpu.nominal_lr, cpu.nominal_decay_steps) == (2e-2, 100.0)
+    assert (paper.nominal_lr, paper.nominal_decay_steps) == (0.0, 0.0)
     naive = pes_train.Args(mode="naive").resolved()
     assert (naive.init_lo, naive.adam_scaled_step) == (None, True)
+    assert (naive.nominal_lr, naive.nominal_decay_steps) == (2e-2, 100.0)
     assert naive.expert_decay_steps == 0.0
     naive.validate()  # the preset's decay would be refused for a mode without BC
     assert pes_train.Args(mode="naive", init_lo="bc").resolved().init_lo == "bc"
     explicit = pes_train.Args(mode="naive", adam_scaled_step=False).resolved()
     assert explicit.adam_scaled_step is False
     assert pes_train.Args(adam_scaled_step=False).resolved().adam_scaled_step is False
+    assert pes_train.Args(nominal_lr=0.0).resolved().nominal_lr == 0.0
     assert pes_train.Args(init_lo="none").resolved().init_lo is None
     assert pes_train.Args(expert_lr=2e-3).resolved().expert_lr == 2e-3
 
