@@ -35,12 +35,14 @@ import sys
 import time
 from typing import Any
 
+import jax
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from elo_gym import checkpoint, lopt  # noqa: E402
 from elo_gym.agents import pes_train  # noqa: E402
 
 sys.path.insert(0, os.fspath(pathlib.Path(__file__).resolve().parent))
@@ -51,6 +53,9 @@ from eval_report import moving_average as smooth  # noqa: E402
 METHODS = ("elo", "naive", "curriculum", "buffer")
 ABLATIONS = ("bc", "uniform")
 ADAMW = "adamw"
+# The default LO's nominal term alone (its MLP silenced): the row that shows what the
+# learned part of the LO adds to the schedule it is built on.
+NOMINAL = "nominal"
 # The held-out family: wider, one layer deeper and another activation than the
 # meta-training MLP (64-32-32-10, ReLU); chosen before any LO was evaluated on it.
 HELDOUT = dict(hidden_sizes=(128, 128, 128), activation="tanh")
@@ -164,6 +169,21 @@ def meta_train(config: StudyConfig, out: pathlib.Path) -> dict[str, float]:
     return seconds
 
 
+def nominal_lo(config: StudyConfig, out: pathlib.Path) -> list[str]:
+    """Writes ``out/runs/nominal`` once: the default LO with every MLP weight zero, so
+    that its update is its nominal term alone; ``[]`` if the default LO has none."""
+    args = pes_train.Args(**_base_args(config)).resolved()
+    if not args.nominal_lr > 0:
+        return []
+    run_dir = out / "runs" / NOMINAL
+    if not (run_dir / checkpoint.LO_FILE).is_file():
+        meta = lopt.init_meta_params(jax.random.PRNGKey(0), config.hidden_size)
+        silent = meta._replace(mlp=jax.tree.map(np.zeros_like, meta.mlp))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.save_lo(run_dir, silent, **checkpoint.lo_variants(args))
+    return [NOMINAL]
+
+
 def _evaluate(
     config: StudyConfig, out: pathlib.Path, names: list[str], label: str, **task
 ) -> dict:
@@ -201,9 +221,15 @@ def _per_lo(final: dict) -> dict[str, float]:
     return out
 
 
-def aggregate(result: dict, methods: tuple[str, ...], seeds: tuple[int, ...]) -> dict:
-    """Per method: mean and std over meta-seeds of the per-LO means, and AdamW's
-    (tuned lr; its std is over optimizee seeds, it has no meta-seed)."""
+def aggregate(
+    result: dict,
+    methods: tuple[str, ...],
+    seeds: tuple[int, ...],
+    single: tuple[str, ...] = (),
+) -> dict:
+    """Per method: mean and std over meta-seeds of the per-LO means; then each of the
+    LOs ``single`` (no meta-seed, e.g. :data:`NOMINAL`) and AdamW (tuned lr), whose stds
+    are over optimizee seeds."""
     table = {}
     for method in methods:
         per_seed = [_per_lo(result["final"][f"{method}_s{s}"]) for s in seeds]
@@ -217,15 +243,24 @@ def aggregate(result: dict, methods: tuple[str, ...], seeds: tuple[int, ...]) ->
                 float(v) if np.isfinite(v) else None for v in values
             ]
         table[method] = entry
-    adamw = result["final"][evaluate.ADAMW]
-    entry = {"meta_seeds": [], "lr": result["best_lr"]}
-    for key, value in _per_lo(adamw).items():
+    for name in single:
+        table[name] = {"meta_seeds": [], **_single_entry(result["final"][name])}
+    table[ADAMW] = {
+        "meta_seeds": [],
+        "lr": result["best_lr"],
+        **_single_entry(result["final"][evaluate.ADAMW]),
+    }
+    return table
+
+
+def _single_entry(final: dict) -> dict:
+    """One LO's (or AdamW's) means, with stds over optimizee seeds."""
+    entry = {}
+    for key, value in _per_lo(final).items():
         entry[key] = value if math.isfinite(value) else None
         name = METRICS[key]
-        std = None if name.endswith("_ratio") else adamw[name]["std"]
-        entry[f"{key}_std"] = std
-    table[ADAMW] = entry
-    return table
+        entry[f"{key}_std"] = None if name.endswith("_ratio") else final[name]["std"]
+    return entry
 
 
 def _fmt(entry: dict, key: str, scale: float = 1.0, digits: int = 4) -> str:
@@ -245,6 +280,8 @@ def table_markdown(table: dict) -> str:
     ]
     for method, entry in table.items():
         name = method if method != ADAMW else f"AdamW (tuned lr {entry['lr']:g})"
+        if method == NOMINAL:
+            name = "nominal term alone (the LO's MLP silenced)"
         lines.append(
             f"| {name} | {len(entry['meta_seeds']) or '-'} | "
             f"{_fmt(entry, 'train_loss_10x')} | "
@@ -284,6 +321,12 @@ def claims(main: dict, heldout: dict) -> list[str]:
     for other in ("naive", "curriculum"):
         lines.append(
             "held-out family: " + compare(heldout, "train_loss_10x", "elo", other, True)
+        )
+    if NOMINAL in main:  # what meta-training adds to the schedule the LO is built on
+        lines.append(compare(main, "train_loss_10x", "elo", NOMINAL, True))
+        lines.append(
+            "held-out family: "
+            + compare(heldout, "train_loss_10x", "elo", NOMINAL, True)
         )
     return lines
 
@@ -369,7 +412,8 @@ def run(
     results_json = pathlib.Path(results_json or report.with_suffix(".json"))
     seconds = meta_train(config, out)
     seeds = config.meta_seeds
-    names = [f"{m}_s{s}" for m in METHODS for s in seeds]
+    single = nominal_lo(config, out)
+    names = [f"{m}_s{s}" for m in METHODS for s in seeds] + single
     main = _evaluate(config, out, names, "main")
     heldout = _evaluate(
         config,
@@ -389,8 +433,8 @@ def run(
         config, out, [f"elo_s{first}", f"buffer_s{first}", *extra], "ablations"
     )
     p_th = _evaluate(config, out, sweep, "p_th")
-    main_table = aggregate(main, METHODS, seeds)
-    heldout_table = aggregate(heldout, METHODS, seeds)
+    main_table = aggregate(main, METHODS, seeds, tuple(single))
+    heldout_table = aggregate(heldout, METHODS, seeds, tuple(single))
     figures = report.parent / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     plot_methods(
@@ -461,8 +505,9 @@ run's own validation picked. Evaluation: fresh optimizees trained
 {results["steps_10x"]} steps (10x) with each LO, {config.eval_seeds} optimizee seeds;
 AdamW (wd 1e-4) tuned over {", ".join(f"{lr:g}" for lr in config.eval_lrs)} on
 validation loss. Rows: mean ± std over meta-seeds of each LO's mean over optimizee
-seeds (AdamW: std over optimizee seeds). Train loss is the mean minibatch loss of the
-last {max(1, results["steps_10x"] // 50)} steps.
+seeds (AdamW, and the LO's nominal term alone where the LO has one: std over
+optimizee seeds). Train loss is the mean minibatch loss of the last
+{max(1, results["steps_10x"] // 50)} steps.
 
 ## In distribution: ELO-Digits-MLP
 

@@ -43,7 +43,12 @@ def test_aggregate_is_mean_and_std_over_meta_seeds():
         },
         "best_lr": 0.004,
     }
-    table = reproduce.aggregate(result, ("elo",), (0, 1))
+    result["final"]["nominal"] = _final(0.25, 0.8, 0.45, std=0.02)
+    table = reproduce.aggregate(result, ("elo",), (0, 1), ("nominal",))
+    assert list(table) == ["elo", "nominal", "adamw"]
+    assert table["nominal"]["meta_seeds"] == []
+    assert table["nominal"]["train_loss_10x"] == pytest.approx(0.25)
+    assert table["nominal"]["train_loss_10x_std"] == pytest.approx(0.02)
     elo = table["elo"]
     assert elo["meta_seeds"] == [0, 1]
     assert elo["train_loss_10x"] == pytest.approx(0.2)
@@ -71,7 +76,15 @@ def test_quick_study_writes_results_and_resumes(tmp_path):
     saved = json.loads((tmp_path / "docs" / "results.json").read_text())
     assert saved == json.loads(json.dumps(results))
     for family in ("methods", "heldout"):
-        assert set(saved[family]) == {"elo", "naive", "curriculum", "buffer", "adamw"}
+        assert set(saved[family]) == {
+            "elo",
+            "naive",
+            "curriculum",
+            "buffer",
+            "nominal",  # the default LO's nominal term alone
+            "adamw",
+        }
+        assert saved[family]["nominal"]["meta_seeds"] == []
         for method in ("elo", "naive", "curriculum", "buffer"):
             entry = saved[family][method]
             assert entry["meta_seeds"] == [0, 1]
@@ -92,7 +105,11 @@ def test_quick_study_writes_results_and_resumes(tmp_path):
     for png in (report.parent / "figures").iterdir():
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     runs = sorted(p.name for p in (tmp_path / "out" / "runs").iterdir())
-    assert len(runs) == 4 * 2 + 2 + 2  # methods x meta-seeds, ablations, p_th sweep
+    # methods x meta-seeds, ablations, p_th sweep, the nominal term alone
+    assert len(runs) == 4 * 2 + 2 + 2 + 1
+    assert any(
+        c.startswith("train_loss_10x: elo") and "nominal" in c for c in saved["claims"]
+    )
     # Resuming: nothing is trained or evaluated again.
     stamps = {
         p: p.stat().st_mtime_ns
