@@ -339,7 +339,8 @@ class Args:
                 "--init-lo bc clones the demonstrator in one process: for a "
                 "multi-process run, clone it first (python agents/bc_train.py "
                 "--expert-lr LR --expert-decay-steps TAU --adam-scaled-step "
-                "--outer-steps STEPS --run-dir DIR, with this run's settings) and "
+                "--nominal-lr LR --nominal-decay-steps TAU --outer-steps STEPS "
+                "--run-dir DIR, with this run's settings) and "
                 "pass --init-lo DIR, or --init-lo none"
             )
         if not 0.0 < self.alpha_end_fraction <= 1.0:

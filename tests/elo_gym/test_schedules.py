@@ -1,4 +1,4 @@
-"""Outer-step schedules: alpha_t (ELO Eq. 8) and the curriculum's n_max."""
+"""Schedules: alpha_t (Eq. 8), the curriculum's n_max, the demonstrator's lr decay."""
 
 import numpy as np
 import pytest
@@ -89,3 +89,13 @@ def test_at_outer_step_is_what_env_and_agent_read():
     assert values == (0.5, 600)
     no_bc = schedules.at_outer_step(5, 11, behavior_cloning=False, n_max=100)
     assert no_bc == (1.0, 100)
+
+
+def test_inverse_sqrt_decay_is_the_demonstrators_inner_step_schedule():
+    """lr / sqrt(1 + n / tau): halved at n = 3 tau; tau 0 is a constant lr."""
+    decay = schedules.inverse_sqrt_decay(0.02, 100.0)
+    assert float(decay(0)) == pytest.approx(0.02)
+    assert float(decay(300)) == pytest.approx(0.01)
+    assert float(schedules.inverse_sqrt_decay(0.02, 0.0)(10_000)) == 0.02
+    with pytest.raises(ValueError, match="decay_steps must be >= 0"):
+        schedules.inverse_sqrt_decay(0.02, -1.0)
