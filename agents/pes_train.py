@@ -66,10 +66,11 @@ VALIDATION_METRICS = (
 )
 # The paper's preset and the CPU default; a flag given explicitly wins over both.
 PRESETS = {
-    # The demonstrator (Adam at lr 0.02 decayed with tau 100) and its clone (BC modes
-    # only); the step scaled like Adam's and that same Adam as the LO's nominal term
-    # (every mode): the best score on the validation tasks among the settings screened
-    # (docs/levers.md, "Sixth screen" and "Ninth screen").
+    # The demonstrator (Adam at lr 0.02 decayed with tau 100), its clone and a BC
+    # weight that never falls below 1 (BC modes only); the step scaled like Adam's and
+    # that same Adam as the LO's nominal term (every mode): the best score on the
+    # validation tasks among the settings screened (docs/levers.md, "Sixth screen" to
+    # "Tenth screen").
     "cpu": dict(
         env="ELO-Digits-MLP",
         outer_steps=400,
@@ -82,6 +83,7 @@ PRESETS = {
         nominal_lr=2e-2,
         nominal_decay_steps=100.0,
         init_lo="bc",
+        bc_floor=1.0,
     ),
     "paper": dict(
         env="ELO-ImageNet32-MLP",
@@ -182,9 +184,10 @@ class Args:
     weight does not shrink with the optimizee's size), or Eq. 9 / |dH|^2."""
     bc_scale: float = 1.0
     """Multiplies L_bc in the meta-loss."""
-    bc_floor: float = 0.0
-    """Least weight of L_bc in the meta-loss, max(1 - alpha, bc_floor): 0 is Eq. 10;
-    above 0 the LO stays anchored to Adam after alpha reaches 1 (BC modes only)."""
+    bc_floor: float | None = None
+    """Least weight of L_bc in the meta-loss, max(1 - alpha, bc_floor): 0 is Eq. 10
+    (paper preset); above 0 the LO stays anchored to Adam after alpha reaches 1 (BC
+    modes only; cpu preset: 1.0, docs/levers.md)."""
     meta_loss_split: Literal["train", "valid"] = "train"
     """Task term of the meta-loss on the step's training batch (Eq. 10) or on a
     held-out validation batch at the same params."""
@@ -281,20 +284,24 @@ class Args:
         args = dataclasses.replace(self, **filled)
         if args.n_max_final is None:
             args = dataclasses.replace(args, n_max_final=10 * args.n_max)
-        # The preset's demonstrator settings (its decay and its clone as the first LO)
-        # are the BC modes' only: the baselines without behavior cloning start from a
-        # random init, as in the paper, with the same LO (scaled step) as ELO's.
+        # The preset's demonstrator settings (its decay, its clone as the first LO and
+        # the BC floor) are the BC modes' only: the baselines without behavior
+        # cloning start from a random init, as in the paper, with the same LO (scaled
+        # step, nominal term) as ELO's.
         # (An unknown mode is left for validate() to name.)
         if args.mode in MODE_SETTINGS and not MODE_SETTINGS[args.mode][1]:
-            baseline = dict(init_lo=None, expert_decay_steps=0.0)
+            baseline = dict(init_lo=None, expert_decay_steps=0.0, bc_floor=0.0)
             unset = {k: v for k, v in baseline.items() if getattr(self, k) is None}
             args = dataclasses.replace(args, **unset)
         if args.init_lo == "none":
             args = dataclasses.replace(args, init_lo=None)
-        lo_defaults = dict(
-            adam_scaled_step=False, nominal_lr=0.0, nominal_decay_steps=0.0
+        defaults = dict(
+            adam_scaled_step=False,
+            nominal_lr=0.0,
+            nominal_decay_steps=0.0,
+            bc_floor=0.0,
         )
-        unset = {k: v for k, v in lo_defaults.items() if getattr(args, k) is None}
+        unset = {k: v for k, v in defaults.items() if getattr(args, k) is None}
         return dataclasses.replace(args, **unset)
 
     def validate(self) -> None:

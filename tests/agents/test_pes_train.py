@@ -407,6 +407,10 @@ def test_explicit_flags_win_over_the_preset():
     naive = pes_train.Args(mode="naive").resolved()
     assert (naive.init_lo, naive.adam_scaled_step) == (None, True)
     assert (naive.nominal_lr, naive.nominal_decay_steps) == (2e-2, 100.0)
+    # The BC floor is the BC modes' only: a baseline gets 0, an explicit one is named.
+    assert (cpu.bc_floor, paper.bc_floor, naive.bc_floor) == (1.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="--bc-floor 0.3 needs behavior cloning"):
+        pes_train.Args(mode="naive", bc_floor=0.3).resolved().validate()
     assert naive.expert_decay_steps == 0.0
     naive.validate()  # the preset's decay would be refused for a mode without BC
     assert pes_train.Args(mode="naive", init_lo="bc").resolved().init_lo == "bc"
