@@ -22,12 +22,9 @@ def adam_expert(
     learning_rate: float = EXPERT_LEARNING_RATE, decay_steps: float = 0.0
 ) -> optax.GradientTransformation:
     """The demonstrator: ``optax.adam`` at ``learning_rate`` (``decay_steps`` 0, the
-    paper) or at ``schedules.inverse_sqrt_decay`` of it (``decay_steps`` > 0)."""
-    if decay_steps < 0:
-        raise ValueError(
-            f"expert decay_steps must be >= 0 (0: constant), got {decay_steps}"
-        )
-    if decay_steps == 0:
+    paper) or at ``schedules.inverse_sqrt_decay`` of it (``decay_steps`` > 0, which
+    refuses a negative one)."""
+    if decay_steps == 0:  # a float lr: optax.adam's state has no schedule count
         return optax.adam(learning_rate)
     return optax.adam(schedules.inverse_sqrt_decay(learning_rate, decay_steps))
 

@@ -6,7 +6,7 @@ validation tasks. This reads those evaluations and scores each setting by the
 geometric mean, over the tasks, of its metric (mean over meta-seeds of each LO's mean
 over optimizee seeds) divided by tuned AdamW's on that task; lower is better, 1 is
 AdamW. A setting missing from a task gets no score. The rule is the one
-docs/levers.md pre-registers for its sixth and seventh screens.
+docs/levers.md pre-registers for its sixth to tenth screens.
 
 Prints one JSON object (each task's AdamW value, each setting's per-task means and
 ratios and its score, best first, and the pick); also written to ``--out``.

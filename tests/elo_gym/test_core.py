@@ -771,25 +771,35 @@ def test_the_expert_learning_rate_decays_with_the_inner_step(data):
         core.EnvConfig(task=TASK, expert_decay_steps=-1.0)
 
 
+def _after_two_expert_steps(cfg, data):
+    """(jitted step, params, state, info) after two steps along the expert's actions,
+    so that the LO's accumulators hold several gradients."""
+    reset = jax.jit(functools.partial(core.reset, cfg))
+    step = jax.jit(functools.partial(core.step, cfg))
+    p = core.make_params(data, alpha=1.0, n_min=10, n_max=10, p_th=1.0)
+    state, _, info = reset(core.copy_keys(cfg, 3), p)
+    for _ in range(2):
+        state, _, _, _, _, info = step(state, info["expert_action"], p)
+    return step, p, state, info
+
+
+def _accumulator_leaves(state):
+    """The copies' per-tensor ``lopt.TensorAccumulators``, in ``flatten_rows`` order."""
+    return jax.tree.leaves(
+        state.copies.lo.accumulators,
+        is_leaf=lambda x: isinstance(x, lopt.TensorAccumulators),
+    )
+
+
 def test_adam_scaled_step_scales_the_action_and_the_expert(data):
     """adam_scaled_step: an action moves each tensor by the Eq. 2 step times the RMS
     over the tensor of m_0.9 / sqrt(r + 1e-6) (computed here from the accumulators),
     and the expert's action, divided by that factor, still reproduces Adam."""
     cfg = core.EnvConfig(task=TASK, num_copies=C, adam_scaled_step=True)
-    reset = jax.jit(functools.partial(core.reset, cfg))
-    step = jax.jit(functools.partial(core.step, cfg))
-    p = core.make_params(data, alpha=1.0, n_min=10, n_max=10, p_th=1.0)
-    state, obs, info = reset(core.copy_keys(cfg, 3), p)
-    for _ in range(2):  # accumulators of several gradients
-        state, obs, _, _, _, info = step(state, info["expert_action"], p)
+    step, p, state, info = _after_two_expert_steps(cfg, data)
     factors = []
     for acc, param in zip(
-        jax.tree.leaves(
-            state.copies.lo.accumulators,
-            is_leaf=lambda x: isinstance(x, lopt.TensorAccumulators),
-        ),
-        jax.tree.leaves(state.copies.params),
-        strict=True,
+        _accumulator_leaves(state), jax.tree.leaves(state.copies.params), strict=True
     ):
         m0 = np.asarray(acc.momentum[:, 0], np.float64)
         ratio = m0 / np.sqrt(np.asarray(acc.rms[:, 0], np.float64) + 1e-6)
@@ -830,19 +840,11 @@ def test_nominal_term_is_added_to_the_action_and_taken_from_the_expert(data):
         nominal_lr=lr,
         nominal_decay_steps=tau,
     )
-    reset = jax.jit(functools.partial(core.reset, cfg))
-    step = jax.jit(functools.partial(core.step, cfg))
-    p = core.make_params(data, alpha=1.0, n_min=10, n_max=10, p_th=1.0)
-    state, obs, info = reset(core.copy_keys(cfg, 3), p)
-    for _ in range(2):  # accumulators of several gradients
-        state, obs, _, _, _, info = step(state, info["expert_action"], p)
+    step, p, state, info = _after_two_expert_steps(cfg, data)
     n = np.asarray(state.copies.lo.count, np.float64)  # (C,) steps taken: 2
     t = (n + 1.0)[:, None]
     nominal = []
-    for acc in jax.tree.leaves(
-        state.copies.lo.accumulators,
-        is_leaf=lambda x: isinstance(x, lopt.TensorAccumulators),
-    ):
+    for acc in _accumulator_leaves(state):
         m = np.asarray(acc.momentum[:, 0], np.float64).reshape(C, -1)
         r = np.asarray(acc.rms[:, 0], np.float64).reshape(C, -1)
         adam = (m / (1 - 0.9**t)) / (np.sqrt(r / (1 - 0.999**t)) + 1e-8)
