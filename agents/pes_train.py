@@ -55,15 +55,21 @@ MODE_SETTINGS = {
     "bc": ("uniform", True),
     "buffer": ("elo", False),
 }
-# What the periodic validation run reports of the LO and of Adam (lr 1e-3), at 10x the
-# horizon: the task's validation loss, the mean of the last minibatch losses, and the
-# update and parameter norms at the end over those at the start.
+# What the periodic validation run reports of the LO, of the LO with its MLP silenced
+# (its nominal term alone) and of Adam (lr 1e-3), at 10x the horizon: the task's
+# validation loss, the mean of the last minibatch losses, and the update and parameter
+# norms at the end over those at the start.
 VALIDATION_METRICS = (
     "valid_loss",
     "train_loss",
     "update_norm_ratio",
     "param_norm_ratio",
 )
+# Who the periodic validation runs: the LO, its silenced self and Adam.
+VALIDATED = ("lo", "silenced", "adam")
+# The losses whose std over validation seeds is logged (``val_<who>_<metric>_std``), so
+# that "the LO beats its silenced self by more than the spread" reads off one row.
+VALIDATION_SPREAD = ("valid_loss", "train_loss")
 # The paper's preset and the CPU default; a flag given explicitly wins over both.
 PRESETS = {
     # The demonstrator (Adam at lr 0.02 decayed with tau 100), its clone and a BC
@@ -115,7 +121,12 @@ METRICS = (
     "grad_norm_task",
     "inner_steps_per_s",
     "outer_lr",
-    *(f"val_{who}_{what}" for who in ("lo", "adam") for what in VALIDATION_METRICS),
+    *(f"val_{who}_{what}" for who in VALIDATED for what in VALIDATION_METRICS),
+    *(
+        f"val_{who}_{what}_std"
+        for who in ("lo", "silenced")
+        for what in VALIDATION_SPREAD
+    ),
     "val_best_step",
     "task_index",
 )
@@ -762,14 +773,17 @@ def shard_state(state: PESState, num_pairs: int) -> PESState:
 
 
 class Validation:
-    """The current LO and Adam (lr 1e-3) training fresh optimizees of the meta-training
-    task for ``eval_horizon_factor`` x n_max steps, scored on the validation split.
+    """The current LO, the LO with its MLP silenced and Adam (lr 1e-3) training fresh
+    optimizees of the meta-training task for ``eval_horizon_factor`` x n_max steps,
+    scored on the validation split, all on the same seeds.
 
     This is how a user meets the LO (a plain optax loop, :mod:`elo_gym.inner_loop`),
     so it shows what the meta-loss hides: whether the LO keeps improving past the
     horizon and anneals its steps like Adam, or takes big constant steps while its
-    weights grow. One compiled program serves every validation run (the LO's weights
-    are an argument); Adam's run happens once.
+    weights grow. The silenced LO (every MLP weight zero: the nominal term alone, or a
+    zero update for an LO without one) is what the learned part is measured against.
+    One compiled program serves every LO run (the LO's weights are an argument); the
+    silenced LO's and Adam's runs do not change, so they happen once.
     """
 
     def __init__(self, args: Args, task: envs.Task, data: Any):
@@ -789,32 +803,46 @@ class Validation:
             return jax.vmap(functools.partial(curves, optimizer), (None, 0))(data, keys)
 
         self._lo_curves = lo_curves
+        silenced = jax.tree.map(
+            jnp.zeros_like,
+            lopt.init_meta_params(jax.random.PRNGKey(0), args.hidden_size),
+        )
+        self.silenced = self._summary(lo_curves(silenced))
         adam = jax.vmap(functools.partial(curves, optax.adam(1e-3)), (None, 0))
         self.adam = self._summary(jax.jit(adam)(data, keys))
 
     def _summary(self, curves: dict) -> dict[str, float]:
+        """:data:`VALIDATION_METRICS` (means over seeds) and the stds over seeds of
+        :data:`VALIDATION_SPREAD` (``<metric>_std``)."""
         c = {k: np.asarray(v, np.float64) for k, v in jax.device_get(curves).items()}
         w = self.window
         with np.errstate(invalid="ignore", divide="ignore"):
+            per_seed = {
+                "valid_loss": c["valid_loss"][:, -1],
+                "train_loss": c["train_loss"][:, -w:].mean(axis=1),
+            }
             out = {
-                "valid_loss": c["valid_loss"][:, -1].mean(),
-                "train_loss": c["train_loss"][:, -w:].mean(),
+                **{k: v.mean() for k, v in per_seed.items()},
                 "update_norm_ratio": (
                     c["update_norm"][:, -w:].mean() / c["update_norm"][:, :w].mean()
                 ),
                 "param_norm_ratio": (
                     c["param_norm"][:, -1] / c["param_norm"][:, 0]
                 ).mean(),
+                **{f"{k}_std": per_seed[k].std() for k in VALIDATION_SPREAD},
             }
         # A diverged optimizee scores inf, so it is never picked as the best LO.
         return {k: float(v) if np.isfinite(v) else math.inf for k, v in out.items()}
 
     def __call__(self, meta: lopt.MetaParams) -> dict[str, float]:
-        """The row entries ``val_lo_*`` and ``val_adam_*`` for the LO ``meta``."""
+        """The row entries ``val_lo_*``, ``val_silenced_*`` and ``val_adam_*`` for the
+        LO ``meta``."""
         lo = self._summary(self._lo_curves(meta))
+        adam = {k: v for k, v in self.adam.items() if not k.endswith("_std")}
         return {
             **{f"val_lo_{k}": v for k, v in lo.items()},
-            **{f"val_adam_{k}": v for k, v in self.adam.items()},
+            **{f"val_silenced_{k}": v for k, v in self.silenced.items()},
+            **{f"val_adam_{k}": v for k, v in adam.items()},
         }
 
 
@@ -997,6 +1025,15 @@ def summary(run_dir: pathlib.Path) -> str:
             f"{float(last['val_adam_valid_loss']):.4g}, "
             f"x{float(last['val_adam_update_norm_ratio']):.3g}, "
             f"x{float(last['val_adam_param_norm_ratio']):.3g}"
+        )
+    # Rows of a run resumed from before the silenced LO's columns lack them.
+    if validated and last.get("val_silenced_valid_loss") not in (None, ""):
+        lines.append(
+            f"the LO with its MLP silenced: valid loss "
+            f"{float(last['val_silenced_valid_loss']):.4g} ± "
+            f"{float(last['val_silenced_valid_loss_std']):.2g}, the LO's "
+            f"{float(last['val_lo_valid_loss']):.4g} ± "
+            f"{float(last['val_lo_valid_loss_std']):.2g} (std over validation seeds)"
         )
     lines.append(
         "evaluate it at 10x its horizon against tuned AdamW: python "

@@ -21,7 +21,7 @@ import optax
 import pytest
 
 import elo_gym
-from elo_gym import checkpoint
+from elo_gym import checkpoint, inner_loop, lopt
 from elo_gym.agents import bc_train, pes_train
 
 SCRIPT = pathlib.Path(pes_train.__file__)
@@ -631,3 +631,55 @@ def test_mixture_trains_each_task_in_turn_on_its_own_copies(tmp_path):
 def test_bad_mixture_entry_is_named():
     with pytest.raises(ValueError, match="--mixture entry '12x' must be WIDTHS"):
         pes_train.Args(mixture=("12x",)).resolved().validate()
+
+
+@pytest.mark.parametrize("nominal_lr", [2e-2, 0.0])
+def test_validation_of_the_silenced_lo_is_an_explicit_zero_mlp_run(nominal_lr):
+    """val_silenced_* are the numbers of small_fc_lopt with every MLP weight zero on
+    the validation seeds (its nominal term alone; with no nominal term, a zero update
+    that leaves the optimizee where it started), and the stds are over those seeds."""
+    args = pes_train.Args(
+        **{**TINY, "nominal_lr": nominal_lr, "eval_seeds": 3, "n_max": 4}
+    ).resolved()
+    cfg, env_params = pes_train.pes_config(args)
+    validation = pes_train.Validation(args, cfg.env.task, env_params.data)
+    trained = lopt.init_meta_params(jax.random.PRNGKey(3), args.hidden_size)
+    row = validation(trained)
+
+    zero = jax.tree.map(jnp.zeros_like, trained)
+    optimizer = elo_gym.small_fc_lopt(zero, **checkpoint.lo_variants(args))
+    keys = jax.random.split(jax.random.PRNGKey(args.seed + 1_000), 3)
+    steps, window = 10 * args.n_max, max(1, 10 * args.n_max // 10)
+    runs = [
+        jax.device_get(
+            inner_loop.train_curves(
+                cfg.env.task, optimizer, env_params.data, key, steps=steps,
+                eval_every=window,
+            )
+        )
+        for key in keys
+    ]  # fmt: skip
+    valid = np.array([r["valid_loss"][-1] for r in runs], np.float64)
+    train = np.array([r["train_loss"][-window:].mean() for r in runs], np.float64)
+    np.testing.assert_allclose(row["val_silenced_valid_loss"], valid.mean(), rtol=1e-5)
+    np.testing.assert_allclose(row["val_silenced_train_loss"], train.mean(), rtol=1e-5)
+    np.testing.assert_allclose(
+        row["val_silenced_valid_loss_std"], valid.std(), rtol=1e-4, atol=1e-7
+    )
+    np.testing.assert_allclose(
+        row["val_silenced_train_loss_std"], train.std(), rtol=1e-4, atol=1e-7
+    )
+    assert row["val_silenced_valid_loss_std"] > 0  # seeds differ: a spread to beat
+    ratio = row["val_silenced_param_norm_ratio"]
+    if nominal_lr == 0:  # a zero update: the optimizee never moves
+        assert ratio == 1.0
+        np.testing.assert_allclose(valid, [r["valid_loss"][0] for r in runs])
+    else:
+        assert ratio != 1.0
+    # The LO's own row is another LO's: the silenced row is not just a copy of it.
+    assert row["val_lo_valid_loss"] != row["val_silenced_valid_loss"]
+    assert row["val_lo_valid_loss_std"] >= 0
+    assert set(row) | {"outer_step"} <= set(pes_train.METRICS) | {"outer_step"}
+    assert {k for k in pes_train.METRICS if k.startswith("val_")} - {
+        "val_best_step"
+    } == set(row)
