@@ -13,9 +13,12 @@
 - ``validation.png``: the periodic validation the PES agent runs (``--eval-every``):
   each LO of the meta-training trajectory trains fresh optimizees for 10x the
   horizon; its validation loss, and its update and parameter norms at the end over
-  those at the start, against the outer step, with Adam's (lr 1e-3) as a reference.
-  An LO drifting into "big constant steps" shows here as a flat update norm and a
-  growing parameter norm.
+  those at the start, against the outer step, with the LO's silenced self (its MLP
+  zeroed: the nominal term alone, dashed) and Adam's (lr 1e-3) as references; a fourth
+  panel shows the LO's validation loss minus its silenced self's, against the spread
+  over validation seeds (the sum of their stds), so "meta-training improved the LO"
+  reads as a point below the band. An LO drifting into "big constant steps" shows here
+  as a flat update norm and a growing parameter norm.
 
 Usage::
 
@@ -44,6 +47,13 @@ VALIDATION_PANELS = (
 VALIDATION_COLUMNS = (
     "outer_step",
     *(f"val_{who}_{k}" for who in ("lo", "adam") for k, _ in VALIDATION_PANELS),
+)
+# The silenced LO's columns and the spreads over validation seeds (runs from before
+# them plot without).
+SILENCED_COLUMNS = (
+    *(f"val_silenced_{k}" for k, _ in VALIDATION_PANELS),
+    "val_lo_valid_loss_std",
+    "val_silenced_valid_loss_std",
 )
 
 
@@ -198,32 +208,63 @@ def plot_meta_loss(elo: dict, buffer: dict, path: pathlib.Path, smooth: int) -> 
 
 
 def plot_validation(runs: list[dict], path: pathlib.Path) -> dict:
-    """The periodic validation of each run's LO against the outer step; returns the
-    last validated values per run."""
+    """The periodic validation of each run's LO against the outer step, beside its
+    silenced self where the run logged it; returns the last validated values per
+    run (and the LO's valid loss minus its silenced self's, with the spread)."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     summary = {}
-    for run in runs:
-        c = run["columns"]
+    for i, run in enumerate(runs):
+        c, color = run["columns"], colors[i % len(colors)]
         rows = np.isfinite(c["val_lo_valid_loss"])
         x = c["outer_step"][rows] + 1  # validated after the step
-        for ax, (key, _) in zip(axes, VALIDATION_PANELS, strict=True):
-            ax.plot(x, c[f"val_lo_{key}"][rows], marker="o", ms=3, label=run["name"])
+        silenced = "val_silenced_valid_loss" in c
+        for ax, (key, _) in zip(axes, VALIDATION_PANELS, strict=False):
+            ax.plot(
+                x, c[f"val_lo_{key}"][rows], marker="o", ms=3, color=color,
+                label=run["name"],
+            )  # fmt: skip
+            if silenced:
+                ax.plot(
+                    x, c[f"val_silenced_{key}"][rows], ls="--", color=color,
+                    label=f"{run['name']}, MLP silenced",
+                )  # fmt: skip
+        whos = ("lo", "silenced", "adam") if silenced else ("lo", "adam")
         summary[run["name"]] = {
             f"{who}_{key}": float(c[f"val_{who}_{key}"][rows][-1])
-            for who in ("lo", "adam")
+            for who in whos
             for key, _ in VALIDATION_PANELS
         }
+        if silenced:
+            gap = c["val_lo_valid_loss"][rows] - c["val_silenced_valid_loss"][rows]
+            spread = (
+                c["val_lo_valid_loss_std"][rows]
+                + c["val_silenced_valid_loss_std"][rows]
+            )
+            axes[3].plot(x, gap, marker="o", ms=3, color=color, label=run["name"])
+            axes[3].fill_between(x, -spread, spread, color=color, alpha=0.15, lw=0)
+            summary[run["name"]].update(
+                lo_minus_silenced_valid_loss=float(gap[-1]),
+                spread_valid_loss=float(spread[-1]),
+            )
     reference = runs[0]["columns"]
     rows = np.isfinite(reference["val_adam_valid_loss"])
-    for ax, (key, title) in zip(axes, VALIDATION_PANELS, strict=True):
+    for ax, (key, title) in zip(axes, VALIDATION_PANELS, strict=False):
         ax.axhline(
-            reference[f"val_adam_{key}"][rows][-1], color="k", ls="--", label="Adam"
+            reference[f"val_adam_{key}"][rows][-1], color="k", ls=":", label="Adam"
         )
         ax.set_yscale("log")
-        ax.set_xlabel("outer step")
         ax.set_title(title)
+    axes[3].axhline(0.0, color="k", lw=0.8)
+    axes[3].set_title(
+        "LO minus its silenced self, validation loss\n"
+        "(band: the sum of their stds over validation seeds)",
+        fontsize=9,
+    )
+    for ax in axes:
+        ax.set_xlabel("outer step")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle("each LO of meta-training, on fresh optimizees for 10x the horizon")
@@ -236,9 +277,12 @@ def plot_validation(runs: list[dict], path: pathlib.Path) -> dict:
 def _validated(run_dir: str) -> dict | None:
     """The run's validation columns, or None if it never validated."""
     try:
-        run = read_metrics(run_dir, VALIDATION_COLUMNS)
-    except ValueError:  # a run from before periodic validation, or eval_every 0
-        return None
+        run = read_metrics(run_dir, VALIDATION_COLUMNS + SILENCED_COLUMNS)
+    except ValueError:
+        try:  # a run from before the silenced LO's columns
+            run = read_metrics(run_dir, VALIDATION_COLUMNS)
+        except ValueError:  # a run from before periodic validation, or eval_every 0
+            return None
     return run if np.isfinite(run["columns"]["val_lo_valid_loss"]).any() else None
 
 

@@ -139,7 +139,8 @@ def test_cli(runs, tmp_path):
 
 def test_validation_figure_from_a_real_run(tmp_path):
     """A tiny PES run that validates twice: validation.png plots its LO at 10x the
-    horizon against Adam, and the summary holds the last validated values."""
+    horizon against its silenced self and Adam, and the summary holds the last
+    validated values."""
     from elo_gym.agents import pes_train
 
     run_dir = tmp_path / "elo"
@@ -169,3 +170,29 @@ def test_validation_figure_from_a_real_run(tmp_path):
         float(rows[3]["val_lo_valid_loss"])
     )
     assert 0 < summary["elo"]["adam_update_norm_ratio"] < 1  # Adam anneals
+    # The LO against its silenced self: the difference and the spread over seeds.
+    last = rows[3]
+    assert summary["elo"]["silenced_valid_loss"] == pytest.approx(
+        float(last["val_silenced_valid_loss"])
+    )
+    assert summary["elo"]["lo_minus_silenced_valid_loss"] == pytest.approx(
+        float(last["val_lo_valid_loss"]) - float(last["val_silenced_valid_loss"])
+    )
+    assert summary["elo"]["spread_valid_loss"] == pytest.approx(
+        float(last["val_lo_valid_loss_std"])
+        + float(last["val_silenced_valid_loss_std"])
+    )
+    assert summary["elo"]["spread_valid_loss"] > 0
+    # A run from before the silenced LO's columns still plots, without them.
+    old = tmp_path / "old" / "elo"
+    old.mkdir(parents=True)
+    kept = [k for k in rows[0] if "silenced" not in k and not k.endswith("_std")]
+    with (old / "metrics.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=kept, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    written = plot.run(
+        plot.PlotConfig(elo=str(old), naive=str(naive)), tmp_path / "old_plots"
+    )
+    assert _is_png(tmp_path / "old_plots" / "validation.png")
+    assert "silenced_valid_loss" not in written["validation.png"]["elo"]
