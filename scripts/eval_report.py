@@ -1,7 +1,8 @@
 """What ``scripts/evaluate.py`` writes: final-step summaries, plots and the table.
 
 Pure functions of the results dict that ``evaluate.run`` builds (curves per method,
-the chosen AdamW lr, the evaluation steps), so a saved ``results.json`` can be redrawn.
+the chosen AdamW lr, the baselines' grid searches, the evaluation steps), so a saved
+``results.json`` can be redrawn.
 """
 
 from __future__ import annotations
@@ -13,6 +14,31 @@ import warnings
 import numpy as np
 
 ADAMW = "AdamW"
+# The scheduled AdamW baselines, by results.json key, as the table and plots name them.
+SCHEDULED = {
+    "adamw_cosine": "AdamW warmup + cosine",
+    "adamw_invsqrt": "AdamW lr / sqrt(1 + n / tau)",
+}
+
+
+def methods(result: dict) -> list[str]:
+    """The LOs, constant-lr AdamW and the scheduled baselines the result holds."""
+    return [
+        *result["lo_labels"],
+        ADAMW,
+        *(k for k in SCHEDULED if k in result["final"]),
+    ]
+
+
+def method_name(result: dict, method: str) -> str:
+    """A baseline with its picked hyper-parameters; an LO by its label."""
+    if method == ADAMW:
+        return f"AdamW (lr {result['best_lr']:g})"
+    if method in SCHEDULED:
+        pick = result["baselines"][method]["pick"]
+        values = ", ".join(f"{k} {v:g}" for k, v in pick.items())
+        return f"{SCHEDULED[method]} ({values})"
+    return method
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -84,13 +110,11 @@ def _plot_losses(ax, result: dict, which: str, window: int) -> None:
     import matplotlib.pyplot as plt
 
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    methods = [*result["lo_labels"], ADAMW]
-    for i, method in enumerate(methods):
+    for i, method in enumerate(methods(result)):
         curves = result["curves"][method]
-        label = method
+        label = method_name(result, method)
         if method == ADAMW:
-            lr = result["best_lr"]
-            curves, label = curves[str(lr)], f"AdamW (lr {lr:g})"
+            curves = curves[str(result["best_lr"])]
         per_seed = np.asarray(curves[which], dtype=float)
         if which in ("train_loss", "update_norm"):
             x = np.arange(per_seed.shape[1])  # loss of theta_n, before update n
@@ -158,11 +182,11 @@ def write_plots(result: dict, out_dir: pathlib.Path, smooth: int | None) -> list
     written.append("norms.png")
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     cmap = plt.get_cmap("viridis")
-    lrs = result["config"]["lrs"]
+    lrs = sorted(result["curves"][ADAMW], key=float, reverse=True)  # grown grid too
     for i, lr in enumerate(lrs):
-        per_seed = np.asarray(result["curves"][ADAMW][str(lr)]["valid_loss"], float)
+        per_seed = np.asarray(result["curves"][ADAMW][lr]["valid_loss"], float)
         color = cmap(i / max(1, len(lrs) - 1))
-        _band(ax, result["eval_steps"], per_seed, f"lr {lr:g}", color)
+        _band(ax, result["eval_steps"], per_seed, f"lr {float(lr):g}", color)
     _horizons(ax, result["n_max"])
     ax.set_yscale("log")
     ax.set_xlabel("inner step")
@@ -205,11 +229,9 @@ def table_markdown(result: dict) -> str:
         "minibatches) | update norm, start -> H | param norm, start -> H |",
         "|---|---|---|---|---|---|---|",
     ]
-    for method in [*result["lo_labels"], ADAMW]:
+    for method in methods(result):
         summary = result["final"][method]
-        name = method
-        if method == ADAMW:
-            name = f"AdamW (lr {result['best_lr']:g}, wd {cfg['weight_decay']:g})"
+        name = method_name(result, method)
         cells = [
             mean_pm_std(summary["test_accuracy"], 100.0, 2),
             mean_pm_std(summary["test_loss"]),
@@ -219,11 +241,43 @@ def table_markdown(result: dict) -> str:
             _growth(summary, "param_norm"),
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "AdamW's lr was picked from "
-        + ", ".join(f"{lr:g}" for lr in cfg["lrs"])
-        + " by the mean final validation loss.",
+    lines += ["", *_grid_notes(result), ""]
+    return "\n".join(lines)
+
+
+def _grid_notes(result: dict) -> list[str]:
+    """How each baseline was tuned: its final grid, and a warning where the pick
+    still sits at an edge of it."""
+    cfg = result["config"]
+    searches = result.get("baselines")
+    if searches is None:  # a results.json from before the scheduled baselines
+        lrs = ", ".join(f"{lr:g}" for lr in cfg["lrs"])
+        return [f"AdamW's lr was picked from {lrs} by the mean final validation loss."]
+    lines = [
+        f"Every AdamW has weight decay {cfg['weight_decay']:g}; each was tuned on the "
+        "mean final validation loss over its grid"
+        + (
+            f" (warmup + cosine: warmup {cfg['warmup_fraction']:g} of H, cosine "
+            "decay to 0 at H)"
+            if "adamw_cosine" in searches
+            else ""
+        )
+        + ":",
         "",
     ]
-    return "\n".join(lines)
+    for family, search in searches.items():
+        name = ADAMW if family == "adamw" else SCHEDULED[family]
+        grid = "; ".join(
+            f"{axis} " + ", ".join(f"{v:g}" for v in values)
+            for axis, values in search["grid"].items()
+        )
+        edge = (
+            f" **still at the edge of its grid in {', '.join(search['at_edge'])}**"
+            if search["at_edge"]
+            else ""
+        )
+        lines.append(
+            f"- {name}: {grid} ({len(search['losses'])} configurations, grown "
+            f"{search['extensions']} times){edge}."
+        )
+    return lines

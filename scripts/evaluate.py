@@ -1,24 +1,39 @@
-"""Long-horizon evaluation: learned optimizers against LR-tuned AdamW (ELO Sec. 5.2).
+"""Long-horizon evaluation: learned optimizers against tuned AdamW (ELO Sec. 5.2).
 
 Trains fresh optimizees of an env's task (same dataset, model and augmentation as the
-env) for H inner steps with each learned optimizer (LO) and with AdamW (weight decay
-1e-4) at every learning rate of the paper's grid, picking AdamW's lr by the final
-validation loss (mean over seeds). H defaults to 10x the meta-training horizon n_max
-read from the LO runs' ``config.json``.
+env) for H inner steps with each learned optimizer (LO) and with three AdamW baselines
+(weight decay 1e-4), each tuned by the final validation loss (mean over seeds):
 
-Each (optimizer, lr) is one jitted ``lax.scan`` over the inner steps, vmapped over the
-seeds: the training loss of every step stays on the device, and the validation loss and
-test accuracy are computed inside the program every ``eval_every`` steps (the scan is
-chunked, so no per-step host sync and no per-step ``lax.cond``). Every method sees the
-same seeds: the same initial params and the same batch sequence.
+- ``adamw``: a constant lr, over the paper's 7 lrs and 0.02 and 0.03 (above the LO's
+  nominal lr 0.02);
+- ``adamw_cosine``: linear warmup over ``warmup_fraction`` of H, then cosine decay to
+  0 at H (``optax.warmup_cosine_decay_schedule``), over an lr grid;
+- ``adamw_invsqrt``: lr / sqrt(1 + n / tau), the LO's nominal term's schedule
+  (``elo_gym.schedules.inverse_sqrt_decay``), over an lr x tau grid.
+
+A grid whose pick sits at an edge is extended past it (lr x2 or /2, tau x10 or /10),
+at most ``max_grid_extensions`` times; results.json records each final grid, every
+configuration's final validation loss, the pick and whether it still sits at an edge.
+H defaults to 10x the meta-training horizon n_max read from the LO runs'
+``config.json``.
+
+Each (optimizer, hyper-parameters) is one jitted ``lax.scan`` over the inner steps,
+vmapped over the seeds: the training loss of every step stays on the device, and the
+validation loss and test accuracy are computed inside the program every
+``eval_every`` steps (the scan is chunked, so no per-step host sync and no per-step
+``lax.cond``); lr and tau are traced arguments, so each baseline family compiles
+once. Every method sees the same seeds: the same initial params and the same batch
+sequence.
 
 Writes into the output directory:
 
-- ``results.json``: config, the task, every curve (every AdamW lr too), the chosen lr,
-  final metrics and compute time;
+- ``results.json``: config, the task, every curve (every constant AdamW lr too; the
+  picked configuration of the scheduled baselines), each baseline's grid search
+  (``baselines``), the chosen lr, final metrics and compute time;
 - ``train_loss.png``, ``valid_loss.png``, ``loss_curves.png`` (like the paper's Figs.
   3-5: log-scale loss against the inner step, mean over seeds with a min-max band, the
-  meta-training horizon as a dashed red line) and ``adamw_sweep.png`` (every lr);
+  meta-training horizon as a dashed red line) and ``adamw_sweep.png`` (every constant
+  lr);
 - ``table.md``: test accuracy and test loss at the final step, mean +- std over seeds
   (like the paper's Table 1).
 
@@ -42,6 +57,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import math
 import os
@@ -60,7 +76,7 @@ from tqdm import tqdm
 
 import elo_gym
 from elo_gym import envs as tasks
-from elo_gym import lopt_fused
+from elo_gym import lopt_fused, schedules
 from elo_gym.checkpoint import lo_settings, load_meta_params
 from elo_gym.inner_loop import HostLoop, eval_steps, train_curves
 from elo_gym.settings import EnvSettings
@@ -70,7 +86,21 @@ import eval_report  # noqa: E402
 from eval_report import ADAMW  # noqa: E402
 
 PAPER_LRS = (0.01, 0.007, 0.004, 0.001, 0.0007, 0.0004, 0.0001)
+# The paper's grid and two lrs at and above the LO's nominal lr 0.02.
+ADAMW_LRS = (0.03, 0.02, *PAPER_LRS)
+COSINE_LRS = (0.03, 0.02, 0.01, 0.004, 0.001)
+INVSQRT_LRS = (0.03, 0.02, 0.01, 0.004, 0.001)
+INVSQRT_TAUS = (10.0, 100.0, 1000.0)
 WEIGHT_DECAY = 1e-4
+# The results.json keys of the baseline families (``final`` and ``curves`` name the
+# constant one ``AdamW``, as before there were others).
+BASELINES = ("adamw", "adamw_cosine", "adamw_invsqrt")
+# Each family's grid axes and the factor an axis grows by past an edge pick.
+AXES = {
+    "adamw": (("lr", 2.0),),
+    "adamw_cosine": (("lr", 2.0),),
+    "adamw_invsqrt": (("lr", 2.0), ("tau", 10.0)),
+}
 
 
 def _labeled(
@@ -99,8 +129,14 @@ class EvalConfig:
     horizon_factor: int = 10  # H = horizon_factor x n_max when steps is None
     seeds: int = 3  # seeds seed, seed + 1, ...; each method sees the same ones
     seed: int = 0  # first seed
-    lrs: tuple[float, ...] = PAPER_LRS  # AdamW learning rates searched
-    weight_decay: float = WEIGHT_DECAY  # AdamW weight decay
+    lrs: tuple[float, ...] = ADAMW_LRS  # constant AdamW learning rates searched
+    weight_decay: float = WEIGHT_DECAY  # AdamW weight decay (every baseline)
+    baselines: tuple[str, ...] = BASELINES  # families run; "adamw" always is
+    cosine_lrs: tuple[float, ...] = COSINE_LRS  # peak lrs of warmup + cosine AdamW
+    warmup_fraction: float = 0.05  # of H: the cosine baseline's linear warmup
+    invsqrt_lrs: tuple[float, ...] = INVSQRT_LRS  # lrs of lr / sqrt(1 + n / tau)
+    invsqrt_taus: tuple[float, ...] = INVSQRT_TAUS  # its taus (inner steps)
+    max_grid_extensions: int = 3  # times a grid grows past an edge pick, per family
     eval_every: int | None = None  # steps between evaluations; None: about H / 50
     hidden_sizes: tuple[int, ...] | None = None  # None: the LO runs' (else the env's)
     activation: str | None = None  # MLP activation (None: the env's)
@@ -143,8 +179,11 @@ def _describe_los(config: EvalConfig) -> list[dict]:
     if not config.los:
         raise ValueError("give at least one learned optimizer: --lo LABEL=PATH")
     labels = [label for label, _ in config.los]
-    if len(set(labels)) != len(labels) or ADAMW in labels:
-        raise ValueError(f"LO labels must be unique and not {ADAMW!r}, got {labels}")
+    reserved = {ADAMW, *BASELINES}
+    if len(set(labels)) != len(labels) or reserved & set(labels):
+        raise ValueError(
+            f"LO labels must be unique and none of {sorted(reserved)}, got {labels}"
+        )
     described = []
     for label, path in config.los:
         path = pathlib.Path(path)
@@ -213,8 +252,7 @@ def _resolve(config: EvalConfig, described: list[dict]) -> dict:
         raise ValueError(f"eval_every must be > 0, got {eval_every}")
     if config.seeds <= 0:
         raise ValueError(f"seeds must be > 0, got {config.seeds}")
-    if not config.lrs or min(config.lrs) <= 0:
-        raise ValueError(f"lrs must be positive and non-empty, got {config.lrs}")
+    _check_baselines(config)
     return {
         "hidden_sizes": None if hidden is None else tuple(hidden),
         "batch_size": batch,
@@ -222,6 +260,32 @@ def _resolve(config: EvalConfig, described: list[dict]) -> dict:
         "eval_every": int(eval_every),
         "n_max": n_max,
     }
+
+
+def _check_baselines(config: EvalConfig) -> None:
+    unknown = [b for b in config.baselines if b not in BASELINES]
+    if unknown or "adamw" not in config.baselines:
+        raise ValueError(
+            f"baselines must include 'adamw' and be among {', '.join(BASELINES)}; "
+            f"got {config.baselines}"
+        )
+    grids = {
+        "lrs": config.lrs,
+        "cosine_lrs": config.cosine_lrs,
+        "invsqrt_lrs": config.invsqrt_lrs,
+        "invsqrt_taus": config.invsqrt_taus,
+    }
+    for name, grid in grids.items():
+        if not grid or min(grid) <= 0:
+            raise ValueError(f"{name} must be positive and non-empty, got {grid}")
+    if not 0.0 <= config.warmup_fraction < 1.0:
+        raise ValueError(
+            f"warmup_fraction must be in [0, 1), got {config.warmup_fraction}"
+        )
+    if config.max_grid_extensions < 0:
+        raise ValueError(
+            f"max_grid_extensions must be >= 0, got {config.max_grid_extensions}"
+        )
 
 
 def make_task(env_id: str, **options: Any) -> tasks.Task:
@@ -245,8 +309,9 @@ def _run_many(fn, *args) -> tuple[dict[str, np.ndarray], float]:
     return {k: np.asarray(v) for k, v in out.items()}, time.perf_counter() - start
 
 
-def pick_best_lr(final_valid_loss: dict[float, np.ndarray]) -> float:
-    """The lr with the lowest mean final validation loss over seeds.
+def pick_best_lr(final_valid_loss: dict[Any, np.ndarray]) -> Any:
+    """The lr (or any grid point) with the lowest mean final validation loss over
+    seeds.
 
     An lr with a non-finite loss on any seed (divergence) is never picked unless
     every lr diverged.
@@ -259,6 +324,121 @@ def pick_best_lr(final_valid_loss: dict[float, np.ndarray]) -> float:
         for lr, v in final_valid_loss.items()
     }
     return min(means, key=means.__getitem__)
+
+
+def tune_grid(
+    final_valid_loss: Any,
+    axes: Sequence[tuple[str, Sequence[float], float]],
+    max_extensions: int,
+) -> dict:
+    """Picks the grid point of lowest mean final validation loss, growing the grid
+    past an edge where the pick sits, until it is inside or ``max_extensions`` rounds
+    were added.
+
+    Args:
+      final_valid_loss: point -> (seeds,) final validation losses; called once per
+        grid point (a tuple of one value per axis), the caller runs the training.
+      axes: (name, values, factor) per axis: an edge pick adds ``max x factor`` or
+        ``min / factor``.
+      max_extensions: rounds of growth at most.
+
+    Returns:
+      ``grid`` (name -> sorted values), ``losses`` (every point's values and its
+      ``valid_loss`` mean and per seed), ``pick`` (name -> value), ``extensions`` (the
+      rounds run) and ``at_edge`` (the names of the axes whose pick still sits at an
+      edge of a grid of two values or more, or of one value).
+    """
+    names = [name for name, _, _ in axes]
+    grid = {name: sorted(set(map(float, values))) for name, values, _ in axes}
+    factors = {name: factor for name, _, factor in axes}
+    losses: dict[tuple[float, ...], np.ndarray] = {}
+    extensions = 0
+    while True:
+        for point in itertools.product(*(grid[n] for n in names)):
+            if point not in losses:
+                losses[point] = np.asarray(final_valid_loss(point), np.float64)
+        best = pick_best_lr(losses)
+        at_edge = []
+        for name, value in zip(names, best, strict=True):
+            values = grid[name]
+            if value == values[-1]:
+                at_edge.append((name, values[-1] * factors[name]))
+            if value == values[0]:
+                at_edge.append((name, values[0] / factors[name]))
+        if not at_edge or extensions == max_extensions:
+            break
+        for name, value in at_edge:
+            grid[name] = sorted({*grid[name], value})
+        extensions += 1
+    return {
+        "grid": grid,
+        "losses": [
+            {
+                **dict(zip(names, point, strict=True)),
+                "valid_loss": _finite_mean(v),
+                "valid_loss_per_seed": [
+                    float(x) if np.isfinite(x) else None for x in v
+                ],
+            }
+            for point, v in sorted(losses.items())
+        ],
+        "pick": dict(zip(names, best, strict=True)),
+        "extensions": extensions,
+        "at_edge": sorted({name for name, _ in at_edge}),
+    }
+
+
+def _finite_mean(values: np.ndarray) -> float | None:
+    return float(np.mean(values)) if np.all(np.isfinite(values)) else None
+
+
+def baseline_optimizer(
+    family: str,
+    hyper: jax.Array,
+    *,
+    steps: int,
+    warmup_fraction: float,
+    weight_decay: float,
+) -> optax.GradientTransformation:
+    """AdamW of a baseline family; ``hyper`` is (lr,) or, for ``adamw_invsqrt``,
+    (lr, tau), traced so that one compilation serves the family's whole grid."""
+    lr = hyper[0]
+    if family == "adamw":
+        schedule = lr
+    elif family == "adamw_cosine":
+        # optax's schedule needs a concrete peak: the unit shape, scaled by lr.
+        shape = optax.warmup_cosine_decay_schedule(
+            0.0, 1.0, round(warmup_fraction * steps), steps, 0.0
+        )
+
+        def schedule(count):
+            return lr * shape(count)
+    elif family == "adamw_invsqrt":
+        # lr / sqrt(1 + n / tau) with tau traced: the decay in units of tau.
+        unit_decay = schedules.inverse_sqrt_decay(lr, 1.0)
+
+        def schedule(count):
+            return unit_decay(count / hyper[1])
+    else:
+        raise ValueError(f"unknown baseline {family!r}; valid: {', '.join(BASELINES)}")
+    return optax.adamw(schedule, weight_decay=weight_decay)
+
+
+def _initial_axes(config: EvalConfig, family: str) -> list[tuple]:
+    values = {
+        "adamw": {"lr": config.lrs},
+        "adamw_cosine": {"lr": config.cosine_lrs},
+        "adamw_invsqrt": {"lr": config.invsqrt_lrs, "tau": config.invsqrt_taus},
+    }[family]
+    return [(name, values[name], factor) for name, factor in AXES[family]]
+
+
+def _point_name(family: str, point: dict[str, float]) -> str:
+    """A grid point as a curves key: ``str(lr)`` for the constant lr (as before the
+    other families), else ``lr=..,tau=..``."""
+    if family == "adamw":
+        return str(point["lr"])
+    return ",".join(f"{k}={v:g}" for k, v in point.items())
 
 
 # --------------------------------------------------------------------------- run
@@ -278,7 +458,8 @@ def _use_host_loop(config: EvalConfig, task: tasks.Task) -> bool:
 
 
 def run(config: EvalConfig, workdir: str | pathlib.Path) -> dict:
-    """Evaluates the LOs and the AdamW sweep; writes results, plots and table.
+    """Evaluates the LOs and tunes the AdamW baselines; writes results, plots and
+    table.
 
     Args:
       config: what to evaluate and how.
@@ -316,8 +497,14 @@ def run(config: EvalConfig, workdir: str | pathlib.Path) -> dict:
     train = functools.partial(train_curves, task, steps=steps, eval_every=eval_every)
     layout = lopt_fused.default_layout()
 
-    def build_adamw(lr):
-        return optax.adamw(lr, weight_decay=config.weight_decay)
+    def build_baseline(family):
+        return functools.partial(
+            baseline_optimizer,
+            family,
+            steps=steps,
+            warmup_fraction=config.warmup_fraction,
+            weight_decay=config.weight_decay,
+        )
 
     if _use_host_loop(config, task):
         host_loops = {}
@@ -332,7 +519,10 @@ def run(config: EvalConfig, workdir: str | pathlib.Path) -> dict:
                 )
             return host_loops[settings](meta, data, keys)
 
-        adamw_program = HostLoop(task, build_adamw, steps=steps, eval_every=eval_every)
+        def baseline_program(family):
+            return HostLoop(
+                task, build_baseline(family), steps=steps, eval_every=eval_every
+            )
     else:
 
         @functools.partial(jax.jit, static_argnames=("settings",))
@@ -340,40 +530,64 @@ def run(config: EvalConfig, workdir: str | pathlib.Path) -> dict:
             optimizer = elo_gym.small_fc_lopt(meta, **dict(settings), layout=layout)
             return jax.vmap(functools.partial(train, optimizer), (None, 0))(data, keys)
 
-        # lr is a traced argument: one compilation serves the whole sweep.
-        @jax.jit
-        def adamw_program(lr, data, keys):
-            optimizer = build_adamw(lr)
-            return jax.vmap(functools.partial(train, optimizer), (None, 0))(data, keys)
+        def baseline_program(family):
+            # lr (and tau) are traced: one compilation serves the family's grid.
+            @jax.jit
+            def program(hyper, data, keys):
+                optimizer = build_baseline(family)(hyper)
+                return jax.vmap(functools.partial(train, optimizer), (None, 0))(
+                    data, keys
+                )
+
+            return program
 
     curves: dict[str, Any] = {}
     seconds: dict[str, float] = {}
-    jobs = [(label, None) for label in optimizers] + [(ADAMW, lr) for lr in config.lrs]
-    bar = tqdm(jobs, desc="evaluate", disable=not config.progress, unit="run")
-    for label, lr in bar:
-        name = label if lr is None else f"{ADAMW} lr={lr:g}"
-        bar.set_postfix_str(name)
-        if lr is None:
-            meta, info = optimizers[label]
-            # A hashable static argument: LOs with equal settings share a compile.
-            settings = tuple(sorted(lo_settings(info).items()))
-            program = functools.partial(lo_program, meta, settings=settings)
-            out, sec = _run_many(program, data, keys)
-            curves[label] = out
-        else:
-            out, sec = _run_many(
-                adamw_program, jnp.asarray(lr, jnp.float32), data, keys
-            )
-            curves.setdefault(ADAMW, {})[lr] = out
-        seconds[name] = sec
-    best_lr = pick_best_lr(
-        {lr: c["valid_loss"][:, -1] for lr, c in curves[ADAMW].items()}
+    bar = tqdm(
+        total=len(optimizers), desc="evaluate", disable=not config.progress, unit="run"
     )
+    for label, (meta, info) in optimizers.items():
+        bar.set_postfix_str(label)
+        # A hashable static argument: LOs with equal settings share a compile.
+        settings = tuple(sorted(lo_settings(info).items()))
+        program = functools.partial(lo_program, meta, settings=settings)
+        curves[label], seconds[label] = _run_many(program, data, keys)
+        bar.update()
     summary = functools.partial(
         eval_report.final_summary, train_window=min(eval_every, steps)
     )
     final = {label: summary(curves[label]) for label in optimizers}
-    final[ADAMW] = summary(curves[ADAMW][best_lr])
+    searches, baseline_curves = {}, {}
+    for family in BASELINES:
+        if family not in config.baselines:
+            continue
+        program = baseline_program(family)
+        runs: dict[str, dict] = {}
+
+        def final_valid_loss(point, family=family, program=program, runs=runs):
+            name = _point_name(family, dict(zip(dict(AXES[family]), point)))
+            # The constant lr's runs keep their names from before the other families.
+            constant = family == "adamw"
+            run_name = f"{ADAMW} lr={point[0]:g}" if constant else f"{family} {name}"
+            bar.total += 1
+            bar.set_postfix_str(run_name)
+            hyper = jnp.asarray(point, jnp.float32)
+            runs[name], seconds[run_name] = _run_many(program, hyper, data, keys)
+            bar.update()
+            return runs[name]["valid_loss"][:, -1]
+
+        search = tune_grid(
+            final_valid_loss, _initial_axes(config, family), config.max_grid_extensions
+        )
+        search["picked"] = _point_name(family, search["pick"])
+        searches[family], baseline_curves[family] = search, runs
+        final[family if family != "adamw" else ADAMW] = summary(runs[search["picked"]])
+    bar.close()
+    best_lr = searches["adamw"]["pick"]["lr"]
+    curves[ADAMW] = {float(k): v for k, v in baseline_curves["adamw"].items()}
+    for family, runs in baseline_curves.items():
+        if family != "adamw":
+            curves[family] = runs[searches[family]["picked"]]
     config_dict = dataclasses.asdict(config)
     config_dict["los"] = [list(x) for x in config.los]
     result = {
@@ -384,6 +598,7 @@ def run(config: EvalConfig, workdir: str | pathlib.Path) -> dict:
         "eval_steps": eval_steps(steps, eval_every),
         "n_max": resolved["n_max"],
         "lo_labels": list(optimizers),
+        "baselines": searches,
         "lo_sources": {
             d["label"]: {"path": d["path"], "env": d["env"]} for d in described
         },
@@ -400,6 +615,11 @@ def run(config: EvalConfig, workdir: str | pathlib.Path) -> dict:
             ADAMW: {
                 str(lr): {k: eval_report.jsonable(v) for k, v in c.items()}
                 for lr, c in curves[ADAMW].items()
+            },
+            **{
+                family: {k: eval_report.jsonable(v) for k, v in curves[family].items()}
+                for family in searches
+                if family != "adamw"
             },
         },
         "compute": {
@@ -424,7 +644,7 @@ def cli(
     config: Annotated[EvalConfig, tyro.conf.arg(name="")],
     out: str,
 ) -> dict:
-    """Evaluates learned optimizers at 10x their horizon against LR-tuned AdamW.
+    """Evaluates learned optimizers at 10x their horizon against tuned AdamW.
 
     Args:
       config: what to evaluate and how.

@@ -25,7 +25,15 @@ from elo_gym import checkpoint
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 STEPS, EVAL_EVERY, SEEDS = 20, 8, 2  # 20 = 2 x 8 + 4: the tail chunk runs too
-LRS = (0.01, 1e-6)  # 1e-6 barely moves in 20 steps: 0.01 must win on validation
+LRS = (0.01, 1e-6)  # 1e-6 barely moves in 20 steps: it must lose on validation
+# One value per scheduled grid: at both edges, so one round of growth runs.
+SCHEDULED_GRIDS = dict(
+    cosine_lrs=(0.01,), invsqrt_lrs=(0.01,), invsqrt_taus=(10.0,), max_grid_extensions=1
+)
+SCHEDULED_FLAGS = [
+    "--cosine-lrs", "0.01", "--invsqrt-lrs", "0.01", "--invsqrt-taus", "10",
+    "--max-grid-extensions", "1",
+]  # fmt: skip
 HIDDEN, BATCH = (8,), 32
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -75,6 +83,7 @@ def _config(runs: Path, **overrides) -> evaluate.EvalConfig:
         "lrs": LRS,
         "eval_every": EVAL_EVERY,
         "progress": False,
+        **SCHEDULED_GRIDS,
     }
     return evaluate.EvalConfig(**{**settings, **overrides})
 
@@ -93,6 +102,7 @@ def _cli_flags(runs: Path, out: Path) -> list[str]:
         "--eval-every",
         str(EVAL_EVERY),
         "--no-progress",
+        *SCHEDULED_FLAGS,
     ]
 
 
@@ -110,9 +120,11 @@ def test_results_json_structure(result):
     assert on_disk["eval_steps"] == [0, 8, 16, 20]
     assert on_disk["task"]["hidden_sizes"] == list(HIDDEN)
     assert on_disk["task"]["batch_size"] == BATCH  # from the run's config.json
-    methods = {"a", "a_file", "AdamW"}
+    methods = {"a", "a_file", "AdamW", "adamw_cosine", "adamw_invsqrt"}
     assert set(on_disk["curves"]) == methods and set(on_disk["final"]) == methods
-    assert set(on_disk["curves"]["AdamW"]) == {str(lr) for lr in LRS}
+    # 0.01 was the top edge of the constant grid: one round grew it to 0.02.
+    assert on_disk["baselines"]["adamw"]["grid"] == {"lr": [1e-6, 0.01, 0.02]}
+    assert set(on_disk["curves"]["AdamW"]) == {"1e-06", "0.01", "0.02"}
     for curves in [on_disk["curves"]["a"], *on_disk["curves"]["AdamW"].values()]:
         assert np.shape(curves["train_loss"]) == (SEEDS, STEPS)
         for key in ("valid_loss", "valid_accuracy", "test_loss", "test_accuracy"):
@@ -126,7 +138,8 @@ def test_results_json_structure(result):
         row[0] for row in on_disk["curves"]["AdamW"]["0.01"]["valid_loss"]
     ]
     assert on_disk["compute"]["wall_seconds"] > 0
-    assert len(on_disk["compute"]["seconds_per_run"]) == 2 + len(LRS)
+    # 2 LOs, 3 constant lrs, 3 cosine lrs and 3 x 3 (lr, tau) of the inverse sqrt.
+    assert len(on_disk["compute"]["seconds_per_run"]) == 2 + 3 + 3 + 9
 
 
 def test_best_lr_is_lowest_final_validation_loss(result):
@@ -135,9 +148,11 @@ def test_best_lr_is_lowest_final_validation_loss(result):
         float(lr): np.mean(np.asarray(c["valid_loss"], float)[:, -1])
         for lr, c in res["curves"]["AdamW"].items()
     }
-    assert res["best_lr"] == 0.01 == min(finals, key=finals.get)
+    best = min(finals, key=finals.get)
+    assert res["best_lr"] == best and best != 1e-6
     assert finals[1e-6] > finals[0.01]
-    assert res["final"]["AdamW"]["valid_loss"]["mean"] == pytest.approx(finals[0.01])
+    assert res["final"]["AdamW"]["valid_loss"]["mean"] == pytest.approx(finals[best])
+    assert res["adamw_final_valid_loss"]["0.01"]["mean"] == pytest.approx(finals[0.01])
 
 
 def test_pick_best_lr_skips_diverged():
@@ -198,7 +213,14 @@ def test_table_rows(result):
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| method | test accuracy (%) | test loss")
     names = [row.split("|")[1].strip() for row in rows[1:]]
-    assert names == ["a", "a_file", "AdamW (lr 0.01, wd 0.0001)"]
+    cosine, invsqrt = (res["baselines"][k]["pick"] for k in SCHEDULED)
+    assert names == [
+        "a",
+        "a_file",
+        f"AdamW (lr {res['best_lr']:g})",
+        f"AdamW warmup + cosine (lr {cosine['lr']:g})",
+        f"AdamW lr / sqrt(1 + n / tau) (lr {invsqrt['lr']:g}, tau {invsqrt['tau']:g})",
+    ]
     acc = res["final"]["a"]["test_accuracy"]
     assert f"{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}" in rows[1]
     assert "H = 20 inner steps, 2 seeds" in table
@@ -313,6 +335,8 @@ def test_out_of_distribution_smoke(runs, tmp_path, env_id, real_text_files):
         eval_every=3,
         seeds=1,
         lrs=(1e-3,),
+        baselines=("adamw",),
+        max_grid_extensions=0,
         **options,
     )
     res = evaluate.run(config, tmp_path)
@@ -329,7 +353,10 @@ def test_out_of_distribution_smoke(runs, tmp_path, env_id, real_text_files):
 def test_host_loop_gives_the_scan_curves(runs, result, tmp_path):
     """The Python-driven loop (used for conv nets on CPU) trains the same optimizees
     on the same batches as the compiled scan and evaluates at the same steps."""
-    res = evaluate.run(_config(runs, step_loop="host"), tmp_path)
+    res = evaluate.run(
+        _config(runs, step_loop="host", baselines=("adamw",), max_grid_extensions=0),
+        tmp_path,
+    )
     assert res["eval_steps"] == result[0]["eval_steps"]
     for method in ("a", "AdamW"):
         host, scan = res["curves"][method], result[0]["curves"][method]
@@ -345,3 +372,124 @@ def test_host_loop_gives_the_scan_curves(runs, result, tmp_path):
             )
     with pytest.raises(ValueError, match="unknown step_loop 'gpu'"):
         evaluate.run(_config(runs, step_loop="gpu"), tmp_path / "bad")
+
+
+SCHEDULED = ("adamw_cosine", "adamw_invsqrt")
+
+
+def test_scheduled_baselines_are_tuned_and_reported(result):
+    """Each scheduled baseline records its grown grid, every configuration's final
+    validation loss, the pick (the lowest mean) and whether it sits at an edge; its
+    final row is the picked configuration's, with the same fields as AdamW's."""
+    res, out = result
+    for family, axes in (("adamw_cosine", ("lr",)), ("adamw_invsqrt", ("lr", "tau"))):
+        search = res["baselines"][family]
+        assert tuple(search["grid"]) == axes
+        assert search["grid"]["lr"] == [0.005, 0.01, 0.02]  # grown both ways once
+        if family == "adamw_invsqrt":
+            assert search["grid"]["tau"] == [1.0, 10.0, 100.0]
+        expected = 3 if family == "adamw_cosine" else 9
+        assert len(search["losses"]) == expected and search["extensions"] == 1
+        means = {tuple(r[a] for a in axes): r["valid_loss"] for r in search["losses"]}
+        best = min(means, key=means.get)
+        assert tuple(search["pick"][a] for a in axes) == best
+        final = res["final"][family]
+        assert set(final) == set(res["final"]["AdamW"])
+        assert final["valid_loss"]["mean"] == pytest.approx(means[best])
+        curve = np.asarray(res["curves"][family]["valid_loss"], float)
+        assert final["valid_loss"]["mean"] == pytest.approx(curve[:, -1].mean())
+        assert isinstance(search["at_edge"], list)
+    table = (out / "table.md").read_text()
+    assert "AdamW warmup + cosine: lr 0.005, 0.01, 0.02 (3 configurations" in table
+
+
+def test_tune_grid_grows_past_an_edge_until_the_pick_is_inside():
+    """On a synthetic loss table (no training): a minimum beyond the grid's top is
+    reached by doubling, each point is run once, a diverged point is never picked,
+    and a bound on the rounds leaves the pick at the edge, reported."""
+    calls = []
+
+    def loss(point):
+        calls.append(point)
+        lr, tau = point
+        if lr > 0.3:
+            return np.array([np.nan, 0.0])  # diverged on a seed
+        value = np.log(lr / 0.08) ** 2 + np.log10(tau / 1000.0) ** 2
+        return np.array([value, value + 0.1])
+
+    axes = [("lr", (0.02, 0.01), 2.0), ("tau", (10.0, 100.0), 10.0)]
+    search = evaluate.tune_grid(loss, axes, max_extensions=5)
+    assert search["pick"] == {"lr": 0.08, "tau": 1000.0}
+    assert search["grid"]["lr"] == [0.01, 0.02, 0.04, 0.08, 0.16]
+    assert search["grid"]["tau"] == [10.0, 100.0, 1000.0, 10000.0]
+    assert search["at_edge"] == [] and search["extensions"] == 3
+    assert len(calls) == len(set(calls)) == len(search["losses"]) == 5 * 4
+    record = next(r for r in search["losses"] if r["lr"] == 0.08 and r["tau"] == 1e3)
+    assert record["valid_loss"] == pytest.approx(0.05)
+    assert record["valid_loss_per_seed"] == pytest.approx([0.0, 0.1])
+    bounded = evaluate.tune_grid(loss, axes, max_extensions=1)
+    assert bounded["pick"] == {"lr": 0.04, "tau": 1000.0}
+    assert bounded["at_edge"] == ["lr", "tau"] and bounded["extensions"] == 1
+    # Past 0.3 every lr diverges: it is never picked, though the finite one is an edge.
+    edge = evaluate.tune_grid(
+        lambda p: loss((p[0], 1000.0)), [("lr", (0.16, 0.32), 2.0)], max_extensions=0
+    )
+    assert edge["pick"] == {"lr": 0.16} and edge["at_edge"] == ["lr"]
+    # A pick at the top edge that stays best after one more lr is inside: one round.
+    inside = evaluate.tune_grid(
+        lambda p: np.array([abs(np.log(p[0] / 0.02))]), [("lr", (0.01, 0.03), 2.0)], 3
+    )
+    assert inside["pick"] == {"lr": 0.03} and inside["grid"]["lr"] == [0.01, 0.03, 0.06]
+    assert inside["extensions"] == 1 and inside["at_edge"] == []
+
+
+@pytest.mark.parametrize("family", SCHEDULED)
+def test_scheduled_programs_equal_optax_adamw_with_the_schedule(family):
+    """lr and tau traced through one jitted program give the updates of
+    optax.adamw with the concrete schedule, step by step."""
+    steps, lr, tau, wd = 10, 0.03, 4.0, 1e-4
+    if family == "adamw_cosine":
+        schedule = optax.warmup_cosine_decay_schedule(0.0, lr, 3, steps, 0.0)
+    else:
+        schedule = evaluate.schedules.inverse_sqrt_decay(lr, tau)
+    reference = optax.adamw(schedule, weight_decay=wd)
+
+    @jax.jit
+    def update(hyper, grads, state, params):
+        optimizer = evaluate.baseline_optimizer(
+            family, hyper, steps=steps, warmup_fraction=0.3, weight_decay=wd
+        )
+        return optimizer.update(grads, state, params)
+
+    params = {"w": jax.random.normal(jax.random.PRNGKey(0), (3, 4))}
+    hyper = jax.numpy.array([lr, tau], jax.numpy.float32)
+    ours = evaluate.baseline_optimizer(
+        family, hyper, steps=steps, warmup_fraction=0.3, weight_decay=wd
+    ).init(params)
+    theirs = reference.init(params)
+    for n in range(steps):
+        grads = {"w": jax.random.normal(jax.random.PRNGKey(n + 1), (3, 4))}
+        mine, ours = update(hyper, grads, ours, params)
+        expected, theirs = reference.update(grads, theirs, params)
+        np.testing.assert_allclose(
+            mine["w"], expected["w"], rtol=1e-5, atol=1e-8, err_msg=f"step {n}"
+        )
+        if n == 0 and family == "adamw_cosine":
+            assert np.all(np.asarray(mine["w"]) == 0)  # warmup starts at lr 0
+        params = optax.apply_updates(params, mine)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(baselines=("adamw_cosine",)), "must include 'adamw'"),
+        (dict(baselines=("adamw", "sgd")), "must include 'adamw'"),
+        (dict(warmup_fraction=1.0), "warmup_fraction"),
+        (dict(invsqrt_taus=(0.0,)), "invsqrt_taus"),
+        (dict(max_grid_extensions=-1), "max_grid_extensions"),
+        (dict(los=(("adamw_cosine", "x"),)), "LO labels"),
+    ],
+)
+def test_bad_baseline_settings(runs, tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        evaluate.run(_config(runs, **change), tmp_path)
