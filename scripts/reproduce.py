@@ -6,8 +6,11 @@ x truncation, and every other setting at ``pes_train``'s defaults, so each metho
 exported LO is the one its own periodic validation picked); trains fresh optimizees
 with each LO for 10x the meta-training horizon, over ``eval_seeds`` optimizee seeds,
 in distribution and on a held-out task family no LO saw in meta-training (``HELDOUT``),
-against AdamW with its lr tuned on validation loss over the paper's 7 values. The
-ablations (BC only, uniform) and the p_th sweep run with one meta-seed.
+against three AdamW baselines each tuned on validation loss (``scripts/evaluate.py``):
+a constant lr (the paper's 7 values, 0.02 and 0.03), linear warmup + cosine decay to
+the evaluation length, and the nominal term's lr / sqrt(1 + n / tau) over lr x tau.
+The ablations (BC only, uniform) and the p_th sweep run with one meta-seed, against
+the constant-lr AdamW only.
 
 Rows are mean ± std over meta-seeds of each LO's mean over optimizee seeds; a
 difference "exceeds the spread" when the two means are further apart than the sum of
@@ -53,6 +56,9 @@ from eval_report import moving_average as smooth  # noqa: E402
 METHODS = ("elo", "naive", "curriculum", "buffer")
 ABLATIONS = ("bc", "uniform")
 ADAMW = "adamw"
+# Every AdamW baseline by its results.json key; the scheduled ones are keyed the same
+# in evaluate.py's results.
+ADAMWS = evaluate.BASELINES
 # The default LO's nominal term alone (its MLP silenced): the row that shows what the
 # learned part of the LO adds to the schedule it is built on.
 NOMINAL = "nominal"
@@ -87,7 +93,12 @@ class StudyConfig:
     p_th_sweep: tuple[float, ...] = (0.05, 0.2)  # the default and the paper's
     eval_seeds: int = 3
     eval_steps: int | None = None  # None: 10 x n_max
-    eval_lrs: tuple[float, ...] = evaluate.PAPER_LRS
+    eval_lrs: tuple[float, ...] = evaluate.ADAMW_LRS
+    eval_cosine_lrs: tuple[float, ...] = evaluate.COSINE_LRS
+    eval_invsqrt_lrs: tuple[float, ...] = evaluate.INVSQRT_LRS
+    eval_invsqrt_taus: tuple[float, ...] = evaluate.INVSQRT_TAUS
+    eval_warmup_fraction: float = 0.05  # of the evaluation length
+    eval_max_grid_extensions: int = 3  # rounds a grid grows past an edge pick
     heldout_hidden_sizes: tuple[int, ...] = HELDOUT["hidden_sizes"]
     heldout_activation: str = HELDOUT["activation"]
 
@@ -109,6 +120,10 @@ class StudyConfig:
             eval_seeds=2,
             eval_steps=20,
             eval_lrs=(0.01, 0.001),
+            eval_cosine_lrs=(0.01,),
+            eval_invsqrt_lrs=(0.01,),
+            eval_invsqrt_taus=(10.0,),
+            eval_max_grid_extensions=0,
             heldout_hidden_sizes=(12, 12),
         )
 
@@ -185,14 +200,26 @@ def nominal_lo(config: StudyConfig, out: pathlib.Path) -> list[str]:
 
 
 def _evaluate(
-    config: StudyConfig, out: pathlib.Path, names: list[str], label: str, **task
+    config: StudyConfig,
+    out: pathlib.Path,
+    names: list[str],
+    label: str,
+    baselines: tuple[str, ...] = ADAMWS,
+    **task,
 ) -> dict:
-    """evaluate.run over ``names``, or its earlier results if the config matches."""
+    """evaluate.run over ``names`` against ``baselines``, or its earlier results if the
+    config matches."""
     eval_config = evaluate.EvalConfig(
         los=tuple((n, str(out / "runs" / n)) for n in names),
         steps=config.eval_steps,
         seeds=config.eval_seeds,
         lrs=config.eval_lrs,
+        baselines=baselines,
+        cosine_lrs=config.eval_cosine_lrs,
+        warmup_fraction=config.eval_warmup_fraction,
+        invsqrt_lrs=config.eval_invsqrt_lrs,
+        invsqrt_taus=config.eval_invsqrt_taus,
+        max_grid_extensions=config.eval_max_grid_extensions,
         progress=False,
         **task,
     )
@@ -228,8 +255,9 @@ def aggregate(
     single: tuple[str, ...] = (),
 ) -> dict:
     """Per method: mean and std over meta-seeds of the per-LO means; then each of the
-    LOs ``single`` (no meta-seed, e.g. :data:`NOMINAL`) and AdamW (tuned lr), whose stds
-    are over optimizee seeds."""
+    LOs ``single`` (no meta-seed, e.g. :data:`NOMINAL`) and each AdamW baseline the
+    result holds (with its picked ``lr``, ``tau`` where it has one, and ``at_edge``:
+    the grid axes whose pick sits at an edge), whose stds are over optimizee seeds."""
     table = {}
     for method in methods:
         per_seed = [_per_lo(result["final"][f"{method}_s{s}"]) for s in seeds]
@@ -245,12 +273,33 @@ def aggregate(
         table[method] = entry
     for name in single:
         table[name] = {"meta_seeds": [], **_single_entry(result["final"][name])}
-    table[ADAMW] = {
-        "meta_seeds": [],
-        "lr": result["best_lr"],
-        **_single_entry(result["final"][evaluate.ADAMW]),
-    }
+    searches = result.get("baselines", {})
+    for family in ADAMWS:
+        key = evaluate.ADAMW if family == ADAMW else family
+        if key not in result["final"]:
+            continue
+        search = searches.get(family, {"pick": {"lr": result["best_lr"]}})
+        table[family] = {
+            "meta_seeds": [],
+            **search["pick"],
+            "at_edge": search.get("at_edge", []),
+            **_single_entry(result["final"][key]),
+        }
     return table
+
+
+def baseline_name(family: str, entry: dict) -> str:
+    """An AdamW baseline with its picked lr (and tau), as the tables name it."""
+    name = {
+        "adamw": "AdamW",
+        "adamw_cosine": "AdamW warmup + cosine",
+        "adamw_invsqrt": "AdamW lr / sqrt(1 + n / tau)",
+    }[family]
+    picked = f"tuned lr {entry['lr']:g}"
+    if "tau" in entry:
+        picked += f", tau {entry['tau']:g}"
+    edge = f"; at its grid's edge in {', '.join(entry['at_edge'])}"
+    return f"{name} ({picked}{edge if entry.get('at_edge') else ''})"
 
 
 def _single_entry(final: dict) -> dict:
@@ -279,7 +328,7 @@ def table_markdown(table: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for method, entry in table.items():
-        name = method if method != ADAMW else f"AdamW (tuned lr {entry['lr']:g})"
+        name = baseline_name(method, entry) if method in ADAMWS else method
         if method == NOMINAL:
             name = "nominal term alone (the LO's MLP silenced)"
         lines.append(
@@ -309,24 +358,38 @@ def compare(table: dict, key: str, a: str, b: str, lower_is_better: bool) -> str
     )
 
 
+def best_adamw(table: dict, key: str, lower_is_better: bool) -> str:
+    """The AdamW baseline of the table that scores best on ``key``."""
+    present = [f for f in ADAMWS if f in table and table[f][key] is not None]
+    if not present:
+        return ADAMW  # every one diverged: compare() says so
+    sign = 1.0 if lower_is_better else -1.0
+    return min(present, key=lambda f: sign * table[f][key])
+
+
 def claims(main: dict, heldout: dict) -> list[str]:
-    """The done-when claims of the study, answered from the measurements."""
+    """The done-when claims of the study, answered from the measurements: ELO against
+    its nominal term alone and every AdamW baseline on train loss, in distribution and
+    held out, and against the best AdamW on test accuracy; then against the other
+    methods."""
     lines = []
-    for other in ("adamw", "naive", "curriculum", "buffer"):
+    for prefix, table in (("", main), ("held-out family: ", heldout)):
+        # What meta-training adds to the schedule the LO is built on, then AdamW.
+        others = [NOMINAL] if NOMINAL in table else []
+        others += [f for f in ADAMWS if f in table]
+        for other in others:
+            lines.append(prefix + compare(table, "train_loss_10x", "elo", other, True))
+        best = best_adamw(table, "test_accuracy_10x", lower_is_better=False)
+        lines.append(
+            prefix
+            + compare(table, "test_accuracy_10x", "elo", best, False)
+            + f" ({best} is the best AdamW on it)"
+        )
+    for other in ("naive", "curriculum", "buffer"):
         lines.append(compare(main, "train_loss_10x", "elo", other, True))
-    lines.append(compare(main, "test_accuracy_10x", "elo", "adamw", False))
-    lines.append(
-        "held-out family: " + compare(heldout, "train_loss_10x", "elo", "adamw", True)
-    )
     for other in ("naive", "curriculum"):
         lines.append(
             "held-out family: " + compare(heldout, "train_loss_10x", "elo", other, True)
-        )
-    if NOMINAL in main:  # what meta-training adds to the schedule the LO is built on
-        lines.append(compare(main, "train_loss_10x", "elo", NOMINAL, True))
-        lines.append(
-            "held-out family: "
-            + compare(heldout, "train_loss_10x", "elo", NOMINAL, True)
         )
     return lines
 
@@ -354,7 +417,11 @@ def plot_methods(result: dict, seeds, methods, path: pathlib.Path, title: str) -
         ("update_norm", "update norm (moving average)"),
         ("param_norm", "parameter norm"),
     )
-    adamw = result["curves"][evaluate.ADAMW][str(result["best_lr"])]
+    baselines = {
+        evaluate.ADAMW: result["curves"][evaluate.ADAMW][str(result["best_lr"])],
+        **{f: result["curves"][f] for f in ADAMWS if f in result["curves"]},
+    }
+    styles = {evaluate.ADAMW: "k--", "adamw_cosine": "k-.", "adamw_invsqrt": "k:"}
     for ax, (key, name) in zip(axes, panels, strict=True):
         per_step = key in ("train_loss", "update_norm")
         for method in methods:
@@ -366,11 +433,13 @@ def plot_methods(result: dict, seeds, methods, path: pathlib.Path, title: str) -
             x = np.arange(curves.shape[1]) + (window - 1) if per_step else evals
             ax.plot(x, curves.mean(0), label=method, lw=1.5)
             ax.fill_between(x, curves.min(0), curves.max(0), alpha=0.2, lw=0)
-        curve = np.nanmean(np.asarray(adamw[key], float), 0)
-        if per_step:
-            curve = smooth(curve, window)
-        x = np.arange(curve.size) + (window - 1) if per_step else evals
-        ax.plot(x, curve, "k--", label=f"AdamW (lr {result['best_lr']:g})", lw=1.2)
+        for baseline, curves in baselines.items():
+            curve = np.nanmean(np.asarray(curves[key], float), 0)
+            if per_step:
+                curve = smooth(curve, window)
+            x = np.arange(curve.size) + (window - 1) if per_step else evals
+            label = evaluate.eval_report.method_name(result, baseline)
+            ax.plot(x, curve, styles[baseline], label=label, lw=1.2)
         for horizon in sorted(set(result["n_max"].values())):
             ax.axvline(horizon, color="red", ls=":", lw=1)
         ax.set_yscale("log")
@@ -389,9 +458,10 @@ def _single_seed_table(result: dict, names: list[str]) -> str:
         "| run | train loss @10x | test accuracy (%) | test loss | valid loss |",
         "|---|---|---|---|---|",
     ]
-    for name in [*names, evaluate.ADAMW]:
+    baselines = [evaluate.ADAMW, *(f for f in ADAMWS if f in result["final"])]
+    for name in [*names, *baselines]:
         f = _per_lo(result["final"][name])
-        label = name if name != evaluate.ADAMW else f"AdamW (lr {result['best_lr']:g})"
+        label = evaluate.eval_report.method_name(result, name)
         lines.append(
             f"| {label} | {f['train_loss_10x']:.4f} | "
             f"{100 * f['test_accuracy_10x']:.2f} | {f['test_loss_10x']:.4f} | "
@@ -429,10 +499,15 @@ def run(
         f"elo_pth{p:g}_s{first}" if p != pes_train.Args().p_th else f"elo_s{first}"
         for p in config.p_th_sweep
     ]
+    # One meta-seed each: the constant-lr AdamW is reference enough, and cheaper.
     ablations = _evaluate(
-        config, out, [f"elo_s{first}", f"buffer_s{first}", *extra], "ablations"
+        config,
+        out,
+        [f"elo_s{first}", f"buffer_s{first}", *extra],
+        "ablations",
+        baselines=(ADAMW,),
     )
-    p_th = _evaluate(config, out, sweep, "p_th")
+    p_th = _evaluate(config, out, sweep, "p_th", baselines=(ADAMW,))
     main_table = aggregate(main, METHODS, seeds, tuple(single))
     heldout_table = aggregate(heldout, METHODS, seeds, tuple(single))
     figures = report.parent / "figures"
@@ -475,6 +550,9 @@ def run(
             if k not in ("run_dir", "progress", "seed", "mode")
         },
         "claims": claims(main_table, heldout_table),
+        # Each AdamW baseline's final grid, configurations and pick, in and out.
+        "methods_grids": main["baselines"],
+        "heldout_grids": heldout["baselines"],
         "ablations": {n: _per_lo(ablations["final"][n]) for n in ablations["final"]},
         "p_th_sweep": {n: _per_lo(p_th["final"][n]) for n in p_th["final"]},
         "seconds": {"meta_training": meta_train_s, "meta_training_per_run": seconds},
@@ -487,6 +565,32 @@ def run(
     results_json.write_text(json.dumps(results, indent=2, allow_nan=False))
     report.write_text(_report(config, results, ablations, p_th, figures, report))
     return results
+
+
+def _baseline_grids(searches: dict) -> str:
+    """Each baseline's final grid, how often it grew and whether its pick is still at
+    an edge, in words."""
+    names = {
+        "adamw": "a constant lr",
+        "adamw_cosine": "linear warmup then cosine decay to 0 at the evaluation "
+        "length, peak lr",
+        "adamw_invsqrt": "lr / sqrt(1 + n / tau)",
+    }
+    parts = []
+    for family, search in searches.items():
+        grid = " x ".join(
+            f"{axis} in {{{', '.join(f'{v:g}' for v in values)}}}"
+            for axis, values in search["grid"].items()
+        )
+        edge = (
+            f", still at the edge in {', '.join(search['at_edge'])}"
+            if search["at_edge"]
+            else ""
+        )
+        parts.append(
+            f"{names[family]} over {grid} (grown {search['extensions']} times{edge})"
+        )
+    return "; ".join(parts)
 
 
 def _report(config, results, ablations, p_th, figures, report) -> str:
@@ -503,11 +607,12 @@ steps x {config.num_pairs} pairs x truncation {config.truncation}, horizon n_max
 every other setting at `pes_train`'s defaults (below); the exported LO is the one the
 run's own validation picked. Evaluation: fresh optimizees trained
 {results["steps_10x"]} steps (10x) with each LO, {config.eval_seeds} optimizee seeds;
-AdamW (wd 1e-4) tuned over {", ".join(f"{lr:g}" for lr in config.eval_lrs)} on
-validation loss. Rows: mean ± std over meta-seeds of each LO's mean over optimizee
-seeds (AdamW, and the LO's nominal term alone where the LO has one: std over
-optimizee seeds). Train loss is the mean minibatch loss of the last
-{max(1, results["steps_10x"] // 50)} steps.
+three AdamW baselines (wd 1e-4), each tuned on the mean final validation loss:
+{_baseline_grids(results["methods_grids"])}.
+Rows: mean ± std over meta-seeds of each LO's mean over optimizee seeds (AdamW, and
+the LO's nominal term alone where the LO has one: std over optimizee seeds). Train
+loss is the mean minibatch loss of the last {max(1, results["steps_10x"] // 50)}
+steps.
 
 ## In distribution: ELO-Digits-MLP
 

@@ -83,8 +83,20 @@ def test_quick_study_writes_results_and_resumes(tmp_path):
             "buffer",
             "nominal",  # the default LO's nominal term alone
             "adamw",
+            "adamw_cosine",
+            "adamw_invsqrt",
         }
         assert saved[family]["nominal"]["meta_seeds"] == []
+        adamw = saved[family]["adamw"]
+        for baseline, picked in (
+            ("adamw_cosine", {"lr"}),
+            ("adamw_invsqrt", {"lr", "tau"}),
+        ):
+            entry = saved[family][baseline]
+            assert set(entry) == set(adamw) | picked
+            assert entry["lr"] == 0.01 and entry.get("tau", 10.0) == 10.0
+            assert entry["at_edge"] == sorted(picked)  # a one-value grid, not grown
+            assert entry["train_loss_10x"] > 0
         for method in ("elo", "naive", "curriculum", "buffer"):
             entry = saved[family][method]
             assert entry["meta_seeds"] == [0, 1]
@@ -92,9 +104,27 @@ def test_quick_study_writes_results_and_resumes(tmp_path):
                 assert key in entry and len(entry[f"{key}_per_seed"]) == 2
     assert saved["heldout_task"]["hidden_sizes"] == [12, 12]
     assert saved["heldout_task"]["activation"] == "tanh"
+    for grids in ("methods_grids", "heldout_grids"):
+        assert set(saved[grids]) == {"adamw", "adamw_cosine", "adamw_invsqrt"}
+        assert saved[grids]["adamw"]["grid"] == {"lr": [0.001, 0.01]}
     text = report.read_text()
     for heading in ("In distribution", "Held-out family", "Claims", "Ablations"):
         assert heading in text
+    assert "AdamW warmup + cosine (tuned lr 0.01" in text
+    assert "AdamW lr / sqrt(1 + n / tau) (tuned lr 0.01, tau 10" in text
+    assert "lr / sqrt(1 + n / tau) over lr in {0.01} x tau in {10}" in text
+    for baseline in ("nominal", "adamw", "adamw_cosine", "adamw_invsqrt"):
+        for prefix in ("", "held-out family: "):
+            assert any(
+                c.startswith(f"{prefix}train_loss_10x: elo")
+                and f"than {baseline} (" in c
+                for c in saved["claims"]
+            ), (prefix, baseline)
+    # The ablations and p_th sweep run the constant-lr AdamW only.
+    ablations = json.loads(
+        (tmp_path / "out" / "ablations" / "results.json").read_text()
+    )
+    assert set(ablations["baselines"]) == {"adamw"}
     figures = sorted(p.name for p in (report.parent / "figures").iterdir())
     assert figures == [
         "inner_steps.png",
@@ -107,9 +137,6 @@ def test_quick_study_writes_results_and_resumes(tmp_path):
     runs = sorted(p.name for p in (tmp_path / "out" / "runs").iterdir())
     # methods x meta-seeds, ablations, p_th sweep, the nominal term alone
     assert len(runs) == 4 * 2 + 2 + 2 + 1
-    assert any(
-        c.startswith("train_loss_10x: elo") and "nominal" in c for c in saved["claims"]
-    )
     # Resuming: nothing is trained or evaluated again.
     stamps = {
         p: p.stat().st_mtime_ns
@@ -118,3 +145,42 @@ def test_quick_study_writes_results_and_resumes(tmp_path):
     }
     reproduce.run(config, tmp_path / "out", report)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_claims_compare_elo_with_every_baseline_and_the_best_adamw_accuracy():
+    reproduce = _load("reproduce")
+
+    def entry(train, acc):
+        out = {"meta_seeds": []}
+        for key, value in (("train_loss_10x", train), ("test_accuracy_10x", acc)):
+            out[key], out[f"{key}_std"] = value, 0.001
+        return out
+
+    table = {
+        "elo": entry(0.03, 0.96),
+        "naive": entry(0.05, 0.9),
+        "curriculum": entry(0.05, 0.9),
+        "buffer": entry(0.05, 0.9),
+        "nominal": entry(0.031, 0.95),
+        "adamw": entry(0.07, 0.94),
+        "adamw_cosine": entry(0.01, 0.97),  # the best AdamW on accuracy
+        "adamw_invsqrt": entry(0.04, 0.95),
+    }
+    lines = reproduce.claims(table, table)
+    for prefix in ("", "held-out family: "):
+        for other, verdict in (
+            ("nominal", "better than nominal (0.03 vs 0.031; the gap is within"),
+            ("adamw", "better than adamw (0.03 vs 0.07; the gap exceeds"),
+            ("adamw_cosine", "not better than adamw_cosine (0.03 vs 0.01"),
+            ("adamw_invsqrt", "better than adamw_invsqrt (0.03 vs 0.04; the gap"),
+        ):
+            expected = f"{prefix}train_loss_10x: elo {verdict}"
+            assert any(line.startswith(expected) for line in lines), (prefix, other)
+        assert (
+            f"{prefix}test_accuracy_10x: elo not better than adamw_cosine (0.96 vs "
+            "0.97; the gap exceeds the spread 0.002) (adamw_cosine is the best AdamW "
+            "on it)"
+        ) in lines
+    assert reproduce.best_adamw(table, "train_loss_10x", True) == "adamw_cosine"
+    table["adamw_cosine"]["test_accuracy_10x"] = None  # diverged: never the best
+    assert reproduce.best_adamw(table, "test_accuracy_10x", False) == "adamw_invsqrt"
