@@ -210,8 +210,10 @@ def mean_pm_std(
 def _growth(summary: dict, key: str) -> str:
     """``first -> final (ratio x)`` of a norm's means over seeds."""
     first, final = summary[f"{key}_first"]["mean"], summary[key]["mean"]
-    if first is None or final is None or first == 0:
+    if first is None or final is None:
         return "diverged"
+    if first == 0:  # a warmup from lr 0 over the whole first window: no ratio
+        return f"0 -> {final:.3g}"
     return f"{first:.3g} -> {final:.3g} ({final / first:.2f}x)"
 
 

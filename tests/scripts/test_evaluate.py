@@ -309,6 +309,10 @@ def test_diverged_seed_is_null_in_json_and_marked_in_table():
         evaluate.eval_report.mean_pm_std(summary["test_accuracy"], 100.0, 2)
         == "45.00 ± 35.00"
     )
+    # A warmup from lr 0 makes the first update norm 0: not a divergence.
+    warmup = {"update_norm_first": {"mean": 0.0}, "update_norm": {"mean": 0.2}}
+    assert evaluate.eval_report._growth(warmup, "update_norm") == "0 -> 0.2"
+    assert evaluate.eval_report._growth(summary, "update_norm") == "diverged"
 
 
 @pytest.mark.parametrize("env_id", ["ELO-ImageNet32-ResNet18", "ELO-FineWeb-GPT2Mini"])
