@@ -336,8 +336,8 @@ def tune_grid(
     were added.
 
     Args:
-      final_valid_loss: point -> (seeds,) final validation losses; called once per
-        grid point (a tuple of one value per axis), the caller runs the training.
+      final_valid_loss: point -> (seeds,) final validation losses, where a point is
+        a tuple of one value per axis; called once per point (it trains).
       axes: (name, values, factor) per axis: an edge pick adds ``max x factor`` or
         ``min / factor``.
       max_extensions: rounds of growth at most.
@@ -345,8 +345,8 @@ def tune_grid(
     Returns:
       ``grid`` (name -> sorted values), ``losses`` (every point's values and its
       ``valid_loss`` mean and per seed), ``pick`` (name -> value), ``extensions`` (the
-      rounds run) and ``at_edge`` (the names of the axes whose pick still sits at an
-      edge of a grid of two values or more, or of one value).
+      rounds run) and ``at_edge`` (the names of the axes whose pick is still the
+      lowest or the highest value of that axis's final grid).
     """
     names = [name for name, _, _ in axes]
     grid = {name: sorted(set(map(float, values))) for name, values, _ in axes}
