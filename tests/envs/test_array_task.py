@@ -114,6 +114,8 @@ def test_readme_own_task_section_runs_as_written(readme_dir, monkeypatch, capsys
     assert result["task"]["num_examples"] == {"train": 1200, "valid": 300, "test": 297}
     assert result["config"]["task"] == "my_task:make_task"
     assert 0.0 <= result["final"]["elo"]["test_accuracy"]["mean"] <= 1.0
+    (valid_loss,) = result["curves"]["elo"]["valid_loss"]  # one seed
+    assert valid_loss[-1] < valid_loss[0]  # the LO trains the user's CNN
     assert "| elo |" in capsys.readouterr().out
 
 
