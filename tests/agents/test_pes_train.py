@@ -21,7 +21,7 @@ import optax
 import pytest
 
 import elo_gym
-from elo_gym import checkpoint
+from elo_gym import checkpoint, runs
 from elo_gym.agents import bc_train, pes_train
 
 SCRIPT = pathlib.Path(pes_train.__file__)
@@ -516,15 +516,17 @@ def test_keep_best_and_export_pick_the_lowest_validation_loss(tmp_path):
         (["--mode", "naive", "--bc-floor", "0.2"], "needs behavior cloning"),
     ],
 )
-def test_bad_flag_is_one_line_and_exit_code_2(tmp_path, flags, message):
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--run-dir", str(tmp_path / "bad"), *flags],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
+def test_bad_flag_is_one_line_and_exit_code_2(
+    tmp_path, flags, message, monkeypatch, capsys
+):
+    """The script's command line (runs.run_cli, as its ``__main__`` calls it;
+    test_cli_smoke runs the script itself) in process: no JAX start-up per flag."""
+    argv = ["pes_train.py", "--run-dir", str(tmp_path / "bad"), *flags]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_:
+        runs.run_cli(pes_train.main, pes_train.Args, "pes_train.py")
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("pes_train.py: error: ")
     assert re.search(message, lines[0]), lines[0]
     assert not (tmp_path / "bad").exists()
