@@ -138,7 +138,9 @@ def test_make_warns_about_nothing(made):
 
 
 def test_import_loads_no_data(tmp_path):
-    """In a fresh interpreter, from another directory, with the loader booby-trapped."""
+    """In a fresh interpreter, from another directory, with the loader booby-trapped;
+    the adapters import neither torch nor stable-baselines3 (one interpreter for
+    both checks: each start imports JAX)."""
     code = """
 import sys
 import sklearn.datasets
@@ -151,6 +153,10 @@ assert gymnasium.spec("ELO-Digits-MLP").vector_entry_point
 assert gymnasium.spec("ELO-ImageNet32-MLP").entry_point
 assert "tensorflow_datasets" not in sys.modules
 assert sum(a.size for a in jax.live_arrays()) < 1000, jax.live_arrays()
+import elo_gym.adapters
+from elo_gym.adapters import RowDemoStream
+bad = {"torch", "stable_baselines3", "imitation"} & set(sys.modules)
+assert not bad, bad
 print("ok")
 """
     out = subprocess.run(
