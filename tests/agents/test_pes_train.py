@@ -146,8 +146,9 @@ def test_init_lo_starts_from_a_trained_lo(reference_run):
 
 def test_init_lo_bc_clones_this_runs_demonstrator(tmp_path, monkeypatch):
     """``--init-lo bc``: the BC agent first clones the run's demonstrator (its
-    expert_lr and lr decay, features and LO size) into RUN_DIR/init_lo, and
-    meta-training starts from that LO; a multi-process run is refused."""
+    expert_lr and lr decay, features and LO size) into RUN_DIR/init_lo; a
+    multi-process run is refused. (That main meta-trains from the clone, with the cpu
+    preset's ``--init-lo bc``: tests/envs/test_array_task.py's README run.)"""
     tiny_bc = dict(num_copies=2, chunk=4, rows_per_step=16, num_minibatches=2)
     tiny_bc.update(checkpoint_every=2)
     monkeypatch.setattr(
@@ -161,7 +162,9 @@ def test_init_lo_bc_clones_this_runs_demonstrator(tmp_path, monkeypatch):
         expert_decay_steps=50.0,
         raw_adam_ratio=True,
     )
-    pes_train.main(args)
+    assert pes_train.clone_demonstrator(args.resolved(), run_dir) == (
+        run_dir / "init_lo"
+    )
     clone = json.loads((run_dir / "init_lo" / "config.json").read_text())
     assert clone["expert_lr"] == 3e-3 and clone["raw_adam_ratio"] is True
     assert clone["expert_decay_steps"] == 50.0
@@ -172,8 +175,6 @@ def test_init_lo_bc_clones_this_runs_demonstrator(tmp_path, monkeypatch):
     assert clone_env.expert_decay_steps == 50.0
     assert clone["outer_steps"] == 2  # --clone-steps
     assert clone["hidden_size"] == TINY["hidden_size"]
-    config = json.loads((run_dir / "config.json").read_text())
-    assert config["init_lo"] == str(run_dir / "init_lo")
     with pytest.raises(ValueError, match="--init-lo bc clones the demonstrator"):
         dataclasses.replace(args, distributed=True).resolved().validate()
 

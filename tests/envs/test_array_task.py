@@ -90,6 +90,7 @@ def test_readme_own_task_section_runs_as_written(readme_dir, monkeypatch, capsys
     assert (config["env"], config["task"]) == ("ELO-Task", "my_task:make_task")
     clone = json.loads((run_dir / "init_lo" / "config.json").read_text())
     assert clone["task"] == "my_task:make_task"  # the demonstrator's clone ran on it
+    assert config["init_lo"] == str(run_dir / "init_lo")  # and PES started from it
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     assert len(rows) == 2 and all(np.isfinite(float(r["task_loss"])) for r in rows)
     assert np.isfinite(float(rows[-1]["val_lo_valid_loss"]))
