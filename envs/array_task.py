@@ -54,8 +54,9 @@ class ArrayTask:
     Raises (at construction):
       ValueError: a split whose inputs and targets differ in length, is empty, or whose
         example shapes differ from train's; params that are not all floats; a loss or
-        accuracy that does not return one float scalar; a bad batch size.
-      TypeError: integer-free targets without an ``accuracy``.
+        accuracy that does not return one float scalar; a bad batch size or
+        cpu_step_loop.
+      TypeError: non-integer targets without an ``accuracy_fn``.
     """
 
     init_fn: Callable[[jax.Array, jax.Array], Any]
@@ -67,12 +68,17 @@ class ArrayTask:
     batch_size: int = 128
     accuracy_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None
     name: str = "custom"  # names the model in configs and results
+    # How a CPU drives inner steps (Task.cpu_step_loop): "scan", one compiled loop, or
+    # "host", a Python loop of jitted steps (faster for convolutions on XLA:CPU).
+    cpu_step_loop: str = "scan"
 
-    # Task protocol: no BatchNorm-like state; inner steps as one compiled loop.
-    has_model_state = False
-    cpu_step_loop = "scan"
+    has_model_state = False  # Task protocol: no BatchNorm-like state
 
     def __post_init__(self) -> None:
+        if self.cpu_step_loop not in ("scan", "host"):
+            raise ValueError(
+                f"cpu_step_loop must be 'scan' or 'host', got {self.cpu_step_loop!r}"
+            )
         if not isinstance(self.batch_size, int) or self.batch_size <= 0:
             raise ValueError(
                 f"batch_size must be a positive int, got {self.batch_size}"
@@ -267,6 +273,7 @@ def from_flax(
     batch_size: int = 128,
     accuracy: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
     name: str | None = None,
+    cpu_step_loop: str = "scan",
 ) -> ArrayTask:
     """An :class:`ArrayTask` training ``module``'s params (``module(inputs) ->
     outputs``) on ``loss(outputs, targets) -> scalar``.
@@ -300,6 +307,7 @@ def from_flax(
         batch_size=batch_size,
         accuracy_fn=accuracy,
         name=name or type(module).__name__,
+        cpu_step_loop=cpu_step_loop,
     )
 
 

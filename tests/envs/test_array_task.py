@@ -216,6 +216,7 @@ class _IntegerParam(nn.Module):
         (dict(valid=(np.zeros((0, 3)), np.zeros(0, int))), "valid has no examples"),
         (dict(train=np.zeros((5, 3))), "pair \\(inputs, targets\\)"),
         (dict(batch_size=0), "batch_size must be a positive int"),
+        (dict(cpu_step_loop="gpu"), "cpu_step_loop must be 'scan' or 'host'"),
         (dict(module=_IntegerParam()), "param \\['count'\\] has dtype int32"),
         (dict(module=_WithBatchNorm()), "state besides its params \\(batch_stats\\)"),
         (dict(loss=lambda o, t: o.sum(-1)), "must return one float scalar"),
