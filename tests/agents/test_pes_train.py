@@ -333,7 +333,8 @@ def test_unwritable_run_dir(tmp_path):
         pes_train.main(pes_train.Args(run_dir=str(blocker / "run"), **TINY))
 
 
-@pytest.mark.parametrize("mode", ["naive", "curriculum", "buffer"])
+# With test_cli_smoke's bc, every mode; the quick study's real runs are -m slow.
+@pytest.mark.parametrize("mode", ["naive", "curriculum", "uniform", "buffer"])
 def test_other_modes_run(tmp_path, mode):
     run_dir = tmp_path / mode
     pes_train.main(
