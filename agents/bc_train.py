@@ -57,6 +57,9 @@ class Args:
 
     env: str = "ELO-Digits-MLP"
     """Gymnasium id of the ELO env."""
+    task: str | None = None
+    """ELO-Task: package.module:factory, a function of no arguments that returns your
+    task (``elo_gym.envs.from_flax``; README, "Your own model and data")."""
     mode: Literal["elo", "naive", "uniform"] = "elo"
     """Reset distribution of the env (elo: replay buffer of earlier states)."""
     outer_steps: int = 150
@@ -154,6 +157,7 @@ def env_settings(args: Args) -> EnvSettings:
     """alpha = 1: the chosen action (expert's or learner's) alone moves the params."""
     return EnvSettings.from_id(
         args.env,
+        task=args.task,
         hidden_sizes=args.hidden_sizes,
         batch_size=args.batch_size,
         data_dir=args.data_dir,

@@ -142,6 +142,9 @@ class Args:
 
     env: str | None = None
     """Gymnasium id of the ELO env to meta-train on (cpu: ELO-Digits-MLP)."""
+    task: str | None = None
+    """ELO-Task: package.module:factory, a function of no arguments that returns your
+    task (``elo_gym.envs.from_flax``; README, "Your own model and data")."""
     mode: Literal["elo", "naive", "curriculum", "uniform", "bc", "buffer"] = "elo"
     """elo (buffer + BC), naive, curriculum; Fig. 7's ablations uniform, bc, buffer."""
     preset: Literal["cpu", "paper"] = "cpu"
@@ -393,6 +396,7 @@ def env_settings(args: Args) -> EnvSettings:
     reset_mode, _ = MODE_SETTINGS[args.mode]
     return EnvSettings.from_id(
         args.env,
+        task=args.task,
         hidden_sizes=args.hidden_sizes,
         max_shift=args.max_shift,
         noise_std=args.noise_std,
@@ -487,6 +491,7 @@ def clone_demonstrator(args: Args, run_dir: pathlib.Path) -> pathlib.Path:
         bc_train.main(
             bc_train.Args(
                 env=args.env,
+                task=args.task,
                 seed=args.seed,
                 run_dir=str(out),
                 n_min=args.n_min,

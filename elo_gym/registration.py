@@ -15,7 +15,12 @@ ENV_IDS = {
     # context 256; 16,090,880 params) on FineWeb-10B token shards, batch 512.
     # dataset="text", text_files=[...] trains it on plain-text files as bytes.
     "ELO-FineWeb-GPT2Mini": {"model": "gpt2mini", "dataset": "fineweb"},
+    # Your own model and data: gymnasium.make("ELO-Task", task=envs.from_flax(...)),
+    # or --env ELO-Task --task package.module:factory in the agents and evaluate.py.
+    "ELO-Task": {"model": "custom", "dataset": "custom"},
 }
+# The env id whose task the user builds (EnvSettings.task).
+CUSTOM_TASK_ENV = "ELO-Task"
 
 
 def register_envs() -> None:

@@ -10,6 +10,10 @@ from :meth:`EnvSettings.from_id`.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib
+import os
+import sys
 from typing import Any
 
 from elo_gym import core, envs, registration
@@ -19,7 +23,9 @@ from elo_gym import core, envs, registration
 class EnvSettings:
     """What an ELO env id is made from: keyword arguments of ``gymnasium.make``."""
 
-    model: str = "mlp"  # task family: "mlp", "resnet18" or "gpt2mini"
+    model: str = "mlp"  # task family: "mlp", "resnet18", "gpt2mini"; "custom": task
+    # ELO-Task: a Task object (e.g. envs.from_flax(...)) or its "package.module:factory"
+    task: envs.Task | str | None = None
     dataset: str = "digits"  # digits, imagenet32 (image models); fineweb, text (LM)
     hidden_sizes: tuple[int, ...] | None = None  # mlp: None -> the dataset's default
     activation: str | None = None  # mlp: None -> relu
@@ -77,8 +83,16 @@ class EnvSettings:
         sizes, activation = mixture_shape(spec)
         return dataclasses.replace(self, hidden_sizes=sizes, activation=activation)
 
-    def task(self) -> envs.Task:
-        """The optimizee task (options left None keep the family's defaults)."""
+    def build_task(self) -> envs.Task:
+        """The optimizee task: ``task`` for ELO-Task, else the model family's
+        (options left None keep the family's defaults).
+
+        Raises:
+          ValueError: ``task`` given to another env, missing for ELO-Task, or given
+            with options that shape a package task (its own arrays and model set them).
+        """
+        if self.model == CUSTOM_MODEL or self.task is not None:
+            return self._custom_task()
         return envs.make_task(
             self.model,
             self.dataset,
@@ -98,7 +112,7 @@ class EnvSettings:
 
     def config(self, num_copies: int) -> core.EnvConfig:
         return core.EnvConfig(
-            task=self.task(),
+            task=self.build_task(),
             num_copies=num_copies,
             mode=self.mode,
             buffer_size=self.buffer_size,
@@ -130,6 +144,90 @@ class EnvSettings:
             bc_floor=self.bc_floor,
             push_tolerance=self.push_tolerance,
         )
+
+    def _custom_task(self) -> envs.Task:
+        if self.model != CUSTOM_MODEL:
+            raise ValueError(
+                f"task= trains your own model on env {registration.CUSTOM_TASK_ENV}; "
+                f"this env's model is {self.model!r} (use "
+                f"gymnasium.make({registration.CUSTOM_TASK_ENV!r}, task=...) or "
+                f"--env {registration.CUSTOM_TASK_ENV} --task package.module:factory)"
+            )
+        if self.task is None:
+            raise ValueError(
+                f"{registration.CUSTOM_TASK_ENV} trains a task you build: pass "
+                "task=envs.from_flax(...) (an envs.ArrayTask or any envs.Task) or, on "
+                "the command line, --task package.module:factory"
+            )
+        shaping = [
+            name for name in _PACKAGE_TASK_OPTIONS if getattr(self, name) is not None
+        ]
+        if shaping:
+            raise ValueError(
+                f"{', '.join(shaping)} shape(s) the package's tasks; a task of your "
+                "own sets its model, batch size and data itself (build it so)"
+            )
+        return load_task(self.task) if isinstance(self.task, str) else self.task
+
+
+# The env id's model family that takes its Task from EnvSettings.task.
+CUSTOM_MODEL = "custom"
+# EnvSettings fields that only configure the package's own task families.
+_PACKAGE_TASK_OPTIONS = (
+    "hidden_sizes",
+    "activation",
+    "batch_size",
+    "augment",
+    "max_shift",
+    "noise_std",
+    "width",
+    "context_length",
+    "text_files",
+    "data_dir",
+)
+
+
+@functools.cache
+def load_task(spec: str) -> envs.Task:
+    """The Task that ``"package.module:factory"`` returns (``factory()``, called once
+    per spec and process, so every user of the spec shares one task and its compiled
+    programs). The module is imported from the Python path or the current directory.
+
+    Raises:
+      ValueError: a malformed spec, a module or factory not found, or a factory that
+        does not return a Task.
+    """
+    module_name, sep, factory_name = spec.partition(":")
+    if not sep or not module_name or not factory_name:
+        raise ValueError(
+            f"--task expects package.module:factory (a function of no arguments "
+            f"returning a Task), got {spec!r}"
+        )
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` would: the user's modules
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        raise ValueError(
+            f"--task {spec}: cannot import {module_name!r} ({e}); run from the "
+            "directory that holds it or add it to PYTHONPATH"
+        ) from e
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        raise ValueError(f"--task {spec}: {module_name} has no function {factory_name}")
+    task = factory()
+    missing = [
+        name
+        for name in ("init_with_state", "sample_batch", "train_loss", "evaluate")
+        if not callable(getattr(task, name, None))
+    ]
+    if missing:
+        raise ValueError(
+            f"--task {spec}: {factory_name}() returned a {type(task).__name__}, not a "
+            f"Task (it lacks {', '.join(missing)}); return envs.from_flax(...) or an "
+            "envs.ArrayTask"
+        )
+    return task
 
 
 def mixture_shape(spec: str) -> tuple[tuple[int, ...], str]:

@@ -3,9 +3,11 @@
 Everything here is pure JAX over explicit arrays and keys, and imports nothing
 from `elo_gym` or `agents`. Families: image MLP and ResNet-18 (`digits`,
 `imagenet32`), GPT-2-mini (`fineweb` token shards, `text` files as bytes); all
-implement `tasks.Task` and are built by `make_task`.
+implement `tasks.Task` and are built by `make_task`. `from_flax` / `ArrayTask` make a
+`Task` of your own model, loss and arrays (env ELO-Task).
 """
 
+from .array_task import ArrayTask, from_flax, top1_accuracy
 from .augment import augment
 from .datasets import (
     DATA_DIR_ENV,
@@ -27,6 +29,7 @@ from .tokens import TokenData, load_fineweb, load_text, write_token_shard
 
 __all__ = [
     "ACTIVATIONS",
+    "ArrayTask",
     "DATASETS",
     "DATA_DIR_ENV",
     "MODELS",
@@ -42,6 +45,7 @@ __all__ = [
     "TokenData",
     "augment",
     "dataset_info",
+    "from_flax",
     "load_dataset",
     "load_fineweb",
     "load_text",
@@ -50,5 +54,6 @@ __all__ = [
     "make_resnet_task",
     "make_task",
     "sample_batch",
+    "top1_accuracy",
     "write_token_shard",
 ]

@@ -2,7 +2,9 @@
 
 The env core, the agents and ``scripts/evaluate.py`` only use what :class:`Task`
 lists, so a new model family plugs in by implementing it (and a line in
-:data:`MODELS`).
+:data:`MODELS`). A model and data of your own need no package edit:
+:func:`envs.from_flax` / :class:`envs.ArrayTask` make a Task of them, which env
+``ELO-Task`` (``task=``) and the agents' ``--task package.module:factory`` take.
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ def _pes_step(
 def _adam_floor(args: pes_train.Args) -> Callable[[], object]:
     """A 50-step scan of plain Adam on the same task and number of copies."""
     args = args.resolved()
-    task = pes_train.env_settings(args).task()
+    task = pes_train.env_settings(args).build_task()
     data = task.load_data()
     adam = optax.adam(1e-3)
     copies = 2 * args.num_pairs

@@ -125,6 +125,7 @@ class EvalConfig:
         tuple[tuple[str, str], ...], tyro.conf.arg(name="", constructor=_labeled)
     ]
     env: str = "ELO-Digits-MLP"  # env id whose task the optimizees train on
+    task: str | None = None  # ELO-Task: package.module:factory returning your task
     steps: int | None = None  # H; None: 10 x the largest meta-training n_max
     horizon_factor: int = 10  # H = horizon_factor x n_max when steps is None
     seeds: int = 3  # seeds seed, seed + 1, ...; each method sees the same ones
@@ -293,7 +294,7 @@ def make_task(env_id: str, **options: Any) -> tasks.Task:
     augmentation); ``options`` (None: the env's) override the env's settings, e.g.
     ``hidden_sizes``, ``batch_size``, ``width``, ``dataset`` or ``text_files``."""
     _check_env(env_id)
-    return EnvSettings.from_id(env_id, **options).task()
+    return EnvSettings.from_id(env_id, **options).build_task()
 
 
 # --------------------------------------------------------------------------- training
@@ -482,6 +483,7 @@ def run(config: EvalConfig, workdir: str | pathlib.Path) -> dict:
     optimizers = {d["label"]: load_meta_params(d["path"]) for d in described}
     task = make_task(
         config.env,
+        task=config.task,
         hidden_sizes=resolved["hidden_sizes"],
         activation=config.activation,
         batch_size=resolved["batch_size"],

@@ -21,7 +21,7 @@ import optax
 import pytest
 
 import elo_gym
-from elo_gym import checkpoint, inner_loop, lopt
+from elo_gym import checkpoint, inner_loop, lopt, runs
 from elo_gym.agents import bc_train, pes_train
 
 SCRIPT = pathlib.Path(pes_train.__file__)
@@ -146,8 +146,9 @@ def test_init_lo_starts_from_a_trained_lo(reference_run):
 
 def test_init_lo_bc_clones_this_runs_demonstrator(tmp_path, monkeypatch):
     """``--init-lo bc``: the BC agent first clones the run's demonstrator (its
-    expert_lr and lr decay, features and LO size) into RUN_DIR/init_lo, and
-    meta-training starts from that LO; a multi-process run is refused."""
+    expert_lr and lr decay, features and LO size) into RUN_DIR/init_lo; a
+    multi-process run is refused. (That main meta-trains from the clone, with the cpu
+    preset's ``--init-lo bc``: tests/envs/test_array_task.py's README run.)"""
     tiny_bc = dict(num_copies=2, chunk=4, rows_per_step=16, num_minibatches=2)
     tiny_bc.update(checkpoint_every=2)
     monkeypatch.setattr(
@@ -161,7 +162,9 @@ def test_init_lo_bc_clones_this_runs_demonstrator(tmp_path, monkeypatch):
         expert_decay_steps=50.0,
         raw_adam_ratio=True,
     )
-    pes_train.main(args)
+    assert pes_train.clone_demonstrator(args.resolved(), run_dir) == (
+        run_dir / "init_lo"
+    )
     clone = json.loads((run_dir / "init_lo" / "config.json").read_text())
     assert clone["expert_lr"] == 3e-3 and clone["raw_adam_ratio"] is True
     assert clone["expert_decay_steps"] == 50.0
@@ -172,8 +175,6 @@ def test_init_lo_bc_clones_this_runs_demonstrator(tmp_path, monkeypatch):
     assert clone_env.expert_decay_steps == 50.0
     assert clone["outer_steps"] == 2  # --clone-steps
     assert clone["hidden_size"] == TINY["hidden_size"]
-    config = json.loads((run_dir / "config.json").read_text())
-    assert config["init_lo"] == str(run_dir / "init_lo")
     with pytest.raises(ValueError, match="--init-lo bc clones the demonstrator"):
         dataclasses.replace(args, distributed=True).resolved().validate()
 
@@ -332,7 +333,8 @@ def test_unwritable_run_dir(tmp_path):
         pes_train.main(pes_train.Args(run_dir=str(blocker / "run"), **TINY))
 
 
-@pytest.mark.parametrize("mode", ["naive", "curriculum", "buffer"])
+# With test_cli_smoke's bc, every mode; the quick study's real runs are -m slow.
+@pytest.mark.parametrize("mode", ["naive", "curriculum", "uniform", "buffer"])
 def test_other_modes_run(tmp_path, mode):
     run_dir = tmp_path / mode
     pes_train.main(
@@ -516,15 +518,17 @@ def test_keep_best_and_export_pick_the_lowest_validation_loss(tmp_path):
         (["--mode", "naive", "--bc-floor", "0.2"], "needs behavior cloning"),
     ],
 )
-def test_bad_flag_is_one_line_and_exit_code_2(tmp_path, flags, message):
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--run-dir", str(tmp_path / "bad"), *flags],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
+def test_bad_flag_is_one_line_and_exit_code_2(
+    tmp_path, flags, message, monkeypatch, capsys
+):
+    """The script's command line (runs.run_cli, as its ``__main__`` calls it;
+    test_cli_smoke runs the script itself) in process: no JAX start-up per flag."""
+    argv = ["pes_train.py", "--run-dir", str(tmp_path / "bad"), *flags]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_:
+        runs.run_cli(pes_train.main, pes_train.Args, "pes_train.py")
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("pes_train.py: error: ")
     assert re.search(message, lines[0]), lines[0]
     assert not (tmp_path / "bad").exists()

@@ -107,13 +107,14 @@ def _assert_tree_close(actual, expected, what=""):
 # --- registration ---
 
 
-def test_import_registers_exactly_the_four_ids():
+def test_import_registers_exactly_the_five_ids():
     ids = {name for name in gym.registry if name.startswith("ELO-")}
     expected = {
         "ELO-Digits-MLP",
         "ELO-ImageNet32-MLP",
         "ELO-ImageNet32-ResNet18",
         "ELO-FineWeb-GPT2Mini",
+        "ELO-Task",
     }
     assert ids == expected == set(elo_gym.ENV_IDS)
     for name in ids:
@@ -137,7 +138,9 @@ def test_make_warns_about_nothing(made):
 
 
 def test_import_loads_no_data(tmp_path):
-    """In a fresh interpreter, from another directory, with the loader booby-trapped."""
+    """In a fresh interpreter, from another directory, with the loader booby-trapped;
+    the adapters import neither torch nor stable-baselines3 (one interpreter for
+    both checks: each start imports JAX)."""
     code = """
 import sys
 import sklearn.datasets
@@ -150,6 +153,10 @@ assert gymnasium.spec("ELO-Digits-MLP").vector_entry_point
 assert gymnasium.spec("ELO-ImageNet32-MLP").entry_point
 assert "tensorflow_datasets" not in sys.modules
 assert sum(a.size for a in jax.live_arrays()) < 1000, jax.live_arrays()
+import elo_gym.adapters
+from elo_gym.adapters import RowDemoStream
+bad = {"torch", "stable_baselines3", "imitation"} & set(sys.modules)
+assert not bad, bad
 print("ok")
 """
     out = subprocess.run(

@@ -12,10 +12,10 @@ def test_from_id_applies_overrides_and_keeps_defaults_for_none():
     assert (settings.model, settings.dataset) == ("mlp", "digits")
     assert settings.hidden_sizes == (8,) and settings.p_th == 0.1
     assert settings.n_max == EnvSettings().n_max  # None keeps the default
-    task = settings.task()
+    task = settings.build_task()
     assert task.hidden_sizes == (8,) and task.num_params() == 64 * 8 + 8 + 8 * 10 + 10
     resnet = EnvSettings.from_id("ELO-ImageNet32-ResNet18", dataset="digits", width=4)
-    assert resnet.task().model_name == "resnet18"
+    assert resnet.build_task().model_name == "resnet18"
 
 
 @pytest.mark.parametrize(

@@ -111,10 +111,10 @@ def test_load_optimizer_trains_both_models(tmp_path, real_text_files) -> None:
     checkpoint.save_lo(tmp_path, meta)
     opt = elo_gym.load_optimizer(tmp_path)
     tasks = [
-        env.EnvSettings(model="resnet18", **RESNET).task(),
+        env.EnvSettings(model="resnet18", **RESNET).build_task(),
         env.EnvSettings(
             model="gpt2mini", dataset="text", text_files=real_text_files, **LM
-        ).task(),
+        ).build_task(),
     ]
     for task in tasks:
         data = task.load_data()

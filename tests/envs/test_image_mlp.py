@@ -181,8 +181,8 @@ def test_augmentation_strength_is_an_option_of_the_factory_and_the_env():
 
     task = make_task("mlp", "digits", max_shift=2, noise_std=0.1)
     assert (task.max_shift, task.noise_std, task.augment) == (2, 0.1, True)
-    assert EnvSettings(noise_std=0.05).task().noise_std == 0.05
-    assert EnvSettings().task().noise_std == 0.0  # the default stays noise-free
+    assert EnvSettings(noise_std=0.05).build_task().noise_std == 0.05
+    assert EnvSettings().build_task().noise_std == 0.0  # the default stays noise-free
     data = task.load_data()
     key = jax.random.PRNGKey(0)
     noisy, _ = task.sample_batch(data, key)

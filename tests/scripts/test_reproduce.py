@@ -1,11 +1,22 @@
-"""scripts/reproduce.py --quick: the whole study pipeline at CI size, and its math."""
+"""scripts/reproduce.py --quick: the whole study pipeline at CI size, and its math.
+
+The quick study with real PES runs (twelve meta-training runs and five clones) is
+``-m slow``; CI runs the same pipeline, checked the same way, with each PES run
+replaced by a stand-in that writes what ``pes_train.main`` leaves in a run directory.
+PES itself, in every mode the study uses, is tests/agents/test_pes_train.py's.
+"""
 
 import importlib.util
 import json
+import math
 import pathlib
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
+
+from elo_gym import lopt, runs
 
 SCRIPTS = pathlib.Path(__file__).parents[2] / "scripts"
 
@@ -68,8 +79,68 @@ def test_aggregate_is_mean_and_std_over_meta_seeds():
     assert "is within the spread" in line
 
 
+def _stand_in_pes_main(args) -> pathlib.Path:
+    """What a finished ``pes_train.main(args)`` leaves (config.json, metrics.csv with
+    a validation row, lo.msgpack and best/), with an untrained LO and made-up
+    metrics: no PES."""
+    pes_train = sys.modules["reproduce"].pes_train
+    args = args.resolved()
+    run_dir = pathlib.Path(args.run_dir)
+    launch = ("distributed", "coordinator_address", "num_processes", "process_id")
+    runs.prepare_run_dir(run_dir, runs.args_config(args, exclude=launch))
+    log = runs.MetricsLog(run_dir / "metrics.csv", pes_train.METRICS, 0)
+    for t in range(args.outer_steps):
+        row = dict.fromkeys(pes_train.METRICS, math.nan)
+        row.update(outer_step=t, meta_loss=2.0 - 0.1 * t, task_loss=2.1 - 0.1 * t)
+        row.update(mean_inner_step=3.0 + t, max_inner_step=args.n_max, task_index=0)
+        if t == args.outer_steps - 1:
+            for who, loss in (("lo", 1.5), ("adam", 1.6)):
+                row.update(
+                    {f"val_{who}_{k}": 1.0 for k in pes_train.VALIDATION_METRICS}
+                )
+                row[f"val_{who}_valid_loss"] = loss
+            row["val_best_step"] = args.outer_steps
+        log.write(row)
+    log.close()
+    meta = lopt.init_meta_params(jax.random.PRNGKey(args.seed), args.hidden_size)
+    state = pes_train.PESState(
+        meta=meta,
+        opt_state=None,
+        env=None,
+        accumulator=None,
+        key=None,
+        outer_step=jnp.int32(args.outer_steps),
+        best_meta=meta,
+        best_valid_loss=jnp.float32(1.5),
+        best_step=jnp.int32(args.outer_steps),
+    )
+    pes_train.export(args, run_dir, state)
+    return run_dir
+
+
+@pytest.mark.slow
 def test_quick_study_writes_results_and_resumes(tmp_path):
+    _check_quick_study(_load("reproduce"), tmp_path)
+
+
+def test_quick_study_pipeline_with_stand_in_pes_runs(tmp_path, monkeypatch):
+    """The quick study as above, each PES run replaced by :func:`_stand_in_pes_main`;
+    the study asks for each of its runs once, and not again when it resumes."""
     reproduce = _load("reproduce")
+    asked = []
+
+    def stand_in(args):
+        asked.append(pathlib.Path(args.run_dir).name)
+        return _stand_in_pes_main(args)
+
+    monkeypatch.setattr(reproduce.pes_train, "main", stand_in)
+    _check_quick_study(reproduce, tmp_path)
+    assert sorted(asked) == sorted(reproduce.runs(reproduce.StudyConfig.quick()))
+
+
+def _check_quick_study(reproduce, tmp_path: pathlib.Path) -> None:
+    """Runs the quick study, checks results.json, the report and the figures, then
+    resumes it and checks that nothing is trained or evaluated again."""
     config = reproduce.StudyConfig.quick()
     report = tmp_path / "docs" / "results.md"
     results = reproduce.run(config, tmp_path / "out", report)
@@ -134,9 +205,12 @@ def test_quick_study_writes_results_and_resumes(tmp_path):
     ]
     for png in (report.parent / "figures").iterdir():
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    runs = sorted(p.name for p in (tmp_path / "out" / "runs").iterdir())
+    run_names = sorted(p.name for p in (tmp_path / "out" / "runs").iterdir())
     # methods x meta-seeds, ablations, p_th sweep, the nominal term alone
-    assert len(runs) == 4 * 2 + 2 + 2 + 1
+    assert len(run_names) == 4 * 2 + 2 + 2 + 1
+    assert any(
+        c.startswith("train_loss_10x: elo") and "nominal" in c for c in saved["claims"]
+    )
     # Resuming: nothing is trained or evaluated again.
     stamps = {
         p: p.stat().st_mtime_ns
