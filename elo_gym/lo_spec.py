@@ -37,8 +37,9 @@ Adding a variant means a field here (with its check), its term in
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -159,19 +160,19 @@ class LOSpec:
         the spec's fields (others keep their defaults)."""
         return cls(**{k: getattr(flags, k) for k in FIELDS if hasattr(flags, k)})
 
-    def flags(self, flags_type: type) -> dict[str, Any]:
-        """The settings as keyword arguments of the dataclass ``flags_type`` (an
-        agent's Args), which must take every setting that is not at its default.
+    def flags(self, flags_type: Callable[..., Any]) -> dict[str, Any]:
+        """The settings as keyword arguments of ``flags_type`` (an agent's Args),
+        which must take every setting that is not at its default.
 
         Raises:
-          ValueError: a non-default setting that ``flags_type`` has no field for.
+          ValueError: a non-default setting that ``flags_type`` takes no argument for.
         """
-        names = {f.name for f in dataclasses.fields(flags_type)}
+        names = set(inspect.signature(flags_type).parameters)
         given = self.to_json()
         lost = {k: v for k, v in given.items() if k not in names and v != _DEFAULTS[k]}
         if lost:
             raise ValueError(
-                f"{flags_type.__module__}.{flags_type.__qualname__} has no flag for "
+                f"{getattr(flags_type, '__qualname__', flags_type)} has no flag for "
                 f"{lost}; it can only build an LO with their defaults"
             )
         return {k: v for k, v in given.items() if k in names}
