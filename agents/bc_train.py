@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from elo_gym import adapters, checkpoint, core, lopt, runs
+from elo_gym.lo_spec import LOSpec
 from elo_gym.settings import EnvSettings, mixture_shape
 
 METRICS = (
@@ -142,15 +143,19 @@ class Args:
             "max_grad_norm",
             "beta_anneal",
             "checkpoint_every",
-            "hidden_size",
             "expert_lr",
         )
+        self.lo_spec()  # a bad LO setting fails here, named
         rows = self.chunk * self.num_copies * self.rows_per_step
         if rows % self.num_minibatches:
             raise ValueError(
                 f"chunk * num_copies * rows_per_step ({rows}) must be a multiple of "
                 f"num_minibatches ({self.num_minibatches})"
             )
+
+    def lo_spec(self) -> LOSpec:
+        """The LO this run clones into, from its LO flags."""
+        return LOSpec.from_flags(self)
 
 
 def env_settings(args: Args) -> EnvSettings:
@@ -167,7 +172,7 @@ def env_settings(args: Args) -> EnvSettings:
         n_max=args.n_max,
         expert_learning_rate=args.expert_lr,
         expert_decay_steps=args.expert_decay_steps,
-        **checkpoint.lo_variants(args),
+        lo=args.lo_spec(),
         alpha=1.0,
     )
 
@@ -364,7 +369,7 @@ def outer_step(
         k_roll,
         env_params,
     )
-    exp_mult = cfg.env.exp_mult
+    exp_mult = cfg.env.lo.exp_mult
     _, relative = bc_loss(state.meta.mlp, rows["obs"], rows["acts"], exp_mult)
     n = rows["obs"].shape[0]
     perms = jax.vmap(lambda k: jax.random.permutation(k, n))(
@@ -473,7 +478,7 @@ def main(args: Args) -> pathlib.Path:
         checkpoint.save_lo(
             run_dir,
             state.meta,
-            **checkpoint.lo_variants(args),
+            args.lo_spec(),
             extra={"env": args.env, "agent": "bc", "mode": args.mode},
         )
     return run_dir

@@ -43,6 +43,7 @@ from elo_gym import (
     schedules,
 )
 from elo_gym.agents import bc_train
+from elo_gym.lo_spec import LOSpec
 from elo_gym.settings import EnvSettings, mixture_shape
 
 MODES = ("elo", "naive", "curriculum", "uniform", "bc", "buffer")
@@ -232,8 +233,8 @@ class Args:
     """Start from this LO instead of a random init: a run dir or lo.msgpack; ``bc``:
     clone the demonstrator first with agents/bc_train.py (this run's env, expert_lr
     and features, in RUN_DIR/init_lo; cpu preset, BC modes: picked on the
-    validation tasks, docs/levers.md); ``none``: a random LO. Its hidden size,
-    raw_adam_ratio and adam_scaled_step must be this run's."""
+    validation tasks, docs/levers.md); ``none``: a random LO. Its LO settings (hidden
+    size, raw_adam_ratio, adam_scaled_step, the nominal term) must be this run's."""
     clone_steps: int = 500
     """Outer steps of the BC agent that ``--init-lo bc`` runs (500: a lower digits
     validation loss at 10x than 150, and the validation family's lowest,
@@ -334,14 +335,13 @@ class Args:
             "learning_rate",
             "max_grad_norm",
             "checkpoint_every",
-            "hidden_size",
             "clone_steps",
             "eval_seeds",
             "eval_horizon_factor",
         )
         if self.loss_cap is not None and self.loss_cap <= 0:
             raise ValueError(f"loss_cap must be > 0, got {self.loss_cap}")
-        lopt.check_nominal(self.nominal_lr, self.nominal_decay_steps)
+        self.lo_spec()  # a bad LO setting fails here, named
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
         if self.export == "best" and self.eval_every == 0:
@@ -390,6 +390,10 @@ class Args:
             self.min_learning_rate,
         )
 
+    def lo_spec(self) -> LOSpec:
+        """The LO this run meta-trains, from its LO flags (call on ``resolved()``)."""
+        return LOSpec.from_flags(self)
+
 
 def env_settings(args: Args) -> EnvSettings:
     """The env the agent meta-trains in: paired copies, the mode's resets."""
@@ -416,7 +420,7 @@ def env_settings(args: Args) -> EnvSettings:
         meta_loss_split=args.meta_loss_split,
         expert_learning_rate=args.expert_lr,
         expert_decay_steps=args.expert_decay_steps,
-        **checkpoint.lo_variants(args),
+        lo=args.lo_spec(),
         paired=True,
     )
 
@@ -499,10 +503,9 @@ def clone_demonstrator(args: Args, run_dir: pathlib.Path) -> pathlib.Path:
                 batch_size=args.batch_size,
                 hidden_sizes=args.hidden_sizes,
                 data_dir=args.data_dir,
-                hidden_size=args.hidden_size,
                 expert_lr=args.expert_lr,
                 expert_decay_steps=args.expert_decay_steps or 0.0,
-                **checkpoint.lo_variants(args),
+                **args.lo_spec().flags(bc_train.Args),
                 mixture=args.mixture,
                 outer_steps=args.clone_steps,
                 progress=args.progress,
@@ -519,15 +522,15 @@ def initial_lo(args: Args) -> lopt.MetaParams:
             "first; outside it pass the clone's run dir, or init_lo='none'"
         )
     meta, info = checkpoint.load_meta_params(args.init_lo)
-    settings = checkpoint.lo_settings(info)
-    found = {"hidden_size": info["hidden_size"]}
-    found.update({k: settings[k] for k in checkpoint.LO_VARIANTS})
-    wanted = {"hidden_size": args.hidden_size, **checkpoint.lo_variants(args)}
-    if found != wanted:
+    differences = LOSpec.from_json(info).differences(args.lo_spec())
+    if differences:
+        details = ", ".join(
+            f"{k} {found!r} (this run: {wanted!r})"
+            for k, (found, wanted) in differences.items()
+        )
         raise ValueError(
-            f"--init-lo {args.init_lo} has {found}, this run {wanted}: meta-train "
-            "with the LO's settings (--hidden-size, --raw-adam-ratio, "
-            "--adam-scaled-step) or clone another"
+            f"--init-lo {args.init_lo} is an LO with {details}: meta-train with its "
+            "settings (the flags of those names) or clone another"
         )
     return meta
 
@@ -597,7 +600,7 @@ def policy_actions(
             unravel(weights),
             layout=cfg.layout,
             merged=True,
-            raw_adam_ratio=cfg.env.raw_adam_ratio,
+            raw_adam_ratio=cfg.env.lo.raw_adam_ratio,
         )
         return jnp.concatenate([out.reshape(2, -1) for out in outputs], axis=1).T
 
@@ -802,9 +805,7 @@ class Validation:
 
         @jax.jit
         def lo_curves(meta: lopt.MetaParams) -> dict:
-            optimizer = lopt.small_fc_lopt(
-                meta, layout=layout, **checkpoint.lo_variants(args)
-            )
+            optimizer = lopt.small_fc_lopt(meta, args.lo_spec(), layout=layout)
             return jax.vmap(functools.partial(curves, optimizer), (None, 0))(data, keys)
 
         self._lo_curves = lo_curves
@@ -996,7 +997,7 @@ def export(args: Args, run_dir: pathlib.Path, state: PESState) -> None:
     }
     best = dict(info, exported="best", outer_step=int(state.best_step))
     last = dict(info, exported="last", outer_step=int(state.outer_step))
-    save = functools.partial(checkpoint.save_lo, **checkpoint.lo_variants(args))
+    save = functools.partial(checkpoint.save_lo, spec=args.lo_spec())
     if args.export == "best" and validated:
         save(run_dir, state.best_meta, extra=best)
     else:

@@ -20,7 +20,8 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from elo_gym import lopt
+from elo_gym import lo_spec, lopt
+from elo_gym.lo_spec import LOSpec
 
 LO_FILE = "lo.msgpack"
 LO_META_FILE = "lo.json"
@@ -156,74 +157,35 @@ def restore_state(
 def save_lo(
     run_dir: str | pathlib.Path,
     meta_params: lopt.MetaParams,
+    spec: LOSpec | None = None,
     *,
-    step_mult: float = lopt.STEP_MULT,
-    exp_mult: float = lopt.EXP_MULT,
-    raw_adam_ratio: bool = False,
-    adam_scaled_step: bool = False,
-    nominal_lr: float = 0.0,
-    nominal_decay_steps: float = 0.0,
     extra: dict | None = None,
 ) -> pathlib.Path:
-    """Writes the trained LO as ``lo.msgpack`` + ``lo.json`` into ``run_dir``."""
+    """Writes the trained LO as ``lo.msgpack`` + ``lo.json`` into ``run_dir``.
+
+    Args:
+      run_dir: an existing directory.
+      meta_params: the LO's weights.
+      spec: the settings it was trained with (None: the reference LO of its hidden
+        size); ``lo.json`` records them (:meth:`LOSpec.to_json`).
+      extra: more entries for ``lo.json`` (the run's env, mode, ...).
+    """
+    spec = LOSpec.for_meta_params(meta_params) if spec is None else spec
+    spec.check_meta_params(meta_params)
     run_dir = pathlib.Path(run_dir)
     state = flax.serialization.to_state_dict(jax.device_get(meta_params))
     tmp = run_dir / (LO_FILE + ".tmp")
     tmp.write_bytes(flax.serialization.msgpack_serialize(state))
     tmp.replace(run_dir / LO_FILE)  # atomic: a reader never sees half a file
-    info = {
-        "hidden_size": _hidden_size(meta_params),
-        "step_mult": step_mult,
-        "exp_mult": exp_mult,
-        "raw_adam_ratio": raw_adam_ratio,
-        "adam_scaled_step": adam_scaled_step,
-        "nominal_lr": nominal_lr,
-        "nominal_decay_steps": nominal_decay_steps,
-        **(extra or {}),
-    }
+    info = {**spec.to_json(), **(extra or {})}
     (run_dir / LO_META_FILE).write_text(json.dumps(info, indent=2))
     return run_dir / LO_FILE
 
 
-# The settings an LO's update needs beside its weights, with the values of files that
-# do not record them: lo.json stores them, a run's config.json holds them for its
-# checkpoints.
-LO_SETTINGS = {
-    "step_mult": lopt.STEP_MULT,
-    "exp_mult": lopt.EXP_MULT,
-    "raw_adam_ratio": False,
-    "adam_scaled_step": False,
-    "nominal_lr": 0.0,
-    "nominal_decay_steps": 0.0,
-}
-# The LO variants among them: every agent, env and face takes them by these names, so
-# ``lo_variants(args)`` passes a run's variants on in one place.
-LO_VARIANTS = (
-    "raw_adam_ratio",
-    "adam_scaled_step",
-    "nominal_lr",
-    "nominal_decay_steps",
-)
-
-
-def lo_variants(source: Any) -> dict[str, bool | float]:
-    """``{name: source.name}`` for each of :data:`LO_VARIANTS` (e.g. agent Args), each
-    of its default's type."""
-    return {k: type(LO_SETTINGS[k])(getattr(source, k)) for k in LO_VARIANTS}
-
-
-def lo_settings(info: dict) -> dict:
-    """The keyword arguments of ``lopt.small_fc_lopt`` (and of the PyTorch port) that
-    ``info`` (from :func:`load_meta_params`) records."""
-    return {k: info.get(k, default) for k, default in LO_SETTINGS.items()}
-
-
-def _hidden_size(meta_params: lopt.MetaParams) -> int:
-    return int(meta_params.mlp["Dense_0"]["kernel"].shape[1])
-
-
 def load_meta_params(path: str | pathlib.Path) -> tuple[lopt.MetaParams, dict]:
-    """Loads LO meta-parameters and their settings (hidden size, :data:`LO_SETTINGS`).
+    """Loads LO meta-parameters and the settings recorded beside them (``lo.json``,
+    or the run's ``config.json`` for a checkpoint): :meth:`LOSpec.from_json` reads
+    the LO's spec from them.
 
     Args:
       path: a run directory (its ``lo.msgpack``, else its latest checkpoint), a
@@ -293,11 +255,12 @@ def _load_from_checkpoint(path: pathlib.Path) -> tuple[lopt.MetaParams, dict]:
     meta = treedef.unflatten(
         [np.asarray(flat[".meta" + jax.tree_util.keystr(path)]) for path, _ in leaves]
     )
-    info = {"hidden_size": hidden}
+    info = {}
     config_file = run_dir / "config.json"
     if config_file.is_file():
         config = json.loads(config_file.read_text())
-        info.update({k: config[k] for k in LO_SETTINGS if k in config})
+        info.update({k: config[k] for k in lo_spec.FIELDS if k in config})
+    info["hidden_size"] = hidden  # the weights' (an agent's config records it too)
     return meta, info
 
 
@@ -310,4 +273,4 @@ def load_optimizer(path: str | pathlib.Path) -> optax.GradientTransformation:
       >>> updates, state = opt.update(grads, state, params)
     """
     meta, info = load_meta_params(path)
-    return lopt.small_fc_lopt(meta, **lo_settings(info))
+    return lopt.small_fc_lopt(meta, LOSpec.from_json(info))

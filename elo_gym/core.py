@@ -9,7 +9,8 @@ loss on this step's batch (computed once, fed to both Adam and the LO features):
 
 - the observation is the LO's features of every parameter, (P, 39), rows in
   :func:`param_layout` order, plus the inner step, the task loss and alpha;
-- the action (P, 2) = (d, m) proposes dtheta_O = -step_mult * d * exp(exp_mult * m);
+- the action (P, 2) = (d, m) proposes dtheta_O = -step_mult * d * exp(exp_mult * m)
+  (Eq. 2, with the variants of the LO spec ``cfg.lo``, :class:`elo_gym.lo_spec.LOSpec`);
 - Adam proposes dtheta_H; the optimizee moves to theta_n + (1-alpha) dtheta_H + alpha
   dtheta_O (Eq. 8);
 - the reward is -[(1-alpha) * bc_scale * L_bc + alpha * L_task(theta_n)] (the BC
@@ -37,6 +38,7 @@ import optax
 
 from elo_gym import buffer as replay
 from elo_gym import demonstrator, lopt
+from elo_gym.lo_spec import LOSpec
 
 MODES = ("elo", "naive", "uniform", "curriculum")
 BUFFER_SCOPES = ("shared", "pair")
@@ -76,18 +78,12 @@ class EnvConfig:
         does not pay an LO for memorizing the training set).
       paired: copies 2i and 2i+1 share keys, hence reset draws and data batches, and
         end their episodes together (antithetic pairs for PES).
-      step_mult, exp_mult: the LO update's multipliers (Eq. 2).
+      lo: the LO spec: its step (Eq. 2 and variants) turns actions into updates and
+        Adam's update into the expert's action, its ``raw_adam_ratio`` picks the
+        observed features; the LO acting on them must be built with the same.
       expert_learning_rate: Adam's learning rate.
       expert_decay_steps: 0 (the paper: constant) or tau > 0: the expert's learning
         rate at inner step n is expert_learning_rate / sqrt(1 + n / tau).
-      raw_adam_ratio: observe features 6-8 (m_k / sqrt(r)) unnormalized
-        (``lopt.normalizers``); the LO acting on them must be built with the same.
-      adam_scaled_step: an action's step is multiplied, per tensor, by
-        ``lopt.adam_step_scale`` (and the expert's action divided by it); the LO
-        must be built with the same.
-      nominal_lr, nominal_decay_steps: > 0: the LO's step adds the nominal term
-        ``lopt.nominal_update`` (and the expert's action subtracts it); the LO must be
-        built with the same.
     """
 
     task: Any
@@ -99,14 +95,9 @@ class EnvConfig:
     bc_loss: str = "l2"
     meta_loss_split: str = "train"
     paired: bool = False
-    step_mult: float = lopt.STEP_MULT
-    exp_mult: float = lopt.EXP_MULT
+    lo: LOSpec = LOSpec()
     expert_learning_rate: float = demonstrator.EXPERT_LEARNING_RATE
     expert_decay_steps: float = 0.0
-    raw_adam_ratio: bool = False
-    adam_scaled_step: bool = False
-    nominal_lr: float = 0.0
-    nominal_decay_steps: float = 0.0
 
     def __post_init__(self):
         _check_choice("mode", self.mode, MODES)
@@ -131,7 +122,10 @@ class EnvConfig:
                 "expert_decay_steps must be >= 0 (0: a constant expert lr), got "
                 f"{self.expert_decay_steps}"
             )
-        lopt.check_nominal(self.nominal_lr, self.nominal_decay_steps)
+        if not isinstance(self.lo, LOSpec):
+            raise TypeError(
+                f"lo must be an elo_gym.lo_spec.LOSpec, got {type(self.lo).__name__}"
+            )
         if self.buffer_scope == "pair" and not self.paired:
             raise ValueError("buffer_scope='pair' needs paired=True")
 
@@ -408,7 +402,7 @@ def _queues(cfg: EnvConfig) -> jax.Array:
 def observe(cfg: EnvConfig, state: EnvState, p: EnvParams) -> dict:
     """The observation of one prepared copy."""
     feats = lopt.features(
-        state.grads, state.params, state.lo, raw_adam_ratio=cfg.raw_adam_ratio
+        state.grads, state.params, state.lo, raw_adam_ratio=cfg.lo.raw_adam_ratio
     )
     return {
         "features": jnp.concatenate([f.reshape(-1, lopt.NUM_FEATURES) for f in feats]),
@@ -418,31 +412,11 @@ def observe(cfg: EnvConfig, state: EnvState, p: EnvParams) -> dict:
     }
 
 
-def step_scale_rows(cfg: EnvConfig, state: EnvState) -> jax.Array | float:
-    """(P,) factors of one prepared copy's LO step (``adam_scaled_step``), else 1."""
-    if not cfg.adam_scaled_step:
-        return 1.0
-    return flatten_rows(lopt.step_scales(state.params, state.lo))
-
-
-def nominal_rows(cfg: EnvConfig, state: EnvState) -> jax.Array | float:
-    """(P,) nominal term of one prepared copy's LO update (``nominal_lr``), else 0."""
-    if not cfg.nominal_lr > 0:
-        return 0.0
-    return flatten_rows(
-        lopt.nominal_updates(
-            state.params, state.lo, cfg.nominal_lr, cfg.nominal_decay_steps
-        )
-    )
-
-
 def expert_action(cfg: EnvConfig, state: EnvState) -> jax.Array:
-    """(P, 2): the action of one prepared copy that moves it as Adam does."""
-    return demonstrator.expert_action(
-        flatten_rows(state.expert_update),
-        cfg.step_mult,
-        step_scale_rows(cfg, state),
-        nominal_rows(cfg, state),
+    """(P, 2): the action of one prepared copy that moves it as Adam does (the
+    inverse of the LO spec's step, :meth:`LOSpec.action`)."""
+    return cfg.lo.action(
+        flatten_rows(state.expert_update), *cfg.lo.row_terms(state.params, state.lo)
     )
 
 
@@ -565,9 +539,7 @@ def _apply_action(
     cfg: EnvConfig, s: EnvState, action: jax.Array, p: EnvParams
 ) -> Transition:
     """Eq. 8-10 for one copy: the mixed update, the reward and the push decision."""
-    lo_update_rows = -lopt.step_from_action(
-        action, cfg.step_mult, cfg.exp_mult
-    ) * step_scale_rows(cfg, s) + nominal_rows(cfg, s)
+    lo_update_rows = cfg.lo.update(action, *cfg.lo.row_terms(s.params, s.lo))
     expert_rows = flatten_rows(s.expert_update)
     moved = flatten_rows(s.params) + (
         (1.0 - p.alpha) * expert_rows + p.alpha * lo_update_rows

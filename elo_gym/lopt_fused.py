@@ -27,9 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Imported as a module: lopt imports this module for its update, so names are looked
-# up when called, once both modules exist.
-from elo_gym import lopt
+from elo_gym import lo_features
 
 Layout = Literal["cpu", "accelerator"]
 LAYOUTS = ("cpu", "accelerator")
@@ -53,7 +51,7 @@ def check_layout(layout: str) -> None:
 
 # The first layer's 28 input rows, in this order: the 16 per-element features (0-12
 # and 25-27), then 6 row features (13-15, 19-21) and 6 column features (16-18,
-# 22-24), as lopt.feature_rows builds them; _FEATURE_OF_ROW maps each row to its
+# 22-24), as lo_features.feature_rows builds them; _FEATURE_OF_ROW maps each row to its
 # reference feature index (the row of the first layer's kernel it multiplies).
 _FEATURE_OF_ROW = np.asarray(
     tuple(range(13))
@@ -73,7 +71,7 @@ def _rows_matrix(
     buffer, because XLA:CPU materializes every operand of a concatenate (the rows
     would be written three times); on accelerators the concatenates fuse.
     """
-    per_block = [(lopt.feature_rows(inputs), scale) for inputs, scale in blocks]
+    per_block = [(lo_features.feature_rows(inputs), scale) for inputs, scale in blocks]
     dtype = jnp.result_type(*[r for rows, _ in per_block for r in rows])
     groups = [[] for _ in per_block[0][0]]  # groups[j][i]: row group j of block i
     for rows, scale in per_block:
@@ -86,7 +84,9 @@ def _rows_matrix(
             start += r.shape[0]
     if layout != "cpu":
         return jnp.concatenate([jnp.concatenate(group, axis=1) for group in groups])
-    x = jnp.zeros((lopt.NUM_NORMALIZED, sum(p.shape[1] for p in groups[0])), dtype)
+    x = jnp.zeros(
+        (lo_features.NUM_NORMALIZED, sum(p.shape[1] for p in groups[0])), dtype
+    )
     row = 0
     for group in groups:
         column = 0
@@ -102,10 +102,12 @@ def _normalization(
     row_col_mean_squares: jax.Array,
     raw_adam_ratio: bool,
 ) -> jax.Array:
-    """``lopt.normalizers`` of the 28 rows, (28,)."""
+    """``lo_features.normalizers`` of the 28 rows, (28,)."""
     # Each row's expression fuses into its reduction; none is stored at full size.
-    mean_squares = [lopt.mean_square(x) for x in lopt.per_element_rows(inputs)]
-    return lopt.normalizers(
+    mean_squares = [
+        lo_features.mean_square(x) for x in lo_features.per_element_rows(inputs)
+    ]
+    return lo_features.normalizers(
         jnp.concatenate(mean_squares + [row_col_mean_squares]),
         raw_adam_ratio=raw_adam_ratio,
     )
@@ -124,7 +126,9 @@ def _layers(
     w_first = w0[_FEATURE_OF_ROW]
     if scale is not None:
         w_first = w_first * scale[:, None]
-    bias = b0 + jnp.matmul(steps, w0[lopt.NUM_NORMALIZED :], precision=lopt.PRECISION)
+    bias = b0 + jnp.matmul(
+        steps, w0[lo_features.NUM_NORMALIZED :], precision=lo_features.PRECISION
+    )
     return [(w_first.T, bias)] + [
         (mlp[name]["kernel"].T, mlp[name]["bias"]) for name in sorted(mlp)[1:]
     ]
@@ -133,7 +137,7 @@ def _layers(
 def _run_mlp(layers: list[tuple[jax.Array, jax.Array]], x: jax.Array) -> jax.Array:
     """The MLP on channels-first rows: (28, n) -> (2, n)."""
     for i, (w, b) in enumerate(layers):
-        x = jnp.matmul(w, x, precision=lopt.PRECISION) + b[:, None]
+        x = jnp.matmul(w, x, precision=lo_features.PRECISION) + b[:, None]
         if i < len(layers) - 1:
             x = jax.nn.relu(x)
     return x
@@ -228,7 +232,7 @@ def _merged_step(
 def mlp_outputs(
     grads: Any,
     params: Any,
-    state: lopt.SmallFcLOptState,
+    state: lo_features.SmallFcLOptState,
     mlp: dict,
     *,
     layout: Layout,
@@ -237,9 +241,10 @@ def mlp_outputs(
 ) -> list[jax.Array]:
     """The LO's MLP output (d, m) for every tensor, without the (n, 39) features.
 
-    Equals ``lopt.apply_mlp(mlp, f)`` for each ``f`` of ``lopt.features`` (moved to
-    the front axis); ``tests/elo_gym/test_lopt.py`` checks both against the golden
-    fixture. ``state`` must already include ``grads`` (``lopt.accumulate``).
+    Equals ``lo_features.apply_mlp(mlp, f)`` for each ``f`` of
+    ``lo_features.features`` (moved to the front axis); ``tests/elo_gym/test_lopt.py``
+    checks both against the golden fixture. ``state`` must already include ``grads``
+    (``lo_features.accumulate``).
 
     Args:
       grads, params, state, mlp: as for ``lopt.lopt_update`` (``mlp`` is
@@ -252,7 +257,7 @@ def mlp_outputs(
         the PES agent; with one ``mlp`` for the batch XLA already runs each tensor's
         matmuls as one wide matmul, and the copies cost more than they save
         (docs/performance.md).
-      raw_adam_ratio: features 6-8 unnormalized (``lopt.normalizers``).
+      raw_adam_ratio: features 6-8 unnormalized (``lo_features.normalizers``).
 
     Returns:
       One (2,) + S' array per leaf, in ``jax.tree.leaves`` order (S' = S, or (1,)
@@ -262,11 +267,11 @@ def mlp_outputs(
     g_leaves, treedef = jax.tree.flatten(grads)
     p_leaves = treedef.flatten_up_to(params)
     acc_leaves = treedef.flatten_up_to(state.accumulators)
-    steps = lopt.step_features(state.count)
+    steps = lo_features.step_features(state.count)
     outputs: list[jax.Array | None] = [None] * len(g_leaves)
     pending = []  # tensors for the merged pass
     for i, (g, p, acc) in enumerate(zip(g_leaves, p_leaves, acc_leaves, strict=True)):
-        inputs, row_col_mean_squares = lopt.tensor_inputs(g, p, acc)
+        inputs, row_col_mean_squares = lo_features.tensor_inputs(g, p, acc)
         scale = _normalization(inputs, row_col_mean_squares, raw_adam_ratio)
         shape = acc.momentum.shape[1:]
         rows_per_tile = _tile_rows(shape) if layout == "cpu" else None

@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 from elo_gym import core, envs, registration
+from elo_gym.lo_spec import LOSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,10 +54,7 @@ class EnvSettings:
     meta_loss_split: str = "train"
     expert_learning_rate: float = 1e-3  # the demonstrator Adam's lr (the paper's)
     expert_decay_steps: float = 0.0  # > 0: the expert's lr decays as 1/sqrt(1 + n/tau)
-    raw_adam_ratio: bool = False  # observe the LO's features 6-8 unnormalized
-    adam_scaled_step: bool = False  # the LO's step times Adam's ratio RMS per tensor
-    nominal_lr: float = 0.0  # > 0: the LO's step adds Adam's at this lr (lopt)
-    nominal_decay_steps: float = 0.0  # the nominal lr decays as 1/sqrt(1 + n/tau)
+    lo: LOSpec = LOSpec()  # the LO's step (actions, expert action) and features
     paired: bool = False
 
     @classmethod
@@ -122,10 +120,7 @@ class EnvSettings:
             meta_loss_split=self.meta_loss_split,
             expert_learning_rate=self.expert_learning_rate,
             expert_decay_steps=self.expert_decay_steps,
-            raw_adam_ratio=self.raw_adam_ratio,
-            adam_scaled_step=self.adam_scaled_step,
-            nominal_lr=self.nominal_lr,
-            nominal_decay_steps=self.nominal_decay_steps,
+            lo=self.lo,
             paired=self.paired,
         )
 

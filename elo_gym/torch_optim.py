@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from elo_gym import checkpoint, lopt
+from elo_gym.lo_spec import LOSpec
 
 # The per-element input rows, in the order _element_rows builds them: features 0-12,
 # then the Adafactor-preconditioned momenta 25-27.
@@ -256,44 +257,39 @@ class SmallFcLOpt(torch.optim.Optimizer):
     """small_fc_lopt with given meta-parameters, as a ``torch.optim.Optimizer``.
 
     The update equals the optax face :func:`elo_gym.small_fc_lopt` with the same
-    meta-parameters: new p = p - step_mult * d * exp(exp_mult * m), (d, m) the MLP's
-    output on each element's 39 features. Accumulators are float32 whatever the
-    parameter dtype; a bf16 or float16 parameter is updated from the float32
-    computation with one rounding. Non-finite gradient entries count as zero,
-    as in :func:`elo_gym.lopt.sanitize_gradient`. Each parameter keeps its own
+    meta-parameters and spec: new p = p - step_mult * d * exp(exp_mult * m) (times
+    the spec's scale, plus its nominal term: :class:`elo_gym.lo_spec.LOSpec`), (d, m)
+    the MLP's output on each element's 39 features. Accumulators are float32 whatever
+    the parameter dtype; a bf16 or float16 parameter is updated from the float32
+    computation with one rounding. Non-finite gradient entries count as zero, as in
+    :func:`elo_gym.lopt.sanitize_gradient`. Each parameter keeps its own
     iteration count (state ``step``); parameters without a gradient are skipped.
 
     Args:
       params: parameters or parameter groups, as for any torch optimizer; a group may
-        set its own ``step_mult`` and ``exp_mult``.
+        set its own ``step_mult`` and ``exp_mult`` (default: the spec's).
       meta_params: the LO's :class:`elo_gym.lopt.MetaParams`.
-      step_mult: scale of the step (the LO was meta-trained with one: use it).
-      exp_mult: scale of the magnitude output inside the exponential.
-      raw_adam_ratio: features 6-8 unnormalized, as the LO was meta-trained
-        (``elo_gym.lopt.normalizers``).
-      adam_scaled_step: each tensor's step times ``elo_gym.lopt.adam_step_scale``,
-        as the LO was meta-trained.
-      nominal_lr, nominal_decay_steps: > 0: add the nominal term
-        ``elo_gym.lopt.nominal_update``, as the LO was meta-trained.
+      spec: the settings the LO was meta-trained with (None: the reference LO of its
+        hidden size). Every setting of :class:`elo_gym.lo_spec.LOSpec` is honoured
+        here, in torch ops (``tests/elo_gym/test_torch_optim.py`` checks each
+        against the optax face).
     """
 
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
         meta_params: lopt.MetaParams,
-        step_mult: float = lopt.STEP_MULT,
-        exp_mult: float = lopt.EXP_MULT,
-        raw_adam_ratio: bool = False,
-        adam_scaled_step: bool = False,
-        nominal_lr: float = 0.0,
-        nominal_decay_steps: float = 0.0,
+        spec: LOSpec | None = None,
     ) -> None:
         _validate_meta_params(meta_params)
-        lopt.check_nominal(nominal_lr, nominal_decay_steps)
-        for name, value in (("step_mult", step_mult), ("exp_mult", exp_mult)):
-            if not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value}")
-        super().__init__(params, {"step_mult": step_mult, "exp_mult": exp_mult})
+        spec = LOSpec.for_meta_params(meta_params) if spec is None else spec
+        if not isinstance(spec, LOSpec):
+            raise TypeError(
+                f"spec must be an elo_gym.lo_spec.LOSpec, got {type(spec).__name__}"
+            )
+        spec.check_meta_params(meta_params)
+        defaults = {"step_mult": spec.step_mult, "exp_mult": spec.exp_mult}
+        super().__init__(params, defaults)
         for group in self.param_groups:
             for p in group["params"]:
                 if not p.is_floating_point():
@@ -301,10 +297,7 @@ class SmallFcLOpt(torch.optim.Optimizer):
                         f"SmallFcLOpt updates floating-point parameters, got {p.dtype}"
                     )
         self.meta_params = meta_params
-        self.raw_adam_ratio = raw_adam_ratio
-        self.adam_scaled_step = adam_scaled_step
-        self.nominal_lr = nominal_lr
-        self.nominal_decay_steps = nominal_decay_steps
+        self.spec = spec
         self._nets: dict[torch.device, _Net] = {}
 
     def _net(self, device: torch.device) -> _Net:
@@ -344,13 +337,13 @@ class SmallFcLOpt(torch.optim.Optimizer):
             state,
             net,
             state["step"],
-            self.raw_adam_ratio,
+            self.spec.raw_adam_ratio,
         )
         update = (out[0] * -step_mult).mul_(torch.exp(out[1] * exp_mult))
-        if self.adam_scaled_step:  # as lopt.adam_step_scale
+        if self.spec.adam_scaled_step:  # as lo_spec.adam_step_scale
             ratio = state["momentum"][0] * torch.rsqrt(state["rms"][0] + 1e-6)
             update.mul_(torch.sqrt(1e-5 + ratio.square().mean()))
-        if self.nominal_lr > 0:
+        if self.spec.nominal_lr > 0:
             update.add_(self._nominal(state))
         update = update.view(p.shape)
         if torch.finfo(p.dtype).bits >= 32:
@@ -360,16 +353,16 @@ class SmallFcLOpt(torch.optim.Optimizer):
         state["step"] += 1
 
     def _nominal(self, state: dict[str, Any]) -> torch.Tensor:
-        """As ``elo_gym.lopt.nominal_update``, in its float32 order of operations:
+        """As ``elo_gym.lo_spec.nominal_update``, in its float32 order of operations:
         Adam's step from m_0.9 and r."""
         device = state["rms"].device
         count = torch.tensor(state["step"], dtype=torch.float32, device=device)
         t = count + 1.0
         m_hat = state["momentum"][0] / (1.0 - lopt.MOMENTUM_DECAYS[0] ** t)
         v_hat = state["rms"][0] / (1.0 - lopt.RMS_DECAYS[0] ** t)
-        lr = torch.full_like(count, self.nominal_lr)
-        if self.nominal_decay_steps > 0:
-            lr = lr * torch.rsqrt(1.0 + count / self.nominal_decay_steps)
+        lr = torch.full_like(count, self.spec.nominal_lr)
+        if self.spec.nominal_decay_steps > 0:
+            lr = lr * torch.rsqrt(1.0 + count / self.spec.nominal_decay_steps)
         return -lr * m_hat / (torch.sqrt(v_hat) + 1e-8)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -396,8 +389,8 @@ def load(
       params: the parameters (or groups) to optimize.
 
     Returns:
-      The optimizer, with the settings the LO was trained with
-      (``checkpoint.LO_SETTINGS``).
+      The optimizer, with the settings the LO was trained with (its
+      :class:`elo_gym.lo_spec.LOSpec`, from ``lo.json``).
     """
     meta_params, info = checkpoint.load_meta_params(path)
-    return SmallFcLOpt(params, meta_params, **checkpoint.lo_settings(info))
+    return SmallFcLOpt(params, meta_params, LOSpec.from_json(info))

@@ -77,8 +77,9 @@ from tqdm import tqdm
 import elo_gym
 from elo_gym import envs as tasks
 from elo_gym import lopt_fused, schedules
-from elo_gym.checkpoint import lo_settings, load_meta_params
+from elo_gym.checkpoint import load_meta_params
 from elo_gym.inner_loop import HostLoop, eval_steps, train_curves
+from elo_gym.lo_spec import LOSpec
 from elo_gym.settings import EnvSettings
 
 sys.path.insert(0, os.fspath(pathlib.Path(__file__).resolve().parent))
@@ -511,15 +512,15 @@ def run(config: EvalConfig, workdir: str | pathlib.Path) -> dict:
     if _use_host_loop(config, task):
         host_loops = {}
 
-        def lo_program(meta, data, keys, *, settings):
-            if settings not in host_loops:
+        def lo_program(meta, data, keys, *, spec):
+            if spec not in host_loops:
                 build = functools.partial(
-                    elo_gym.small_fc_lopt, **dict(settings), layout=layout
+                    elo_gym.small_fc_lopt, spec=spec, layout=layout
                 )
-                host_loops[settings] = HostLoop(
+                host_loops[spec] = HostLoop(
                     task, build, steps=steps, eval_every=eval_every
                 )
-            return host_loops[settings](meta, data, keys)
+            return host_loops[spec](meta, data, keys)
 
         def baseline_program(family):
             return HostLoop(
@@ -527,9 +528,9 @@ def run(config: EvalConfig, workdir: str | pathlib.Path) -> dict:
             )
     else:
 
-        @functools.partial(jax.jit, static_argnames=("settings",))
-        def lo_program(meta, data, keys, *, settings):
-            optimizer = elo_gym.small_fc_lopt(meta, **dict(settings), layout=layout)
+        @functools.partial(jax.jit, static_argnames=("spec",))
+        def lo_program(meta, data, keys, *, spec):
+            optimizer = elo_gym.small_fc_lopt(meta, spec, layout=layout)
             return jax.vmap(functools.partial(train, optimizer), (None, 0))(data, keys)
 
         def baseline_program(family):
@@ -550,9 +551,8 @@ def run(config: EvalConfig, workdir: str | pathlib.Path) -> dict:
     )
     for label, (meta, info) in optimizers.items():
         bar.set_postfix_str(label)
-        # A hashable static argument: LOs with equal settings share a compile.
-        settings = tuple(sorted(lo_settings(info).items()))
-        program = functools.partial(lo_program, meta, settings=settings)
+        # A hashable static argument: LOs with equal specs share a compile.
+        program = functools.partial(lo_program, meta, spec=LOSpec.from_json(info))
         curves[label], seconds[label] = _run_many(program, data, keys)
         bar.update()
     summary = functools.partial(

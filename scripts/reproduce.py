@@ -195,7 +195,7 @@ def nominal_lo(config: StudyConfig, out: pathlib.Path) -> list[str]:
         meta = lopt.init_meta_params(jax.random.PRNGKey(0), config.hidden_size)
         silent = meta._replace(mlp=jax.tree.map(np.zeros_like, meta.mlp))
         run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint.save_lo(run_dir, silent, **checkpoint.lo_variants(args))
+        checkpoint.save_lo(run_dir, silent, args.lo_spec())
     return [NOMINAL]
 
 

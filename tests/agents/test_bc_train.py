@@ -15,6 +15,7 @@ import pytest
 import elo_gym
 from elo_gym import checkpoint, lopt
 from elo_gym.agents import bc_train
+from elo_gym.lo_spec import LOSpec
 
 # Tiny but complete: 2 copies, a 10-unit optimizee, short chunks, a checkpoint every 2.
 TINY = dict(
@@ -148,16 +149,17 @@ def test_clones_the_given_expert_with_the_given_features(tmp_path):
         nominal_decay_steps=50.0,
     )
     cfg = bc_train.env_settings(args).config(args.num_copies)
-    assert cfg.expert_learning_rate == 4e-3 and cfg.raw_adam_ratio
-    assert cfg.adam_scaled_step
-    assert (cfg.nominal_lr, cfg.nominal_decay_steps) == (4e-3, 50.0)
+    assert cfg.expert_learning_rate == 4e-3 and cfg.lo.raw_adam_ratio
+    assert cfg.lo.adam_scaled_step
+    assert (cfg.lo.nominal_lr, cfg.lo.nominal_decay_steps) == (4e-3, 50.0)
     bc_train.main(dataclasses.replace(args, run_dir=str(tmp_path / "run")))
     info = json.loads((tmp_path / "run" / "lo.json").read_text())
     assert info["raw_adam_ratio"] is True and info["adam_scaled_step"] is True
     _, loaded = checkpoint.load_meta_params(tmp_path / "run")
-    settings = checkpoint.lo_settings(loaded)
-    assert settings["raw_adam_ratio"] is True and settings["adam_scaled_step"] is True
-    assert (settings["nominal_lr"], settings["nominal_decay_steps"]) == (4e-3, 50.0)
+    spec = LOSpec.from_json(loaded)
+    assert spec.raw_adam_ratio is True and spec.adam_scaled_step is True
+    assert (spec.nominal_lr, spec.nominal_decay_steps) == (4e-3, 50.0)
+    assert spec == args.lo_spec()
 
 
 def test_mixture_clones_on_the_rows_of_every_task():

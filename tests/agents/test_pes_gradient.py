@@ -99,7 +99,7 @@ def test_the_agent_acts_on_what_the_env_observes(raw_adam_ratio):
     """The PES policy (fused path, no features built) gives, copy by copy, the MLP
     on the env's observed features, also when ``--raw-adam-ratio`` changes them."""
     args, cfg, env_params, state = _setup(num_pairs=2, raw_adam_ratio=raw_adam_ratio)
-    assert cfg.env.raw_adam_ratio is raw_adam_ratio
+    assert cfg.env.lo.raw_adam_ratio is raw_adam_ratio
     mlp = jax.tree.map(lambda w: w * 3.0 + 0.1, state.meta.mlp)  # outputs far from 0
     theta, unravel = ravel_pytree(mlp)
     env_state = state.env

@@ -23,6 +23,7 @@ import pytest
 import elo_gym
 from elo_gym import checkpoint, inner_loop, lopt, runs
 from elo_gym.agents import bc_train, pes_train
+from elo_gym.lo_spec import LOSpec
 
 SCRIPT = pathlib.Path(pes_train.__file__)
 # Tiny but complete: 2 pairs, a 10-unit optimizee, short truncations, checkpoints.
@@ -140,7 +141,8 @@ def test_init_lo_starts_from_a_trained_lo(reference_run):
             **{**TINY, **bad, "init_lo": str(reference_run)}
         ).resolved()
         cfg, env_params = pes_train.pes_config(args)
-        with pytest.raises(ValueError, match=r"--init-lo .* has \{'hidden_size': 8"):
+        (name,) = bad
+        with pytest.raises(ValueError, match=rf"--init-lo .* is an LO with {name} "):
             pes_train.init_state(args, cfg, env_params)
 
 
@@ -186,8 +188,8 @@ def test_a_checkpoint_loads_with_its_size_and_settings(reference_run):
     config = json.loads((reference_run / "config.json").read_text())
     _, info = checkpoint.load_meta_params(reference_run / "checkpoints")
     assert info["hidden_size"] == TINY["hidden_size"]
-    settings = checkpoint.lo_settings(info)
-    assert settings["adam_scaled_step"] == config["adam_scaled_step"]
+    assert LOSpec.from_json(info) == LOSpec.from_json(config)
+    assert LOSpec.from_json(info).adam_scaled_step == config["adam_scaled_step"]
     args = pes_train.Args(
         **{**TINY, "init_lo": str(reference_run / "checkpoints")}
     ).resolved()
@@ -651,7 +653,7 @@ def test_validation_of_the_silenced_lo_is_an_explicit_zero_mlp_run(nominal_lr):
     row = validation(trained)
 
     zero = jax.tree.map(jnp.zeros_like, trained)
-    optimizer = elo_gym.small_fc_lopt(zero, **checkpoint.lo_variants(args))
+    optimizer = elo_gym.small_fc_lopt(zero, args.lo_spec())
     keys = jax.random.split(jax.random.PRNGKey(args.seed + 1_000), 3)
     steps, window = 10 * args.n_max, max(1, 10 * args.n_max // 10)
     runs = [

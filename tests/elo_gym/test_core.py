@@ -12,6 +12,7 @@ import pytest
 from elo_gym import buffer as replay
 from elo_gym import core, lopt
 from elo_gym.envs import ImageMLPTask, make_image_mlp_task
+from elo_gym.lo_spec import LOSpec
 
 # A linear model on digits (P = 650, one factored and one unfactored tensor) keeps the
 # compiles short; nothing below depends on the model's size.
@@ -795,7 +796,7 @@ def test_adam_scaled_step_scales_the_action_and_the_expert(data):
     """adam_scaled_step: an action moves each tensor by the Eq. 2 step times the RMS
     over the tensor of m_0.9 / sqrt(r + 1e-6) (computed here from the accumulators),
     and the expert's action, divided by that factor, still reproduces Adam."""
-    cfg = core.EnvConfig(task=TASK, num_copies=C, adam_scaled_step=True)
+    cfg = core.EnvConfig(task=TASK, num_copies=C, lo=LOSpec(adam_scaled_step=True))
     step, p, state, info = _after_two_expert_steps(cfg, data)
     factors = []
     for acc, param in zip(
@@ -837,8 +838,7 @@ def test_nominal_term_is_added_to_the_action_and_taken_from_the_expert(data):
         num_copies=C,
         expert_learning_rate=lr,
         expert_decay_steps=tau,
-        nominal_lr=lr,
-        nominal_decay_steps=tau,
+        lo=LOSpec(nominal_lr=lr, nominal_decay_steps=tau),
     )
     step, p, state, info = _after_two_expert_steps(cfg, data)
     n = np.asarray(state.copies.lo.count, np.float64)  # (C,) steps taken: 2

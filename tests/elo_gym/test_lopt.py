@@ -1,5 +1,6 @@
 """small_fc_lopt: parity with learned_optimization's AdafacMLPLOpt; the optax face."""
 
+import dataclasses
 import math
 import pathlib
 
@@ -11,6 +12,7 @@ import pytest
 
 import elo_gym
 from elo_gym import lopt, lopt_fused
+from elo_gym.lo_spec import LOSpec
 
 FIXTURE = pathlib.Path(__file__).parents[1] / "fixtures" / "small_fc_lopt_golden.npz"
 NAMES = ("w", "b", "s", "k")  # 2-D, 1-D, scalar, 4-D
@@ -275,7 +277,13 @@ def test_fast_paths_equal_features_then_mlp(layout, raw_adam_ratio):
         explicit = [lopt.apply_mlp(meta.mlp, f) for f in feats]
         update = {
             merged: lopt.lopt_update(
-                meta, grads, state, params, layout=layout, merged=merged, **raw
+                meta,
+                grads,
+                state,
+                params,
+                LOSpec.for_meta_params(meta, **raw),
+                layout=layout,
+                merged=merged,
             )
             for merged in (False, True)
         }
@@ -344,7 +352,7 @@ def test_raw_ratio_and_scaled_step_let_an_lo_follow_adams_shrinking_steps():
     variants = {"reference": {}, "raw": dict(raw_adam_ratio=True)}
     variants["scaled"] = dict(adam_scaled_step=True)
     for name, variant in variants.items():
-        opt = lopt.small_fc_lopt(meta, **variant)
+        opt = lopt.small_fc_lopt(meta, LOSpec.for_meta_params(meta, **variant))
         update = jax.jit(opt.update)
         state, norms = opt.init(params), []
         for t in range(1_300):
@@ -382,12 +390,13 @@ def test_nominal_term_is_decayed_adam_plus_the_lo_step():
     }
     meta = elo_gym.init_meta_params(jax.random.PRNGKey(3))
     silent = meta._replace(mlp=jax.tree.map(np.zeros_like, meta.mlp))
-    nominal = dict(nominal_lr=0.02, nominal_decay_steps=100.0)
+    plain = LOSpec(adam_scaled_step=True)
+    nominal = dataclasses.replace(plain, nominal_lr=0.02, nominal_decay_steps=100.0)
     adam = optax.adam(lambda n: 0.02 / jnp.sqrt(1.0 + n / 100.0))
     opts = {
-        "silent": lopt.small_fc_lopt(silent, adam_scaled_step=True, **nominal),
-        "lo": lopt.small_fc_lopt(meta, adam_scaled_step=True, **nominal),
-        "plain": lopt.small_fc_lopt(meta, adam_scaled_step=True),
+        "silent": lopt.small_fc_lopt(silent, nominal),
+        "lo": lopt.small_fc_lopt(meta, nominal),
+        "plain": lopt.small_fc_lopt(meta, plain),
         "adam": adam,
     }
     updates_fn = {k: jax.jit(o.update) for k, o in opts.items()}
@@ -414,9 +423,12 @@ def test_nominal_term_is_decayed_adam_plus_the_lo_step():
     assert np.abs(np.asarray(updates["plain"]["w"])).max() > 1e-5  # the LO moves too
 
 
-def test_nominal_settings_are_checked():
-    meta = elo_gym.init_meta_params(jax.random.PRNGKey(0))
-    with pytest.raises(ValueError, match="nominal_lr must be >= 0"):
-        lopt.small_fc_lopt(meta, nominal_lr=-1.0)
-    with pytest.raises(ValueError, match="nominal_decay_steps must be >= 0"):
-        lopt.small_fc_lopt(meta, nominal_lr=0.01, nominal_decay_steps=-5.0)
+def test_the_optax_face_takes_only_a_spec_of_its_weights():
+    """A spec of another hidden size, or settings that are not a spec, fail when the
+    optimizer is built, naming what is wrong."""
+    meta = elo_gym.init_meta_params(jax.random.PRNGKey(0), hidden_size=8)
+    lopt.small_fc_lopt(meta)  # no spec: the reference LO of the weights' size
+    with pytest.raises(ValueError, match="hidden size 8, the LO spec 32"):
+        lopt.small_fc_lopt(meta, LOSpec())
+    with pytest.raises(TypeError, match="spec must be an elo_gym.lo_spec.LOSpec"):
+        lopt.small_fc_lopt(meta, {"nominal_lr": 0.01})

@@ -15,7 +15,8 @@ import torch
 
 import elo_gym
 import elo_gym.torch_optim as torch_optim
-from elo_gym import checkpoint, lopt
+from elo_gym import checkpoint, lo_spec, lopt
+from elo_gym.lo_spec import LOSpec
 
 FIXTURE = pathlib.Path(__file__).parents[1] / "fixtures" / "small_fc_lopt_golden.npz"
 NAMES = ("w", "b", "s", "k")  # 2-D, 1-D, scalar, 4-D
@@ -29,6 +30,15 @@ SHAPES = {
     "conv": (8, 4, 3, 3),
     "embedding": (50, 6),
 }
+# The step's multipliers, large enough that the magnitude output matters, and the LO
+# variants: each checked against the optax face below.
+MULTIPLIERS = dict(step_mult=3e-3, exp_mult=0.05)
+VARIANTS = [
+    dict(raw_adam_ratio=True),
+    dict(adam_scaled_step=True),
+    dict(nominal_lr=0.02, nominal_decay_steps=3.0),
+    dict(adam_scaled_step=True, nominal_lr=0.01),
+]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -151,8 +161,8 @@ def _random_tree(rng: np.random.Generator, scale: float) -> dict[str, np.ndarray
     }
 
 
-def _jax_update(meta, step_mult, exp_mult):
-    opt = elo_gym.small_fc_lopt(meta, step_mult, exp_mult)
+def _jax_update(meta, spec=None):
+    opt = elo_gym.small_fc_lopt(meta, spec)
 
     @jax.jit
     def update(grads, state, params):
@@ -171,12 +181,12 @@ def test_parity_with_optax_face_on_every_tensor_kind(tile_elements, monkeypatch)
     if tile_elements is not None:
         monkeypatch.setattr(torch_optim, "TILE_ELEMENTS", tile_elements)
     meta = _nontrivial_meta()
-    step_mult, exp_mult = 3e-3, 0.05
+    spec = LOSpec.for_meta_params(meta, **MULTIPLIERS)
     rng = np.random.default_rng(0)
     init = _random_tree(rng, 0.1)
     params = {k: torch.nn.Parameter(torch.tensor(v)) for k, v in init.items()}
-    opt = torch_optim.SmallFcLOpt(params.values(), meta, step_mult, exp_mult)
-    jax_opt, jax_update = _jax_update(meta, step_mult, exp_mult)
+    opt = torch_optim.SmallFcLOpt(params.values(), meta, spec)
+    jax_opt, jax_update = _jax_update(meta, spec)
     jax_params = {k: jnp.asarray(v) for k, v in init.items()}
     jax_state = jax_opt.init(jax_params)
     for t in range(15):
@@ -197,15 +207,15 @@ def test_parity_with_optax_face_on_every_tensor_kind(tile_elements, monkeypatch)
     assert min(moved) > 1e-3  # the check compares real moves, not two no-ops
 
 
-@pytest.mark.parametrize(
-    "variant",
-    [
-        dict(raw_adam_ratio=True),
-        dict(adam_scaled_step=True),
-        dict(nominal_lr=0.02, nominal_decay_steps=3.0),
-        dict(adam_scaled_step=True, nominal_lr=0.01),
-    ],
-)
+def test_every_spec_setting_is_checked_against_the_optax_face():
+    """Each setting of the LO spec is exercised by a parity test here: the multipliers
+    by the test above, the variants by the one below, the hidden size by the weights'
+    shape. A setting added to the spec without a torch parity case fails here."""
+    covered = set(MULTIPLIERS) | {k for v in VARIANTS for k in v} | {"hidden_size"}
+    assert covered == set(lo_spec.FIELDS)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_lo_variant_loads_with_its_setting_in_both_faces(tmp_path, variant):
     """An LO meta-trained with raw_adam_ratio, adam_scaled_step or a nominal term:
     lo.json records it, and ``elo_gym.load_optimizer`` and ``torch_optim.load`` both
@@ -213,7 +223,7 @@ def test_lo_variant_loads_with_its_setting_in_both_faces(tmp_path, variant):
     weights."""
     meta = _nontrivial_meta()
     meta.mlp["Dense_0"]["kernel"][6, :2] += [2.0, -2.0]  # feature 6 moves the output
-    checkpoint.save_lo(tmp_path, meta, **variant)
+    checkpoint.save_lo(tmp_path, meta, LOSpec.for_meta_params(meta, **variant))
     recorded = json.loads((tmp_path / "lo.json").read_text())
     assert {k: recorded[k] for k in variant} == variant
     rng = np.random.default_rng(0)
@@ -252,7 +262,9 @@ def _jax_mlp_loss(params, x, y):
 def test_digits_mlp_trains_as_with_the_optax_face(tmp_path):
     """A 64-32-32-10 MLP on scikit-learn's digits, the same init and batches in both
     frameworks: the losses agree step by step within float32 noise, and fall."""
-    checkpoint.save_lo(tmp_path, _nontrivial_meta(), step_mult=2e-3, exp_mult=1e-2)
+    meta = _nontrivial_meta()
+    spec = LOSpec.for_meta_params(meta, step_mult=2e-3, exp_mult=1e-2)
+    checkpoint.save_lo(tmp_path, meta, spec)
     x, y = sklearn.datasets.load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32)
     torch.manual_seed(0)
@@ -359,7 +371,9 @@ def test_param_groups_have_their_own_step_mult():
         "grouped": [torch_optim.SmallFcLOpt(_groups(grouped), meta)],
         "alone": [
             torch_optim.SmallFcLOpt(first["params"], meta),
-            torch_optim.SmallFcLOpt(second["params"], meta, step_mult=5e-3),
+            torch_optim.SmallFcLOpt(
+                second["params"], meta, LOSpec.for_meta_params(meta, step_mult=5e-3)
+            ),
         ],
     }
     for step in range(2):
@@ -437,7 +451,7 @@ def test_non_finite_gradients_count_as_zero_as_in_jax():
 
     params, opt = torch_run(bad)
     zero_params, zero_opt = torch_run(zeroed)
-    jax_opt, jax_update = _jax_update(meta, lopt.STEP_MULT, lopt.EXP_MULT)
+    jax_opt, jax_update = _jax_update(meta)
     jax_params = {k: jnp.asarray(v) for k, v in init.items()}
     jax_state = jax_opt.init(jax_params)
     for g in (warmup, bad):
@@ -483,8 +497,10 @@ def test_bad_input_is_rejected_clearly(tmp_path):
     wide.mlp["Dense_0"]["kernel"] = np.zeros((28, 32), np.float32)
     with pytest.raises(ValueError, match=r"expected \(39, hidden\)"):
         torch_optim.SmallFcLOpt(params, wide)
-    with pytest.raises(ValueError, match="step_mult must be a finite number"):
-        torch_optim.SmallFcLOpt(params, meta, step_mult=float("nan"))
+    with pytest.raises(ValueError, match="hidden size 32, the LO spec 8"):
+        torch_optim.SmallFcLOpt(params, meta, LOSpec(hidden_size=8))
+    with pytest.raises(TypeError, match="spec must be an elo_gym.lo_spec.LOSpec"):
+        torch_optim.SmallFcLOpt(params, meta, {"step_mult": 5e-3})
     with pytest.raises(ValueError, match="floating-point"):
         torch_optim.SmallFcLOpt([torch.zeros(3, dtype=torch.int64)], meta)
     with pytest.raises(FileNotFoundError, match="no learned optimizer"):

@@ -1,0 +1,284 @@
+"""The LO spec: every setting of a small_fc_lopt beside its weights, and its step.
+
+:class:`LOSpec` is the one place an LO variant lives. It owns the settings (hidden
+size, the step's multipliers, the variants below), checks them, reads and writes them
+as ``lo.json`` records them, and holds the step that turns the MLP's output (d, m)
+into a parameter update (ELO Eq. 2 with the variants) and its inverse, the action
+that reproduces a given update (the demonstrator's action). The optax face
+(:mod:`elo_gym.lopt`), the env core, both agents and ``lo.json`` take their settings
+from a spec; the PyTorch face (:mod:`elo_gym.torch_optim`) reads them from one and
+repeats the math in torch, checked against this module by its tests.
+
+The step of one parameter element, with (d, m) the MLP's output:
+
+  update = -step_mult * d * exp(exp_mult * m) * scale + nominal
+
+and the variants, all off by default (``docs/levers.md`` measures each):
+
+- ``raw_adam_ratio``: features 6-8 (Adam's ratio m_k / sqrt(r)) stay unnormalized
+  (``lo_features.normalizers``): the reference normalizes them per tensor, so an LO
+  sees Adam's steps shrink only through its step-count features; with the raw ratio
+  the shrinking is in its input.
+- ``adam_scaled_step``: ``scale`` is, per tensor, the root mean square of Adam's
+  ratio m_0.9 / sqrt(r) (:func:`adam_step_scale`): the factor the normalization
+  divided out comes back at the output, so the LO's steps shrink where Adam's do;
+  without it ``scale`` is 1.
+- a nominal term (``nominal_lr`` > 0), as learned_optimization's ``adafac_nominal``
+  adds one: ``nominal`` is Adam's step at the learning rate ``nominal_lr / sqrt(1 + i
+  / nominal_decay_steps)``, from the LO's own accumulators (:func:`nominal_update`),
+  so the MLP learns a correction to a schedule that holds at any horizon; without it
+  ``nominal`` is 0.
+
+Adding a variant means a field here (with its check), its term in
+:meth:`LOSpec.tensor_terms` (or its feature switch), the same in
+:mod:`elo_gym.torch_optim`, and their tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from elo_gym import lo_features, schedules
+
+STEP_MULT = 1e-3
+EXP_MULT = 1e-3
+
+
+def step_from_action(
+    action: jax.Array, step_mult: float = STEP_MULT, exp_mult: float = EXP_MULT
+) -> jax.Array:
+    """Amount subtracted from a parameter: step_mult * d * exp(exp_mult * m) (Eq. 2).
+
+    Args:
+      action: (..., 2) with direction d in [..., 0] and magnitude m in [..., 1].
+    """
+    return step_mult * action[..., 0] * jnp.exp(exp_mult * action[..., 1])
+
+
+def adam_step_scale(acc: lo_features.TensorAccumulators) -> jax.Array:
+    """sqrt(1e-5 + mean over the tensor of (m_0.9 * rsqrt(r + 1e-6))^2), a scalar: the
+    factor that normalization divides feature 6 by (``adam_scaled_step``)."""
+    ratio = acc.momentum[0] * jax.lax.rsqrt(acc.rms[0] + 1e-6)
+    return jnp.sqrt(1e-5 + jnp.mean(ratio**2))
+
+
+def nominal_update(
+    acc: lo_features.TensorAccumulators,
+    count: jax.Array,
+    learning_rate: float,
+    decay_steps: float = 0.0,
+) -> jax.Array:
+    """The nominal term of one tensor, shape S': ``optax.adam`` at
+    ``schedules.inverse_sqrt_decay(learning_rate, decay_steps)`` (b1 0.9, b2 0.999,
+    eps 1e-8), from the accumulators m_0.9 and r, which are Adam's moments.
+
+    ``acc`` must already include this step's gradient and ``count`` is the number of
+    steps taken before it, as in ``lopt.lopt_update``.
+    """
+    t = count.astype(jnp.float32) + 1.0
+    m_hat = acc.momentum[0] / (1.0 - lo_features.MOMENTUM_DECAYS[0] ** t)
+    v_hat = acc.rms[0] / (1.0 - lo_features.RMS_DECAYS[0] ** t)
+    lr = schedules.inverse_sqrt_decay(learning_rate, decay_steps)(count)
+    return -lr * m_hat / (jnp.sqrt(v_hat) + 1e-8)
+
+
+@dataclasses.dataclass(frozen=True)
+class LOSpec:
+    """Every setting of a small_fc_lopt beside its weights (frozen, hashable: a
+    static argument under ``jit``). Values are checked and normalized on creation
+    (ints given for floats become floats, so equal specs hash alike).
+
+    Attributes:
+      hidden_size: width of the MLP's two hidden layers.
+      step_mult, exp_mult: the step's multipliers (Eq. 2).
+      raw_adam_ratio, adam_scaled_step, nominal_lr, nominal_decay_steps: the
+        variants (module docstring); their defaults are the reference small_fc_lopt.
+    """
+
+    hidden_size: int = 32
+    step_mult: float = STEP_MULT
+    exp_mult: float = EXP_MULT
+    raw_adam_ratio: bool = False
+    adam_scaled_step: bool = False
+    nominal_lr: float = 0.0
+    nominal_decay_steps: float = 0.0
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            object.__setattr__(
+                self, field.name, _checked(field.name, field.type, value)
+            )
+        if not self.hidden_size > 0:
+            raise ValueError(f"hidden_size must be > 0, got {self.hidden_size}")
+        if not self.step_mult > 0:
+            raise ValueError(
+                f"step_mult must be a finite number > 0, got {self.step_mult}"
+            )
+        if not self.nominal_lr >= 0:
+            raise ValueError(
+                f"nominal_lr must be >= 0 (0: no nominal term), got {self.nominal_lr}"
+            )
+        if not self.nominal_decay_steps >= 0:
+            raise ValueError(
+                "nominal_decay_steps must be >= 0 (0: a constant lr), got "
+                f"{self.nominal_decay_steps}"
+            )
+
+    # -- construction and (de)serialization --------------------------------------
+
+    @classmethod
+    def for_meta_params(cls, meta_params: lo_features.MetaParams, **settings) -> LOSpec:
+        """The spec of ``meta_params``' hidden size with ``settings`` (field names)."""
+        return cls(hidden_size=lo_features.hidden_size_of(meta_params), **settings)
+
+    @classmethod
+    def from_json(cls, info: Mapping[str, Any]) -> LOSpec:
+        """The spec that ``info`` (``lo.json``, or a run's ``config.json``) records.
+
+        Settings a file does not record take their defaults (files written before the
+        setting existed ran without it); other keys are not the spec's and are
+        ignored.
+        """
+        return cls(**{k: info[k] for k in FIELDS if k in info})
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as ``lo.json`` records them (JSON types, field order)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_flags(cls, flags: Any) -> LOSpec:
+        """The spec of an agent's flat flags: the attributes of ``flags`` named like
+        the spec's fields (others keep their defaults)."""
+        return cls(**{k: getattr(flags, k) for k in FIELDS if hasattr(flags, k)})
+
+    def flags(self, flags_type: Callable[..., Any]) -> dict[str, Any]:
+        """The settings as keyword arguments of ``flags_type`` (an agent's Args),
+        which must take every setting that is not at its default.
+
+        Raises:
+          ValueError: a non-default setting that ``flags_type`` takes no argument for.
+        """
+        names = set(inspect.signature(flags_type).parameters)
+        given = self.to_json()
+        lost = {k: v for k, v in given.items() if k not in names and v != _DEFAULTS[k]}
+        if lost:
+            raise ValueError(
+                f"{getattr(flags_type, '__qualname__', flags_type)} has no flag for "
+                f"{lost}; it can only build an LO with their defaults"
+            )
+        return {k: v for k, v in given.items() if k in names}
+
+    def differences(self, other: LOSpec) -> dict[str, tuple[Any, Any]]:
+        """{setting: (this spec's value, ``other``'s)} where the two differ."""
+        mine, theirs = self.to_json(), other.to_json()
+        return {k: (mine[k], theirs[k]) for k in FIELDS if mine[k] != theirs[k]}
+
+    def check_meta_params(self, meta_params: lo_features.MetaParams) -> None:
+        """Raises ValueError if ``meta_params`` is not an MLP of this spec's size."""
+        hidden = lo_features.hidden_size_of(meta_params)
+        if hidden != self.hidden_size:
+            raise ValueError(
+                f"the meta-parameters have hidden size {hidden}, the LO spec "
+                f"{self.hidden_size}: build the spec with hidden_size={hidden} "
+                "(LOSpec.for_meta_params) or load the LO it describes"
+            )
+
+    # -- the step (Eq. 2 with the variants) and its inverse ----------------------
+
+    def tensor_terms(
+        self, acc: lo_features.TensorAccumulators, count: jax.Array
+    ) -> tuple[jax.Array | float, jax.Array | float]:
+        """(scale, nominal) of one tensor's step: a scalar (1.0 unless
+        ``adam_scaled_step``) and an S'-shaped nominal term (0.0 unless
+        ``nominal_lr`` > 0). ``acc`` includes this step's gradient; ``count`` is the
+        number of steps taken before it."""
+        scale = adam_step_scale(acc) if self.adam_scaled_step else 1.0
+        nominal = 0.0
+        if self.nominal_lr > 0:
+            nominal = nominal_update(
+                acc, count, self.nominal_lr, self.nominal_decay_steps
+            )
+        return scale, nominal
+
+    def row_terms(
+        self, params: Any, state: lo_features.SmallFcLOptState
+    ) -> tuple[jax.Array | float, jax.Array | float]:
+        """(scale, nominal) of every parameter as (P,) rows (``jax.tree.leaves``
+        order, each tensor flattened in C order, as the env's rows), or 1.0 and 0.0
+        where the variant is off. ``state`` includes this step's gradient."""
+        p_leaves, treedef = jax.tree.flatten(params)
+        acc_leaves = treedef.flatten_up_to(state.accumulators)
+        terms = [self.tensor_terms(a, state.count) for a in acc_leaves]
+        scale, nominal = 1.0, 0.0
+        if self.adam_scaled_step:
+            scale = jnp.concatenate(
+                [
+                    jnp.ravel(jnp.broadcast_to(s, p.shape))
+                    for (s, _), p in zip(terms, p_leaves, strict=True)
+                ]
+            )
+        if self.nominal_lr > 0:
+            nominal = jnp.concatenate(
+                [
+                    jnp.ravel(n.reshape(p.shape))
+                    for (_, n), p in zip(terms, p_leaves, strict=True)
+                ]
+            )
+        return scale, nominal
+
+    def update(
+        self,
+        action: jax.Array,
+        scale: jax.Array | float = 1.0,
+        nominal: jax.Array | float = 0.0,
+    ) -> jax.Array:
+        """The update (new params minus params) of actions (..., 2) = (d, m):
+        ``-step_mult * d * exp(exp_mult * m) * scale + nominal`` (the terms as from
+        :meth:`tensor_terms` or :meth:`row_terms`)."""
+        step = step_from_action(action, self.step_mult, self.exp_mult)
+        return -step * scale + nominal
+
+    def action(
+        self,
+        update: jax.Array,
+        scale: jax.Array | float = 1.0,
+        nominal: jax.Array | float = 0.0,
+    ) -> jax.Array:
+        """The inverse of :meth:`update`: the actions (..., 2) that reproduce
+        ``update`` (...,), d* = -(update - nominal) / (step_mult * scale) and m* = 0,
+        since exp(exp_mult * 0) = 1 for every exp_mult. With Adam's update this is the
+        demonstrator's action."""
+        d = -(update - nominal) / (self.step_mult * scale)
+        return jnp.stack([d, jnp.zeros_like(d)], axis=-1)
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(LOSpec))
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(LOSpec)}
+
+
+def _checked(name: str, kind: str, value: Any) -> Any:
+    """``value`` as the field's type (bool, int or a finite float), or ValueError."""
+    if kind == "bool":
+        if isinstance(value, bool | np.bool_):
+            return bool(value)
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    if isinstance(value, bool | np.bool_) or not isinstance(
+        value, int | float | np.integer | np.floating
+    ):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if kind == "int":
+        if not isinstance(value, int | np.integer):
+            raise ValueError(f"{name} must be a whole number, got {value!r}")
+        return int(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    return float(value)

@@ -1,0 +1,184 @@
+"""The LO spec: its checks, lo.json, the step of Eq. 2 with its variants and its
+inverse (the demonstrator's action)."""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import elo_gym
+from elo_gym import checkpoint, lo_spec, lopt
+from elo_gym.lo_spec import LOSpec
+
+# lo.json as the code before the spec wrote it (a cpu-preset PES run's export): the
+# settings first, then the run's entries.
+OLD_LO_JSON = """{
+  "hidden_size": 32,
+  "step_mult": 0.001,
+  "exp_mult": 0.001,
+  "raw_adam_ratio": false,
+  "adam_scaled_step": true,
+  "nominal_lr": 0.02,
+  "nominal_decay_steps": 100.0,
+  "env": "ELO-Digits-MLP",
+  "mode": "elo",
+  "n_max": 200,
+  "best_step": 2,
+  "best_valid_loss": 0.14700821042060852,
+  "exported": "best",
+  "outer_step": 2
+}"""
+
+
+@pytest.mark.parametrize(
+    "settings, match",
+    [
+        (dict(hidden_size=0), "hidden_size must be > 0, got 0"),
+        (dict(hidden_size=2.5), "hidden_size must be a whole number, got 2.5"),
+        (dict(step_mult=0.0), "step_mult must be a finite number > 0, got 0.0"),
+        (dict(step_mult=float("nan")), "step_mult must be a finite number, got nan"),
+        (dict(exp_mult=float("inf")), "exp_mult must be a finite number, got inf"),
+        (dict(raw_adam_ratio="yes"), "raw_adam_ratio must be True or False"),
+        (dict(adam_scaled_step=1), "adam_scaled_step must be True or False, got 1"),
+        (dict(nominal_lr=-1.0), r"nominal_lr must be >= 0 \(0: no nominal term\)"),
+        (dict(nominal_lr="0.02"), "nominal_lr must be a number, got '0.02'"),
+        (dict(nominal_decay_steps=-5.0), "nominal_decay_steps must be >= 0"),
+    ],
+)
+def test_bad_settings_are_named(settings, match):
+    with pytest.raises(ValueError, match=match):
+        LOSpec(**settings)
+
+
+def test_numbers_are_normalized_so_equal_specs_hash_alike():
+    spec = LOSpec(hidden_size=np.int64(8), nominal_lr=0, raw_adam_ratio=np.bool_(1))
+    assert spec == LOSpec(hidden_size=8, nominal_lr=0.0, raw_adam_ratio=True)
+    assert hash(spec) == hash(LOSpec(hidden_size=8, raw_adam_ratio=True))
+    assert [type(v) for v in spec.to_json().values()] == [
+        int,
+        float,
+        float,
+        bool,
+        bool,
+        float,
+        float,
+    ]
+
+
+def test_lo_json_written_before_the_spec_loads_and_is_written_alike(tmp_path):
+    """An lo.json of the code before the spec gives the spec it recorded, and
+    ``save_lo`` writes that spec's lo.json byte for byte as that code did."""
+    old = json.loads(OLD_LO_JSON)
+    spec = LOSpec.from_json(old)
+    assert spec == LOSpec(
+        adam_scaled_step=True, nominal_lr=0.02, nominal_decay_steps=100
+    )
+    extra = {k: v for k, v in old.items() if k not in lo_spec.FIELDS}
+    meta = elo_gym.init_meta_params(jax.random.PRNGKey(0))
+    checkpoint.save_lo(tmp_path, meta, spec, extra=extra)
+    assert (tmp_path / "lo.json").read_text() == OLD_LO_JSON
+    _, info = checkpoint.load_meta_params(tmp_path)
+    assert LOSpec.from_json(info) == spec
+    # A file from before the variants existed ran the reference LO.
+    assert LOSpec.from_json({"hidden_size": 8, "step_mult": 0.001}) == LOSpec(8)
+
+
+def test_save_lo_refuses_a_spec_of_other_weights(tmp_path):
+    meta = elo_gym.init_meta_params(jax.random.PRNGKey(0), hidden_size=8)
+    with pytest.raises(ValueError, match="hidden size 8, the LO spec 32"):
+        checkpoint.save_lo(tmp_path, meta, LOSpec())
+    assert not (tmp_path / "lo.json").exists()
+
+
+def test_flags_build_the_spec_and_refuse_a_setting_they_cannot_carry():
+    @dataclasses.dataclass(frozen=True)
+    class Flags:
+        hidden_size: int = 16
+        nominal_lr: float = 0.01
+        seed: int = 0
+
+    spec = LOSpec.from_flags(Flags())
+    assert spec == LOSpec(hidden_size=16, nominal_lr=0.01)
+    assert spec.flags(Flags) == {"hidden_size": 16, "nominal_lr": 0.01}
+    with pytest.raises(ValueError, match=r"no flag for \{'adam_scaled_step': True\}"):
+        dataclasses.replace(spec, adam_scaled_step=True).flags(Flags)
+    assert spec.differences(LOSpec(hidden_size=16)) == {"nominal_lr": (0.01, 0.0)}
+
+
+@pytest.mark.parametrize("step_mult", [lo_spec.STEP_MULT, 0.05])
+@pytest.mark.parametrize("exp_mult", [lo_spec.EXP_MULT, 0.7])
+@pytest.mark.parametrize("terms", ["none", "scale", "nominal", "both"])
+def test_action_inverts_the_update(step_mult, exp_mult, terms):
+    """The demonstrator's action (d*, 0) reproduces a given update through the step,
+    with any multipliers, per-row scales and nominal terms."""
+    keys = jax.random.split(jax.random.PRNGKey(3), 3)
+    update = jax.random.normal(keys[0], (5, 7)) * 1e-3
+    scale = 1.0
+    nominal = 0.0
+    if terms in ("scale", "both"):
+        scale = jnp.exp(jax.random.normal(keys[1], (5, 7)))
+    if terms in ("nominal", "both"):
+        nominal = jax.random.normal(keys[2], (5, 7)) * 1e-3
+    spec = LOSpec(step_mult=step_mult, exp_mult=exp_mult)
+    action = spec.action(update, scale, nominal)
+    assert action.shape == (5, 7, 2)
+    np.testing.assert_array_equal(action[..., 1], 0.0)  # m* = 0
+    expected_d = -(np.asarray(update) - nominal) / (step_mult * np.asarray(scale))
+    np.testing.assert_allclose(action[..., 0], expected_d, rtol=1e-6)
+    moved = spec.update(action, scale, nominal)
+    np.testing.assert_allclose(moved, update, rtol=1e-5, atol=1e-11)
+
+
+def test_update_is_eq_2_times_the_scale_plus_the_nominal_term():
+    action = jnp.asarray([[2.0, -300.0], [-1.0, 500.0]])
+    spec = LOSpec(step_mult=0.01, exp_mult=0.002)
+    d, m = np.asarray(action, np.float64).T
+    eq2 = -0.01 * d * np.exp(0.002 * m)
+    np.testing.assert_allclose(spec.update(action), eq2, rtol=1e-6)
+    scale, nominal = jnp.asarray([3.0, 0.5]), jnp.asarray([1e-3, -2e-3])
+    np.testing.assert_allclose(
+        spec.update(action, scale, nominal), eq2 * [3.0, 0.5] + [1e-3, -2e-3], rtol=1e-6
+    )
+
+
+def _accumulated(params):
+    """LO state after two gradients, so both variants' terms are nonzero."""
+    state = lopt.init_state(params)
+    for seed in (1, 2):
+        keys = iter(jax.random.split(jax.random.PRNGKey(seed), len(params)))
+        grads = {
+            k: jax.random.normal(next(keys), jnp.shape(v)) for k, v in params.items()
+        }
+        state = lopt.advance(lopt.accumulate(grads, state))
+    return state
+
+
+def test_terms_follow_the_variants_per_tensor_and_per_row():
+    """Off, a variant's term is the neutral 1 or 0; on, it is ``adam_step_scale`` or
+    ``nominal_update`` of the tensor, laid out as the env's rows (leaves in
+    ``jax.tree.leaves`` order, each flattened in C order, a scalar as one row)."""
+    params = {"w": jnp.zeros((3, 4)), "b": jnp.zeros((4,)), "s": jnp.float32(0.0)}
+    state = _accumulated(params)
+    acc = state.accumulators
+    assert LOSpec().tensor_terms(acc["w"], state.count) == (1.0, 0.0)
+    assert LOSpec().row_terms(params, state) == (1.0, 0.0)
+    spec = LOSpec(adam_scaled_step=True, nominal_lr=0.02, nominal_decay_steps=10.0)
+    scale_rows, nominal_rows = spec.row_terms(params, state)
+    assert scale_rows.shape == nominal_rows.shape == (4 + 1 + 12,)
+    start = 0
+    for name in ("b", "s", "w"):  # jax.tree.leaves order
+        scale, nominal = spec.tensor_terms(acc[name], state.count)
+        np.testing.assert_array_equal(scale, lo_spec.adam_step_scale(acc[name]))
+        np.testing.assert_array_equal(
+            nominal, lo_spec.nominal_update(acc[name], state.count, 0.02, 10.0)
+        )
+        size = int(np.size(params[name]))
+        np.testing.assert_array_equal(scale_rows[start : start + size], scale)
+        np.testing.assert_array_equal(
+            nominal_rows[start : start + size], np.ravel(nominal)
+        )
+        start += size
+    assert float(jnp.abs(nominal_rows).min()) > 0 and float(scale_rows.min()) > 0
