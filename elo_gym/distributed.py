@@ -57,9 +57,8 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
-def pairs_shardings(num_pairs: int) -> tuple[NamedSharding, NamedSharding]:
-    """(split, whole) on a 1-D mesh, axis ``pairs``, over every device of every
-    process: arrays split along their leading (pairs or copies) axis, and replicated.
+def pairs_mesh(num_pairs: int) -> Mesh:
+    """A 1-D mesh, axis ``pairs``, over every device of every process.
 
     Raises:
       ValueError: ``num_pairs`` is not a multiple of the global device count.
@@ -70,7 +69,17 @@ def pairs_shardings(num_pairs: int) -> tuple[NamedSharding, NamedSharding]:
             f"num_pairs ({num_pairs}) must be a multiple of the number of "
             f"devices ({len(devices)}, all processes) so pairs stay on one device"
         )
-    mesh = Mesh(np.asarray(devices), (PAIRS_AXIS,))
+    return Mesh(np.asarray(devices), (PAIRS_AXIS,))
+
+
+def pairs_shardings(num_pairs: int) -> tuple[NamedSharding, NamedSharding]:
+    """(split, whole) on :func:`pairs_mesh`: arrays split along their leading (pairs
+    or copies) axis, and replicated.
+
+    Raises:
+      ValueError: ``num_pairs`` is not a multiple of the global device count.
+    """
+    mesh = pairs_mesh(num_pairs)
     return NamedSharding(mesh, PartitionSpec(PAIRS_AXIS)), NamedSharding(
         mesh, PartitionSpec()
     )

@@ -21,7 +21,7 @@ import optax
 import pytest
 
 import elo_gym
-from elo_gym import checkpoint
+from elo_gym import checkpoint, pes
 from elo_gym.agents import bc_train, pes_train
 
 SCRIPT = pathlib.Path(pes_train.__file__)
@@ -472,7 +472,7 @@ def test_validation_columns_and_best_export(reference_run, tmp_path):
 def test_keep_best_and_export_pick_the_lowest_validation_loss(tmp_path):
     meta_a = elo_gym.init_meta_params(jax.random.PRNGKey(1), hidden_size=8)
     meta_b = elo_gym.init_meta_params(jax.random.PRNGKey(2), hidden_size=8)
-    state = pes_train.PESState(
+    state = pes.PESState(
         meta=meta_a,
         opt_state=None,
         env=None,
@@ -599,7 +599,7 @@ def test_mixture_trains_each_task_in_turn_on_its_own_copies(tmp_path):
     before = jax.tree.map(np.asarray, state)
     params = env_params.replace(alpha=jnp.float32(0.5), outer_step=jnp.int32(1))
     new, _ = jax.jit(
-        lambda s: pes_train.mixture_outer_step(
+        lambda s: pes.mixture_outer_step(
             1, mixture[0], pes_train.outer_optimizer(args), s, params
         )
     )(state)
