@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import json
 import math
+import multiprocessing
 import pathlib
 import time
 from collections.abc import Sequence
@@ -338,17 +339,6 @@ class Args:
         if self.run_dir is None and (self.distributed or launched != (None,) * 3):
             # The default name holds the time, which differs between processes.
             raise ValueError("a multi-process run needs --run-dir, the same for all")
-        if self.init_lo == CLONE_DEMONSTRATOR and (
-            self.distributed or launched != (None,) * 3
-        ):
-            raise ValueError(
-                "--init-lo bc clones the demonstrator in one process: for a "
-                "multi-process run, clone it first (python agents/bc_train.py "
-                "--expert-lr LR --expert-decay-steps TAU --adam-scaled-step "
-                "--nominal-lr LR --nominal-decay-steps TAU --outer-steps STEPS "
-                "--run-dir DIR, with this run's settings) and "
-                "pass --init-lo DIR, or --init-lo none"
-            )
         if not 0.0 < self.alpha_end_fraction <= 1.0:
             raise ValueError(
                 f"alpha_end_fraction must be in (0, 1], got {self.alpha_end_fraction}"
@@ -439,38 +429,60 @@ def outer_optimizer(args: Args) -> optax.GradientTransformation:
 def clone_demonstrator(args: Args, run_dir: pathlib.Path) -> pathlib.Path:
     """``--init-lo bc``: the BC agent clones this run's demonstrator (Adam at
     expert_lr, decayed by expert_decay_steps) on this run's env and LO features, into
-    RUN_DIR/init_lo (kept, so a resumed run does not clone again)."""
+    RUN_DIR/init_lo (kept, so a resumed run does not clone again).
+
+    In a multi-process run only process 0 calls this, and the BC agent runs in a
+    child process of its own: a one-process JAX program, whose checkpoints need no
+    other process."""
     out = run_dir / "init_lo"
     if not (out / checkpoint.LO_FILE).is_file():
-        bc_train.main(
-            bc_train.Args(
-                env=args.env,
-                seed=args.seed,
-                run_dir=str(out),
-                n_min=args.n_min,
-                n_max=args.n_max,
-                batch_size=args.batch_size,
-                hidden_sizes=args.hidden_sizes,
-                data_dir=args.data_dir,
-                hidden_size=args.hidden_size,
-                expert_lr=args.expert_lr,
-                expert_decay_steps=args.expert_decay_steps or 0.0,
-                **checkpoint.lo_variants(args),
-                mixture=args.mixture,
-                outer_steps=args.clone_steps,
-                progress=args.progress,
-            )
+        clone_args = bc_train.Args(
+            env=args.env,
+            seed=args.seed,
+            run_dir=str(out),
+            n_min=args.n_min,
+            n_max=args.n_max,
+            batch_size=args.batch_size,
+            hidden_sizes=args.hidden_sizes,
+            data_dir=args.data_dir,
+            hidden_size=args.hidden_size,
+            expert_lr=args.expert_lr,
+            expert_decay_steps=args.expert_decay_steps or 0.0,
+            **checkpoint.lo_variants(args),
+            mixture=args.mixture,
+            outer_steps=args.clone_steps,
+            progress=args.progress,
         )
+        if jax.process_count() == 1:
+            bc_train.main(clone_args)
+        else:
+            child = multiprocessing.get_context("spawn").Process(
+                target=bc_train.main, args=(clone_args,)
+            )
+            child.start()
+            child.join()
+            if child.exitcode != 0:
+                raise RuntimeError(
+                    f"cloning the demonstrator into {out} failed (exit code "
+                    f"{child.exitcode}); its output is above"
+                )
     return out
 
 
-def initial_lo(args: Args) -> lopt.MetaParams:
-    """The LO of ``--init-lo``, checked against this run's LO settings."""
+def initial_lo(args: Args, template: lopt.MetaParams) -> lopt.MetaParams:
+    """The LO of ``--init-lo``, checked against this run's LO settings.
+
+    With several processes, process 0 reads it and every process gets its bits
+    (``template``, an LO of the same shape, stands in elsewhere), so the other hosts
+    need no shared filesystem; while process 0 clones the demonstrator, they wait
+    here."""
     if args.init_lo == CLONE_DEMONSTRATOR:
         raise ValueError(
             "--init-lo bc is run by pes_train.main, which clones the demonstrator "
             "first; outside it pass the clone's run dir, or init_lo='none'"
         )
+    if not distributed.is_main_process():
+        return jax.tree.map(jnp.asarray, distributed.broadcast_from_main(template))
     meta, info = checkpoint.load_meta_params(args.init_lo)
     settings = checkpoint.lo_settings(info)
     found = {"hidden_size": info["hidden_size"]}
@@ -482,7 +494,7 @@ def initial_lo(args: Args) -> lopt.MetaParams:
             "with the LO's settings (--hidden-size, --raw-adam-ratio, "
             "--adam-scaled-step) or clone another"
         )
-    return meta
+    return jax.tree.map(jnp.asarray, distributed.broadcast_from_main(meta))
 
 
 def init_state(
@@ -497,7 +509,7 @@ def init_state(
     key, k_meta, k_env = jax.random.split(key, 3)
     meta = lopt.init_meta_params(k_meta, args.hidden_size)
     if args.init_lo is not None:
-        meta = initial_lo(args)
+        meta = initial_lo(args, meta)
     dim = ravel_pytree(meta.mlp)[0].size
 
     def fresh(cfg: PESConfig, k: jax.Array):
@@ -649,7 +661,10 @@ def main(args: Args) -> pathlib.Path:
         args.run_dir or runs.default_run_dir(args.env, args.mode, str(args.seed))
     )
     if args.init_lo == CLONE_DEMONSTRATOR:
-        args = dataclasses.replace(args, init_lo=str(clone_demonstrator(args, run_dir)))
+        # Process 0 clones; the others get its clone's bits in initial_lo.
+        if main_process:
+            clone_demonstrator(args, run_dir)
+        args = dataclasses.replace(args, init_lo=str(run_dir / "init_lo"))
     launch = ("distributed", "coordinator_address", "num_processes", "process_id")
     # Sharded first, so that a resumed run restores each shard where it belongs.
     run = runs.open_run(
