@@ -84,6 +84,7 @@ PRESETS = {
         nominal_decay_steps=100.0,
         init_lo="bc",
         bc_floor=1.0,
+        buffer_scope="shared",
     ),
     "paper": dict(
         env="ELO-ImageNet32-MLP",
@@ -93,6 +94,9 @@ PRESETS = {
         n_max=1000,
         truncation=50,
         expert_lr=1e-3,
+        # A GPU run spans devices or hosts: the scope whose inner steps never
+        # communicate.
+        buffer_scope="pair",
     ),
 }
 # --init-lo's value that clones the demonstrator before meta-training.
@@ -134,7 +138,8 @@ class Args:
     mode: Literal["elo", "naive", "curriculum", "uniform", "bc", "buffer"] = "elo"
     """elo (buffer + BC), naive, curriculum; Fig. 7's ablations uniform, bc, buffer."""
     preset: Literal["cpu", "paper"] = "cpu"
-    """paper: ELO-ImageNet32-MLP, batch 4096, T=5000, n_max=1000 (for a GPU)."""
+    """paper: ELO-ImageNet32-MLP, batch 4096, T=5000, n_max=1000, a buffer queue per
+    pair (for GPUs)."""
     outer_steps: int | None = None
     """T, the number of outer (meta) steps (cpu: 400, paper: 5000). Running a
     finished run again with a larger T extends it; alpha and the outer lr then
@@ -175,8 +180,11 @@ class Args:
     0.05 had the lowest validation loss in the p_th sweep, docs/results.md)."""
     buffer_size: int = 4
     """Replay buffer capacity M."""
-    buffer_scope: Literal["shared", "pair"] = "shared"
-    """One buffer queue (paper) or one per antithetic pair (authors' code)."""
+    buffer_scope: Literal["shared", "pair"] | None = None
+    """One buffer queue (the paper; cpu preset) or one per antithetic pair (the
+    authors' code; paper preset): ``pair`` splits with the pairs and scales over
+    devices and hosts, ``shared`` communicates on every inner step
+    (docs/distributed.md)."""
     push_policy: Literal["uniform", "failure_aware"] = "uniform"
     """When an episode pushes its snapshot."""
     bc_loss: Literal["l2", "cosine_norm", "l2_relative"] = "cosine_norm"
@@ -474,8 +482,7 @@ def initial_lo(args: Args, template: lopt.MetaParams) -> lopt.MetaParams:
 
     With several processes, process 0 reads it and every process gets its bits
     (``template``, an LO of the same shape, stands in elsewhere), so the other hosts
-    need no shared filesystem; while process 0 clones the demonstrator, they wait
-    here."""
+    never read a file process 0 may have just written."""
     if args.init_lo == CLONE_DEMONSTRATOR:
         raise ValueError(
             "--init-lo bc is run by pes_train.main, which clones the demonstrator "
@@ -661,9 +668,10 @@ def main(args: Args) -> pathlib.Path:
         args.run_dir or runs.default_run_dir(args.env, args.mode, str(args.seed))
     )
     if args.init_lo == CLONE_DEMONSTRATOR:
-        # Process 0 clones; the others get its clone's bits in initial_lo.
+        # Process 0 clones while the others wait; they get its bits in initial_lo.
         if main_process:
             clone_demonstrator(args, run_dir)
+        distributed.wait_for_all("elo_gym_init_lo_cloned")
         args = dataclasses.replace(args, init_lo=str(run_dir / "init_lo"))
     launch = ("distributed", "coordinator_address", "num_processes", "process_id")
     # Sharded first, so that a resumed run restores each shard where it belongs.

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from orbax.checkpoint import multihost
 
 PAIRS_AXIS = "pairs"
 
@@ -128,3 +129,15 @@ def any_process(flag: bool) -> bool:
     if jax.process_count() == 1:
         return flag
     return bool(np.any(multihost_utils.process_allgather(np.bool_(flag))))
+
+
+def wait_for_all(name: str, timeout_s: int = 6 * 3600) -> None:
+    """Blocks until every process has called this with ``name`` (once per run).
+
+    A barrier of the coordination service, not a device collective: gloo gives up on
+    a peer after 30 s, so one process's minutes of work alone (cloning the
+    demonstrator) must be waited for here, before the next collective.
+    """
+    if jax.process_count() == 1:
+        return
+    multihost.sync_global_processes(name, timeout=timeout_s)

@@ -143,6 +143,23 @@ def _outer_steps_logged(run_dir: pathlib.Path) -> list[int]:
     return [int(r.split(",")[0]) for r in rows]
 
 
+def _assert_one_process_gives(
+    two_process_run: pathlib.Path, run_dir: pathlib.Path, flags: list[str]
+) -> None:
+    """One process with two devices, run with ``flags``, gives the two-process LO."""
+    subprocess.run(
+        [sys.executable, str(SCRIPT), "--run-dir", str(run_dir), *flags],
+        env=_env(2),
+        check=True,
+        capture_output=True,
+        timeout=TIMEOUT_S,
+    )
+    for a, b in zip(_lo_arrays(run_dir), _lo_arrays(two_process_run), strict=True):
+        # The tolerance of test_two_devices_match_one (gloo's reductions may round
+        # differently from in-process ones).
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory) -> pathlib.Path:
     """One uninterrupted run of two processes with one CPU device each."""
@@ -153,18 +170,7 @@ def two_process_run(tmp_path_factory) -> pathlib.Path:
 
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_two_devices(two_process_run, tmp_path):
-    run_dir = tmp_path / "two_devices"
-    subprocess.run(
-        [sys.executable, str(SCRIPT), "--run-dir", str(run_dir), *TINY_FLAGS],
-        env=_env(2),
-        check=True,
-        capture_output=True,
-        timeout=TIMEOUT_S,
-    )
-    for a, b in zip(_lo_arrays(run_dir), _lo_arrays(two_process_run), strict=True):
-        # The tolerance of test_two_devices_match_one (gloo's reductions may round
-        # differently from in-process ones).
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+    _assert_one_process_gives(two_process_run, tmp_path / "two_devices", TINY_FLAGS)
     # Process 0 alone wrote the files, and the launch settings are not the run's
     # config (another launch resumes the same run).
     assert _outer_steps_logged(two_process_run) == list(range(6))
@@ -211,17 +217,8 @@ def test_two_processes_start_from_process_0s_clone(tmp_path):
     assert (clone / "lo.msgpack").is_file()
     config = json.loads((run_dir / "config.json").read_text())
     assert config["init_lo"] == str(clone)
-    one_process = tmp_path / "one_process"
-    subprocess.run(
-        [sys.executable, str(SCRIPT), "--run-dir", str(one_process)]
-        + [*TINY_FLAGS[:-2], "--init-lo", str(clone)],
-        env=_env(2),
-        check=True,
-        capture_output=True,
-        timeout=TIMEOUT_S,
-    )
-    for a, b in zip(_lo_arrays(one_process), _lo_arrays(run_dir), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+    one_process_flags = [*TINY_FLAGS[:-2], "--init-lo", str(clone)]
+    _assert_one_process_gives(run_dir, tmp_path / "one_process", one_process_flags)
 
 
 @pytest.mark.parametrize(

@@ -394,6 +394,10 @@ def test_explicit_flags_win_over_the_preset():
         "ELO-Digits-MLP"
     )
     assert (cpu.expert_lr, paper.expert_lr) == (2e-2, 1e-3)
+    # The paper preset (GPUs, often several) takes the buffer scope that scales.
+    assert (cpu.buffer_scope, paper.buffer_scope) == ("shared", "pair")
+    shared = pes_train.Args(preset="paper", buffer_scope="shared").resolved()
+    assert shared.buffer_scope == "shared"
     assert cpu.expert_decay_steps == 100.0 and not paper.expert_decay_steps
     # The cpu preset warm-starts the BC modes from a clone of the demonstrator; every
     # mode gets the scaled step; the baselines without BC and the paper start from a
