@@ -140,4 +140,4 @@ def wait_for_all(name: str, timeout_s: int = 6 * 3600) -> None:
     """
     if jax.process_count() == 1:
         return
-    multihost.sync_global_processes(name, timeout=timeout_s)
+    multihost.get_barrier_sync_fn()(key=name, timeout_ms=1000 * timeout_s)
