@@ -99,6 +99,14 @@ def policy_actions(
 
 
 Policy = Callable[[jax.Array, Callable, core.EnvState], jax.Array]
+# The truncation's metrics that are means over its copies and inner steps.
+MEAN_METRICS = (
+    "meta_loss",
+    "task_loss",
+    "bc_loss",
+    "mean_inner_step",
+    "frac_from_buffer",
+)
 
 
 def _env_specs(cfg: PESConfig) -> core.VecEnvState:
@@ -174,19 +182,15 @@ def _unroll_on_device(
             "bc_loss": info["bc_loss"].sum(),
             "mean_inner_step": info["inner_step"].astype(jnp.float32).sum(),
             "frac_from_buffer": info["from_buffer"].astype(jnp.float32).sum(),
-            "episodes_ended": ended.sum(),
-            "diverged": terminated.sum(),
+            "episodes_ended": ended.sum(dtype=jnp.int32),
+            "diverged": terminated.sum(dtype=jnp.int32),
         }
         sums = {k: sums[k] + v for k, v in step_sums.items()}
         max_inner_step = jnp.maximum(max_inner_step, info["inner_step"].max())
         return (state, xi, grad_sums, sums, max_inner_step), None
 
     zero = jnp.zeros_like(accumulator)
-    sums = {
-        k: jnp.float32(0)
-        for k in ("meta_loss", "task_loss", "bc_loss", "mean_inner_step")
-    }
-    sums.update(frac_from_buffer=jnp.float32(0))
+    sums = {k: jnp.float32(0) for k in MEAN_METRICS}
     sums.update(episodes_ended=jnp.int32(0), diverged=jnp.int32(0))
     carry = (
         env_state,
@@ -205,17 +209,14 @@ def _unroll_on_device(
     }
     if cfg.env.buffer_scope == "pair":
         local_sums["buffer_fill"] = buffer_fill
-    # The estimator's only communication: one all-reduce of the sums, one of the max.
+    # The estimator's only communication: one psum of the sums (an all-reduce per
+    # dtype) and the largest inner step.
     total = jax.lax.psum(local_sums, axis)
     max_inner_step = jax.lax.pmax(max_inner_step, axis)
     scale = 1.0 / (2.0 * cfg.sigma**2 * cfg.truncation * cfg.num_pairs)
     grads = {k: unravel(v * scale) for k, v in total["grads"].items()}
     per_copy_step = 1.0 / (cfg.env.num_copies * cfg.truncation)
-    metrics = {
-        k: total["metrics"][k] * per_copy_step
-        for k in ("meta_loss", "task_loss", "bc_loss", "mean_inner_step")
-    }
-    metrics["frac_from_buffer"] = total["metrics"]["frac_from_buffer"] * per_copy_step
+    metrics = {k: total["metrics"][k] * per_copy_step for k in MEAN_METRICS}
     metrics.update(
         max_inner_step=max_inner_step,
         buffer_fill=total.get("buffer_fill", buffer_fill)
