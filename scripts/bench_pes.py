@@ -49,9 +49,7 @@ def _zero_actions(
     return jnp.zeros((weights.shape[0], size, 2)) + 0.0 * weights[:, :1, None]
 
 
-def _pes_step(
-    args: pes_train.Args, policy: pes.Policy | None
-) -> Callable[[], dict]:
+def _pes_step(args: pes_train.Args, policy: pes.Policy | None) -> Callable[[], dict]:
     """A no-argument call of one jitted outer step that carries its state along
     (``policy`` None: the LO itself)."""
     args = args.resolved()
