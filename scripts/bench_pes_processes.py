@@ -142,6 +142,14 @@ def _child_env(devices: int) -> dict[str, str]:
     return dict(os.environ, XLA_FLAGS=" ".join(flags))
 
 
+def _next_json_line(proc: subprocess.Popen) -> str:
+    """The next line of ``proc``'s stdout that holds a JSON object, skipping what
+    gloo prints there ("[Gloo] Rank 0 is connected ..."); "" once it has ended."""
+    while (line := proc.stdout.readline()) and not line.startswith("{"):
+        pass
+    return line
+
+
 class Configuration:
     """The worker processes of one configuration, started and compiled once."""
 
@@ -179,8 +187,8 @@ class Configuration:
         ]
 
     def _read(self) -> dict:
-        """Process 0's next JSON line (the others' lines are read and dropped)."""
-        lines = [p.stdout.readline() for p in self.procs]
+        """Process 0's next JSON line (the others' are read and dropped)."""
+        lines = [_next_json_line(p) for p in self.procs]
         if not all(lines):
             self.kill()
             codes = [p.wait() for p in self.procs]
