@@ -1,11 +1,10 @@
 """PES meta-training of small_fc_lopt in the ELO environment (ELO Sec. 5.1, Alg. 1).
 
 Persistent evolution strategies (Vicol et al., 2021) over antithetic pairs of
-optimizees: copy 2i runs the LO with weights phi + eps_i, copy 2i+1 with phi - eps_i,
-on the same data and resets. Each outer step unrolls one truncation (50 inner steps)
-of every copy inside one jitted ``lax.scan`` over the env's pure core, then
-``g = mean_i sum_t xi_i,t (L+_i,t - L-_i,t) / (2 sigma^2 T)`` where xi is the pair's
-perturbation accumulated since its episode began. AdamW (lr 3e-3, clipped) applies g.
+optimizees, estimated by :mod:`elo_gym.pes` (one truncation of every copy per outer
+step, each device on its own pairs); AdamW (lr 3e-3, clipped) applies the estimate.
+This module holds the settings, the run (checkpoints, validation, export) and the
+multi-process launch.
 
 Usage: ``python agents/pes_train.py`` (ELO on ELO-Digits-MLP, CPU-sized) or
 ``python agents/pes_train.py --mode naive --run-dir runs/naive``. Running the same
@@ -19,12 +18,12 @@ import dataclasses
 import functools
 import json
 import math
+import multiprocessing
 import pathlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,6 +43,7 @@ from elo_gym import (
 )
 from elo_gym.agents import bc_train
 from elo_gym.lo_spec import LOSpec
+from elo_gym.pes import PESConfig, PESState, mixture_outer_step, outer_step, shard_state
 from elo_gym.settings import EnvSettings, mixture_shape
 
 MODES = ("elo", "naive", "curriculum", "uniform", "bc", "buffer")
@@ -91,6 +91,7 @@ PRESETS = {
         nominal_decay_steps=100.0,
         init_lo="bc",
         bc_floor=1.0,
+        buffer_scope="shared",
     ),
     "paper": dict(
         env="ELO-ImageNet32-MLP",
@@ -100,6 +101,9 @@ PRESETS = {
         n_max=1000,
         truncation=50,
         expert_lr=1e-3,
+        # A GPU run spans devices or hosts: the scope whose inner steps never
+        # communicate.
+        buffer_scope="pair",
     ),
 }
 # --init-lo's value that clones the demonstrator before meta-training.
@@ -149,7 +153,8 @@ class Args:
     mode: Literal["elo", "naive", "curriculum", "uniform", "bc", "buffer"] = "elo"
     """elo (buffer + BC), naive, curriculum; Fig. 7's ablations uniform, bc, buffer."""
     preset: Literal["cpu", "paper"] = "cpu"
-    """paper: ELO-ImageNet32-MLP, batch 4096, T=5000, n_max=1000 (for a GPU)."""
+    """paper: ELO-ImageNet32-MLP, batch 4096, T=5000, n_max=1000, a buffer queue per
+    pair (for GPUs)."""
     outer_steps: int | None = None
     """T, the number of outer (meta) steps (cpu: 400, paper: 5000). Running a
     finished run again with a larger T extends it; alpha and the outer lr then
@@ -190,8 +195,11 @@ class Args:
     0.05 had the lowest validation loss in the p_th sweep, docs/results.md)."""
     buffer_size: int = 4
     """Replay buffer capacity M."""
-    buffer_scope: Literal["shared", "pair"] = "shared"
-    """One buffer queue (paper) or one per antithetic pair (authors' code)."""
+    buffer_scope: Literal["shared", "pair"] | None = None
+    """One buffer queue (the paper; cpu preset) or one per antithetic pair (the
+    authors' code; paper preset): ``pair`` splits with the pairs and scales over
+    devices and hosts, ``shared`` communicates on every inner step
+    (docs/distributed.md)."""
     push_policy: Literal["uniform", "failure_aware"] = "uniform"
     """When an episode pushes its snapshot."""
     bc_loss: Literal["l2", "cosine_norm", "l2_relative"] = "cosine_norm"
@@ -353,17 +361,6 @@ class Args:
         if self.run_dir is None and (self.distributed or launched != (None,) * 3):
             # The default name holds the time, which differs between processes.
             raise ValueError("a multi-process run needs --run-dir, the same for all")
-        if self.init_lo == CLONE_DEMONSTRATOR and (
-            self.distributed or launched != (None,) * 3
-        ):
-            raise ValueError(
-                "--init-lo bc clones the demonstrator in one process: for a "
-                "multi-process run, clone it first (python agents/bc_train.py "
-                "--expert-lr LR --expert-decay-steps TAU --adam-scaled-step "
-                "--nominal-lr LR --nominal-decay-steps TAU --outer-steps STEPS "
-                "--run-dir DIR, with this run's settings) and "
-                "pass --init-lo DIR, or --init-lo none"
-            )
         if not 0.0 < self.alpha_end_fraction <= 1.0:
             raise ValueError(
                 f"alpha_end_fraction must be in (0, 1], got {self.alpha_end_fraction}"
@@ -439,36 +436,6 @@ def schedule_at(args: Args, outer_step: int) -> schedules.OuterStepValues:
     )
 
 
-@flax.struct.dataclass
-class PESState:
-    """Everything meta-training needs to continue exactly (checkpointed whole)."""
-
-    meta: lopt.MetaParams  # phi, the LO being trained
-    opt_state: optax.OptState  # AdamW state of the outer optimizer
-    env: core.VecEnvState  # the 2 * num_pairs optimizee copies and the replay buffer
-    accumulator: jax.Array  # (num_pairs, D) float32: perturbation since episode start
-    key: jax.Array  # (2,) uint32
-    outer_step: jax.Array  # () int32: outer steps done
-    best_meta: lopt.MetaParams  # the LO with the lowest validation loss so far
-    best_valid_loss: jax.Array  # () float32: its loss (inf before any validation)
-    best_step: jax.Array  # () int32: outer steps done when it was validated (-1: none)
-    # (env, accumulator) of each --mixture task; empty without a mixture, so that a
-    # single-task checkpoint has the same leaves as before mixtures existed.
-    mixture: tuple = ()
-
-
-@dataclasses.dataclass(frozen=True)
-class PESConfig:
-    """Static (hashable) part of an outer step."""
-
-    env: core.EnvConfig
-    truncation: int
-    sigma: float
-    loss_cap: float
-    keep_accumulator_on_restore: bool
-    layout: lopt_fused.Layout  # the fused LO update's layout, chosen once
-
-
 def outer_learning_rate(args: Args) -> optax.Schedule:
     return schedules.outer_learning_rate(
         args.learning_rate,
@@ -489,38 +456,59 @@ def outer_optimizer(args: Args) -> optax.GradientTransformation:
 def clone_demonstrator(args: Args, run_dir: pathlib.Path) -> pathlib.Path:
     """``--init-lo bc``: the BC agent clones this run's demonstrator (Adam at
     expert_lr, decayed by expert_decay_steps) on this run's env and LO features, into
-    RUN_DIR/init_lo (kept, so a resumed run does not clone again)."""
+    RUN_DIR/init_lo (kept, so a resumed run does not clone again).
+
+    In a multi-process run only process 0 calls this, and the BC agent runs in a
+    child process of its own: a one-process JAX program, whose checkpoints need no
+    other process."""
     out = run_dir / "init_lo"
     if not (out / checkpoint.LO_FILE).is_file():
-        bc_train.main(
-            bc_train.Args(
-                env=args.env,
-                task=args.task,
-                seed=args.seed,
-                run_dir=str(out),
-                n_min=args.n_min,
-                n_max=args.n_max,
-                batch_size=args.batch_size,
-                hidden_sizes=args.hidden_sizes,
-                data_dir=args.data_dir,
-                expert_lr=args.expert_lr,
-                expert_decay_steps=args.expert_decay_steps or 0.0,
-                **args.lo_spec().flags(bc_train.Args),
-                mixture=args.mixture,
-                outer_steps=args.clone_steps,
-                progress=args.progress,
-            )
+        clone_args = bc_train.Args(
+            env=args.env,
+            task=args.task,
+            seed=args.seed,
+            run_dir=str(out),
+            n_min=args.n_min,
+            n_max=args.n_max,
+            batch_size=args.batch_size,
+            hidden_sizes=args.hidden_sizes,
+            data_dir=args.data_dir,
+            expert_lr=args.expert_lr,
+            expert_decay_steps=args.expert_decay_steps or 0.0,
+            **args.lo_spec().flags(bc_train.Args),
+            mixture=args.mixture,
+            outer_steps=args.clone_steps,
+            progress=args.progress,
         )
+        if jax.process_count() == 1:
+            bc_train.main(clone_args)
+        else:
+            child = multiprocessing.get_context("spawn").Process(
+                target=bc_train.main, args=(clone_args,)
+            )
+            child.start()
+            child.join()
+            if child.exitcode != 0:
+                raise RuntimeError(
+                    f"cloning the demonstrator into {out} failed (exit code "
+                    f"{child.exitcode}); its output is above"
+                )
     return out
 
 
-def initial_lo(args: Args) -> lopt.MetaParams:
-    """The LO of ``--init-lo``, checked against this run's LO settings."""
+def initial_lo(args: Args, template: lopt.MetaParams) -> lopt.MetaParams:
+    """The LO of ``--init-lo``, checked against this run's LO settings.
+
+    With several processes, process 0 reads it and every process gets its bits
+    (``template``, an LO of the same shape, stands in elsewhere), so the other hosts
+    never read a file process 0 may have just written."""
     if args.init_lo == CLONE_DEMONSTRATOR:
         raise ValueError(
             "--init-lo bc is run by pes_train.main, which clones the demonstrator "
             "first; outside it pass the clone's run dir, or init_lo='none'"
         )
+    if not distributed.is_main_process():
+        return jax.tree.map(jnp.asarray, distributed.broadcast_from_main(template))
     meta, info = checkpoint.load_meta_params(args.init_lo)
     differences = LOSpec.from_json(info).differences(args.lo_spec())
     if differences:
@@ -532,7 +520,7 @@ def initial_lo(args: Args) -> lopt.MetaParams:
             f"--init-lo {args.init_lo} is an LO with {details}: meta-train with its "
             "settings (the flags of those names) or clone another"
         )
-    return meta
+    return jax.tree.map(jnp.asarray, distributed.broadcast_from_main(meta))
 
 
 def init_state(
@@ -547,7 +535,7 @@ def init_state(
     key, k_meta, k_env = jax.random.split(key, 3)
     meta = lopt.init_meta_params(k_meta, args.hidden_size)
     if args.init_lo is not None:
-        meta = initial_lo(args)
+        meta = initial_lo(args, meta)
     dim = ravel_pytree(meta.mlp)[0].size
 
     def fresh(cfg: PESConfig, k: jax.Array):
@@ -575,208 +563,6 @@ def init_state(
         best_meta=jax.tree.map(jnp.copy, meta),
         best_valid_loss=jnp.float32(jnp.inf),
         best_step=jnp.int32(-1),
-    )
-
-
-def policy_actions(
-    cfg: PESConfig,
-    mlp_flat: jax.Array,
-    unravel: Callable,
-    copies: core.EnvState,
-) -> jax.Array:
-    """small_fc_lopt's actions (C, P, 2) for (C, D) weights, one set per copy.
-
-    The same function of the copies' state as ``apply_mlp`` on their observed
-    (P, 39) features (``cfg.env`` says which features), by the LO's fused path
-    (``lopt_fused.mlp_outputs``, in ``cfg.layout``), which never builds those
-    features: the scan below does not build observations at all.
-    """
-
-    def one(weights: jax.Array, s: core.EnvState) -> jax.Array:
-        outputs = lopt_fused.mlp_outputs(
-            s.grads,
-            s.params,
-            s.lo,
-            unravel(weights),
-            layout=cfg.layout,
-            merged=True,
-            raw_adam_ratio=cfg.env.lo.raw_adam_ratio,
-        )
-        return jnp.concatenate([out.reshape(2, -1) for out in outputs], axis=1).T
-
-    return jax.vmap(one)(mlp_flat, copies)
-
-
-Policy = Callable[[jax.Array, Callable, core.EnvState], jax.Array]
-
-
-def unroll(
-    cfg: PESConfig,
-    meta: lopt.MetaParams,
-    env_state: core.VecEnvState,
-    accumulator: jax.Array,
-    key: jax.Array,
-    env_params: core.EnvParams,
-    policy: Policy | None = None,
-):
-    """One truncation of every antithetic pair; returns the PES gradient and metrics.
-
-    ``policy`` maps (C, D) flat LO weights, their unravel function and the copies to
-    (C, P, 2) actions; None is small_fc_lopt (:func:`policy_actions`;
-    ``scripts/bench_pes.py`` swaps in zero actions to time everything but the
-    LO).
-    """
-    if policy is None:
-        policy = functools.partial(policy_actions, cfg)
-    theta, unravel = ravel_pytree(meta.mlp)
-    eps = cfg.sigma * jax.random.normal(key, accumulator.shape)
-    # Interleave: copy 2i runs theta + eps_i, copy 2i+1 runs theta - eps_i.
-    weights = (theta + jnp.stack([eps, -eps], axis=1)).reshape(-1, theta.size)
-
-    def inner(carry, _):
-        state, xi, grad_sums = carry
-        actions = policy(weights, unravel, state.copies)
-        state, _, reward, terminated, truncated, info = core.step(
-            cfg.env, state, actions, env_params
-        )
-        # Clip the per-step meta-loss; NaN maps to the cap, so one diverging copy cannot
-        # poison the estimate.
-        alpha = env_params.alpha
-        # The same split of the reward as core's: L_bc weighted, L_task by alpha.
-        parts = {
-            "meta": -reward,
-            "bc": core.bc_weight(env_params) * info["bc_loss"],
-            "task": alpha * info["meta_task_loss"],
-        }
-        parts = {
-            k: jnp.minimum(
-                jnp.nan_to_num(
-                    v, nan=cfg.loss_cap, posinf=cfg.loss_cap, neginf=-cfg.loss_cap
-                ),
-                cfg.loss_cap,
-            )
-            for k, v in parts.items()
-        }
-        grad_sums = {
-            k: grad_sums[k] + (parts[k][0::2] - parts[k][1::2])[:, None] * xi
-            for k in grad_sums
-        }
-        ended = (terminated | truncated)[0::2]
-        restart_xi = eps
-        if cfg.keep_accumulator_on_restore:
-            restart_xi = jnp.where(info["from_buffer"][0::2, None], xi, eps)
-        xi = jnp.where(ended[:, None], restart_xi, xi)
-        metrics = {
-            "meta_loss": parts["meta"].mean(),
-            "task_loss": info["task_loss"].mean(),
-            "bc_loss": info["bc_loss"].mean(),
-            "inner_step": info["inner_step"].astype(jnp.float32).mean(),
-            "max_inner_step": info["inner_step"].max(),
-            "from_buffer": info["from_buffer"].astype(jnp.float32).mean(),
-            "episodes_ended": ended.sum(),
-            "diverged": terminated.sum(),
-        }
-        return (state, xi, grad_sums), metrics
-
-    zero = jnp.zeros_like(accumulator)
-    carry = (
-        env_state,
-        accumulator + eps,
-        {"meta": zero, "bc": zero, "task": zero},
-    )
-    (env_state, xi, grad_sums), metrics = jax.lax.scan(
-        inner, carry, None, length=cfg.truncation
-    )
-    scale = 1.0 / (2.0 * cfg.sigma**2 * cfg.truncation)
-    grads = {k: unravel(v.mean(axis=0) * scale) for k, v in grad_sums.items()}
-    return grads, env_state, xi, metrics
-
-
-def outer_step(
-    cfg: PESConfig,
-    optimizer: optax.GradientTransformation,
-    state: PESState,
-    env_params: core.EnvParams,
-    policy: Policy | None = None,
-) -> tuple[PESState, dict]:
-    """One PES meta-gradient step (jit with ``cfg``, ``optimizer`` and ``policy``
-    static; ``policy`` as for :func:`unroll`)."""
-    key, k_eps = jax.random.split(state.key)
-    grads, env_state, accumulator, m = unroll(
-        cfg, state.meta, state.env, state.accumulator, k_eps, env_params, policy
-    )
-    updates, opt_state = optimizer.update(
-        grads["meta"], state.opt_state, state.meta.mlp
-    )
-    meta = state.meta._replace(mlp=optax.apply_updates(state.meta.mlp, updates))
-    buf = env_state.buffer
-    metrics = {
-        "meta_loss": m["meta_loss"].mean(),
-        "task_loss": m["task_loss"].mean(),
-        "bc_loss": m["bc_loss"].mean(),
-        "mean_inner_step": m["inner_step"].mean(),
-        "max_inner_step": m["max_inner_step"].max(),
-        "buffer_fill": buf.size.sum() / (buf.capacity * buf.size.shape[0]),
-        "frac_from_buffer": m["from_buffer"].mean(),
-        "episodes_ended": m["episodes_ended"].sum(),
-        "diverged": m["diverged"].sum(),
-        "grad_norm": optax.tree.norm(grads["meta"]),
-        "grad_norm_bc": optax.tree.norm(grads["bc"]),
-        "grad_norm_task": optax.tree.norm(grads["task"]),
-    }
-    new_state = state.replace(
-        meta=meta,
-        opt_state=opt_state,
-        env=env_state,
-        accumulator=accumulator,
-        key=key,
-        outer_step=state.outer_step + 1,
-    )
-    return new_state, metrics
-
-
-def mixture_outer_step(
-    index: int,
-    cfg: PESConfig,
-    optimizer: optax.GradientTransformation,
-    state: PESState,
-    env_params: core.EnvParams,
-) -> tuple[PESState, dict]:
-    """:func:`outer_step` on mixture task ``index`` (1, 2, ...): its copies and
-    accumulators take the place of the env's for the step, then go back."""
-    env, accumulator = state.mixture[index - 1]
-    new, metrics = outer_step(
-        cfg, optimizer, state.replace(env=env, accumulator=accumulator), env_params
-    )
-    mixture = list(state.mixture)
-    mixture[index - 1] = (new.env, new.accumulator)
-    new = new.replace(env=state.env, accumulator=state.accumulator)
-    return new.replace(mixture=tuple(mixture)), metrics
-
-
-def shard_state(state: PESState, num_pairs: int) -> PESState:
-    """Spreads the particle pairs over all devices of all processes (JAX SPMD); the
-    LO, the outer optimizer and the buffer are replicated. Each process feeds only the
-    shards its devices hold (see :func:`elo_gym.distributed.put`)."""
-    split, whole = distributed.pairs_shardings(num_pairs)
-
-    def env(env_state: core.VecEnvState) -> core.VecEnvState:
-        return env_state.replace(
-            copies=distributed.put(env_state.copies, split),
-            buffer=distributed.put(env_state.buffer, whole),
-        )
-
-    return state.replace(
-        meta=distributed.put(state.meta, whole),
-        opt_state=distributed.put(state.opt_state, whole),
-        env=env(state.env),
-        accumulator=distributed.put(state.accumulator, split),
-        mixture=tuple((env(e), distributed.put(a, split)) for e, a in state.mixture),
-        key=distributed.put(state.key, whole),
-        outer_step=distributed.put(state.outer_step, whole),
-        best_meta=distributed.put(state.best_meta, whole),
-        best_valid_loss=distributed.put(state.best_valid_loss, whole),
-        best_step=distributed.put(state.best_step, whole),
     )
 
 
@@ -916,13 +702,17 @@ def main(args: Args) -> pathlib.Path:
         args.run_dir or runs.default_run_dir(args.env, args.mode, str(args.seed))
     )
     if args.init_lo == CLONE_DEMONSTRATOR:
-        args = dataclasses.replace(args, init_lo=str(clone_demonstrator(args, run_dir)))
+        # Process 0 clones while the others wait; they get its bits in initial_lo.
+        if main_process:
+            clone_demonstrator(args, run_dir)
+        distributed.wait_for_all("elo_gym_init_lo_cloned")
+        args = dataclasses.replace(args, init_lo=str(run_dir / "init_lo"))
     launch = ("distributed", "coordinator_address", "num_processes", "process_id")
     # Sharded first, so that a resumed run restores each shard where it belongs.
     run = runs.open_run(
         run_dir,
         runs.args_config(args, exclude=launch),
-        shard_state(init_state(args, cfg, env_params, mixture), args.num_pairs),
+        shard_state(cfg, init_state(args, cfg, env_params, mixture)),
         METRICS,
         main_process=main_process,
     )

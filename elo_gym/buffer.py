@@ -7,6 +7,7 @@ one per antithetic pair (the ELO authors' code).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.struct
@@ -40,7 +41,12 @@ def init_buffer(example: Any, capacity: int, num_queues: int = 1) -> ReplayBuffe
 
 
 def push(
-    buffer: ReplayBuffer, snapshots: Any, mask: jax.Array, queue: jax.Array
+    buffer: ReplayBuffer,
+    snapshots: Any,
+    mask: jax.Array,
+    queue: jax.Array,
+    *,
+    gather_axis: str | None = None,
 ) -> ReplayBuffer:
     """Enqueues ``snapshots[i]`` into queue ``queue[i]`` for every i with ``mask[i]``.
 
@@ -52,7 +58,31 @@ def push(
       snapshots: batched snapshots, leaves (C, ...).
       mask: (C,) bool, which copies push.
       queue: (C,) int32, the queue each copy pushes into.
+      gather_axis: inside ``jax.shard_map``, the mesh axis that the copies are split
+        over while ``buffer`` is replicated over it: every device gathers the masks
+        (each call) and the snapshots (only when some copy on some device pushes) and
+        applies all pushes in global copy order, so that the replicas stay equal.
     """
+    if gather_axis is None:
+        return jax.lax.cond(
+            jnp.any(mask),
+            lambda b: _push_all(b, snapshots, queue, mask),
+            lambda b: b,
+            buffer,
+        )
+    gather = functools.partial(jax.lax.all_gather, axis_name=gather_axis, tiled=True)
+    mask = gather(mask)  # the same predicate on every device, small
+    return jax.lax.cond(
+        jnp.any(mask),
+        lambda b: _push_all(b, *gather((snapshots, queue)), mask),
+        lambda b: b,
+        buffer,
+    )
+
+
+def _push_all(
+    buffer: ReplayBuffer, snapshots: Any, queue: jax.Array, mask: jax.Array
+) -> ReplayBuffer:
     capacity = buffer.capacity
 
     def push_one(buf: ReplayBuffer, item):
@@ -67,10 +97,7 @@ def push(
         head = buf.head.at[q].set(jnp.where(do_push, (slot + 1) % capacity, slot))
         return ReplayBuffer(snaps, size, head), None
 
-    def push_all(buf):
-        return jax.lax.scan(push_one, buf, (snapshots, mask, queue))[0]
-
-    return jax.lax.cond(jnp.any(mask), push_all, lambda b: b, buffer)
+    return jax.lax.scan(push_one, buffer, (snapshots, mask, queue))[0]
 
 
 def sample(

@@ -573,6 +573,7 @@ def step(
     p: EnvParams,
     *,
     final_obs: bool = False,
+    copies_axis: str | None = None,
 ) -> tuple[VecEnvState, dict, jax.Array, jax.Array, jax.Array, dict]:
     """One inner step of every copy, with auto-reset of finished copies.
 
@@ -586,6 +587,10 @@ def step(
         entries (``expert_update``, ``expert_action``, ``inner_step``, ``start_step``,
         ``episode_length``, ``from_buffer``) of that observation and of the episode it
         ended (costs one extra gradient, only on steps where some copy finishes).
+      copies_axis: inside ``jax.shard_map``, the mesh axis the copies are split over
+        (``cfg.num_copies`` then counts one device's copies): a ``shared`` buffer is
+        replicated over it and gathers the pushes of all devices; a ``pair`` buffer is
+        split with its pairs and needs nothing from other devices.
 
     Returns:
       (state, obs, reward (C,), terminated (C,), truncated (C,), info). ``terminated``
@@ -597,7 +602,9 @@ def step(
     snapshots, reward, bc, diverged, truncated, push, ema = moved
     buf = state.buffer
     if cfg.uses_buffer:
-        buf = replay.push(buf, snapshots, push, _queues(cfg))
+        shared = cfg.buffer_scope == "shared"
+        gather_axis = copies_axis if shared else None
+        buf = replay.push(buf, snapshots, push, _queues(cfg), gather_axis=gather_axis)
     done = diverged | truncated
     if cfg.paired:
         # Antithetic partners end together so they keep sharing data and resets.

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from orbax.checkpoint import multihost
 
 PAIRS_AXIS = "pairs"
 
@@ -57,9 +58,8 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
-def pairs_shardings(num_pairs: int) -> tuple[NamedSharding, NamedSharding]:
-    """(split, whole) on a 1-D mesh, axis ``pairs``, over every device of every
-    process: arrays split along their leading (pairs or copies) axis, and replicated.
+def pairs_mesh(num_pairs: int) -> Mesh:
+    """A 1-D mesh, axis ``pairs``, over every device of every process.
 
     Raises:
       ValueError: ``num_pairs`` is not a multiple of the global device count.
@@ -70,7 +70,17 @@ def pairs_shardings(num_pairs: int) -> tuple[NamedSharding, NamedSharding]:
             f"num_pairs ({num_pairs}) must be a multiple of the number of "
             f"devices ({len(devices)}, all processes) so pairs stay on one device"
         )
-    mesh = Mesh(np.asarray(devices), (PAIRS_AXIS,))
+    return Mesh(np.asarray(devices), (PAIRS_AXIS,))
+
+
+def pairs_shardings(num_pairs: int) -> tuple[NamedSharding, NamedSharding]:
+    """(split, whole) on :func:`pairs_mesh`: arrays split along their leading (pairs
+    or copies) axis, and replicated.
+
+    Raises:
+      ValueError: ``num_pairs`` is not a multiple of the global device count.
+    """
+    mesh = pairs_mesh(num_pairs)
     return NamedSharding(mesh, PartitionSpec(PAIRS_AXIS)), NamedSharding(
         mesh, PartitionSpec()
     )
@@ -119,3 +129,15 @@ def any_process(flag: bool) -> bool:
     if jax.process_count() == 1:
         return flag
     return bool(np.any(multihost_utils.process_allgather(np.bool_(flag))))
+
+
+def wait_for_all(name: str, timeout_s: int = 6 * 3600) -> None:
+    """Blocks until every process has called this with ``name`` (once per run).
+
+    A barrier of the coordination service, not a device collective: gloo gives up on
+    a peer after 30 s, so one process's minutes of work alone (cloning the
+    demonstrator) must be waited for here, before the next collective.
+    """
+    if jax.process_count() == 1:
+        return
+    multihost.get_barrier_sync_fn()(key=name, timeout_ms=1000 * timeout_s)

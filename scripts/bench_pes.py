@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from elo_gym import core
+from elo_gym import core, pes
 from elo_gym.agents import pes_train
 
 # The helper sits beside this file (scripts/ is not a package).
@@ -49,9 +49,7 @@ def _zero_actions(
     return jnp.zeros((weights.shape[0], size, 2)) + 0.0 * weights[:, :1, None]
 
 
-def _pes_step(
-    args: pes_train.Args, policy: pes_train.Policy | None
-) -> Callable[[], dict]:
+def _pes_step(args: pes_train.Args, policy: pes.Policy | None) -> Callable[[], dict]:
     """A no-argument call of one jitted outer step that carries its state along
     (``policy`` None: the LO itself)."""
     args = args.resolved()
@@ -59,7 +57,7 @@ def _pes_step(
     state = pes_train.init_state(args, cfg, env_params)
     step = jax.jit(
         functools.partial(
-            pes_train.outer_step, cfg, pes_train.outer_optimizer(args), policy=policy
+            pes.outer_step, cfg, pes_train.outer_optimizer(args), policy=policy
         ),
         donate_argnums=0,
     )

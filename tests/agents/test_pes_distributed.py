@@ -1,8 +1,8 @@
 """PES over two processes (jax.distributed, one CPU device each, on localhost): the
-same LO as one process with two devices, files from process 0 only, and an exact
-resume after both processes are killed.
+same LO as one process with two devices, files from process 0 only, an exact resume
+after both processes are killed, and the demonstrator's clone shared by process 0.
 
-The two-process tests are slow on a 2-core machine (2-3.5 minutes together): process 1
+The two-process tests are slow on a 2-core machine (a few minutes together): process 1
 compiles every program itself, since JAX's persistent cache is written by process 0
 only and keyed by device.
 """
@@ -52,7 +52,7 @@ TINY_FLAGS = [
     "--export",
     "best",
     "--init-lo",
-    "none",  # the cpu preset's clone of the demonstrator runs in one process
+    "none",  # the cpu preset's clone of the demonstrator: its own test below
 ]
 TIMEOUT_S = 600  # per run: a hung collective fails the test instead of hanging CI
 LAUNCH_FLAGS = ("distributed", "coordinator_address", "num_processes", "process_id")
@@ -76,7 +76,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(run_dir: pathlib.Path) -> list[subprocess.Popen]:
+def _launch(
+    run_dir: pathlib.Path, flags: list[str] = TINY_FLAGS
+) -> list[subprocess.Popen]:
     """Starts process 0 and process 1 of a two-process run; output goes to files."""
     address = f"localhost:{_free_port()}"
     procs = []
@@ -87,7 +89,7 @@ def _launch(run_dir: pathlib.Path) -> list[subprocess.Popen]:
             str(SCRIPT),
             "--run-dir",
             str(run_dir),
-            *TINY_FLAGS,
+            *flags,
             "--coordinator-address",
             address,
             "--num-processes",
@@ -118,8 +120,8 @@ def _logs(run_dir: pathlib.Path) -> str:
     )
 
 
-def _run_two_processes(run_dir: pathlib.Path) -> None:
-    procs = _launch(run_dir)
+def _run_two_processes(run_dir: pathlib.Path, flags: list[str] = TINY_FLAGS) -> None:
+    procs = _launch(run_dir, flags)
     deadline = time.time() + TIMEOUT_S
     try:
         for p in procs:
@@ -141,6 +143,23 @@ def _outer_steps_logged(run_dir: pathlib.Path) -> list[int]:
     return [int(r.split(",")[0]) for r in rows]
 
 
+def _assert_one_process_gives(
+    two_process_run: pathlib.Path, run_dir: pathlib.Path, flags: list[str]
+) -> None:
+    """One process with two devices, run with ``flags``, gives the two-process LO."""
+    subprocess.run(
+        [sys.executable, str(SCRIPT), "--run-dir", str(run_dir), *flags],
+        env=_env(2),
+        check=True,
+        capture_output=True,
+        timeout=TIMEOUT_S,
+    )
+    for a, b in zip(_lo_arrays(run_dir), _lo_arrays(two_process_run), strict=True):
+        # The tolerance of test_two_devices_match_one (gloo's reductions may round
+        # differently from in-process ones).
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory) -> pathlib.Path:
     """One uninterrupted run of two processes with one CPU device each."""
@@ -151,18 +170,7 @@ def two_process_run(tmp_path_factory) -> pathlib.Path:
 
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_two_devices(two_process_run, tmp_path):
-    run_dir = tmp_path / "two_devices"
-    subprocess.run(
-        [sys.executable, str(SCRIPT), "--run-dir", str(run_dir), *TINY_FLAGS],
-        env=_env(2),
-        check=True,
-        capture_output=True,
-        timeout=TIMEOUT_S,
-    )
-    for a, b in zip(_lo_arrays(run_dir), _lo_arrays(two_process_run), strict=True):
-        # The tolerance of test_two_devices_match_one (gloo's reductions may round
-        # differently from in-process ones).
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+    _assert_one_process_gives(two_process_run, tmp_path / "two_devices", TINY_FLAGS)
     # Process 0 alone wrote the files, and the launch settings are not the run's
     # config (another launch resumes the same run).
     assert _outer_steps_logged(two_process_run) == list(range(6))
@@ -195,6 +203,22 @@ def test_killed_two_process_run_resumes_exactly(two_process_run, tmp_path):
     for a, b in zip(_lo_arrays(two_process_run), _lo_arrays(run_dir), strict=True):
         np.testing.assert_array_equal(a, b)
     assert _outer_steps_logged(run_dir) == list(range(6))
+
+
+@pytest.mark.slow
+def test_two_processes_start_from_process_0s_clone(tmp_path):
+    """``--init-lo bc``, the one-process default, on two processes: process 0 clones
+    the demonstrator once into RUN_DIR/init_lo and both processes start from its
+    bits, so the run matches one process with two devices started from that clone."""
+    run_dir = tmp_path / "cloned"
+    flags = [*TINY_FLAGS[:-2], "--init-lo", "bc", "--clone-steps", "2"]
+    _run_two_processes(run_dir, flags)
+    clone = run_dir / "init_lo"
+    assert (clone / "lo.msgpack").is_file()
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["init_lo"] == str(clone)
+    one_process_flags = [*TINY_FLAGS[:-2], "--init-lo", str(clone)]
+    _assert_one_process_gives(run_dir, tmp_path / "one_process", one_process_flags)
 
 
 @pytest.mark.parametrize(

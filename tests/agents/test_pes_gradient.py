@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from elo_gym import core, lopt
+from elo_gym import core, lopt, pes
 from elo_gym.agents import pes_train
 
 SMALL = dict(
@@ -42,24 +42,26 @@ def test_pes_gradient_points_along_the_autodiff_gradient():
         bc_loss="l2",
     )
     env_params = env_params.replace(alpha=jnp.float32(0.0))
-    grads, *_ = jax.jit(functools.partial(pes_train.unroll, cfg))(
+    grads, *_ = jax.jit(functools.partial(pes.unroll, cfg))(
         state.meta, state.env, state.accumulator, jax.random.PRNGKey(7), env_params
     )
-    pes = ravel_pytree(grads["meta"])[0]
+    estimate = ravel_pytree(grads["meta"])[0]
 
     def mean_meta_loss(mlp):
         theta, unravel = ravel_pytree(mlp)
         weights = jnp.broadcast_to(theta, (2 * args.num_pairs, theta.size))
-        actions = pes_train.policy_actions(cfg, weights, unravel, state.env.copies)
+        actions = pes.policy_actions(cfg, weights, unravel, state.env.copies)
         reward = core.step(cfg.env, state.env, actions, env_params)[2]
         return -reward.mean()
 
     exact = ravel_pytree(jax.jit(jax.grad(mean_meta_loss))(state.meta.mlp))[0]
-    cosine = float(pes @ exact / (jnp.linalg.norm(pes) * jnp.linalg.norm(exact)))
+    cosine = float(
+        estimate @ exact / (jnp.linalg.norm(estimate) * jnp.linalg.norm(exact))
+    )
     # An ES estimate from N = 256 pairs in D = 410 dimensions has cosine about
     # sqrt(N / (N + D)) = 0.62 with the gradient; a flipped sign gives about -0.62.
     assert cosine > 0.4, cosine
-    projection = float(pes @ exact / (exact @ exact))
+    projection = float(estimate @ exact / (exact @ exact))
     assert 0.6 < projection < 1.4, projection  # unbiased: scale 1 along the gradient
 
 
@@ -79,7 +81,7 @@ def test_accumulator_after_an_episode_end(keep):
     env_params = env_params.replace(outer_step=jnp.int32(1))
     before = jnp.ones_like(state.accumulator)
     key = jax.random.PRNGKey(3)
-    _, env_state, after, _ = pes_train.unroll(
+    _, env_state, after, _ = pes.unroll(
         cfg, state.meta, state.env, before, key, env_params
     )
     eps = cfg.sigma * jax.random.normal(key, before.shape)
@@ -88,9 +90,7 @@ def test_accumulator_after_an_episode_end(keep):
     np.testing.assert_allclose(after, expected, rtol=1e-6)
     # Without an episode end the accumulator keeps growing.
     args, cfg, env_params, state = _setup(num_pairs=2, truncation=4, n_min=10, n_max=10)
-    _, _, after, _ = pes_train.unroll(
-        cfg, state.meta, state.env, before, key, env_params
-    )
+    _, _, after, _ = pes.unroll(cfg, state.meta, state.env, before, key, env_params)
     np.testing.assert_allclose(after, before + eps, rtol=1e-6)
 
 
@@ -108,7 +108,7 @@ def test_the_agent_acts_on_what_the_env_observes(raw_adam_ratio):
         env_state = core.step(cfg.env, env_state, zeros, env_params)[0]
     copies = env_state.copies
     weights = jnp.broadcast_to(theta, (2 * args.num_pairs, theta.size))
-    actions = pes_train.policy_actions(cfg, weights, unravel, copies)
+    actions = pes.policy_actions(cfg, weights, unravel, copies)
     features = jax.vmap(core.observe, (None, 0, None))(cfg.env, copies, env_params)
     expected = lopt.apply_mlp(mlp, features["features"])
     np.testing.assert_allclose(actions, expected, rtol=2e-4, atol=2e-5)

@@ -1,6 +1,5 @@
 """PES agent: runs, resumes exactly after SIGKILL, shards, loads, rejects bad input."""
 
-import dataclasses
 import functools
 import inspect
 import json
@@ -21,7 +20,7 @@ import optax
 import pytest
 
 import elo_gym
-from elo_gym import checkpoint, inner_loop, lopt, runs
+from elo_gym import checkpoint, inner_loop, lopt, pes, runs
 from elo_gym.agents import bc_train, pes_train
 from elo_gym.lo_spec import LOSpec
 
@@ -148,9 +147,10 @@ def test_init_lo_starts_from_a_trained_lo(reference_run):
 
 def test_init_lo_bc_clones_this_runs_demonstrator(tmp_path, monkeypatch):
     """``--init-lo bc``: the BC agent first clones the run's demonstrator (its
-    expert_lr and lr decay, features and LO size) into RUN_DIR/init_lo; a
-    multi-process run is refused. (That main meta-trains from the clone, with the cpu
-    preset's ``--init-lo bc``: tests/envs/test_array_task.py's README run.)"""
+    expert_lr and lr decay, features and LO size) into RUN_DIR/init_lo. (That main
+    meta-trains from the clone, with the cpu preset's ``--init-lo bc``:
+    tests/envs/test_array_task.py's README run; in a multi-process run from process
+    0's clone: test_pes_distributed.py.)"""
     tiny_bc = dict(num_copies=2, chunk=4, rows_per_step=16, num_minibatches=2)
     tiny_bc.update(checkpoint_every=2)
     monkeypatch.setattr(
@@ -177,8 +177,6 @@ def test_init_lo_bc_clones_this_runs_demonstrator(tmp_path, monkeypatch):
     assert clone_env.expert_decay_steps == 50.0
     assert clone["outer_steps"] == 2  # --clone-steps
     assert clone["hidden_size"] == TINY["hidden_size"]
-    with pytest.raises(ValueError, match="--init-lo bc clones the demonstrator"):
-        dataclasses.replace(args, distributed=True).resolved().validate()
 
 
 def test_a_checkpoint_loads_with_its_size_and_settings(reference_run):
@@ -400,6 +398,10 @@ def test_explicit_flags_win_over_the_preset():
         "ELO-Digits-MLP"
     )
     assert (cpu.expert_lr, paper.expert_lr) == (2e-2, 1e-3)
+    # The paper preset (GPUs, often several) takes the buffer scope that scales.
+    assert (cpu.buffer_scope, paper.buffer_scope) == ("shared", "pair")
+    shared = pes_train.Args(preset="paper", buffer_scope="shared").resolved()
+    assert shared.buffer_scope == "shared"
     assert cpu.expert_decay_steps == 100.0 and not paper.expert_decay_steps
     # The cpu preset warm-starts the BC modes from a clone of the demonstrator; every
     # mode gets the scaled step; the baselines without BC and the paper start from a
@@ -476,7 +478,7 @@ def test_validation_columns_and_best_export(reference_run, tmp_path):
 def test_keep_best_and_export_pick_the_lowest_validation_loss(tmp_path):
     meta_a = elo_gym.init_meta_params(jax.random.PRNGKey(1), hidden_size=8)
     meta_b = elo_gym.init_meta_params(jax.random.PRNGKey(2), hidden_size=8)
-    state = pes_train.PESState(
+    state = pes.PESState(
         meta=meta_a,
         opt_state=None,
         env=None,
@@ -605,7 +607,7 @@ def test_mixture_trains_each_task_in_turn_on_its_own_copies(tmp_path):
     before = jax.tree.map(np.asarray, state)
     params = env_params.replace(alpha=jnp.float32(0.5), outer_step=jnp.int32(1))
     new, _ = jax.jit(
-        lambda s: pes_train.mixture_outer_step(
+        lambda s: pes.mixture_outer_step(
             1, mixture[0], pes_train.outer_optimizer(args), s, params
         )
     )(state)
