@@ -4,8 +4,9 @@ A screen meta-trains each setting with a few meta-seeds (runs named
 ``<setting>_s<seed>``) and evaluates the LOs with ``scripts/evaluate.py`` on several
 validation tasks. This reads those evaluations and scores each setting by the
 geometric mean, over the tasks, of its metric (mean over meta-seeds of each LO's mean
-over optimizee seeds) divided by tuned AdamW's on that task; lower is better, 1 is
-AdamW. A setting missing from a task gets no score. The rule is the one
+over optimizee seeds) divided by the best tuned AdamW baseline's on that task
+(constant lr, warmup + cosine or inverse-sqrt, whichever is lowest); lower is better,
+1 is that AdamW. A setting missing from a task gets no score. The rule is the one
 docs/levers.md pre-registers for its sixth to tenth screens.
 
 Prints one JSON object (each task's AdamW value, each setting's per-task means and
@@ -37,7 +38,10 @@ import _json_cli  # noqa: E402
 
 # Metrics of evaluate.py's results.json for which lower is better.
 METRICS = ("train_loss", "valid_loss", "test_loss")
-ADAMW = "AdamW"  # evaluate.py's name for its tuned-lr AdamW row
+ADAMW = "AdamW"  # evaluate.py's name for its tuned constant-lr AdamW row
+# Every tuned AdamW baseline of evaluate.py's results.json; a setting is scored
+# against the best of them on each task.
+BASELINES = (ADAMW, "adamw_cosine", "adamw_invsqrt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,32 +78,39 @@ def setting_of(label: str) -> str:
 
 def read_task(
     metric: str, dirs: list[pathlib.Path], same: dict[str, str]
-) -> tuple[float, dict]:
-    """AdamW's value and, per setting, the per-LO values of ``metric`` over ``dirs``
-    (an LO evaluated twice under one label counts once)."""
+) -> tuple[float, str, dict]:
+    """The best tuned AdamW baseline's value of ``metric`` (the lowest among the
+    constant, warmup + cosine and inverse-sqrt ones an evaluation holds), its name,
+    and per setting the per-LO values over ``dirs`` (an LO evaluated twice under one
+    label counts once)."""
     finals: dict = {}
-    adamw = None
+    baselines: dict[str, float] = {}
     for d in dirs:
         path = d / "results.json"
         if not path.is_file():
             raise ValueError(f"{path} does not exist: run scripts/evaluate.py first")
         final = json.loads(path.read_text())["final"]
-        if ADAMW in final:
-            value = final[ADAMW][metric]["mean"]
-            if adamw is not None and not math.isclose(value, adamw, rel_tol=1e-6):
+        for name in BASELINES:
+            if name not in final:
+                continue
+            value = final[name][metric]["mean"]
+            seen = baselines.get(name)
+            if seen is not None and not math.isclose(value, seen, rel_tol=1e-6):
                 raise ValueError(
-                    f"{path}: AdamW's {metric} {value:.6g} differs from {adamw:.6g} in "
-                    "the task's other evaluations; they must be of one task"
+                    f"{path}: {name}'s {metric} {value:.6g} differs from {seen:.6g} "
+                    "in the task's other evaluations; they must be of one task"
                 )
-            adamw = value
-        finals.update({k: v for k, v in final.items() if k != ADAMW})
-    if adamw is None or not adamw > 0:
+            baselines[name] = value
+        finals.update({k: v for k, v in final.items() if k not in BASELINES})
+    finite = {k: v for k, v in baselines.items() if v is not None and v > 0}
+    if not finite:
         raise ValueError(f"no positive AdamW {metric} in {', '.join(map(str, dirs))}")
+    best = min(finite, key=finite.__getitem__)
     values = collections.defaultdict(list)
     for label, final in finals.items():
         setting = setting_of(label)
         values[same.get(setting, setting)].append(final[metric]["mean"])
-    return adamw, values
+    return finite[best], best, values
 
 
 def run(config: SelectConfig) -> dict:
@@ -117,8 +128,13 @@ def run(config: SelectConfig) -> dict:
         name, metric, dirs = parse_task(spec)
         if name in tasks:
             raise ValueError(f"task {name!r} given twice")
-        adamw, values = read_task(metric, dirs, same)
-        tasks[name] = {"metric": metric, "adamw": adamw, "dirs": list(map(str, dirs))}
+        adamw, baseline, values = read_task(metric, dirs, same)
+        tasks[name] = {
+            "metric": metric,
+            "adamw": adamw,
+            "baseline": baseline,
+            "dirs": list(map(str, dirs)),
+        }
         for setting, v in values.items():
             mean = sum(v) / len(v)
             per_setting[setting][name] = {

@@ -80,3 +80,19 @@ def test_bad_input_is_named(tmp_path, capsys, task, message):
         select_setting.main(["--task", task])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_score_divides_by_the_best_of_the_adamw_baselines(tmp_path):
+    """The ratio's denominator is the lowest of constant, cosine and inverse-sqrt
+    AdamW on each task, so a setting cannot win against a weak baseline alone."""
+    path = pathlib.Path(_write_eval(tmp_path / "a", 0.2, {"x_s0": 0.1}))
+    result = json.loads((path / "results.json").read_text())
+    result["final"]["adamw_cosine"] = {"valid_loss": {"mean": 0.05}}
+    result["final"]["adamw_invsqrt"] = {"valid_loss": {"mean": 0.08}}
+    (path / "results.json").write_text(json.dumps(result))
+    picked = select_setting.run(
+        select_setting.SelectConfig(task=(f"digits:valid_loss:{path}",))
+    )
+    assert picked["tasks"]["digits"]["baseline"] == "adamw_cosine"
+    assert picked["settings"][0]["score"] == pytest.approx(0.1 / 0.05)
+    assert [s["setting"] for s in picked["settings"]] == ["x"]  # no baseline rows
