@@ -191,7 +191,8 @@ def test_a_checkpoint_loads_with_its_size_and_settings(reference_run):
     args = pes_train.Args(
         **{**TINY, "init_lo": str(reference_run / "checkpoints")}
     ).resolved()
-    pes_train.initial_lo(args)  # the same settings: accepted
+    template = lopt.init_meta_params(jax.random.PRNGKey(0), TINY["hidden_size"])
+    pes_train.initial_lo(args, template)  # the same settings: accepted
 
 
 def test_clone_meets_the_runs_mixture(tmp_path, monkeypatch):
