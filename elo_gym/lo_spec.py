@@ -98,7 +98,8 @@ def nominal_update(
     return -learning_rate * m_hat / (jnp.sqrt(v_hat) + 1e-8)
 
 
-# The nominal term's schedules: inverse-sqrt decay (nominal_decay_steps; 0: constant)
+# The nominal term's schedules: inverse-sqrt decay (nominal_decay_steps, which only it
+# reads; 0: constant)
 # and, for a relative-time LO, warmup + cosine decay to 0 at the end of the run.
 NOMINAL_SCHEDULES = ("inverse_sqrt", "cosine")
 
@@ -162,11 +163,6 @@ class LOSpec:
                 "nominal_schedule 'cosine' decays to the end of the run, which only a "
                 "relative-time LO knows: set time_horizon > 0 (e.g. the meta-training "
                 "horizon n_max)"
-            )
-        if self.nominal_schedule == "cosine" and self.nominal_decay_steps:
-            raise ValueError(
-                "nominal_decay_steps is the inverse_sqrt schedule's; a cosine nominal "
-                "term decays to the end of the run: set nominal_decay_steps to 0"
             )
 
     # -- construction and (de)serialization --------------------------------------

@@ -499,5 +499,3 @@ def test_a_cosine_nominal_term_is_adam_with_warmup_cosine_to_the_run_end():
         LOSpec(nominal_lr=0.02, nominal_schedule="cosine")
     with pytest.raises(ValueError, match="unknown nominal_schedule"):
         LOSpec(nominal_schedule="linear")
-    with pytest.raises(ValueError, match="set nominal_decay_steps to 0"):
-        LOSpec(time_horizon=200.0, nominal_schedule="cosine", nominal_decay_steps=9.0)
