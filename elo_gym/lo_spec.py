@@ -99,8 +99,8 @@ def nominal_update(
 
 
 # The nominal term's schedules: inverse-sqrt decay (nominal_decay_steps, which only it
-# reads; 0: constant)
-# and, for a relative-time LO, warmup + cosine decay to 0 at the end of the run.
+# reads; 0: constant) and, for a relative-time LO, warmup + cosine decay to 0 at the
+# end of the run.
 NOMINAL_SCHEDULES = ("inverse_sqrt", "cosine")
 
 
