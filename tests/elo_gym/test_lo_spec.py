@@ -185,7 +185,10 @@ def test_terms_follow_the_variants_per_tensor_and_per_row():
         scale, nominal = spec.tensor_terms(acc[name], state.count)
         np.testing.assert_array_equal(scale, lo_spec.adam_step_scale(acc[name]))
         np.testing.assert_array_equal(
-            nominal, lo_spec.nominal_update(acc[name], state.count, 0.02, 10.0)
+            nominal,
+            lo_spec.nominal_update(
+                acc[name], state.count, 0.02 / jnp.sqrt(1.0 + state.count / 10.0)
+            ),
         )
         size = int(np.size(params[name]))
         np.testing.assert_array_equal(scale_rows[start : start + size], scale)
