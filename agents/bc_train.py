@@ -122,6 +122,14 @@ class Args:
     and the clone learns what to add to it; recorded in ``lo.json``."""
     nominal_decay_steps: float = 0.0
     """tau > 0: the nominal term's lr decays as nominal_lr / sqrt(1 + n / tau)."""
+    time_horizon: float = 0.0
+    """> 0: the LO reads relative time (``LOSpec.clock``); recorded in ``lo.json``."""
+    nominal_schedule: Literal["inverse_sqrt", "cosine"] = "inverse_sqrt"
+    """The nominal term's lr: inverse_sqrt or, with time_horizon > 0, warmup + cosine
+    decay to 0 at the end of the run; recorded in ``lo.json``."""
+    expert_schedule: Literal["inverse_sqrt", "cosine"] = "inverse_sqrt"
+    """The expert's lr over an episode: inverse_sqrt (expert_decay_steps) or warmup
+    + cosine decay to 0 at the episode's end."""
     checkpoint_every: int = 50
     """Outer steps between checkpoints."""
     progress: bool = True
@@ -172,6 +180,7 @@ def env_settings(args: Args) -> EnvSettings:
         n_max=args.n_max,
         expert_learning_rate=args.expert_lr,
         expert_decay_steps=args.expert_decay_steps,
+        expert_schedule=args.expert_schedule,
         lo=args.lo_spec(),
         alpha=1.0,
     )

@@ -237,6 +237,16 @@ class Args:
     nominal_decay_steps: float | None = None
     """tau > 0: the nominal term's lr at inner step n is nominal_lr / sqrt(1 + n / tau)
     (cpu preset: 100, the demonstrator's; 0: constant)."""
+    time_horizon: float = 0.0
+    """> 0: the LO reads relative time, its step features and nominal schedule see
+    the count scaled to a run of this many steps (``LOSpec.clock``; the env's run
+    ends with the episode, the optax face takes total_steps); 0: absolute time."""
+    nominal_schedule: Literal["inverse_sqrt", "cosine"] = "inverse_sqrt"
+    """The nominal term's lr: inverse_sqrt (nominal_decay_steps) or, for a
+    relative-time LO, warmup + cosine decay to 0 at the end of the run."""
+    expert_schedule: Literal["inverse_sqrt", "cosine"] = "inverse_sqrt"
+    """The demonstrator's lr over an episode: inverse_sqrt (expert_decay_steps) or
+    warmup + cosine decay to 0 at the episode's end (set expert_decay_steps 0)."""
     init_lo: str | None = None
     """Start from this LO instead of a random init: a run dir or lo.msgpack; ``bc``:
     clone the demonstrator first with agents/bc_train.py (this run's env, expert_lr
@@ -417,6 +427,7 @@ def env_settings(args: Args) -> EnvSettings:
         meta_loss_split=args.meta_loss_split,
         expert_learning_rate=args.expert_lr,
         expert_decay_steps=args.expert_decay_steps,
+        expert_schedule=args.expert_schedule,
         lo=args.lo_spec(),
         paired=True,
     )
@@ -475,6 +486,7 @@ def clone_demonstrator(args: Args, run_dir: pathlib.Path) -> pathlib.Path:
             data_dir=args.data_dir,
             expert_lr=args.expert_lr,
             expert_decay_steps=args.expert_decay_steps or 0.0,
+            expert_schedule=args.expert_schedule,
             **args.lo_spec().flags(bc_train.Args),
             mixture=args.mixture,
             outer_steps=args.clone_steps,
@@ -591,7 +603,9 @@ class Validation:
 
         @jax.jit
         def lo_curves(meta: lopt.MetaParams) -> dict:
-            optimizer = lopt.small_fc_lopt(meta, args.lo_spec(), layout=layout)
+            optimizer = lopt.small_fc_lopt(
+                meta, args.lo_spec(), layout=layout, total_steps=self.steps
+            )
             return jax.vmap(functools.partial(curves, optimizer), (None, 0))(data, keys)
 
         self._lo_curves = lo_curves

@@ -264,13 +264,19 @@ def _load_from_checkpoint(path: pathlib.Path) -> tuple[lopt.MetaParams, dict]:
     return meta, info
 
 
-def load_optimizer(path: str | pathlib.Path) -> optax.GradientTransformation:
+def load_optimizer(
+    path: str | pathlib.Path, total_steps: int | None = None
+) -> optax.GradientTransformation:
     """A trained learned optimizer as an ``optax.GradientTransformation``.
 
+    ``total_steps``: the number of steps the run will take. A relative-time LO
+    (``time_horizon`` > 0 in its ``lo.json``) needs it, as a cosine schedule does;
+    others ignore it.
+
     Example:
-      >>> opt = elo_gym.load_optimizer("runs/my_run")  # doctest: +SKIP
+      >>> opt = elo_gym.load_optimizer("runs/run", total_steps=2000)  # doctest: +SKIP
       >>> state = opt.init(params)
       >>> updates, state = opt.update(grads, state, params)
     """
     meta, info = load_meta_params(path)
-    return lopt.small_fc_lopt(meta, LOSpec.from_json(info))
+    return lopt.small_fc_lopt(meta, LOSpec.from_json(info), total_steps=total_steps)

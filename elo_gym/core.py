@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import optax
 
 from elo_gym import buffer as replay
-from elo_gym import demonstrator, lopt
+from elo_gym import demonstrator, lopt, schedules
 from elo_gym.lo_spec import LOSpec
 
 MODES = ("elo", "naive", "uniform", "curriculum")
@@ -84,6 +84,10 @@ class EnvConfig:
       expert_learning_rate: Adam's learning rate.
       expert_decay_steps: 0 (the paper: constant) or tau > 0: the expert's learning
         rate at inner step n is expert_learning_rate / sqrt(1 + n / tau).
+      expert_schedule: ``inverse_sqrt`` (``expert_decay_steps``) or ``cosine``:
+        warmup and cosine decay to 0 at the end of the episode, K + N
+        (``schedules.relative_warmup_cosine``), a schedule that knows when training
+        ends, for a relative-time LO to imitate.
     """
 
     task: Any
@@ -98,6 +102,7 @@ class EnvConfig:
     lo: LOSpec = LOSpec()
     expert_learning_rate: float = demonstrator.EXPERT_LEARNING_RATE
     expert_decay_steps: float = 0.0
+    expert_schedule: str = "inverse_sqrt"
 
     def __post_init__(self):
         _check_choice("mode", self.mode, MODES)
@@ -105,6 +110,14 @@ class EnvConfig:
         _check_choice("push_policy", self.push_policy, PUSH_POLICIES)
         _check_choice("bc_loss", self.bc_loss, BC_LOSSES)
         _check_choice("meta_loss_split", self.meta_loss_split, META_LOSS_SPLITS)
+        _check_choice(
+            "expert_schedule", self.expert_schedule, schedules.EXPERT_SCHEDULES
+        )
+        if self.expert_schedule == "cosine" and self.expert_decay_steps:
+            raise ValueError(
+                "expert_decay_steps is the inverse_sqrt expert's; a cosine expert "
+                "decays to the end of the episode: set expert_decay_steps to 0"
+            )
         if self.num_copies < 1:
             raise ValueError(f"num_copies must be >= 1, got {self.num_copies}")
         if self.buffer_size < 1:
@@ -294,7 +307,21 @@ def _episode_of(state: EnvState) -> Episode:
 
 
 def _expert(cfg: EnvConfig) -> optax.GradientTransformation:
+    if cfg.expert_schedule == "cosine":  # unit steps, times the lr in _prepare
+        return demonstrator.adam_expert(1.0)
     return demonstrator.adam_expert(cfg.expert_learning_rate, cfg.expert_decay_steps)
+
+
+def _run_length(state: EnvState | Episode) -> jax.Array:
+    """The step at which a copy's episode ends, K + N: the end of its run."""
+    return state.start_step + state.episode_length
+
+
+def lo_clock(cfg: EnvConfig, state: EnvState) -> jax.Array:
+    """What the LO's step features and nominal schedule read for one prepared copy
+    (``LOSpec.clock``): its count, or for a relative-time LO the count relative to
+    the end of its episode, K + N."""
+    return cfg.lo.clock(state.lo.count, _run_length(state))
 
 
 def _fresh_snapshot(cfg: EnvConfig, key: jax.Array) -> Snapshot:
@@ -370,6 +397,11 @@ def _prepare(
         )[0]
     lo_state = lopt.accumulate(grads, snapshot.lo)
     expert_update, adam = _expert(cfg).update(grads, snapshot.adam, snapshot.params)
+    if cfg.expert_schedule == "cosine":
+        lr = schedules.relative_warmup_cosine(
+            cfg.expert_learning_rate, snapshot.lo.count, _run_length(episode)
+        )
+        expert_update = jax.tree.map(lambda u: (lr * u).astype(u.dtype), expert_update)
     return EnvState(
         params=snapshot.params,
         model_state=model_state,
@@ -402,7 +434,11 @@ def _queues(cfg: EnvConfig) -> jax.Array:
 def observe(cfg: EnvConfig, state: EnvState, p: EnvParams) -> dict:
     """The observation of one prepared copy."""
     feats = lopt.features(
-        state.grads, state.params, state.lo, raw_adam_ratio=cfg.lo.raw_adam_ratio
+        state.grads,
+        state.params,
+        state.lo,
+        raw_adam_ratio=cfg.lo.raw_adam_ratio,
+        clock=lo_clock(cfg, state),
     )
     return {
         "features": jnp.concatenate([f.reshape(-1, lopt.NUM_FEATURES) for f in feats]),
@@ -415,9 +451,8 @@ def observe(cfg: EnvConfig, state: EnvState, p: EnvParams) -> dict:
 def expert_action(cfg: EnvConfig, state: EnvState) -> jax.Array:
     """(P, 2): the action of one prepared copy that moves it as Adam does (the
     inverse of the LO spec's step, :meth:`LOSpec.action`)."""
-    return cfg.lo.action(
-        flatten_rows(state.expert_update), *cfg.lo.row_terms(state.params, state.lo)
-    )
+    terms = cfg.lo.row_terms(state.params, state.lo, lo_clock(cfg, state))
+    return cfg.lo.action(flatten_rows(state.expert_update), *terms)
 
 
 def _info(cfg: EnvConfig, state: EnvState) -> dict:
@@ -539,7 +574,9 @@ def _apply_action(
     cfg: EnvConfig, s: EnvState, action: jax.Array, p: EnvParams
 ) -> Transition:
     """Eq. 8-10 for one copy: the mixed update, the reward and the push decision."""
-    lo_update_rows = cfg.lo.update(action, *cfg.lo.row_terms(s.params, s.lo))
+    lo_update_rows = cfg.lo.update(
+        action, *cfg.lo.row_terms(s.params, s.lo, lo_clock(cfg, s))
+    )
     expert_rows = flatten_rows(s.expert_update)
     moved = flatten_rows(s.params) + (
         (1.0 - p.alpha) * expert_rows + p.alpha * lo_update_rows

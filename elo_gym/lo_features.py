@@ -307,7 +307,10 @@ def feature_rows(block: dict[str, jax.Array]) -> list[jax.Array]:
 
 
 def step_features(count: jax.Array) -> jax.Array:
-    """The 11 features tanh(i / T_j - 1) of iteration count i, shape (11,)."""
+    """The 11 features tanh(i / T_j - 1) of iteration count i, shape (11,).
+
+    ``count`` may be a float: a relative-time LO reads its clock
+    (``LOSpec.clock``)."""
     timescales = jnp.asarray(STEP_TIMESCALES, jnp.float32)
     return jnp.tanh(count.astype(jnp.float32) / timescales - 1.0)
 
@@ -365,17 +368,24 @@ def tensor_features(
 
 
 def features(
-    grads: Any, params: Any, state: SmallFcLOptState, *, raw_adam_ratio: bool = False
+    grads: Any,
+    params: Any,
+    state: SmallFcLOptState,
+    *,
+    raw_adam_ratio: bool = False,
+    clock: jax.Array | None = None,
 ) -> list[jax.Array]:
     """Per-tensor features, one S' + (39,) array per leaf in ``jax.tree.leaves`` order.
 
-    ``state`` must already include ``grads`` (see :func:`accumulate`).
+    ``state`` must already include ``grads`` (see :func:`accumulate`); the step
+    features read ``clock`` (default ``state.count``; ``LOSpec.clock``).
     """
+    clock = state.count if clock is None else clock
     g_leaves, treedef = jax.tree.flatten(grads)
     p_leaves = treedef.flatten_up_to(params)
     acc_leaves = treedef.flatten_up_to(state.accumulators)
     return [
-        tensor_features(g, p, a, state.count, raw_adam_ratio=raw_adam_ratio)
+        tensor_features(g, p, a, clock, raw_adam_ratio=raw_adam_ratio)
         for g, p, a in zip(g_leaves, p_leaves, acc_leaves, strict=True)
     ]
 

@@ -28,6 +28,15 @@ and the variants, all off by default (``docs/levers.md`` measures each):
   / nominal_decay_steps)``, from the LO's own accumulators (:func:`nominal_update`),
   so the MLP learns a correction to a schedule that holds at any horizon; without it
   ``nominal`` is 0.
+- relative time (``time_horizon`` > 0): the LO is told how long the run is. Its 11
+  step features and its nominal schedule read the *clock* ``count * time_horizon /
+  total_steps`` instead of the count (:meth:`LOSpec.clock`), so a run of any length
+  looks to it like one of ``time_horizon`` steps, and a schedule shape learned at the
+  meta-training horizon stretches to a run 10x longer. The env's run ends with the
+  episode (K + N); the optax and PyTorch faces take ``total_steps``, as a cosine
+  schedule does. Only such an LO can have ``nominal_schedule="cosine"``: Adam with a
+  linear warmup over the first 5% of the run and cosine decay to 0 at its end
+  (:func:`elo_gym.schedules.relative_warmup_cosine`), the tuned AdamW baseline's shape.
 
 Adding a variant means a field here (with its check), its term in
 :meth:`LOSpec.tensor_terms` (or its feature switch), the same in
@@ -73,12 +82,12 @@ def adam_step_scale(acc: lo_features.TensorAccumulators) -> jax.Array:
 def nominal_update(
     acc: lo_features.TensorAccumulators,
     count: jax.Array,
-    learning_rate: float,
-    decay_steps: float = 0.0,
+    learning_rate: jax.Array | float,
 ) -> jax.Array:
-    """The nominal term of one tensor, shape S': ``optax.adam`` at
-    ``schedules.inverse_sqrt_decay(learning_rate, decay_steps)`` (b1 0.9, b2 0.999,
-    eps 1e-8), from the accumulators m_0.9 and r, which are Adam's moments.
+    """The nominal term of one tensor, shape S': ``optax.adam``'s step at
+    ``learning_rate`` (b1 0.9, b2 0.999, eps 1e-8; the spec's schedule already
+    applied, :meth:`LOSpec.nominal_learning_rate`), from the accumulators m_0.9 and
+    r, which are Adam's moments.
 
     ``acc`` must already include this step's gradient and ``count`` is the number of
     steps taken before it, as in ``lopt.lopt_update``.
@@ -86,8 +95,13 @@ def nominal_update(
     t = count.astype(jnp.float32) + 1.0
     m_hat = acc.momentum[0] / (1.0 - lo_features.MOMENTUM_DECAYS[0] ** t)
     v_hat = acc.rms[0] / (1.0 - lo_features.RMS_DECAYS[0] ** t)
-    lr = schedules.inverse_sqrt_decay(learning_rate, decay_steps)(count)
-    return -lr * m_hat / (jnp.sqrt(v_hat) + 1e-8)
+    return -learning_rate * m_hat / (jnp.sqrt(v_hat) + 1e-8)
+
+
+# The nominal term's schedules: inverse-sqrt decay (nominal_decay_steps, which only it
+# reads; 0: constant) and, for a relative-time LO, warmup + cosine decay to 0 at the
+# end of the run.
+NOMINAL_SCHEDULES = ("inverse_sqrt", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,8 +113,9 @@ class LOSpec:
     Attributes:
       hidden_size: width of the MLP's two hidden layers.
       step_mult, exp_mult: the step's multipliers (Eq. 2).
-      raw_adam_ratio, adam_scaled_step, nominal_lr, nominal_decay_steps: the
-        variants (module docstring); their defaults are the reference small_fc_lopt.
+      raw_adam_ratio, adam_scaled_step, nominal_lr, nominal_decay_steps,
+        time_horizon, nominal_schedule: the variants (module docstring); their
+        defaults are the reference small_fc_lopt.
     """
 
     hidden_size: int = 32
@@ -110,6 +125,8 @@ class LOSpec:
     adam_scaled_step: bool = False
     nominal_lr: float = 0.0
     nominal_decay_steps: float = 0.0
+    time_horizon: float = 0.0
+    nominal_schedule: str = "inverse_sqrt"
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -131,6 +148,21 @@ class LOSpec:
             raise ValueError(
                 "nominal_decay_steps must be >= 0 (0: a constant lr), got "
                 f"{self.nominal_decay_steps}"
+            )
+        if not self.time_horizon >= 0:
+            raise ValueError(
+                f"time_horizon must be >= 0 (0: absolute time), got {self.time_horizon}"
+            )
+        if self.nominal_schedule not in NOMINAL_SCHEDULES:
+            raise ValueError(
+                f"unknown nominal_schedule {self.nominal_schedule!r}; valid: "
+                + ", ".join(NOMINAL_SCHEDULES)
+            )
+        if self.nominal_schedule == "cosine" and not self.relative_time:
+            raise ValueError(
+                "nominal_schedule 'cosine' decays to the end of the run, which only a "
+                "relative-time LO knows: set time_horizon > 0 (e.g. the meta-training "
+                "horizon n_max)"
             )
 
     # -- construction and (de)serialization --------------------------------------
@@ -192,32 +224,76 @@ class LOSpec:
                 "(LOSpec.for_meta_params) or load the LO it describes"
             )
 
+    # -- time: what the step features and the nominal schedule read ---------------
+
+    @property
+    def relative_time(self) -> bool:
+        """Whether the LO reads relative time and so needs the run's length."""
+        return self.time_horizon > 0
+
+    def clock(
+        self, count: jax.Array, total_steps: jax.Array | float | None = None
+    ) -> jax.Array:
+        """What the step features and the nominal schedule read at iteration
+        ``count`` of a run of ``total_steps``: the count itself, or for a
+        relative-time LO ``count * time_horizon / total_steps`` (float32).
+
+        Raises:
+          ValueError: a relative-time LO without ``total_steps``.
+        """
+        if not self.relative_time:
+            return count
+        if total_steps is None:
+            raise ValueError(
+                f"this LO reads relative time (time_horizon {self.time_horizon:g}): "
+                "it needs total_steps, the number of steps the run will take"
+            )
+        total = jnp.maximum(jnp.asarray(total_steps, jnp.float32), 1.0)
+        return count.astype(jnp.float32) * (self.time_horizon / total)
+
+    def nominal_learning_rate(self, clock: jax.Array) -> jax.Array:
+        """The nominal term's lr at ``clock`` (:meth:`clock`)."""
+        if self.nominal_schedule == "cosine":
+            return schedules.relative_warmup_cosine(
+                self.nominal_lr, clock, self.time_horizon
+            )
+        return schedules.inverse_sqrt_decay(self.nominal_lr, self.nominal_decay_steps)(
+            clock
+        )
+
     # -- the step (Eq. 2 with the variants) and its inverse ----------------------
 
     def tensor_terms(
-        self, acc: lo_features.TensorAccumulators, count: jax.Array
+        self,
+        acc: lo_features.TensorAccumulators,
+        count: jax.Array,
+        clock: jax.Array | None = None,
     ) -> tuple[jax.Array | float, jax.Array | float]:
         """(scale, nominal) of one tensor's step: a scalar (1.0 unless
         ``adam_scaled_step``) and an S'-shaped nominal term (0.0 unless
         ``nominal_lr`` > 0). ``acc`` includes this step's gradient; ``count`` is the
-        number of steps taken before it."""
+        number of steps taken before it; ``clock`` what the schedule reads (default:
+        ``count``, :meth:`clock`)."""
         scale = adam_step_scale(acc) if self.adam_scaled_step else 1.0
         nominal = 0.0
         if self.nominal_lr > 0:
-            nominal = nominal_update(
-                acc, count, self.nominal_lr, self.nominal_decay_steps
-            )
+            lr = self.nominal_learning_rate(count if clock is None else clock)
+            nominal = nominal_update(acc, count, lr)
         return scale, nominal
 
     def row_terms(
-        self, params: Any, state: lo_features.SmallFcLOptState
+        self,
+        params: Any,
+        state: lo_features.SmallFcLOptState,
+        clock: jax.Array | None = None,
     ) -> tuple[jax.Array | float, jax.Array | float]:
         """(scale, nominal) of every parameter as (P,) rows (``jax.tree.leaves``
         order, each tensor flattened in C order, as the env's rows), or 1.0 and 0.0
-        where the variant is off. ``state`` includes this step's gradient."""
+        where the variant is off. ``state`` includes this step's gradient; ``clock``
+        as for :meth:`tensor_terms`."""
         p_leaves, treedef = jax.tree.flatten(params)
         acc_leaves = treedef.flatten_up_to(state.accumulators)
-        terms = [self.tensor_terms(a, state.count) for a in acc_leaves]
+        terms = [self.tensor_terms(a, state.count, clock) for a in acc_leaves]
         scale, nominal = 1.0, 0.0
         if self.adam_scaled_step:
             scale = jnp.concatenate(
@@ -266,7 +342,12 @@ _DEFAULTS = {f.name: f.default for f in dataclasses.fields(LOSpec)}
 
 
 def _checked(name: str, kind: str, value: Any) -> Any:
-    """``value`` as the field's type (bool, int or a finite float), or ValueError."""
+    """``value`` as the field's type (bool, int, str or a finite float), or
+    ValueError."""
+    if kind == "str":
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"{name} must be a string, got {value!r}")
     if kind == "bool":
         if isinstance(value, bool | np.bool_):
             return bool(value)

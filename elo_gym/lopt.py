@@ -131,6 +131,7 @@ def lopt_update(
     *,
     layout: lopt_fused.Layout,
     merged: bool = False,
+    total_steps: jax.Array | float | None = None,
 ) -> tuple[Any, SmallFcLOptState]:
     """One learned-optimizer step: (updates, new_state); new params = p + updates.
 
@@ -146,8 +147,11 @@ def lopt_update(
       merged: run the small tensors' MLP in one pass; set it when vmapping over
         meta-parameters that differ per copy, as an evolution strategy over the LO
         does; leave it off for one LO over a batch.
+      total_steps: the number of steps of the run, which a relative-time LO needs
+        (``spec.time_horizon`` > 0, :meth:`LOSpec.clock`); others ignore it.
     """
     state = accumulate(grads, state)
+    clock = spec.clock(state.count, total_steps)
     outputs = lopt_fused.mlp_outputs(
         grads,
         params,
@@ -156,11 +160,14 @@ def lopt_update(
         layout=layout,
         merged=merged,
         raw_adam_ratio=spec.raw_adam_ratio,
+        clock=clock,
     )
     p_leaves, treedef = jax.tree.flatten(params)
     acc_leaves = treedef.flatten_up_to(state.accumulators)
     updates = [
-        spec.update(jnp.moveaxis(out, 0, -1), *spec.tensor_terms(acc, state.count))
+        spec.update(
+            jnp.moveaxis(out, 0, -1), *spec.tensor_terms(acc, state.count, clock)
+        )
         .reshape(p.shape)
         .astype(p.dtype)
         for out, p, acc in zip(outputs, p_leaves, acc_leaves, strict=True)
@@ -174,6 +181,7 @@ def small_fc_lopt(
     *,
     layout: lopt_fused.Layout | None = None,
     merged: bool = False,
+    total_steps: int | None = None,
 ) -> optax.GradientTransformation:
     """small_fc_lopt as an ``optax.GradientTransformation``.
 
@@ -187,6 +195,9 @@ def small_fc_lopt(
       layout: as for :func:`lopt_update`; None takes the default backend's, read
         here, once.
       merged: as for :func:`lopt_update`.
+      total_steps: the number of steps the run will take. A relative-time LO
+        (``spec.time_horizon`` > 0) needs it, as a cosine schedule does; others
+        ignore it.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, elo_gym
@@ -204,6 +215,12 @@ def small_fc_lopt(
             f"spec must be an elo_gym.lo_spec.LOSpec, got {type(spec).__name__}"
         )
     spec.check_meta_params(meta_params)
+    if spec.relative_time and not (total_steps or 0) > 0:
+        raise ValueError(
+            f"this LO reads relative time (time_horizon {spec.time_horizon:g}): pass "
+            "total_steps > 0, the number of steps the run will take, got "
+            f"{total_steps!r}"
+        )
 
     def update_fn(updates, state, params=None):
         if params is None:
@@ -218,6 +235,7 @@ def small_fc_lopt(
             spec,
             layout=layout,
             merged=merged,
+            total_steps=total_steps,
         )
 
     return optax.GradientTransformation(init_state, update_fn)

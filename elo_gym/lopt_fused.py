@@ -238,6 +238,7 @@ def mlp_outputs(
     layout: Layout,
     merged: bool = False,
     raw_adam_ratio: bool = False,
+    clock: jax.Array | None = None,
 ) -> list[jax.Array]:
     """The LO's MLP output (d, m) for every tensor, without the (n, 39) features.
 
@@ -258,6 +259,7 @@ def mlp_outputs(
         matmuls as one wide matmul, and the copies cost more than they save
         (docs/performance.md).
       raw_adam_ratio: features 6-8 unnormalized (``lo_features.normalizers``).
+      clock: what the step features read (``LOSpec.clock``); default the count.
 
     Returns:
       One (2,) + S' array per leaf, in ``jax.tree.leaves`` order (S' = S, or (1,)
@@ -267,7 +269,7 @@ def mlp_outputs(
     g_leaves, treedef = jax.tree.flatten(grads)
     p_leaves = treedef.flatten_up_to(params)
     acc_leaves = treedef.flatten_up_to(state.accumulators)
-    steps = lo_features.step_features(state.count)
+    steps = lo_features.step_features(state.count if clock is None else clock)
     outputs: list[jax.Array | None] = [None] * len(g_leaves)
     pending = []  # tensors for the merged pass
     for i, (g, p, acc) in enumerate(zip(g_leaves, p_leaves, acc_leaves, strict=True)):

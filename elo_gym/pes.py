@@ -92,6 +92,7 @@ def policy_actions(
             layout=cfg.layout,
             merged=True,
             raw_adam_ratio=cfg.env.lo.raw_adam_ratio,
+            clock=core.lo_clock(cfg.env, s),
         )
         return jnp.concatenate([out.reshape(2, -1) for out in outputs], axis=1).T
 

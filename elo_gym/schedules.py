@@ -12,6 +12,7 @@ import math
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 ALPHA_SCHEDULES = ("linear", "hold_linear", "constant")
@@ -98,6 +99,34 @@ def inverse_sqrt_decay(learning_rate: float, decay_steps: float) -> optax.Schedu
     if decay_steps == 0:
         return lambda count: learning_rate
     return lambda count: learning_rate * jax.lax.rsqrt(1.0 + count / decay_steps)
+
+
+# The demonstrator's lr over an episode: inverse-sqrt decay (expert_decay_steps) or
+# warmup + cosine decay to 0 at the episode's end, for a relative-time LO to imitate.
+EXPERT_SCHEDULES = ("inverse_sqrt", "cosine")
+# Warmup share of a cosine run: the adamw_cosine baseline's (scripts/evaluate.py).
+COSINE_WARMUP_FRACTION = 0.05
+
+
+def relative_warmup_cosine(
+    learning_rate: float,
+    count: jax.Array,
+    total_steps: jax.Array | float,
+    warmup_fraction: float = COSINE_WARMUP_FRACTION,
+) -> jax.Array:
+    """The lr at step ``count`` of a run of ``total_steps``: linear warmup over the
+    first ``warmup_fraction`` of the run, then cosine decay to 0 at its end.
+
+    ``count`` may be a float (a relative-time LO's clock); one rule serves a run of
+    any length: the nominal term and the demonstrator of a relative-time LO.
+    """
+    n = jnp.asarray(count, jnp.float32)
+    total = jnp.maximum(jnp.asarray(total_steps, jnp.float32), 1.0)
+    warmup = warmup_fraction * total
+    ramp = n / jnp.maximum(warmup, 1.0)
+    progress = jnp.clip((n - warmup) / jnp.maximum(total - warmup, 1.0), 0.0, 1.0)
+    decay = 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+    return learning_rate * jnp.where(n < warmup, ramp, decay)
 
 
 class OuterStepValues(NamedTuple):

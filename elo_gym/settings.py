@@ -54,6 +54,7 @@ class EnvSettings:
     meta_loss_split: str = "train"
     expert_learning_rate: float = 1e-3  # the demonstrator Adam's lr (the paper's)
     expert_decay_steps: float = 0.0  # > 0: the expert's lr decays as 1/sqrt(1 + n/tau)
+    expert_schedule: str = "inverse_sqrt"  # or "cosine" to the end of the episode
     lo: LOSpec = LOSpec()  # the LO's step (actions, expert action) and features
     paired: bool = False
 
@@ -120,6 +121,7 @@ class EnvSettings:
             meta_loss_split=self.meta_loss_split,
             expert_learning_rate=self.expert_learning_rate,
             expert_decay_steps=self.expert_decay_steps,
+            expert_schedule=self.expert_schedule,
             lo=self.lo,
             paired=self.paired,
         )

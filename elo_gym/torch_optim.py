@@ -19,6 +19,7 @@ the MLP in tiles along axis 0, so that each tile's activations stay in cache.
 
 from __future__ import annotations
 
+import functools
 import math
 import pathlib
 from collections.abc import Callable, Iterable
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from elo_gym import checkpoint, lopt
+from elo_gym import checkpoint, lopt, schedules
 from elo_gym.lo_spec import LOSpec
 
 # The per-element input rows, in the order _element_rows builds them: features 0-12,
@@ -67,12 +68,14 @@ class _Net:
         self.timescales = tensor(lopt.STEP_TIMESCALES)
         self._first_bias = (-1, self.b0)
 
-    def first_bias(self, count: int) -> torch.Tensor:
-        """b0 plus the 11 step features of iteration ``count`` times their weights."""
+    def first_bias(self, count: int, clock: torch.Tensor | None = None) -> torch.Tensor:
+        """b0 plus the 11 step features of iteration ``count`` times their weights;
+        the features read ``clock`` (``LOSpec.clock``; default the count)."""
         # Every tensor of a step asks for the same count: compute it once.
         if self._first_bias[0] != count:
-            count_f32 = torch.tensor(count, dtype=torch.float32, device=self.w0.device)
-            steps = torch.tanh(count_f32 / self.timescales - 1.0)
+            if clock is None:
+                clock = torch.tensor(count, dtype=torch.float32, device=self.w0.device)
+            steps = torch.tanh(clock / self.timescales - 1.0)
             bias = self.b0 + steps @ self.w0[lopt.NUM_NORMALIZED :]
             self._first_bias = (count, bias)
         return self._first_bias[1]
@@ -212,6 +215,7 @@ def _mlp_outputs(
     net: _Net,
     count: int,
     raw_adam_ratio: bool,
+    clock: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The MLP output (direction, magnitude) for every element, (2,) + S'.
 
@@ -228,7 +232,7 @@ def _mlp_outputs(
     # Tiles cut axis 0: the terms that broadcast along it are equal in every tile and
     # enter as addmm's input; the others are sliced and added tile by tile.
     terms = _broadcast_terms(state, net.w0)
-    fixed = net.first_bias(count).view((hidden,) + (1,) * len(shape))
+    fixed = net.first_bias(count, clock).view((hidden,) + (1,) * len(shape))
     fixed = fixed + sum(t for t in terms if t.shape[1] == 1)
     sliced = [t for t in terms if t.shape[1] != 1]
     row = math.prod(shape[1:])
@@ -273,6 +277,8 @@ class SmallFcLOpt(torch.optim.Optimizer):
         hidden size). Every setting of :class:`elo_gym.lo_spec.LOSpec` is honoured
         here, in torch ops (``tests/elo_gym/test_torch_optim.py`` checks each
         against the optax face).
+      total_steps: the number of steps the run will take, which a relative-time LO
+        (``spec.time_horizon`` > 0) needs, as a cosine schedule does.
     """
 
     def __init__(
@@ -280,6 +286,7 @@ class SmallFcLOpt(torch.optim.Optimizer):
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
         meta_params: lopt.MetaParams,
         spec: LOSpec | None = None,
+        total_steps: int | None = None,
     ) -> None:
         _validate_meta_params(meta_params)
         spec = LOSpec.for_meta_params(meta_params) if spec is None else spec
@@ -288,6 +295,12 @@ class SmallFcLOpt(torch.optim.Optimizer):
                 f"spec must be an elo_gym.lo_spec.LOSpec, got {type(spec).__name__}"
             )
         spec.check_meta_params(meta_params)
+        if spec.relative_time and not (total_steps or 0) > 0:
+            raise ValueError(
+                f"this LO reads relative time (time_horizon {spec.time_horizon:g}): "
+                f"pass total_steps > 0, the number of steps the run will take, got "
+                f"{total_steps!r}"
+            )
         defaults = {"step_mult": spec.step_mult, "exp_mult": spec.exp_mult}
         super().__init__(params, defaults)
         for group in self.param_groups:
@@ -298,6 +311,7 @@ class SmallFcLOpt(torch.optim.Optimizer):
                     )
         self.meta_params = meta_params
         self.spec = spec
+        self.total_steps = total_steps
         self._nets: dict[torch.device, _Net] = {}
 
     def _net(self, device: torch.device) -> _Net:
@@ -331,6 +345,7 @@ class SmallFcLOpt(torch.optim.Optimizer):
             p.grad.reshape(shape).float(), nan=0.0, posinf=0.0, neginf=0.0
         )
         _accumulate(g, state, net)
+        clock = self._clock(state["step"], g.device)
         out = _mlp_outputs(
             g,
             p.reshape(shape).float(),
@@ -338,13 +353,14 @@ class SmallFcLOpt(torch.optim.Optimizer):
             net,
             state["step"],
             self.spec.raw_adam_ratio,
+            clock,
         )
         update = (out[0] * -step_mult).mul_(torch.exp(out[1] * exp_mult))
         if self.spec.adam_scaled_step:  # as lo_spec.adam_step_scale
             ratio = state["momentum"][0] * torch.rsqrt(state["rms"][0] + 1e-6)
             update.mul_(torch.sqrt(1e-5 + ratio.square().mean()))
         if self.spec.nominal_lr > 0:
-            update.add_(self._nominal(state))
+            update.add_(self._nominal(state, clock))
         update = update.view(p.shape)
         if torch.finfo(p.dtype).bits >= 32:
             p.add_(update)
@@ -352,18 +368,40 @@ class SmallFcLOpt(torch.optim.Optimizer):
             p.copy_(update.add_(p))
         state["step"] += 1
 
-    def _nominal(self, state: dict[str, Any]) -> torch.Tensor:
+    def _clock(self, count: int, device: torch.device) -> torch.Tensor:
+        """As ``LOSpec.clock``, float32: the count, or relative to total_steps."""
+        f32 = functools.partial(torch.tensor, dtype=torch.float32, device=device)
+        clock = f32(count)
+        if self.spec.relative_time:
+            total = torch.clamp(f32(self.total_steps), min=1.0)
+            clock = clock * (f32(self.spec.time_horizon) / total)
+        return clock
+
+    def _nominal_lr(self, clock: torch.Tensor) -> torch.Tensor:
+        """As ``LOSpec.nominal_learning_rate``, in its float32 order of operations."""
+        lr = torch.full_like(clock, self.spec.nominal_lr)
+        if self.spec.nominal_schedule == "cosine":  # schedules.relative_warmup_cosine
+            total = torch.clamp(torch.full_like(clock, self.spec.time_horizon), min=1.0)
+            warmup = schedules.COSINE_WARMUP_FRACTION * total
+            ramp = clock / torch.clamp(warmup, min=1.0)
+            progress = torch.clamp(
+                (clock - warmup) / torch.clamp(total - warmup, min=1.0), 0.0, 1.0
+            )
+            decay = 0.5 * (1.0 + torch.cos(math.pi * progress))
+            return lr * torch.where(clock < warmup, ramp, decay)
+        if self.spec.nominal_decay_steps > 0:
+            lr = lr * torch.rsqrt(1.0 + clock / self.spec.nominal_decay_steps)
+        return lr
+
+    def _nominal(self, state: dict[str, Any], clock: torch.Tensor) -> torch.Tensor:
         """As ``elo_gym.lo_spec.nominal_update``, in its float32 order of operations:
-        Adam's step from m_0.9 and r."""
+        Adam's step from m_0.9 and r at the spec's lr at ``clock``."""
         device = state["rms"].device
         count = torch.tensor(state["step"], dtype=torch.float32, device=device)
         t = count + 1.0
         m_hat = state["momentum"][0] / (1.0 - lopt.MOMENTUM_DECAYS[0] ** t)
         v_hat = state["rms"][0] / (1.0 - lopt.RMS_DECAYS[0] ** t)
-        lr = torch.full_like(count, self.spec.nominal_lr)
-        if self.spec.nominal_decay_steps > 0:
-            lr = lr * torch.rsqrt(1.0 + count / self.spec.nominal_decay_steps)
-        return -lr * m_hat / (torch.sqrt(v_hat) + 1e-8)
+        return -self._nominal_lr(clock) * m_hat / (torch.sqrt(v_hat) + 1e-8)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Loads :meth:`state_dict`, keeping the float32 accumulators float32."""
@@ -380,6 +418,7 @@ class SmallFcLOpt(torch.optim.Optimizer):
 def load(
     path: str | pathlib.Path,
     params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+    total_steps: int | None = None,
 ) -> SmallFcLOpt:
     """A trained LO as a :class:`SmallFcLOpt` over ``params``.
 
@@ -387,10 +426,12 @@ def load(
       path: anything :func:`elo_gym.load_optimizer` accepts: a run directory, its
         ``lo.msgpack``, a ``checkpoints`` directory or one checkpoint step directory.
       params: the parameters (or groups) to optimize.
+      total_steps: the number of steps the run will take (a relative-time LO needs
+        it; others ignore it).
 
     Returns:
       The optimizer, with the settings the LO was trained with (its
       :class:`elo_gym.lo_spec.LOSpec`, from ``lo.json``).
     """
     meta_params, info = checkpoint.load_meta_params(path)
-    return SmallFcLOpt(params, meta_params, LOSpec.from_json(info))
+    return SmallFcLOpt(params, meta_params, LOSpec.from_json(info), total_steps)

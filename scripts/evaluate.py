@@ -515,7 +515,7 @@ def run(config: EvalConfig, workdir: str | pathlib.Path) -> dict:
         def lo_program(meta, data, keys, *, spec):
             if spec not in host_loops:
                 build = functools.partial(
-                    elo_gym.small_fc_lopt, spec=spec, layout=layout
+                    elo_gym.small_fc_lopt, spec=spec, layout=layout, total_steps=steps
                 )
                 host_loops[spec] = HostLoop(
                     task, build, steps=steps, eval_every=eval_every
@@ -530,7 +530,9 @@ def run(config: EvalConfig, workdir: str | pathlib.Path) -> dict:
 
         @functools.partial(jax.jit, static_argnames=("spec",))
         def lo_program(meta, data, keys, *, spec):
-            optimizer = elo_gym.small_fc_lopt(meta, spec, layout=layout)
+            optimizer = elo_gym.small_fc_lopt(
+                meta, spec, layout=layout, total_steps=steps
+            )
             return jax.vmap(functools.partial(train, optimizer), (None, 0))(data, keys)
 
         def baseline_program(family):

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from elo_gym import buffer as replay
-from elo_gym import core, lopt
+from elo_gym import core, lopt, schedules
 from elo_gym.envs import ImageMLPTask, make_image_mlp_task
 from elo_gym.lo_spec import LOSpec
 
@@ -868,3 +868,65 @@ def test_nominal_term_is_added_to_the_action_and_taken_from_the_expert(data):
         rows(moved.copies.params), before + expert_update, rtol=0, atol=1e-7
     )
     assert np.all(np.asarray(step_info["bc_loss"]) < 1e-10)
+
+
+def test_a_cosine_expert_and_a_relative_time_lo_read_the_episode_length(data):
+    """expert_schedule cosine: at inner step n of an episode of N steps the expert's
+    update is the constant expert's times relative_warmup_cosine(n, N) / lr; a
+    relative-time LO observes the step features of n * time_horizon / N, and its
+    cosine nominal term's lr is read there too (the expert's action is what the
+    nominal term leaves of the expert's update)."""
+    n_steps, steps = 40, 6
+    clock = steps * 200.0 / n_steps
+    p = core.make_params(data, n_min=n_steps, n_max=n_steps, alpha=1.0)
+    nominal = LOSpec(time_horizon=200.0, nominal_lr=0.02, nominal_schedule="cosine")
+    specs = {
+        "inverse_sqrt": LOSpec(),
+        "cosine": LOSpec(time_horizon=200.0),
+        "nominal": nominal,
+    }
+    updates, features, actions = {}, {}, {}
+    for name, spec in specs.items():
+        cfg = core.EnvConfig(
+            task=TASK,
+            num_copies=2,
+            expert_schedule="inverse_sqrt" if name == "inverse_sqrt" else "cosine",
+            lo=spec,
+        )
+        state, obs, info = core.reset(cfg, core.copy_keys(cfg, 0), p)
+        zeros = jnp.zeros((2, core.num_params(TASK), 2))
+        step = jax.jit(functools.partial(core.step, cfg))
+        for _ in range(steps):
+            state, obs, _, _, _, info = step(state, zeros, p)
+        updates[name] = np.asarray(info["expert_update"])
+        features[name] = np.asarray(obs["features"])
+        actions[name] = np.asarray(info["expert_action"])
+    moving = np.abs(updates["inverse_sqrt"]) > 1e-7
+    lr = float(schedules.relative_warmup_cosine(1e-3, steps, n_steps))
+    np.testing.assert_allclose(
+        updates["cosine"][moving] / updates["inverse_sqrt"][moving],
+        lr / 1e-3,
+        rtol=1e-4,
+    )
+    np.testing.assert_allclose(
+        features["cosine"][..., 28:],
+        np.broadcast_to(
+            lopt.step_features(jnp.float32(clock)),
+            features["cosine"][..., 28:].shape,
+        ),
+        rtol=1e-6,
+    )
+    np.testing.assert_array_equal(
+        features["cosine"][..., :28], features["inverse_sqrt"][..., :28]
+    )
+    # The expert and the nominal term are both Adam on the same gradients: the
+    # nominal term is the expert's update times the ratio of their lrs.
+    nominal_lr = float(schedules.relative_warmup_cosine(0.02, clock, 200.0))
+    np.testing.assert_allclose(
+        actions["nominal"][..., 0] * -nominal.step_mult,
+        updates["nominal"] * (1.0 - nominal_lr / lr),
+        rtol=1e-3,
+        atol=1e-9,
+    )
+    with pytest.raises(ValueError, match="cosine expert decays"):
+        core.EnvConfig(task=TASK, expert_schedule="cosine", expert_decay_steps=10.0)

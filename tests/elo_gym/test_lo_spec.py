@@ -46,6 +46,13 @@ OLD_LO_JSON = """{
         (dict(nominal_lr=-1.0), r"nominal_lr must be >= 0 \(0: no nominal term\)"),
         (dict(nominal_lr="0.02"), "nominal_lr must be a number, got '0.02'"),
         (dict(nominal_decay_steps=-5.0), "nominal_decay_steps must be >= 0"),
+        (dict(time_horizon=-1.0), r"time_horizon must be >= 0 \(0: absolute time\)"),
+        (dict(nominal_schedule=3), "nominal_schedule must be a string, got 3"),
+        (dict(nominal_schedule="linear"), "unknown nominal_schedule 'linear'"),
+        (
+            dict(nominal_lr=0.02, nominal_schedule="cosine"),
+            "only a relative-time LO knows: set time_horizon > 0",
+        ),
     ],
 )
 def test_bad_settings_are_named(settings, match):
@@ -65,12 +72,15 @@ def test_numbers_are_normalized_so_equal_specs_hash_alike():
         bool,
         float,
         float,
+        float,
+        str,
     ]
 
 
 def test_lo_json_written_before_the_spec_loads_and_is_written_alike(tmp_path):
     """An lo.json of the code before the spec gives the spec it recorded, and
-    ``save_lo`` writes that spec's lo.json byte for byte as that code did."""
+    ``save_lo`` writes that spec's lo.json as that code did, with the settings added
+    since (relative time) at their defaults after the old ones."""
     old = json.loads(OLD_LO_JSON)
     spec = LOSpec.from_json(old)
     assert spec == LOSpec(
@@ -79,7 +89,9 @@ def test_lo_json_written_before_the_spec_loads_and_is_written_alike(tmp_path):
     extra = {k: v for k, v in old.items() if k not in lo_spec.FIELDS}
     meta = elo_gym.init_meta_params(jax.random.PRNGKey(0))
     checkpoint.save_lo(tmp_path, meta, spec, extra=extra)
-    assert (tmp_path / "lo.json").read_text() == OLD_LO_JSON
+    added = '  "time_horizon": 0.0,\n  "nominal_schedule": "inverse_sqrt",\n'
+    expected = OLD_LO_JSON.replace('  "env"', added + '  "env"')
+    assert (tmp_path / "lo.json").read_text() == expected
     _, info = checkpoint.load_meta_params(tmp_path)
     assert LOSpec.from_json(info) == spec
     # A file from before the variants existed ran the reference LO.
@@ -173,7 +185,10 @@ def test_terms_follow_the_variants_per_tensor_and_per_row():
         scale, nominal = spec.tensor_terms(acc[name], state.count)
         np.testing.assert_array_equal(scale, lo_spec.adam_step_scale(acc[name]))
         np.testing.assert_array_equal(
-            nominal, lo_spec.nominal_update(acc[name], state.count, 0.02, 10.0)
+            nominal,
+            lo_spec.nominal_update(
+                acc[name], state.count, 0.02 / jnp.sqrt(1.0 + state.count / 10.0)
+            ),
         )
         size = int(np.size(params[name]))
         np.testing.assert_array_equal(scale_rows[start : start + size], scale)

@@ -432,3 +432,70 @@ def test_the_optax_face_takes_only_a_spec_of_its_weights():
         lopt.small_fc_lopt(meta, LOSpec())
     with pytest.raises(TypeError, match="spec must be an elo_gym.lo_spec.LOSpec"):
         lopt.small_fc_lopt(meta, {"nominal_lr": 0.01})
+
+
+def test_a_relative_time_lo_stretches_its_schedule_to_the_run():
+    """time_horizon 200: at step 10n of a 2,000-step run the step features read step
+    n of a 200-step run, and so does the nominal term's lr (its bias correction
+    stays the count's); time_horizon 0 reads absolute time; a relative-time LO
+    without total_steps is refused."""
+    rng = np.random.default_rng(1)
+    params = {"w": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)}
+    grads = {"w": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)}
+    meta = elo_gym.init_meta_params(jax.random.PRNGKey(5))
+    silent = meta._replace(mlp=jax.tree.map(np.zeros_like, meta.mlp))
+
+    def update_at(count, weights=meta, total_steps=None, **settings):
+        spec = LOSpec(adam_scaled_step=True, **settings)
+        opt = lopt.small_fc_lopt(weights, spec, total_steps=total_steps)
+        state = opt.init(params)._replace(count=jnp.int32(count))
+        return np.asarray(opt.update(grads, state, params)[0]["w"])
+
+    np.testing.assert_allclose(
+        update_at(700, time_horizon=200.0, total_steps=2000),
+        update_at(70),
+        rtol=1e-5,
+        atol=1e-9,
+    )
+    assert np.abs(update_at(700) - update_at(70)).max() > 1e-5  # time matters
+    np.testing.assert_array_equal(update_at(700, total_steps=2000), update_at(700))
+    nominal = dict(nominal_lr=0.02, nominal_decay_steps=100.0)
+    lr_ratio = np.sqrt(1.0 + 700 / 100.0) / np.sqrt(1.0 + 70 / 100.0)
+    np.testing.assert_allclose(
+        update_at(700, silent, 2000, time_horizon=200.0, **nominal),
+        update_at(700, silent, **nominal) * lr_ratio,
+        rtol=1e-5,
+    )
+    with pytest.raises(ValueError, match="pass total_steps"):
+        lopt.small_fc_lopt(meta, LOSpec(time_horizon=200.0))
+    with pytest.raises(ValueError, match="time_horizon must be >= 0"):
+        LOSpec(time_horizon=-1.0)
+
+
+def test_a_cosine_nominal_term_is_adam_with_warmup_cosine_to_the_run_end():
+    """nominal_schedule cosine (relative time): an LO whose MLP outputs zero is
+    optax.adam with linear warmup over 5% of total_steps and cosine decay to 0, for a
+    run of any length."""
+    rng = np.random.default_rng(2)
+    params = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)}
+    meta = elo_gym.init_meta_params(jax.random.PRNGKey(3))
+    silent = meta._replace(mlp=jax.tree.map(np.zeros_like, meta.mlp))
+    spec = LOSpec(nominal_lr=0.02, nominal_schedule="cosine", time_horizon=200.0)
+    for total in (60, 20):
+        lo = lopt.small_fc_lopt(silent, spec, total_steps=total)
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.0, 0.02, 0.05 * total, total, 0.0
+        )
+        adam = optax.adam(schedule)
+        states = [lo.init(params), adam.init(params)]
+        steps = [jax.jit(lo.update), jax.jit(adam.update)]
+        for _ in range(total):
+            grads = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)}
+            (u_lo, states[0]), (u_adam, states[1]) = (
+                f(grads, s, params) for f, s in zip(steps, states, strict=True)
+            )
+            np.testing.assert_allclose(u_lo["w"], u_adam["w"], rtol=2e-4, atol=1e-8)
+    with pytest.raises(ValueError, match="only a relative-time LO knows"):
+        LOSpec(nominal_lr=0.02, nominal_schedule="cosine")
+    with pytest.raises(ValueError, match="unknown nominal_schedule"):
+        LOSpec(nominal_schedule="linear")

@@ -1,6 +1,8 @@
 """Schedules: alpha_t (Eq. 8), the curriculum's n_max, the demonstrator's lr decay."""
 
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from elo_gym import schedules
@@ -99,3 +101,19 @@ def test_inverse_sqrt_decay_is_the_demonstrators_inner_step_schedule():
     assert float(schedules.inverse_sqrt_decay(0.02, 0.0)(10_000)) == 0.02
     with pytest.raises(ValueError, match="decay_steps must be >= 0"):
         schedules.inverse_sqrt_decay(0.02, -1.0)
+
+
+def test_relative_warmup_cosine_is_optax_warmup_cosine_over_the_run():
+    """A run of T steps: linear warmup over 5% of T, cosine to 0 at T, as
+    optax.warmup_cosine_decay_schedule over the same T; read in relative time, step
+    10k of 2,000 steps gets the lr of step k of 200."""
+    for total in (40, 200):
+        reference = optax.warmup_cosine_decay_schedule(
+            0.0, 0.02, int(0.05 * total), total, 0.0
+        )
+        n = jnp.arange(total + 5)
+        got = schedules.relative_warmup_cosine(0.02, n, jnp.int32(total))
+        np.testing.assert_allclose(got, reference(n), rtol=1e-5, atol=1e-9)
+    short = schedules.relative_warmup_cosine(0.02, jnp.arange(200), 200)
+    long = schedules.relative_warmup_cosine(0.02, 10 * jnp.arange(200), 2000)
+    np.testing.assert_allclose(short, long, rtol=1e-5, atol=1e-9)

@@ -38,7 +38,12 @@ VARIANTS = [
     dict(adam_scaled_step=True),
     dict(nominal_lr=0.02, nominal_decay_steps=3.0),
     dict(adam_scaled_step=True, nominal_lr=0.01),
+    # A relative-time LO: the 5 steps of a 5-step run read as 0, 100, ..., 400 of 500.
+    dict(time_horizon=500.0),
+    dict(time_horizon=500.0, nominal_lr=0.02, nominal_schedule="cosine"),
 ]
+# The run length the faces are told (a relative-time LO needs it, others ignore it).
+TOTAL_STEPS = 5
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -217,9 +222,10 @@ def test_every_spec_setting_is_checked_against_the_optax_face():
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_lo_variant_loads_with_its_setting_in_both_faces(tmp_path, variant):
-    """An LO meta-trained with raw_adam_ratio, adam_scaled_step or a nominal term:
-    lo.json records it, and ``elo_gym.load_optimizer`` and ``torch_optim.load`` both
-    build that variant's update, which differs from the reference one on the same
+    """An LO meta-trained with raw_adam_ratio, adam_scaled_step, a nominal term or
+    relative time (with a cosine nominal term): lo.json records it, and
+    ``elo_gym.load_optimizer`` and ``torch_optim.load`` both build that variant's
+    update, which differs from the reference one on the same
     weights."""
     meta = _nontrivial_meta()
     meta.mlp["Dense_0"]["kernel"][6, :2] += [2.0, -2.0]  # feature 6 moves the output
@@ -229,8 +235,8 @@ def test_lo_variant_loads_with_its_setting_in_both_faces(tmp_path, variant):
     rng = np.random.default_rng(0)
     init = _random_tree(rng, 0.1)
     params = {k: torch.nn.Parameter(torch.tensor(v)) for k, v in init.items()}
-    opt = torch_optim.load(tmp_path, params.values())
-    jax_opt = elo_gym.load_optimizer(tmp_path)
+    opt = torch_optim.load(tmp_path, params.values(), total_steps=TOTAL_STEPS)
+    jax_opt = elo_gym.load_optimizer(tmp_path, total_steps=TOTAL_STEPS)
     reference_opt = elo_gym.small_fc_lopt(meta)
     jax_params = reference_params = {k: jnp.asarray(v) for k, v in init.items()}
     jax_state, reference_state = jax_opt.init(jax_params), reference_opt.init(init)
