@@ -80,8 +80,9 @@ class EnvSettings:
         return cls(**{**registration.ENV_IDS[env_id], **given})
 
     def reshaped(self, spec: str) -> EnvSettings:
-        """These settings with the optimizee MLP of a ``--mixture`` entry
-        (:func:`mixture_shape`): the same dataset and numbers, another network."""
+        """These settings with the optimizee MLP of a ``WIDTHS[:ACTIVATION]``
+        ``--mixture`` entry (:func:`mixture_shape`): the same dataset and numbers,
+        another network. :func:`mixture_settings` takes every form of entry."""
         sizes, activation = mixture_shape(spec)
         return dataclasses.replace(self, hidden_sizes=sizes, activation=activation)
 
@@ -236,7 +237,11 @@ def load_task(spec: str) -> envs.Task:
 
 
 def mixture_shape(spec: str) -> tuple[tuple[int, ...], str]:
-    """``"128-64:gelu"`` -> ((128, 64), "gelu"); the activation defaults to relu."""
+    """``"128-64:gelu"`` -> ((128, 64), "gelu"); the activation defaults to relu.
+
+    Only the ``WIDTHS[:ACTIVATION]`` form; :func:`mixture_settings` parses every
+    ``--mixture`` entry (an env id with options too) and checks it fully.
+    """
     widths, _, activation = spec.partition(":")
     try:
         sizes = tuple(int(w) for w in widths.split("-"))
