@@ -142,3 +142,11 @@ def test_mixture_settings_errors_name_the_entry(spec, match):
 
     with pytest.raises(ValueError, match=f"--mixture entry '{spec}'.*{match}"):
         mixture_settings(_base(), spec)
+
+
+def test_every_task_option_is_a_mixture_option():
+    """A task option a mixture entry could not set would be inherited from the base
+    env as if it were an ELO setting."""
+    from elo_gym import settings
+
+    assert set(settings._PACKAGE_TASK_OPTIONS) <= set(settings._MIXTURE_OPTIONS)
