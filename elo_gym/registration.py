@@ -15,6 +15,14 @@ ENV_IDS = {
     # context 256; 16,090,880 params) on FineWeb-10B token shards, batch 512.
     # dataset="text", text_files=[...] trains it on plain-text files as bytes.
     "ELO-FineWeb-GPT2Mini": {"model": "gpt2mini", "dataset": "fineweb"},
+    # Offline task families beyond digits, for meta-training on a task distribution:
+    # an MLP 32-64-64-10 (6,922 params, batch 128) learning the argmax labels of a
+    # fixed random teacher MLP on x ~ N(0, I_32), fresh data every batch
+    # (teacher_seed= picks the teacher, input_dim= and num_classes= its shape) ...
+    "ELO-Teacher-MLP": {"model": "mlp", "dataset": "teacher"},
+    # ... and a byte-level GPT-2-mini sized for CPUs (2 layers, width 32, 2 heads,
+    # context 64; 35,712 params, batch 32) on Python's own standard-library sources.
+    "ELO-PySource-GPT2Mini": {"model": "gpt2mini", "dataset": "pysource"},
     # Your own model and data: gymnasium.make("ELO-Task", task=envs.from_flax(...)),
     # or --env ELO-Task --task package.module:factory in the agents and evaluate.py.
     "ELO-Task": {"model": "custom", "dataset": "custom"},

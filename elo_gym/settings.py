@@ -27,7 +27,8 @@ class EnvSettings:
     model: str = "mlp"  # task family: "mlp", "resnet18", "gpt2mini"; "custom": task
     # ELO-Task: a Task object (e.g. envs.from_flax(...)) or its "package.module:factory"
     task: envs.Task | str | None = None
-    dataset: str = "digits"  # digits, imagenet32 (image models); fineweb, text (LM)
+    # digits, imagenet32 (image models), teacher (mlp); fineweb, text, pysource (LM)
+    dataset: str = "digits"
     hidden_sizes: tuple[int, ...] | None = None  # mlp: None -> the dataset's default
     activation: str | None = None  # mlp: None -> relu
     batch_size: int | None = None  # None: the task's default
@@ -38,6 +39,9 @@ class EnvSettings:
     context_length: int | None = None  # gpt2mini: tokens per window
     text_files: tuple[str, ...] | None = None  # gpt2mini on dataset "text"
     data_dir: str | None = None
+    input_dim: int | None = None  # mlp on teacher: input dimensions (None: 32)
+    num_classes: int | None = None  # mlp on teacher: classes (None: 10)
+    teacher_seed: int | None = None  # mlp on teacher: which teacher (None: 0)
     mode: str = "elo"
     p_th: float = 0.2
     buffer_size: int = 4
@@ -77,8 +81,9 @@ class EnvSettings:
         return cls(**{**registration.ENV_IDS[env_id], **given})
 
     def reshaped(self, spec: str) -> EnvSettings:
-        """These settings with the optimizee MLP of a ``--mixture`` entry
-        (:func:`mixture_shape`): the same dataset and numbers, another network."""
+        """These settings with the optimizee MLP of a ``WIDTHS[:ACTIVATION]``
+        ``--mixture`` entry (:func:`mixture_shape`): the same dataset and numbers,
+        another network. :func:`mixture_settings` takes every form of entry."""
         sizes, activation = mixture_shape(spec)
         return dataclasses.replace(self, hidden_sizes=sizes, activation=activation)
 
@@ -107,6 +112,9 @@ class EnvSettings:
             context_length=self.context_length,
             text_files=None if self.text_files is None else tuple(self.text_files),
             data_dir=self.data_dir,
+            input_dim=self.input_dim,
+            num_classes=self.num_classes,
+            teacher_seed=self.teacher_seed,
         )
 
     def config(self, num_copies: int) -> core.EnvConfig:
@@ -181,6 +189,9 @@ _PACKAGE_TASK_OPTIONS = (
     "context_length",
     "text_files",
     "data_dir",
+    "input_dim",
+    "num_classes",
+    "teacher_seed",
 )
 
 
@@ -228,7 +239,11 @@ def load_task(spec: str) -> envs.Task:
 
 
 def mixture_shape(spec: str) -> tuple[tuple[int, ...], str]:
-    """``"128-64:gelu"`` -> ((128, 64), "gelu"); the activation defaults to relu."""
+    """``"128-64:gelu"`` -> ((128, 64), "gelu"); the activation defaults to relu.
+
+    Only the ``WIDTHS[:ACTIVATION]`` form; :func:`mixture_settings` parses every
+    ``--mixture`` entry (an env id with options too) and checks it fully.
+    """
     widths, _, activation = spec.partition(":")
     try:
         sizes = tuple(int(w) for w in widths.split("-"))
@@ -240,3 +255,131 @@ def mixture_shape(spec: str) -> tuple[tuple[int, ...], str]:
             "joined by '-', e.g. 128-64:gelu"
         )
     return sizes, activation or "relu"
+
+
+def _widths(value: str) -> tuple[int, ...]:
+    sizes = tuple(int(w) for w in value.split("-"))
+    if min(sizes) < 1:
+        raise ValueError(value)
+    return sizes
+
+
+def _bool(value: str) -> bool:
+    lowered = value.lower()
+    if lowered not in ("true", "false", "1", "0"):
+        raise ValueError(value)
+    return lowered in ("true", "1")
+
+
+# What a ``--mixture ENV_ID:OPTION=VALUE,...`` entry may set: the task's options, each
+# parsed from its text (widths joined by '-', files by '+').
+_MIXTURE_OPTIONS = {
+    "dataset": str,
+    "task": str,
+    "hidden_sizes": _widths,
+    "activation": str,
+    "batch_size": int,
+    "augment": _bool,
+    "max_shift": int,
+    "noise_std": float,
+    "width": int,
+    "context_length": int,
+    "text_files": lambda value: tuple(value.split("+")),
+    "data_dir": str,
+    "input_dim": int,
+    "num_classes": int,
+    "teacher_seed": int,
+}
+# EnvSettings fields that make the task; a mixture entry's are its own, the others
+# (the ELO settings) it takes from the env it is mixed into.
+_TASK_FIELDS = ("model", *_MIXTURE_OPTIONS)
+
+
+def mixture_settings(base: EnvSettings, spec: str) -> EnvSettings:
+    """The full settings of one ``--mixture`` entry, a task meta-trained beside
+    ``base``'s.
+
+    An entry is either
+
+    - ``WIDTHS[:ACTIVATION]`` (e.g. ``128-64:gelu``): ``base``'s task with another
+      MLP, the same data (:meth:`EnvSettings.reshaped`); or
+    - ``ENV_ID[:OPTION=VALUE,...]`` (e.g. ``ELO-Teacher-MLP`` or
+      ``ELO-Teacher-MLP:hidden_sizes=32-32,activation=tanh,teacher_seed=3``): the
+      registered env id's own task and data, with these task options (``dataset``,
+      ``task``, ``hidden_sizes`` as widths joined by ``-``, ``activation``,
+      ``batch_size``, ``augment`` (true/false), ``max_shift``, ``noise_std``,
+      ``width``, ``context_length``, ``text_files`` joined by ``+``, ``data_dir``,
+      ``input_dim``, ``num_classes``, ``teacher_seed``); options not given keep the
+      env id's defaults, not ``base``'s (``data_dir`` too; ``$ELO_GYM_DATA_DIR`` is
+      read as usual).
+
+    Either way the entry keeps ``base``'s ELO settings: mode, p_th, buffer, n_min /
+    n_max, alpha, the BC and expert settings, the LO spec, paired, ... The task is
+    built once here (from shapes and names only, no data is loaded), so that a bad
+    entry fails now.
+
+    Raises:
+      ValueError: naming the entry and what is wrong with it (an unknown env id or
+        option, a malformed value, an ELO setting, or a task the options cannot make).
+
+    Example:
+      >>> base = EnvSettings.from_id("ELO-Digits-MLP", p_th=0.1)
+      >>> entry = mixture_settings(base, "ELO-Teacher-MLP:hidden_sizes=32-32")
+      >>> entry.dataset, entry.hidden_sizes, entry.p_th
+      ('teacher', (32, 32), 0.1)
+    """
+    head, _, rest = spec.partition(":")
+    if head in registration.ENV_IDS:
+        options = _mixture_options(spec, rest)
+        elo = {
+            f.name: getattr(base, f.name)
+            for f in dataclasses.fields(base)
+            if f.name not in _TASK_FIELDS
+        }
+        settings = EnvSettings(**{**elo, **registration.ENV_IDS[head], **options})
+    elif head[:1].isdigit():
+        settings = base.reshaped(spec)
+    else:
+        raise ValueError(
+            f"--mixture entry {spec!r} must be WIDTHS[:ACTIVATION] (e.g. 128-64:gelu) "
+            f"or ENV_ID[:OPTION=VALUE,...] with ENV_ID one of "
+            f"{', '.join(registration.ENV_IDS)}; {head!r} is neither"
+        )
+    try:
+        settings.build_task()
+    except ValueError as e:
+        raise ValueError(f"--mixture entry {spec!r}: {e}") from e
+    return settings
+
+
+def _mixture_options(spec: str, text: str) -> dict[str, Any]:
+    """The OPTION=VALUE,... of a mixture entry, parsed (see mixture_settings)."""
+    options: dict[str, Any] = {}
+    for item in filter(None, text.split(",")):
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise ValueError(
+                f"--mixture entry {spec!r}: {item!r} is not OPTION=VALUE (options "
+                "are joined by ',', e.g. ELO-Teacher-MLP:hidden_sizes=32-32,"
+                "activation=tanh)"
+            )
+        if name not in _MIXTURE_OPTIONS:
+            what = (
+                "an ELO setting, which every mixture task takes from the env"
+                if name in {f.name for f in dataclasses.fields(EnvSettings)}
+                else "not an option"
+            )
+            raise ValueError(
+                f"--mixture entry {spec!r}: {name!r} is {what}; an entry sets task "
+                f"options only: {', '.join(_MIXTURE_OPTIONS)}"
+            )
+        if name in options:
+            raise ValueError(f"--mixture entry {spec!r} sets {name!r} twice")
+        try:
+            options[name] = _MIXTURE_OPTIONS[name](value)
+        except ValueError:
+            raise ValueError(
+                f"--mixture entry {spec!r}: bad {name} {value!r}"
+                + (" (positive widths joined by '-')" if name == "hidden_sizes" else "")
+            ) from None
+    return options

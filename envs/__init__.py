@@ -2,9 +2,11 @@
 
 Everything here is pure JAX over explicit arrays and keys, and imports nothing
 from `elo_gym` or `agents`. Families: image MLP and ResNet-18 (`digits`,
-`imagenet32`), GPT-2-mini (`fineweb` token shards, `text` files as bytes); all
-implement `tasks.Task` and are built by `make_task`. `from_flax` / `ArrayTask` make a
-`Task` of your own model, loss and arrays (env ELO-Task).
+`imagenet32`), an MLP learning a random teacher's labels (`teacher`, infinite data),
+GPT-2-mini (`fineweb` token shards, `text` files as bytes, `pysource`: Python's
+standard library as bytes); all implement `tasks.Task` and are built by `make_task`.
+`from_flax` / `ArrayTask` make a `Task` of your own model, loss and arrays (env
+ELO-Task).
 """
 
 from .array_task import ArrayTask, from_flax, top1_accuracy
@@ -25,7 +27,15 @@ from .image_task import ImageClassificationTask
 from .language_model import LanguageModelTask, make_lm_task
 from .resnet import ResNetTask, make_resnet_task
 from .tasks import MODELS, Task, make_task
-from .tokens import TokenData, load_fineweb, load_text, write_token_shard
+from .teacher import TeacherData, TeacherTask, make_teacher_task
+from .tokens import (
+    TokenData,
+    load_fineweb,
+    load_python_source,
+    load_text,
+    python_source_files,
+    write_token_shard,
+)
 
 __all__ = [
     "ACTIVATIONS",
@@ -42,17 +52,22 @@ __all__ = [
     "LanguageModelTask",
     "ResNetTask",
     "Task",
+    "TeacherData",
+    "TeacherTask",
     "TokenData",
     "augment",
     "dataset_info",
     "from_flax",
     "load_dataset",
     "load_fineweb",
+    "load_python_source",
     "load_text",
     "make_image_mlp_task",
     "make_lm_task",
     "make_resnet_task",
+    "make_teacher_task",
     "make_task",
+    "python_source_files",
     "sample_batch",
     "top1_accuracy",
     "write_token_shard",

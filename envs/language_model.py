@@ -6,7 +6,11 @@ project's GPT-2-mini is a GPT-2 (pre-LayerNorm decoder, learned positions, GELU 
 by 1/sqrt(2 x layers)) with 4 layers, width 256, 4 heads and context 256:
 16,090,880 parameters on GPT-2's 50,257 tokens (12.9M of them the embedding),
 3,290,624 on bytes. It trains on FineWeb token shards or, offline, on plain-text files
-as bytes (see `tokens`). The model has no non-trainable state.
+as bytes or on Python's own standard-library sources as bytes (see `tokens`). The
+model has no non-trainable state.
+
+On ``pysource`` the defaults are sized for meta-training on a CPU: 2 layers, width
+32, 2 heads, context 64, batch 32 (35,712 parameters).
 """
 
 from __future__ import annotations
@@ -23,7 +27,13 @@ import optax
 from . import tokens as token_data
 from .chunked_eval import chunked_means
 
-LM_DATASETS = ("fineweb", "text")
+LM_DATASETS = ("fineweb", "text", "pysource")
+# Each dataset's defaults, over the dataclass's (GPT-2-mini's): pysource is small.
+_DATASET_DEFAULTS = {
+    "pysource": dict(
+        batch_size=32, context_length=64, width=32, num_layers=2, num_heads=2
+    ),
+}
 _INIT_STD = 0.02
 
 
@@ -94,7 +104,9 @@ class LanguageModelTask:
     the next-token top-1 accuracy.
     """
 
-    dataset: str  # "fineweb" (GPT-2 token shards) or "text" (bytes of text_files)
+    # "fineweb" (GPT-2 token shards), "text" (bytes of text_files) or "pysource"
+    # (bytes of Python's standard-library sources, tokens.python_source_files)
+    dataset: str
     batch_size: int = 512  # the paper's language batch
     context_length: int = 256
     width: int = 256
@@ -136,12 +148,17 @@ class LanguageModelTask:
             raise ValueError(
                 "dataset 'text' needs text_files: the plain-text files to train on."
             )
+        if self.dataset == "pysource" and self.text_files:
+            raise ValueError(
+                "dataset 'pysource' reads Python's standard library; text_files are "
+                "for dataset 'text'."
+            )
 
     # ------------------------------------------------------------------ the model
 
     @property
     def vocab_size(self) -> int:
-        """GPT-2's 50,257 tokens for fineweb, 256 bytes for text."""
+        """GPT-2's 50,257 tokens for fineweb, 256 bytes for text and pysource."""
         if self.dataset == "fineweb":
             return token_data.GPT2_VOCAB_SIZE
         return token_data.BYTE_VOCAB_SIZE
@@ -189,6 +206,8 @@ class LanguageModelTask:
             data = token_data.load_fineweb(
                 self.data_dir, max_train_tokens=self.max_train_tokens
             )
+        elif self.dataset == "pysource":
+            data = token_data.load_python_source()
         else:
             data = token_data.load_text(self.text_files)
         token_data.check_fits(data, self.context_length + 1)
@@ -277,8 +296,9 @@ def make_lm_task(
     data_dir: str | None = None,
     max_train_tokens: int | None = None,
 ) -> LanguageModelTask:
-    """Builds a `LanguageModelTask`; arguments left None keep GPT-2-mini's defaults
-    (batch 512, context 256, width 256, 4 layers, 4 heads).
+    """Builds a `LanguageModelTask`; arguments left None keep the dataset's defaults:
+    GPT-2-mini's (batch 512, context 256, width 256, 4 layers, 4 heads), on
+    ``pysource`` a CPU-sized one (batch 32, context 64, width 32, 2 layers, 2 heads).
 
     Example:
       >>> make_lm_task("fineweb").num_params()
@@ -294,6 +314,7 @@ def make_lm_task(
         "data_dir": data_dir,
         "max_train_tokens": max_train_tokens,
     }
+    given = {k: v for k, v in overrides.items() if v is not None}
     return LanguageModelTask(
-        dataset=dataset, **{k: v for k, v in overrides.items() if v is not None}
+        dataset=dataset, **{**_DATASET_DEFAULTS.get(dataset, {}), **given}
     )

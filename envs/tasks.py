@@ -17,13 +17,14 @@ import jax
 from .image_mlp import make_image_mlp_task
 from .language_model import make_lm_task
 from .resnet import make_resnet_task
+from .teacher import TEACHER_DATASET, TEACHER_OPTIONS, make_teacher_task
 
 
 class Task(Protocol):
     """An optimizee task: a model, its data and its loss; hashable, holds no arrays."""
 
     batch_size: int
-    model_name: str  # "mlp", "resnet18" or "gpt2mini"
+    model_name: str  # "mlp", "resnet18" or "gpt2mini" (the teacher task's is "mlp")
     # How a CPU best drives this model's inner steps: "scan" (one compiled loop) or
     # "host" (a Python loop of jitted steps; XLA:CPU runs convolutions inside a
     # compiled loop about 8x slower than alone).
@@ -69,18 +70,48 @@ class Task(Protocol):
         """Settings and size, for run configs and results files."""
 
 
+_IMAGE_MLP_OPTIONS = (
+    "hidden_sizes",
+    "activation",
+    "batch_size",
+    "augment",
+    "max_shift",
+    "noise_std",
+    "data_dir",
+)
+
+
+def make_mlp_task(dataset: str = "digits", **options: Any) -> Task:
+    """An MLP task: on images (:func:`make_image_mlp_task`) or, for dataset
+    ``"teacher"``, on a random teacher's labels (:func:`make_teacher_task`).
+
+    Raises:
+      ValueError: an option the dataset's MLP does not take (image options such as
+        ``augment`` for the teacher, teacher options such as ``teacher_seed`` for
+        images).
+    """
+    teacher = dataset == TEACHER_DATASET
+    factory, accepted = (
+        (make_teacher_task, TEACHER_OPTIONS)
+        if teacher
+        else (make_image_mlp_task, _IMAGE_MLP_OPTIONS)
+    )
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"model 'mlp' on dataset {dataset!r} does not take {', '.join(unknown)}; "
+            f"its options there are {', '.join(accepted)}"
+        )
+    return factory(dataset, **options)
+
+
 # Model family -> (factory, the options it takes besides the dataset).
 MODELS: dict[str, tuple[Callable[..., Task], tuple[str, ...]]] = {
     "mlp": (
-        make_image_mlp_task,
+        make_mlp_task,
         (
-            "hidden_sizes",
-            "activation",
-            "batch_size",
-            "augment",
-            "max_shift",
-            "noise_std",
-            "data_dir",
+            *_IMAGE_MLP_OPTIONS,
+            *(o for o in TEACHER_OPTIONS if o not in _IMAGE_MLP_OPTIONS),
         ),
     ),
     "resnet18": (make_resnet_task, ("width", "batch_size", "augment", "data_dir")),

@@ -9,6 +9,9 @@ Two sources, one layout:
   up to a token budget, into the device array; nothing is downloaded.
 - ``text``: the user's own plain-text files as bytes (vocabulary 256), so that the
   language-model path runs offline on real text.
+- ``pysource``: Python's own standard-library sources as bytes, a fixed, sorted
+  selection of the running interpreter's modules (every machine that runs this has
+  them), split by file into train, valid and test.
 
 A split lives on the device as a 2-D array (num_chunks, chunk_len): each chunk is a
 contiguous run of tokens, at most 2**24 long, so that every index fits in int32 even
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import sysconfig
 from collections.abc import Sequence
 
 import flax.struct
@@ -249,6 +253,82 @@ def load_text(
     return jax.device_put(
         TokenData(*(_chunked([s], None, np.uint8) for s in splits), BYTE_VOCAB_SIZE)
     )
+
+
+# Bytes of each split of dataset "pysource": about 450 KB of Python, enough for the
+# small byte-level models a CPU meta-trains.
+PYSOURCE_SPLIT_BYTES = {"train": 384 * 1024, "valid": 32 * 1024, "test": 32 * 1024}
+# The i-th file of the sorted selection goes to this split (i mod 10), until that
+# split has its bytes: whole files per split, so that no module is in two splits.
+_PYSOURCE_SPLIT_OF = ("train",) * 8 + ("valid", "test")
+
+
+def python_source_files(
+    stdlib_dir: str | os.PathLike[str] | None = None,
+    split_bytes: dict[str, int] | None = None,
+) -> dict[str, list[tuple[pathlib.Path, int]]]:
+    """The files of dataset ``"pysource"`` and how many bytes of each it reads.
+
+    The candidates are the top-level modules of the standard library (``*.py``
+    directly in ``stdlib_dir``, default ``sysconfig.get_paths()["stdlib"]``) whose
+    names do not start with ``_``, sorted by name. File ``i`` goes to split
+    ``("train",) * 8 + ("valid", "test")`` at ``i mod 10`` while that split has fewer
+    than ``split_bytes[split]`` bytes (default :data:`PYSOURCE_SPLIT_BYTES`), its last
+    file cut to fit; so the selection is deterministic for a given interpreter (its
+    sources differ between Python versions) and no file is in two splits.
+
+    Returns:
+      {"train": [(path, bytes to read), ...], "valid": [...], "test": [...]}.
+
+    Raises:
+      DatasetNotFoundError: no standard-library sources (e.g. a zipped stdlib), or
+        too few to fill the splits.
+    """
+    budget = dict(PYSOURCE_SPLIT_BYTES if split_bytes is None else split_bytes)
+    if sorted(budget) != sorted(SPLITS) or min(budget.values()) <= 0:
+        raise ValueError(
+            f"split_bytes must give a positive size to each of {list(SPLITS)}, "
+            f"got {budget}"
+        )
+    folder = pathlib.Path(stdlib_dir or sysconfig.get_paths()["stdlib"])
+    candidates = sorted(
+        p for p in folder.glob("*.py") if p.is_file() and not p.name.startswith("_")
+    )
+    chosen: dict[str, list[tuple[pathlib.Path, int]]] = {s: [] for s in SPLITS}
+    for i, path in enumerate(candidates):
+        split = _PYSOURCE_SPLIT_OF[i % len(_PYSOURCE_SPLIT_OF)]
+        if budget[split] > 0:
+            take = min(path.stat().st_size, budget[split])
+            chosen[split].append((path, take))
+            budget[split] -= take
+        if max(budget.values()) == 0:
+            return chosen
+    raise DatasetNotFoundError(
+        f"Dataset 'pysource': the standard library at {folder} has "
+        f"{len(candidates)} top-level *.py modules, too few to fill the splits "
+        f"(still missing {budget} bytes); is the stdlib installed as source?"
+    )
+
+
+def load_python_source(
+    stdlib_dir: str | os.PathLike[str] | None = None,
+    split_bytes: dict[str, int] | None = None,
+) -> TokenData:
+    """Python's standard-library sources as byte tokens (vocabulary 256), offline:
+    the files of :func:`python_source_files`, each split's concatenated in order.
+
+    Raises:
+      DatasetNotFoundError: see :func:`python_source_files`.
+    """
+    files = python_source_files(stdlib_dir, split_bytes)
+    splits = []
+    for name in SPLITS:
+        pieces = []
+        for path, size in files[name]:
+            with open(path, "rb") as f:
+                pieces.append(np.frombuffer(f.read(size), np.uint8))
+        splits.append(_chunked(pieces, None, np.uint8))
+    return jax.device_put(TokenData(*splits, BYTE_VOCAB_SIZE))
 
 
 def check_fits(data: TokenData, length: int) -> None:

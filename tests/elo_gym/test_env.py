@@ -107,13 +107,15 @@ def _assert_tree_close(actual, expected, what=""):
 # --- registration ---
 
 
-def test_import_registers_exactly_the_five_ids():
+def test_import_registers_exactly_the_seven_ids():
     ids = {name for name in gym.registry if name.startswith("ELO-")}
     expected = {
         "ELO-Digits-MLP",
         "ELO-ImageNet32-MLP",
         "ELO-ImageNet32-ResNet18",
         "ELO-FineWeb-GPT2Mini",
+        "ELO-Teacher-MLP",
+        "ELO-PySource-GPT2Mini",
         "ELO-Task",
     }
     assert ids == expected == set(elo_gym.ENV_IDS)

@@ -1,4 +1,5 @@
-"""The out-of-distribution envs: ELO-ImageNet32-ResNet18 and ELO-FineWeb-GPT2Mini.
+"""The out-of-distribution envs, ELO-ImageNet32-ResNet18 and ELO-FineWeb-GPT2Mini,
+and the offline task families ELO-Teacher-MLP and ELO-PySource-GPT2Mini.
 
 Small widths of the real architectures, on digits (ResNet-18), bundled real text and
 a generated FineWeb-format shard (GPT-2-mini); the full-size ids are only checked for
@@ -135,3 +136,37 @@ def test_load_optimizer_trains_both_models(tmp_path, real_text_files) -> None:
         assert np.isfinite(float(loss))
         moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), new, params)
         assert 0 < max(jax.tree.leaves(moved)) < 1.0
+
+
+@pytest.mark.parametrize(
+    ("env_id", "dataset", "options", "initial_loss"),
+    [
+        # Balanced labels among 10 classes: about ln(10) at init.
+        (
+            "ELO-Teacher-MLP",
+            "teacher",
+            dict(hidden_sizes=(8,), batch_size=16),
+            np.log(10),
+        ),
+        # Bytes of Python: near ln(256) at init.
+        (
+            "ELO-PySource-GPT2Mini",
+            "pysource",
+            dict(width=8, context_length=8),
+            np.log(256),
+        ),
+    ],
+)
+def test_offline_family_env_resets_and_steps(
+    env_id, dataset, options, initial_loss
+) -> None:
+    import gymnasium as gym
+
+    e = gym.make(env_id, **options)
+    obs, info, rewards = _expert_rollout(e, 2)
+    task = e.unwrapped.config.task
+    assert task.dataset == dataset
+    p = core.num_params(task)
+    assert obs["features"].shape == (p, 39) and info["expert_action"].shape == (p, 2)
+    assert np.isfinite(rewards).all()
+    assert abs(float(obs["loss"]) - initial_loss) < 0.5
