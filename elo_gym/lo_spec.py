@@ -96,11 +96,17 @@ class LOSpec:
     static argument under ``jit``). Values are checked and normalized on creation
     (ints given for floats become floats, so equal specs hash alike).
 
+    The variants' defaults (all but the first three fields) are the reference
+    small_fc_lopt.
+
     Attributes:
-      hidden_size: width of the MLP's two hidden layers.
-      step_mult, exp_mult: the step's multipliers (Eq. 2).
-      raw_adam_ratio, adam_scaled_step, nominal_lr, nominal_decay_steps: the
-        variants (module docstring); their defaults are the reference small_fc_lopt.
+      hidden_size: width of the LO MLP's two hidden layers.
+      step_mult: multiplier of the direction d in the step (Eq. 2).
+      exp_mult: multiplier of the magnitude m in the step (Eq. 2).
+      raw_adam_ratio: the LO sees Adam's ratio m / sqrt(r) unnormalized.
+      adam_scaled_step: each tensor's step is multiplied by the RMS of Adam's ratio.
+      nominal_lr: > 0: the update adds Adam's step at this lr (a nominal term).
+      nominal_decay_steps: tau > 0: the nominal lr decays as 1 / sqrt(1 + n / tau).
     """
 
     hidden_size: int = 32

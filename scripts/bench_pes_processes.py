@@ -63,7 +63,7 @@ def _pes_step(args: pes_train.Args) -> tuple[Callable[[], dict], dict[str, int]]
     args = args.resolved()
     cfg, env_params = pes_train.pes_config(args)
     state = pes.shard_state(cfg, pes_train.init_state(args, cfg, env_params))
-    _, whole = distributed.pairs_shardings(args.num_pairs)
+    _, whole = distributed.pairs_shardings(args.pes.num_pairs)
     values = pes_train.schedule_at(args, 1)
     # Outer step 1, so that new episodes may start from the buffer.
     params = distributed.put(env_params, whole).replace(
@@ -93,7 +93,7 @@ def _worker(a: argparse.Namespace) -> None:
     os.sched_setaffinity(0, set(a.cores))
     if a.num_processes > 1:
         distributed.initialize(f"localhost:{a.port}", a.num_processes, a.rank)
-    args = pes_train.Args(
+    args = pes_train.make_args(
         mode="elo",
         num_pairs=a.num_pairs,
         truncation=a.truncation,

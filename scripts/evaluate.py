@@ -76,9 +76,9 @@ from tqdm import tqdm
 
 import elo_gym
 from elo_gym import envs as tasks
-from elo_gym import lopt_fused, schedules
+from elo_gym import schedules, validation
 from elo_gym.checkpoint import load_meta_params
-from elo_gym.inner_loop import HostLoop, eval_steps, train_curves
+from elo_gym.inner_loop import eval_steps
 from elo_gym.lo_spec import LOSpec
 from elo_gym.settings import EnvSettings
 
@@ -497,8 +497,6 @@ def run(config: EvalConfig, workdir: str | pathlib.Path) -> dict:
     data = task.load_data()
     steps, eval_every = resolved["steps"], resolved["eval_every"]
     keys = _seed_keys(config)
-    train = functools.partial(train_curves, task, steps=steps, eval_every=eval_every)
-    layout = lopt_fused.default_layout()
 
     def build_baseline(family):
         return functools.partial(
@@ -509,40 +507,23 @@ def run(config: EvalConfig, workdir: str | pathlib.Path) -> dict:
             weight_decay=config.weight_decay,
         )
 
-    if _use_host_loop(config, task):
-        host_loops = {}
+    # validation's programs, as the PES agent's validation runs them: the LO's
+    # weights and the baselines' lr (and tau) are traced, so one compilation serves
+    # every LO of a spec and each baseline family's whole grid.
+    sizes = dict(steps=steps, eval_every=eval_every)
+    host_loop = _use_host_loop(config, task)
+    lo_programs: dict[LOSpec, Any] = {}
 
-        def lo_program(meta, data, keys, *, spec):
-            if spec not in host_loops:
-                build = functools.partial(
-                    elo_gym.small_fc_lopt, spec=spec, layout=layout
-                )
-                host_loops[spec] = HostLoop(
-                    task, build, steps=steps, eval_every=eval_every
-                )
-            return host_loops[spec](meta, data, keys)
-
-        def baseline_program(family):
-            return HostLoop(
-                task, build_baseline(family), steps=steps, eval_every=eval_every
+    def lo_program(meta, data, keys, *, spec):
+        if spec not in lo_programs:
+            lo_programs[spec] = validation.lo_curves(
+                task, spec, **sizes, host_loop=host_loop
             )
-    else:
+        return lo_programs[spec](meta, data, keys)
 
-        @functools.partial(jax.jit, static_argnames=("spec",))
-        def lo_program(meta, data, keys, *, spec):
-            optimizer = elo_gym.small_fc_lopt(meta, spec, layout=layout)
-            return jax.vmap(functools.partial(train, optimizer), (None, 0))(data, keys)
-
-        def baseline_program(family):
-            # lr (and tau) are traced: one compilation serves the family's grid.
-            @jax.jit
-            def program(hyper, data, keys):
-                optimizer = build_baseline(family)(hyper)
-                return jax.vmap(functools.partial(train, optimizer), (None, 0))(
-                    data, keys
-                )
-
-            return program
+    def baseline_program(family):
+        build = build_baseline(family)
+        return validation.seed_curves(task, build, **sizes, host_loop=host_loop)
 
     curves: dict[str, Any] = {}
     seconds: dict[str, float] = {}

@@ -46,6 +46,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from elo_gym import checkpoint, lopt  # noqa: E402
+from elo_gym import runs as runs_lib  # noqa: E402
 from elo_gym.agents import pes_train  # noqa: E402
 
 sys.path.insert(0, os.fspath(pathlib.Path(__file__).resolve().parent))
@@ -87,7 +88,7 @@ class StudyConfig:
     hidden_sizes: tuple[int, ...] | None = None  # None: the env's default MLP
     batch_size: int | None = None
     hidden_size: int = 32
-    clone_steps: int = pes_train.Args.clone_steps  # the BC warm start of ELO's LO
+    clone_steps: int = pes_train.PESArgs.clone_steps  # BC warm start of ELO's LO
     eval_every: int = 50  # outer steps between the runs' validation evaluations
     meta_seeds: tuple[int, ...] = (0, 1, 2)
     p_th_sweep: tuple[float, ...] = (0.05, 0.2)  # the default and the paper's
@@ -149,17 +150,17 @@ def runs(config: StudyConfig) -> dict[str, pes_train.Args]:
     """Every meta-training run of the study, by name (``<method>_s<meta-seed>``)."""
     base = _base_args(config)
     out = {
-        f"{mode}_s{seed}": pes_train.Args(mode=mode, seed=seed, **base)
+        f"{mode}_s{seed}": pes_train.make_args(mode=mode, seed=seed, **base)
         for mode in METHODS
         for seed in config.meta_seeds
     }
     first = config.meta_seeds[0]
     for mode in ABLATIONS:
-        out[f"{mode}_s{first}"] = pes_train.Args(mode=mode, seed=first, **base)
-    default_p_th = pes_train.Args().p_th
+        out[f"{mode}_s{first}"] = pes_train.make_args(mode=mode, seed=first, **base)
+    default_p_th = pes_train.make_args().inner.p_th
     for p_th in config.p_th_sweep:
         if p_th != default_p_th:  # the main ELO run is the default p_th
-            out[f"elo_pth{p_th:g}_s{first}"] = pes_train.Args(
+            out[f"elo_pth{p_th:g}_s{first}"] = pes_train.make_args(
                 mode="elo", p_th=p_th, seed=first, **base
             )
     return out
@@ -177,7 +178,7 @@ def meta_train(config: StudyConfig, out: pathlib.Path) -> dict[str, float]:
             continue
         print(f"[{i + 1}/{len(todo)}] meta-training {name}", file=sys.stderr)
         tic = time.perf_counter()
-        pes_train.main(dataclasses.replace(args, run_dir=str(run_dir)))
+        pes_train.main(runs_lib.replace_flat(args, run_dir=str(run_dir)))
         seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - tic
         out.mkdir(parents=True, exist_ok=True)
         timings_file.write_text(json.dumps(seconds, indent=2))
@@ -187,15 +188,15 @@ def meta_train(config: StudyConfig, out: pathlib.Path) -> dict[str, float]:
 def nominal_lo(config: StudyConfig, out: pathlib.Path) -> list[str]:
     """Writes ``out/runs/nominal`` once: the default LO with every MLP weight zero, so
     that its update is its nominal term alone; ``[]`` if the default LO has none."""
-    args = pes_train.Args(**_base_args(config)).resolved()
-    if not args.nominal_lr > 0:
+    args = pes_train.make_args(**_base_args(config)).resolved()
+    if not args.lo.nominal_lr > 0:
         return []
     run_dir = out / "runs" / NOMINAL
     if not (run_dir / checkpoint.LO_FILE).is_file():
         meta = lopt.init_meta_params(jax.random.PRNGKey(0), config.hidden_size)
         silent = meta._replace(mlp=jax.tree.map(np.zeros_like, meta.mlp))
         run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint.save_lo(run_dir, silent, args.lo_spec())
+        checkpoint.save_lo(run_dir, silent, args.lo)
     return [NOMINAL]
 
 
@@ -496,7 +497,7 @@ def run(
     first = seeds[0]
     extra = [f"{m}_s{first}" for m in ABLATIONS]
     sweep = [
-        f"elo_pth{p:g}_s{first}" if p != pes_train.Args().p_th else f"elo_s{first}"
+        f"elo_pth{p:g}_s{first}" if p != pes_train.make_args().inner.p_th else f"elo_s{first}"
         for p in config.p_th_sweep
     ]
     # One meta-seed each: the constant-lr AdamW is reference enough, and cheaper.
@@ -546,7 +547,7 @@ def run(
         },
         "pes_defaults": {
             k: v
-            for k, v in dataclasses.asdict(pes_train.Args().resolved()).items()
+            for k, v in runs_lib.flatten(pes_train.make_args().resolved()).items()
             if k not in ("run_dir", "progress", "seed", "mode")
         },
         "claims": claims(main_table, heldout_table),
