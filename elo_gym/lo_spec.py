@@ -31,15 +31,16 @@ and the variants, all off by default (``docs/levers.md`` measures each):
 
 Adding a variant means a field here (with its check), its term in
 :meth:`LOSpec.tensor_terms` (or its feature switch), the same in
-:mod:`elo_gym.torch_optim`, and their tests.
+:mod:`elo_gym.torch_optim`, and their tests. Both agents render the spec as their
+``lo`` group of flags (its ``Attributes`` entries are the flags' help), so a new field
+is a flag of theirs with no agent edit.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -160,29 +161,6 @@ class LOSpec:
         """The settings as ``lo.json`` records them (JSON types, field order)."""
         return dataclasses.asdict(self)
 
-    @classmethod
-    def from_flags(cls, flags: Any) -> LOSpec:
-        """The spec of an agent's flat flags: the attributes of ``flags`` named like
-        the spec's fields (others keep their defaults)."""
-        return cls(**{k: getattr(flags, k) for k in FIELDS if hasattr(flags, k)})
-
-    def flags(self, flags_type: Callable[..., Any]) -> dict[str, Any]:
-        """The settings as keyword arguments of ``flags_type`` (an agent's Args),
-        which must take every setting that is not at its default.
-
-        Raises:
-          ValueError: a non-default setting that ``flags_type`` takes no argument for.
-        """
-        names = set(inspect.signature(flags_type).parameters)
-        given = self.to_json()
-        lost = {k: v for k, v in given.items() if k not in names and v != _DEFAULTS[k]}
-        if lost:
-            raise ValueError(
-                f"{getattr(flags_type, '__qualname__', flags_type)} has no flag for "
-                f"{lost}; it can only build an LO with their defaults"
-            )
-        return {k: v for k, v in given.items() if k in names}
-
     def differences(self, other: LOSpec) -> dict[str, tuple[Any, Any]]:
         """{setting: (this spec's value, ``other``'s)} where the two differ."""
         mine, theirs = self.to_json(), other.to_json()
@@ -268,7 +246,6 @@ class LOSpec:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(LOSpec))
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(LOSpec)}
 
 
 def _checked(name: str, kind: str, value: Any) -> Any:
