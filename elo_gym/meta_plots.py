@@ -1,5 +1,7 @@
 """Meta-training plots from PES run directories (like the ELO paper's Fig. 2).
 
+The library of ``scripts/plot_meta_training.py`` (:func:`main`); :func:`run` draws.
+
 - ``inner_steps.png`` (Fig. 2 left): how far into the inner trajectory the copies
   were trained, ELO (buffer restarts) against naive (fresh starts only) at equal
   compute. ``metrics.csv`` logs, per outer step, the mean and the max over copies of

@@ -225,6 +225,26 @@ def run_cli(main: Callable[[Any], pathlib.Path], parse: Callable[[], Any], name:
         raise SystemExit(2) from None
 
 
+def json_cli(
+    config_type: type, run: Callable[[Any], dict], prog: str, argv: Sequence[str] | None
+) -> dict:
+    """The command line of a script that prints one JSON object: parses
+    ``config_type`` with tyro, runs ``run(config)`` (a ValueError prints ``prog:
+    error: ...`` and exits 2), prints the JSON and writes it to ``config.out``."""
+    config = tyro.cli(config_type, args=argv)
+    try:
+        result = run(config)
+    except ValueError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    text = json.dumps(result, indent=1, allow_nan=False)
+    if config.out:
+        pathlib.Path(config.out).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(config.out).write_text(text)
+    print(text)
+    return result
+
+
 class MetricsLog:
     """metrics.csv, a row per outer step; rows past a resumed checkpoint are dropped."""
 

@@ -24,8 +24,6 @@ import argparse
 import functools
 import json
 import os
-import pathlib
-import sys
 from collections.abc import Callable
 
 import jax
@@ -36,8 +34,7 @@ from elo_gym import core, pes
 from elo_gym.agents import pes_train
 
 # The helper sits beside this file (scripts/ is not a package).
-sys.path.insert(0, os.fspath(pathlib.Path(__file__).resolve().parent))
-from _timing import log, machine_info, median_times  # noqa: E402
+from elo_gym.timing import log, machine_info, median_times
 
 
 def _zero_actions(

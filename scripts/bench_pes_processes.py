@@ -32,7 +32,6 @@ import argparse
 import functools
 import json
 import os
-import pathlib
 import socket
 import statistics
 import subprocess
@@ -47,8 +46,7 @@ from elo_gym import distributed, pes
 from elo_gym.agents import pes_train
 
 # The helper sits beside this file (scripts/ is not a package).
-sys.path.insert(0, os.fspath(pathlib.Path(__file__).resolve().parent))
-from _timing import log, machine_info, median_time  # noqa: E402
+from elo_gym.timing import log, machine_info, median_time
 
 SCOPES = ("pair", "shared")
 # With the affinity (which sizes XLA's CPU thread pool), one thread per device: a
