@@ -87,7 +87,7 @@ def _stand_in_pes_main(args) -> pathlib.Path:
     args = args.resolved()
     run_dir = pathlib.Path(args.run.run_dir)
     steps = args.pes.outer_steps
-    runs.prepare_run_dir(run_dir, runs.args_config(args, exclude=pes_train.LAUNCH))
+    runs.prepare_run_dir(run_dir, runs.args_config(args, exclude=pes_run.LAUNCH))
     log = runs.MetricsLog(run_dir / "metrics.csv", pes_train.METRICS, 0)
     for t in range(steps):
         row = dict.fromkeys(pes_train.METRICS, math.nan)
@@ -130,7 +130,7 @@ def test_quick_study_pipeline_with_stand_in_pes_runs(tmp_path, monkeypatch):
     asked = []
 
     def stand_in(args):
-        asked.append(pathlib.Path(args.run_dir).name)
+        asked.append(pathlib.Path(args.run.run_dir).name)
         return _stand_in_pes_main(args)
 
     monkeypatch.setattr(reproduce.pes_train, "main", stand_in)
