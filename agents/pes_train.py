@@ -19,7 +19,7 @@ import math
 import pathlib
 import time
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -224,7 +224,7 @@ PRESETS = {
 }
 
 
-def make_args(preset: str = "cpu", mode: str = "elo", **flags) -> Args:
+def make_args(preset: str = "cpu", mode: str = "elo", **flags: Any) -> Args:
     """The settings the command line builds: the preset in ``mode``, then ``flags``
     (named as on the command line, e.g. ``n_max=6``) overriding them.
 
@@ -272,12 +272,9 @@ def schedule_at(args: Args, outer_step: int) -> schedules.OuterStepValues:
 def outer_learning_rate(args: Args) -> optax.Schedule:
     """The outer optimizer's learning rate over the outer steps."""
     p = args.pes
+    lr, steps = p.learning_rate, p.outer_steps
     return schedules.outer_learning_rate(
-        p.learning_rate,
-        p.outer_steps,
-        p.lr_schedule,
-        p.warmup_fraction,
-        p.min_learning_rate,
+        lr, steps, p.lr_schedule, p.warmup_fraction, p.min_learning_rate
     )
 
 
@@ -317,18 +314,18 @@ def clone_demonstrator(args: Args, run_dir: pathlib.Path) -> pathlib.Path:
     """``--init-lo bc``: the BC agent clones this run's demonstrator on its env, LO
     and mixture into RUN_DIR/init_lo (kept: a resumed run does not clone again)."""
     out = run_dir / "init_lo"
-    inner = args.inner
     if not (out / checkpoint.LO_FILE).is_file():
+        # The task's and the demonstrator's settings; the clone keeps its own p_th.
+        names = ("task", "n_min", "n_max", "batch_size", "hidden_sizes", "data_dir")
+        names += ("mixture", "expert_lr", "expert_decay_steps")
         clone_args = bc_train.Args(
-            **dict(env=args.env, task=inner.task, seed=args.seed, run_dir=str(out)),
-            **dict(n_min=inner.n_min, n_max=inner.n_max, data_dir=inner.data_dir),
-            **dict(batch_size=inner.batch_size, hidden_sizes=inner.hidden_sizes),
-            expert_lr=inner.expert_lr,
-            expert_decay_steps=inner.expert_decay_steps,
+            env=args.env,
+            seed=args.seed,
+            run_dir=str(out),
             lo=args.lo,
-            mixture=inner.mixture,
             outer_steps=args.pes.clone_steps,
             progress=args.run.progress,
+            **{name: getattr(args.inner, name) for name in names},
         )
         distributed.run_alone(bc_train.main, clone_args)
     return out

@@ -75,7 +75,12 @@ def seed_curves(
 
 
 def lo_curves(
-    task: envs.Task, spec: LOSpec, *, steps: int, eval_every: int, host_loop=False
+    task: envs.Task,
+    spec: LOSpec,
+    *,
+    steps: int,
+    eval_every: int,
+    host_loop: bool = False,
 ) -> Callable[[lopt.MetaParams, Any, jax.Array], Curves]:
     """:func:`seed_curves` of the small_fc_lopt of ``spec``; hyper: its weights."""
     build = functools.partial(
