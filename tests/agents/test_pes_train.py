@@ -25,6 +25,7 @@ from elo_gym.agents import bc_train, pes_train
 from elo_gym.lo_spec import LOSpec
 
 SCRIPT = pathlib.Path(pes_train.__file__)
+FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures"
 # Tiny but complete: 2 pairs, a 10-unit optimizee, short truncations, checkpoints.
 TINY = dict(
     num_pairs=2,
@@ -443,6 +444,18 @@ def test_explicit_flags_win_over_the_preset():
         assert pes_train.parse_args(argv) == pes_train.make_args(**flags)
     with pytest.raises(ValueError, match="unknown setting"):
         pes_train.make_args(n_maximum=3)
+
+
+@pytest.mark.parametrize("preset", ["cpu", "paper"])
+@pytest.mark.parametrize("mode", pes_train.MODES)
+def test_presets_write_the_config_they_always_wrote(preset, mode):
+    """The settings each preset and mode put in config.json, with no flag given, are
+    those written before the settings became groups (tests/fixtures/README.md)."""
+    golden = json.loads((FIXTURES / "pes_train_configs.json").read_text())
+    argv = ["--preset", preset, "--mode", mode]
+    args = pes_train.parse_args(argv).resolved()
+    config = runs.args_config(args, exclude=pes_run.LAUNCH)
+    assert json.loads(json.dumps(config)) == golden[f"{preset}-{mode}"]
 
 
 def test_validation_columns_and_best_export(reference_run, tmp_path):
