@@ -32,6 +32,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+import tyro
 
 from elo_gym import adapters, checkpoint, core, lopt, runs
 from elo_gym.lo_spec import LOSpec
@@ -104,32 +105,17 @@ class Args:
     that the clone meets Adam on several shapes, not only the env's."""
     data_dir: str | None = None
     """Where datasets on disk live (ImageNet-32)."""
-    hidden_size: int = 32
-    """Width of the LO's hidden layers."""
     expert_lr: float = 1e-3
     """Learning rate of the Adam expert that the LO clones."""
     expert_decay_steps: float = 0.0
     """tau > 0: the expert's lr at inner step n is expert_lr / sqrt(1 + n / tau), an
     annealing the clone reads off its step-count features (0: constant, the paper)."""
-    raw_adam_ratio: bool = False
-    """The LO sees Adam's ratio m / sqrt(r) unnormalized (``elo_gym.lopt``); recorded
-    in ``lo.json``."""
-    adam_scaled_step: bool = False
-    """The LO's step is multiplied per tensor by the RMS of Adam's ratio
-    (``elo_gym.lopt.adam_step_scale``); recorded in ``lo.json``."""
-    nominal_lr: float = 0.0
-    """> 0: the LO's step adds Adam's step at this lr (``elo_gym.lopt.nominal_update``),
-    and the clone learns what to add to it; recorded in ``lo.json``."""
-    nominal_decay_steps: float = 0.0
-    """tau > 0: the nominal term's lr decays as nominal_lr / sqrt(1 + n / tau)."""
-    time_horizon: float = 0.0
-    """> 0: the LO reads relative time (``LOSpec.clock``); recorded in ``lo.json``."""
-    nominal_schedule: Literal["inverse_sqrt", "cosine"] = "inverse_sqrt"
-    """The nominal term's lr: inverse_sqrt or, with time_horizon > 0, warmup + cosine
-    decay to 0 at the end of the run; recorded in ``lo.json``."""
     expert_schedule: Literal["inverse_sqrt", "cosine"] = "inverse_sqrt"
     """The expert's lr over an episode: inverse_sqrt (expert_decay_steps) or warmup
     + cosine decay to 0 at the episode's end."""
+    lo: LOSpec = LOSpec()
+    """The learned optimizer that clones the expert (elo_gym.lo_spec); lo.json
+    records it."""
     checkpoint_every: int = 50
     """Outer steps between checkpoints."""
     progress: bool = True
@@ -153,17 +139,12 @@ class Args:
             "checkpoint_every",
             "expert_lr",
         )
-        self.lo_spec()  # a bad LO setting fails here, named
         rows = self.chunk * self.num_copies * self.rows_per_step
         if rows % self.num_minibatches:
             raise ValueError(
                 f"chunk * num_copies * rows_per_step ({rows}) must be a multiple of "
                 f"num_minibatches ({self.num_minibatches})"
             )
-
-    def lo_spec(self) -> LOSpec:
-        """The LO this run clones into, from its LO flags."""
-        return LOSpec.from_flags(self)
 
 
 def env_settings(args: Args) -> EnvSettings:
@@ -181,7 +162,7 @@ def env_settings(args: Args) -> EnvSettings:
         expert_learning_rate=args.expert_lr,
         expert_decay_steps=args.expert_decay_steps,
         expert_schedule=args.expert_schedule,
-        lo=args.lo_spec(),
+        lo=args.lo,
         alpha=1.0,
     )
 
@@ -227,7 +208,7 @@ def init_state(args: Args, cfg: BCConfig, env_params: core.EnvParams) -> BCState
     """Fresh LO, optimizer and copies (of every task), from ``args.seed``."""
     key = jax.random.PRNGKey(args.seed)
     key, k_meta, k_env = jax.random.split(key, 3)
-    meta = lopt.init_meta_params(k_meta, args.hidden_size)
+    meta = lopt.init_meta_params(k_meta, args.lo.hidden_size)
 
     def fresh(env_cfg: core.EnvConfig, k: jax.Array) -> core.VecEnvState:
         state, _, _ = jax.jit(functools.partial(core.reset, env_cfg))(
@@ -478,7 +459,8 @@ def main(args: Args) -> pathlib.Path:
     state = runs.train_loop(
         run,
         one_step,
-        args,
+        total=args.outer_steps,
+        checkpoint_every=args.checkpoint_every,
         shown=("bc_loss", "beta", "task_loss"),
         desc="BC",
         progress=args.progress,
@@ -487,12 +469,13 @@ def main(args: Args) -> pathlib.Path:
         checkpoint.save_lo(
             run_dir,
             state.meta,
-            args.lo_spec(),
+            args.lo,
             extra={"env": args.env, "agent": "bc", "mode": args.mode},
         )
     return run_dir
 
 
 if __name__ == "__main__":
-    run_dir = runs.run_cli(main, Args, "bc_train.py")
+    parse = functools.partial(tyro.cli, Args, config=runs.FLAT_FLAGS)
+    run_dir = runs.run_cli(main, parse, "bc_train.py")
     print(f"run directory: {run_dir}")

@@ -11,6 +11,8 @@ host copy, one addressable shard at a time: no process gathers a sharded array.
 
 from __future__ import annotations
 
+import multiprocessing
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -141,3 +143,24 @@ def wait_for_all(name: str, timeout_s: int = 6 * 3600) -> None:
     if jax.process_count() == 1:
         return
     multihost.get_barrier_sync_fn()(key=name, timeout_ms=1000 * timeout_s)
+
+
+def run_alone(fn: Callable[..., Any], *args: Any) -> None:
+    """Calls ``fn(*args)`` as a one-process JAX program: here when this is the only
+    process, else in a spawned child process (whose checkpoints need no other
+    process), waited for.
+
+    Raises:
+      RuntimeError: the child process failed (its output is above).
+    """
+    if jax.process_count() == 1:
+        fn(*args)
+        return
+    child = multiprocessing.get_context("spawn").Process(target=fn, args=args)
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise RuntimeError(
+            f"{getattr(fn, '__qualname__', fn)} failed in a child process (exit code "
+            f"{child.exitcode}); its output is above"
+        )

@@ -40,15 +40,16 @@ and the variants, all off by default (``docs/levers.md`` measures each):
 
 Adding a variant means a field here (with its check), its term in
 :meth:`LOSpec.tensor_terms` (or its feature switch), the same in
-:mod:`elo_gym.torch_optim`, and their tests.
+:mod:`elo_gym.torch_optim`, and their tests. Both agents render the spec as their
+``lo`` group of flags (its ``Attributes`` entries are the flags' help), so a new field
+is a flag of theirs with no agent edit.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -110,12 +111,21 @@ class LOSpec:
     static argument under ``jit``). Values are checked and normalized on creation
     (ints given for floats become floats, so equal specs hash alike).
 
+    The variants' defaults (all but the first three fields) are the reference
+    small_fc_lopt.
+
     Attributes:
-      hidden_size: width of the MLP's two hidden layers.
-      step_mult, exp_mult: the step's multipliers (Eq. 2).
-      raw_adam_ratio, adam_scaled_step, nominal_lr, nominal_decay_steps,
-        time_horizon, nominal_schedule: the variants (module docstring); their
-        defaults are the reference small_fc_lopt.
+      hidden_size: width of the LO MLP's two hidden layers.
+      step_mult: multiplier of the direction d in the step (Eq. 2).
+      exp_mult: multiplier of the magnitude m in the step (Eq. 2).
+      raw_adam_ratio: the LO sees Adam's ratio m / sqrt(r) unnormalized.
+      adam_scaled_step: each tensor's step is multiplied by the RMS of Adam's ratio.
+      nominal_lr: > 0: the update adds Adam's step at this lr (a nominal term).
+      nominal_decay_steps: tau > 0: the nominal lr decays as 1 / sqrt(1 + n / tau).
+      time_horizon: > 0: the LO reads relative time, its count scaled to a run of
+        this many steps (``clock``); 0: absolute time.
+      nominal_schedule: the nominal lr's schedule: inverse_sqrt, or (relative time)
+        cosine, warmup + cosine decay to 0 at the end of the run.
     """
 
     hidden_size: int = 32
@@ -185,29 +195,6 @@ class LOSpec:
     def to_json(self) -> dict[str, Any]:
         """The settings as ``lo.json`` records them (JSON types, field order)."""
         return dataclasses.asdict(self)
-
-    @classmethod
-    def from_flags(cls, flags: Any) -> LOSpec:
-        """The spec of an agent's flat flags: the attributes of ``flags`` named like
-        the spec's fields (others keep their defaults)."""
-        return cls(**{k: getattr(flags, k) for k in FIELDS if hasattr(flags, k)})
-
-    def flags(self, flags_type: Callable[..., Any]) -> dict[str, Any]:
-        """The settings as keyword arguments of ``flags_type`` (an agent's Args),
-        which must take every setting that is not at its default.
-
-        Raises:
-          ValueError: a non-default setting that ``flags_type`` takes no argument for.
-        """
-        names = set(inspect.signature(flags_type).parameters)
-        given = self.to_json()
-        lost = {k: v for k, v in given.items() if k not in names and v != _DEFAULTS[k]}
-        if lost:
-            raise ValueError(
-                f"{getattr(flags_type, '__qualname__', flags_type)} has no flag for "
-                f"{lost}; it can only build an LO with their defaults"
-            )
-        return {k: v for k, v in given.items() if k in names}
 
     def differences(self, other: LOSpec) -> dict[str, tuple[Any, Any]]:
         """{setting: (this spec's value, ``other``'s)} where the two differ."""
@@ -338,7 +325,6 @@ class LOSpec:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(LOSpec))
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(LOSpec)}
 
 
 def _checked(name: str, kind: str, value: Any) -> Any:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import flax.struct
 import jax
@@ -67,6 +67,47 @@ class PESState:
     # (env, accumulator) of each --mixture task; empty without a mixture, so that a
     # single-task checkpoint has the same leaves as before mixtures existed.
     mixture: tuple = ()
+
+
+def init_state(
+    key: jax.Array,
+    env_key: jax.Array,
+    cfg: PESConfig,
+    meta: lopt.MetaParams,
+    optimizer: optax.GradientTransformation,
+    env_params: core.EnvParams,
+    mixture: Sequence[PESConfig] = (),
+) -> PESState:
+    """The state before the first outer step: the LO ``meta``, a fresh outer
+    optimizer, fresh copies of the env's task from ``env_key`` (and of each
+    ``mixture`` task, from ``fold_in(env_key, 1 + i)``) with empty buffers and zero
+    accumulators; ``key`` becomes the state's key.
+    """
+    dim = ravel_pytree(meta.mlp)[0].size
+    pairs = cfg.num_pairs
+
+    def fresh(cfg: PESConfig, k: jax.Array) -> tuple[core.VecEnvState, jax.Array]:
+        keys = jax.vmap(jax.random.fold_in, (None, 0))(k, jnp.arange(pairs))
+        reset = jax.jit(functools.partial(core.reset, cfg.env))
+        env_state, _, _ = reset(keys.repeat(2, axis=0), env_params)
+        return env_state, jnp.zeros((pairs, dim))
+
+    env_state, accumulator = fresh(cfg, env_key)
+    return PESState(
+        meta=meta,
+        opt_state=optimizer.init(meta.mlp),
+        env=env_state,
+        accumulator=accumulator,
+        mixture=tuple(
+            fresh(c, jax.random.fold_in(env_key, 1 + i)) for i, c in enumerate(mixture)
+        ),
+        key=key,
+        outer_step=jnp.int32(0),
+        # Copies: the jitted step donates its input, and a buffer can go only once.
+        best_meta=jax.tree.map(jnp.copy, meta),
+        best_valid_loss=jnp.float32(jnp.inf),
+        best_step=jnp.int32(-1),
+    )
 
 
 def policy_actions(

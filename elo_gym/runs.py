@@ -9,6 +9,7 @@ pure functions, and a ``main`` that calls :func:`open_run` and :func:`train_loop
 
 from __future__ import annotations
 
+import argparse
 import csv
 import dataclasses
 import datetime
@@ -16,14 +17,14 @@ import json
 import pathlib
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import orbax.checkpoint as ocp
 import tyro
 from tqdm import tqdm
 
-from elo_gym import checkpoint, distributed, lopt
+from elo_gym import checkpoint, distributed, lo_spec, lopt
 
 
 def default_run_dir(*parts: str) -> pathlib.Path:
@@ -38,6 +39,7 @@ def prepare_run_dir(
     *,
     write: bool = True,
     extendable: str | None = "outer_steps",
+    legacy: Mapping[str, tuple[Any, Any]] | None = None,
 ) -> pathlib.Path:
     """Creates ``run_dir`` with config.json, or checks its config equals ``config``.
 
@@ -45,18 +47,26 @@ def prepare_run_dir(
     setting that differs and it grew, config.json takes the new value and the run
     continues from its last checkpoint. ``write=False`` (processes other than the
     main one) only checks an existing config.json, so that every process refuses a
-    mismatched run alike.
+    mismatched run alike. An LO setting (:class:`~elo_gym.lo_spec.LOSpec`) that an
+    older config.json does not record counts as its default, and a setting named in
+    ``legacy`` with its (old, new) values counts as the new value.
 
     Raises:
       ValueError: the directory holds a run with another config (names what differs),
         or ``extendable`` shrank.
       OSError: the directory cannot be written.
     """
-    config = dict(config, step_mult=lopt.STEP_MULT, exp_mult=lopt.EXP_MULT)
+    config = dict(dict(step_mult=lopt.STEP_MULT, exp_mult=lopt.EXP_MULT), **config)
     config = json.loads(json.dumps(config))  # tuples -> lists, as read back
     config_file = run_dir / "config.json"
     if config_file.is_file():
         saved = json.loads(config_file.read_text())
+        # A run written before an LO setting existed ran with its default.
+        lo_defaults = lo_spec.LOSpec().to_json()
+        saved = {**{k: v for k, v in lo_defaults.items() if k in config}, **saved}
+        for k, (was, now) in (legacy or {}).items():
+            if k in saved and saved[k] == was:
+                saved[k] = now
         diff = sorted(
             k for k in set(saved) | set(config) if saved.get(k) != config.get(k)
         )
@@ -103,11 +113,50 @@ def require_positive(args: Any, *names: str) -> None:
             raise ValueError(f"{name} must be > 0, got {getattr(args, name)}")
 
 
+def flatten(args: Any) -> dict[str, Any]:
+    """The fields of a settings dataclass by name, those of its dataclass-valued
+    fields (its groups, e.g. the LO spec) in their place: the names of the command
+    line's flags, which are unique."""
+    flat = {}
+    for field in dataclasses.fields(args):
+        value = getattr(args, field.name)
+        if dataclasses.is_dataclass(value):
+            flat.update(flatten(value))
+        else:
+            flat[field.name] = value
+    return flat
+
+
+def replace_flat(args: Any, **changes: Any) -> Any:
+    """``args`` with ``changes`` made, each named by its flag (a field of ``args``
+    or of one of its groups, see :func:`flatten`).
+
+    Raises:
+      ValueError: a name that is no setting of ``args``.
+    """
+    own, groups = {}, {}
+    for field in dataclasses.fields(args):
+        value = getattr(args, field.name)
+        if dataclasses.is_dataclass(value):
+            names = set(flatten(value)) & set(changes)
+            if names:
+                groups[field.name] = replace_flat(
+                    value, **{k: changes[k] for k in names}
+                )
+        elif field.name in changes:
+            own[field.name] = changes[field.name]
+    unknown = set(changes) - set(flatten(args))
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(sorted(unknown))}")
+    return dataclasses.replace(args, **own, **groups)
+
+
 def args_config(args: Any, exclude: Sequence[str] = ()) -> dict:
-    """An agent's settings as config.json records them (``run_dir``, ``progress`` and
-    ``exclude`` left out: they do not change what the run computes)."""
+    """An agent's settings as config.json records them, flat (:func:`flatten`;
+    ``run_dir``, ``progress`` and ``exclude`` left out: they do not change what the
+    run computes)."""
     skip = {"run_dir", "progress", *exclude}
-    return {k: v for k, v in dataclasses.asdict(args).items() if k not in skip}
+    return {k: v for k, v in flatten(args).items() if k not in skip}
 
 
 class Run(NamedTuple):
@@ -127,11 +176,12 @@ def open_run(
     fields: Sequence[str],
     *,
     main_process: bool = True,
+    legacy: Mapping[str, tuple[Any, Any]] | None = None,
 ) -> Run:
     """Prepares ``run_dir`` (config.json written, checked or extended), restores its
     latest readable checkpoint into ``template``'s structure, and opens metrics.csv
     (on the main process) with the rows of the steps already done."""
-    prepare_run_dir(run_dir, config, write=main_process)
+    prepare_run_dir(run_dir, config, write=main_process, legacy=legacy)
     manager = checkpoint.checkpoint_manager(run_dir)
     restored = checkpoint.restore_state(manager, template)
     state, start = restored if restored is not None else (template, 0)
@@ -139,14 +189,60 @@ def open_run(
     return Run(run_dir, manager, state, start, log)
 
 
-def run_cli(main: Callable[[Any], pathlib.Path], args_type: type, name: str):
-    """Parses ``args_type`` from the command line and runs ``main``; bad input (a
-    ValueError or OSError) prints one line and exits 2 instead of a traceback."""
+# tyro's setting for an agent's Args: its groups' flags without the group's prefix
+# (``--n-max``, not ``--inner.n-max``).
+FLAT_FLAGS = (tyro.conf.OmitArgPrefixes,)
+
+
+def parse_with_defaults(
+    args_type: type,
+    defaults: Callable[..., Any],
+    argv: Sequence[str] | None = None,
+    **choices: Sequence[str],
+) -> Any:
+    """tyro's parse of ``args_type`` (flags without group prefixes) from the defaults
+    ``defaults(**chosen)``, where ``chosen`` holds the values of the flags named in
+    ``choices`` (name -> valid values, the first one when the flag is not given or
+    not valid: tyro then names it). So ``--help`` shows those defaults, and every
+    flag given overrides them.
+    """
+    first = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for name in choices:
+        first.add_argument(f"--{name.replace('_', '-')}")
+    given = vars(first.parse_known_args(argv)[0])
+    chosen = {k: given[k] if given[k] in c else c[0] for k, c in choices.items()}
+    return tyro.cli(args_type, args=argv, default=defaults(**chosen), config=FLAT_FLAGS)
+
+
+def run_cli(main: Callable[[Any], pathlib.Path], parse: Callable[[], Any], name: str):
+    """Parses the command line with ``parse`` (e.g. ``tyro.cli`` of an agent's Args)
+    and runs ``main``; bad input (a ValueError or OSError) prints one line and exits
+    2 instead of a traceback."""
     try:
-        return main(tyro.cli(args_type))
+        return main(parse())
     except (ValueError, OSError) as e:
         print(f"{name}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def json_cli(
+    config_type: type, run: Callable[[Any], dict], prog: str, argv: Sequence[str] | None
+) -> dict:
+    """The command line of a script that prints one JSON object: parses
+    ``config_type`` with tyro, runs ``run(config)`` (a ValueError prints ``prog:
+    error: ...`` and exits 2), prints the JSON and writes it to ``config.out``."""
+    config = tyro.cli(config_type, args=argv)
+    try:
+        result = run(config)
+    except ValueError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    text = json.dumps(result, indent=1, allow_nan=False)
+    if config.out:
+        pathlib.Path(config.out).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(config.out).write_text(text)
+    print(text)
+    return result
 
 
 class MetricsLog:
@@ -177,25 +273,24 @@ class MetricsLog:
 def train_loop(
     run: Run,
     step: Callable[[Any, int], tuple[Any, dict]],
-    args: Any,
     *,
+    total: int,
+    checkpoint_every: int,
     shown: Sequence[str],
     desc: str,
     progress: bool = True,
 ) -> Any:
-    """Runs outer steps ``run.start .. args.outer_steps - 1`` from ``run.state``;
-    returns the last state.
+    """Runs outer steps ``run.start .. total - 1`` from ``run.state``; returns the
+    last state.
 
     ``step(state, t)`` does one outer step and returns (state, metrics row), syncing
     with the host once. Each row goes to ``run.log`` (None: processes other than the
     main one), and its ``shown`` metrics to the progress bar; the state is
-    checkpointed every ``args.checkpoint_every`` steps and at the end (``args``: the
-    agent's settings).
+    checkpointed every ``checkpoint_every`` steps and at the end.
     Ctrl-C finishes the current step, saves it and returns early (the run resumes from
     there), so no work is lost; with several processes, all stop at the same step.
     """
     state, start, manager, log = run.state, run.start, run.manager, run.log
-    total, checkpoint_every = args.outer_steps, args.checkpoint_every
     interrupted = False
 
     def on_sigint(signum, frame):

@@ -177,21 +177,12 @@ class EnvSettings:
 
 # The env id's model family that takes its Task from EnvSettings.task.
 CUSTOM_MODEL = "custom"
-# EnvSettings fields that only configure the package's own task families.
-_PACKAGE_TASK_OPTIONS = (
-    "hidden_sizes",
-    "activation",
-    "batch_size",
-    "augment",
-    "max_shift",
-    "noise_std",
-    "width",
-    "context_length",
-    "text_files",
-    "data_dir",
-    "input_dim",
-    "num_classes",
-    "teacher_seed",
+# EnvSettings fields that only configure the package's own task families: the
+# options of envs.MODELS that are settings.
+_PACKAGE_TASK_OPTIONS = tuple(
+    field.name
+    for field in dataclasses.fields(EnvSettings)
+    if any(field.name in options for _, options in envs.MODELS.values())
 )
 
 

@@ -28,8 +28,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import pathlib
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -40,9 +38,7 @@ import jax.numpy as jnp
 
 import elo_gym  # noqa: F401  (registers the env ids)
 from elo_gym import core
-
-sys.path.insert(0, os.fspath(pathlib.Path(__file__).resolve().parent))
-from _timing import (  # noqa: E402
+from elo_gym.timing import (
     Timing,
     json_cli,
     log,

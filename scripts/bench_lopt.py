@@ -29,8 +29,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import pathlib
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -43,9 +41,7 @@ from elo_gym import envs as tasks
 from elo_gym import lopt
 
 # The helper sits beside this file; the script is also imported by path (tests), when
-# scripts/ is not on sys.path.
-sys.path.insert(0, os.fspath(pathlib.Path(__file__).resolve().parent))
-from _timing import (  # noqa: E402
+from elo_gym.timing import (
     json_cli,
     log,
     machine_info,

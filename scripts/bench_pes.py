@@ -24,8 +24,6 @@ import argparse
 import functools
 import json
 import os
-import pathlib
-import sys
 from collections.abc import Callable
 
 import jax
@@ -36,8 +34,7 @@ from elo_gym import core, pes
 from elo_gym.agents import pes_train
 
 # The helper sits beside this file (scripts/ is not a package).
-sys.path.insert(0, os.fspath(pathlib.Path(__file__).resolve().parent))
-from _timing import log, machine_info, median_times  # noqa: E402
+from elo_gym.timing import log, machine_info, median_times
 
 
 def _zero_actions(
@@ -77,7 +74,7 @@ def _adam_floor(args: pes_train.Args) -> Callable[[], object]:
     task = pes_train.env_settings(args).build_task()
     data = task.load_data()
     adam = optax.adam(1e-3)
-    copies = 2 * args.num_pairs
+    copies = 2 * args.pes.num_pairs
     keys = jax.random.split(jax.random.PRNGKey(0), copies)
     params = jax.vmap(task.init)(keys)
     opt_state = jax.vmap(adam.init)(params)
@@ -90,7 +87,7 @@ def _adam_floor(args: pes_train.Args) -> Callable[[], object]:
             return (optax.apply_updates(p, updates), s), None
 
         return jax.lax.scan(
-            body, (params, opt_state), jax.random.split(key, args.truncation)
+            body, (params, opt_state), jax.random.split(key, args.pes.truncation)
         )[0]
 
     scan = jax.jit(jax.vmap(one_copy))
@@ -109,11 +106,11 @@ def run(repeats: int = 10, num_pairs: int = 8, truncation: int = 50) -> dict:
         init_lo="none",  # the step's cost does not depend on the LO's weights
         progress=False,
     )
-    elo_args = pes_train.Args(mode="elo", **base)
+    elo_args = pes_train.make_args(mode="elo", **base)
     log("building the programs ...")
     calls = {
         "elo": _pes_step(elo_args, None),
-        "naive": _pes_step(pes_train.Args(mode="naive", **base), None),
+        "naive": _pes_step(pes_train.make_args(mode="naive", **base), None),
         "no_lo": _pes_step(elo_args, _zero_actions),
         "floor": _adam_floor(elo_args),
     }

@@ -32,7 +32,6 @@ import argparse
 import functools
 import json
 import os
-import pathlib
 import socket
 import statistics
 import subprocess
@@ -47,8 +46,7 @@ from elo_gym import distributed, pes
 from elo_gym.agents import pes_train
 
 # The helper sits beside this file (scripts/ is not a package).
-sys.path.insert(0, os.fspath(pathlib.Path(__file__).resolve().parent))
-from _timing import log, machine_info, median_time  # noqa: E402
+from elo_gym.timing import log, machine_info, median_time
 
 SCOPES = ("pair", "shared")
 # With the affinity (which sizes XLA's CPU thread pool), one thread per device: a
@@ -63,7 +61,7 @@ def _pes_step(args: pes_train.Args) -> tuple[Callable[[], dict], dict[str, int]]
     args = args.resolved()
     cfg, env_params = pes_train.pes_config(args)
     state = pes.shard_state(cfg, pes_train.init_state(args, cfg, env_params))
-    _, whole = distributed.pairs_shardings(args.num_pairs)
+    _, whole = distributed.pairs_shardings(args.pes.num_pairs)
     values = pes_train.schedule_at(args, 1)
     # Outer step 1, so that new episodes may start from the buffer.
     params = distributed.put(env_params, whole).replace(
@@ -93,7 +91,7 @@ def _worker(a: argparse.Namespace) -> None:
     os.sched_setaffinity(0, set(a.cores))
     if a.num_processes > 1:
         distributed.initialize(f"localhost:{a.port}", a.num_processes, a.rank)
-    args = pes_train.Args(
+    args = pes_train.make_args(
         mode="elo",
         num_pairs=a.num_pairs,
         truncation=a.truncation,

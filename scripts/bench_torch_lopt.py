@@ -24,8 +24,6 @@ Usage: ``python scripts/bench_torch_lopt.py [--repeats 21] [--torch-threads 1]``
 from __future__ import annotations
 
 import os
-import pathlib
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,9 +37,7 @@ import elo_gym
 from elo_gym import torch_optim
 
 # The helper sits beside this file; the script is also imported by path (tests), when
-# scripts/ is not on sys.path.
-sys.path.insert(0, os.fspath(pathlib.Path(__file__).resolve().parent))
-from _timing import json_cli, log, machine_info, median_times  # noqa: E402
+from elo_gym.timing import json_cli, log, machine_info, median_times
 
 IMAGE_SIZE = 32 * 32 * 3
 NUM_CLASSES = 1000

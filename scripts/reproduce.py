@@ -45,20 +45,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from elo_gym import checkpoint, lopt  # noqa: E402
+from elo_gym import checkpoint, evaluation, lopt, meta_plots  # noqa: E402
+from elo_gym import runs as runs_lib  # noqa: E402
 from elo_gym.agents import pes_train  # noqa: E402
-
-sys.path.insert(0, os.fspath(pathlib.Path(__file__).resolve().parent))
-import evaluate  # noqa: E402
-import plot_meta_training  # noqa: E402
-from eval_report import moving_average as smooth  # noqa: E402
+from elo_gym.eval_report import moving_average as smooth  # noqa: E402
 
 METHODS = ("elo", "naive", "curriculum", "buffer")
 ABLATIONS = ("bc", "uniform")
 ADAMW = "adamw"
 # Every AdamW baseline by its results.json key; the scheduled ones are keyed the same
 # in evaluate.py's results.
-ADAMWS = evaluate.BASELINES
+ADAMWS = evaluation.BASELINES
 # The default LO's nominal term alone (its MLP silenced): the row that shows what the
 # learned part of the LO adds to the schedule it is built on.
 NOMINAL = "nominal"
@@ -87,16 +84,16 @@ class StudyConfig:
     hidden_sizes: tuple[int, ...] | None = None  # None: the env's default MLP
     batch_size: int | None = None
     hidden_size: int = 32
-    clone_steps: int = pes_train.Args.clone_steps  # the BC warm start of ELO's LO
+    clone_steps: int = pes_train.PESArgs.clone_steps  # BC warm start of ELO's LO
     eval_every: int = 50  # outer steps between the runs' validation evaluations
     meta_seeds: tuple[int, ...] = (0, 1, 2)
     p_th_sweep: tuple[float, ...] = (0.05, 0.2)  # the default and the paper's
     eval_seeds: int = 3
     eval_steps: int | None = None  # None: 10 x n_max
-    eval_lrs: tuple[float, ...] = evaluate.ADAMW_LRS
-    eval_cosine_lrs: tuple[float, ...] = evaluate.COSINE_LRS
-    eval_invsqrt_lrs: tuple[float, ...] = evaluate.INVSQRT_LRS
-    eval_invsqrt_taus: tuple[float, ...] = evaluate.INVSQRT_TAUS
+    eval_lrs: tuple[float, ...] = evaluation.ADAMW_LRS
+    eval_cosine_lrs: tuple[float, ...] = evaluation.COSINE_LRS
+    eval_invsqrt_lrs: tuple[float, ...] = evaluation.INVSQRT_LRS
+    eval_invsqrt_taus: tuple[float, ...] = evaluation.INVSQRT_TAUS
     eval_warmup_fraction: float = 0.05  # of the evaluation length
     eval_max_grid_extensions: int = 3  # rounds a grid grows past an edge pick
     heldout_hidden_sizes: tuple[int, ...] = HELDOUT["hidden_sizes"]
@@ -149,17 +146,17 @@ def runs(config: StudyConfig) -> dict[str, pes_train.Args]:
     """Every meta-training run of the study, by name (``<method>_s<meta-seed>``)."""
     base = _base_args(config)
     out = {
-        f"{mode}_s{seed}": pes_train.Args(mode=mode, seed=seed, **base)
+        f"{mode}_s{seed}": pes_train.make_args(mode=mode, seed=seed, **base)
         for mode in METHODS
         for seed in config.meta_seeds
     }
     first = config.meta_seeds[0]
     for mode in ABLATIONS:
-        out[f"{mode}_s{first}"] = pes_train.Args(mode=mode, seed=first, **base)
-    default_p_th = pes_train.Args().p_th
+        out[f"{mode}_s{first}"] = pes_train.make_args(mode=mode, seed=first, **base)
+    default_p_th = pes_train.make_args().inner.p_th
     for p_th in config.p_th_sweep:
         if p_th != default_p_th:  # the main ELO run is the default p_th
-            out[f"elo_pth{p_th:g}_s{first}"] = pes_train.Args(
+            out[f"elo_pth{p_th:g}_s{first}"] = pes_train.make_args(
                 mode="elo", p_th=p_th, seed=first, **base
             )
     return out
@@ -177,7 +174,7 @@ def meta_train(config: StudyConfig, out: pathlib.Path) -> dict[str, float]:
             continue
         print(f"[{i + 1}/{len(todo)}] meta-training {name}", file=sys.stderr)
         tic = time.perf_counter()
-        pes_train.main(dataclasses.replace(args, run_dir=str(run_dir)))
+        pes_train.main(runs_lib.replace_flat(args, run_dir=str(run_dir)))
         seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - tic
         out.mkdir(parents=True, exist_ok=True)
         timings_file.write_text(json.dumps(seconds, indent=2))
@@ -187,15 +184,15 @@ def meta_train(config: StudyConfig, out: pathlib.Path) -> dict[str, float]:
 def nominal_lo(config: StudyConfig, out: pathlib.Path) -> list[str]:
     """Writes ``out/runs/nominal`` once: the default LO with every MLP weight zero, so
     that its update is its nominal term alone; ``[]`` if the default LO has none."""
-    args = pes_train.Args(**_base_args(config)).resolved()
-    if not args.nominal_lr > 0:
+    args = pes_train.make_args(**_base_args(config)).resolved()
+    if not args.lo.nominal_lr > 0:
         return []
     run_dir = out / "runs" / NOMINAL
     if not (run_dir / checkpoint.LO_FILE).is_file():
         meta = lopt.init_meta_params(jax.random.PRNGKey(0), config.hidden_size)
         silent = meta._replace(mlp=jax.tree.map(np.zeros_like, meta.mlp))
         run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint.save_lo(run_dir, silent, args.lo_spec())
+        checkpoint.save_lo(run_dir, silent, args.lo)
     return [NOMINAL]
 
 
@@ -207,9 +204,9 @@ def _evaluate(
     baselines: tuple[str, ...] = ADAMWS,
     **task,
 ) -> dict:
-    """evaluate.run over ``names`` against ``baselines``, or its earlier results if the
-    config matches."""
-    eval_config = evaluate.EvalConfig(
+    """evaluation.run over ``names`` against ``baselines``, or its earlier results if
+    the config matches."""
+    eval_config = evaluation.EvalConfig(
         los=tuple((n, str(out / "runs" / n)) for n in names),
         steps=config.eval_steps,
         seeds=config.eval_seeds,
@@ -231,7 +228,7 @@ def _evaluate(
         if saved["config"] == expected:
             return saved
     print(f"evaluating {label}", file=sys.stderr)
-    return evaluate.run(eval_config, out / label)
+    return evaluation.run(eval_config, out / label)
 
 
 def _per_lo(final: dict) -> dict[str, float]:
@@ -275,7 +272,7 @@ def aggregate(
         table[name] = {"meta_seeds": [], **_single_entry(result["final"][name])}
     searches = result.get("baselines", {})
     for family in ADAMWS:
-        key = evaluate.ADAMW if family == ADAMW else family
+        key = evaluation.ADAMW if family == ADAMW else family
         if key not in result["final"]:
             continue
         search = searches.get(family, {"pick": {"lr": result["best_lr"]}})
@@ -418,17 +415,17 @@ def plot_methods(result: dict, seeds, methods, path: pathlib.Path, title: str) -
         ("param_norm", "parameter norm"),
     )
     baselines = {
-        evaluate.ADAMW: result["curves"][evaluate.ADAMW][str(result["best_lr"])],
+        evaluation.ADAMW: result["curves"][evaluation.ADAMW][str(result["best_lr"])],
         **{f: result["curves"][f] for f in ADAMWS if f in result["curves"]},
     }
-    styles = {evaluate.ADAMW: "k--", "adamw_cosine": "k-.", "adamw_invsqrt": "k:"}
+    styles = {evaluation.ADAMW: "k--", "adamw_cosine": "k-.", "adamw_invsqrt": "k:"}
     for ax, (key, name) in zip(axes, panels, strict=True):
         per_step = key in ("train_loss", "update_norm")
         for method in methods:
             curves = _method_curves(result, method, seeds, key)
             if per_step:
                 curves = np.stack(
-                    [evaluate.eval_report.moving_average(c, window) for c in curves]
+                    [evaluation.eval_report.moving_average(c, window) for c in curves]
                 )
             x = np.arange(curves.shape[1]) + (window - 1) if per_step else evals
             ax.plot(x, curves.mean(0), label=method, lw=1.5)
@@ -438,7 +435,7 @@ def plot_methods(result: dict, seeds, methods, path: pathlib.Path, title: str) -
             if per_step:
                 curve = smooth(curve, window)
             x = np.arange(curve.size) + (window - 1) if per_step else evals
-            label = evaluate.eval_report.method_name(result, baseline)
+            label = evaluation.eval_report.method_name(result, baseline)
             ax.plot(x, curve, styles[baseline], label=label, lw=1.2)
         for horizon in sorted(set(result["n_max"].values())):
             ax.axvline(horizon, color="red", ls=":", lw=1)
@@ -458,10 +455,10 @@ def _single_seed_table(result: dict, names: list[str]) -> str:
         "| run | train loss @10x | test accuracy (%) | test loss | valid loss |",
         "|---|---|---|---|---|",
     ]
-    baselines = [evaluate.ADAMW, *(f for f in ADAMWS if f in result["final"])]
+    baselines = [evaluation.ADAMW, *(f for f in ADAMWS if f in result["final"])]
     for name in [*names, *baselines]:
         f = _per_lo(result["final"][name])
-        label = evaluate.eval_report.method_name(result, name)
+        label = evaluation.eval_report.method_name(result, name)
         lines.append(
             f"| {label} | {f['train_loss_10x']:.4f} | "
             f"{100 * f['test_accuracy_10x']:.2f} | {f['test_loss_10x']:.4f} | "
@@ -496,7 +493,9 @@ def run(
     first = seeds[0]
     extra = [f"{m}_s{first}" for m in ABLATIONS]
     sweep = [
-        f"elo_pth{p:g}_s{first}" if p != pes_train.Args().p_th else f"elo_s{first}"
+        f"elo_pth{p:g}_s{first}"
+        if p != pes_train.make_args().inner.p_th
+        else f"elo_s{first}"
         for p in config.p_th_sweep
     ]
     # One meta-seed each: the constant-lr AdamW is reference enough, and cheaper.
@@ -522,8 +521,8 @@ def run(
         f"held-out MLP {config.heldout_hidden_sizes} {config.heldout_activation} "
         "(never meta-trained on)",
     )  # fmt: skip
-    plot_meta_training.run(
-        plot_meta_training.PlotConfig(
+    meta_plots.run(
+        meta_plots.PlotConfig(
             elo=str(out / "runs" / f"elo_s{first}"),
             naive=str(out / "runs" / f"naive_s{first}"),
             buffer=str(out / "runs" / f"buffer_s{first}"),
@@ -546,7 +545,7 @@ def run(
         },
         "pes_defaults": {
             k: v
-            for k, v in dataclasses.asdict(pes_train.Args().resolved()).items()
+            for k, v in runs_lib.flatten(pes_train.make_args().resolved()).items()
             if k not in ("run_dir", "progress", "seed", "mode")
         },
         "claims": claims(main_table, heldout_table),

@@ -25,16 +25,13 @@ import collections
 import dataclasses
 import json
 import math
-import os
 import pathlib
 import re
-import sys
 from typing import Annotated
 
 import tyro
 
-sys.path.insert(0, os.fspath(pathlib.Path(__file__).resolve().parent))
-import _json_cli  # noqa: E402
+from elo_gym import runs
 
 # Metrics of evaluate.py's results.json for which lower is better.
 METRICS = ("train_loss", "valid_loss", "test_loss")
@@ -155,7 +152,7 @@ def run(config: SelectConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: parse flags, score the settings, print (and write) the JSON."""
-    _json_cli.main(SelectConfig, run, "select_setting.py", argv)
+    runs.json_cli(SelectConfig, run, "select_setting.py", argv)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
-import pathlib
-import sys
 import time
 
 import jax
@@ -30,13 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from elo_gym import demonstrator
+from elo_gym import demonstrator, eval_report, evaluation, runs
 from elo_gym.inner_loop import train_curves
-
-sys.path.insert(0, os.fspath(pathlib.Path(__file__).resolve().parent))
-import _json_cli  # noqa: E402
-import eval_report  # noqa: E402
-import evaluate  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +56,7 @@ def run(config: SweepConfig) -> dict:
         raise ValueError(f"decay_steps must be >= 0, got {config.decay_steps}")
     if config.steps <= 0 or config.eval_every <= 0 or config.seeds <= 0:
         raise ValueError("steps, eval_every and seeds must be > 0")
-    task = evaluate.make_task(
+    task = evaluation.make_task(
         config.env,
         hidden_sizes=config.hidden_sizes,
         activation=config.activation,
@@ -116,7 +108,7 @@ def run(config: SweepConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: parse flags, run the grid, print (and write) the JSON."""
-    _json_cli.main(SweepConfig, run, "sweep_demonstrator.py", argv)
+    runs.json_cli(SweepConfig, run, "sweep_demonstrator.py", argv)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import sys
 import numpy as np
 import pytest
 
+from elo_gym import evaluation
 from elo_gym.agents import pes_train
 
 SCRIPTS = pathlib.Path(__file__).resolve().parents[1] / "scripts"
@@ -39,19 +40,18 @@ def main_run(tmp_path_factory) -> pathlib.Path:
     if given:
         return pathlib.Path(given)
     run_dir = tmp_path_factory.mktemp("main") / "run"
-    return pes_train.main(pes_train.Args(run_dir=str(run_dir), progress=False))
+    return pes_train.main(pes_train.make_args(run_dir=str(run_dir), progress=False))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["digits", "heldout"])
 def test_main_job_keeps_improving_at_10x(main_run, tmp_path, family):
-    evaluate = _load("evaluate")
     reproduce = _load("reproduce")
     task = reproduce.HELDOUT if family == "heldout" else {}
-    config = evaluate.EvalConfig(
+    config = evaluation.EvalConfig(
         los=(("elo", str(main_run)),), seeds=3, progress=False, **task
     )
-    result = evaluate.run(config, tmp_path / family)
+    result = evaluation.run(config, tmp_path / family)
     lo = result["final"]["elo"]
     best_adam = min(
         (c for c in result["curves"]["AdamW"].values()),

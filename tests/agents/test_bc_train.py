@@ -28,7 +28,7 @@ TINY = dict(
     n_max=6,
     hidden_sizes=(10,),
     batch_size=32,
-    hidden_size=8,
+    lo=LOSpec(hidden_size=8),
     checkpoint_every=2,
     progress=False,
 )
@@ -141,12 +141,15 @@ def test_clones_the_given_expert_with_the_given_features(tmp_path):
     term reach the env the LO is cloned in, and the saved LO records its settings, so
     every face loads it with them."""
     args = bc_train.Args(
-        **TINY,
+        **{k: v for k, v in TINY.items() if k != "lo"},
         expert_lr=4e-3,
-        raw_adam_ratio=True,
-        adam_scaled_step=True,
-        nominal_lr=4e-3,
-        nominal_decay_steps=50.0,
+        lo=LOSpec(
+            hidden_size=8,
+            raw_adam_ratio=True,
+            adam_scaled_step=True,
+            nominal_lr=4e-3,
+            nominal_decay_steps=50.0,
+        ),
     )
     cfg = bc_train.env_settings(args).config(args.num_copies)
     assert cfg.expert_learning_rate == 4e-3 and cfg.lo.raw_adam_ratio
@@ -159,7 +162,7 @@ def test_clones_the_given_expert_with_the_given_features(tmp_path):
     spec = LOSpec.from_json(loaded)
     assert spec.raw_adam_ratio is True and spec.adam_scaled_step is True
     assert (spec.nominal_lr, spec.nominal_decay_steps) == (4e-3, 50.0)
-    assert spec == args.lo_spec()
+    assert spec == args.lo
 
 
 def test_mixture_clones_on_the_rows_of_every_task():

@@ -228,7 +228,7 @@ def test_two_processes_start_from_process_0s_clone(tmp_path):
 def test_multi_process_run_needs_a_run_dir(launch, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # where the default run directory would go
     with pytest.raises(ValueError, match="needs --run-dir"):
-        pes_train.main(pes_train.Args(num_pairs=2, outer_steps=1, **launch))
+        pes_train.main(pes_train.make_args(num_pairs=2, outer_steps=1, **launch))
     assert not list(tmp_path.iterdir())
 
 

@@ -24,7 +24,7 @@ SMALL = dict(
 
 
 def _setup(**overrides):
-    args = pes_train.Args(**{**SMALL, "loss_cap": 1e6, **overrides}).resolved()
+    args = pes_train.make_args(**{**SMALL, "loss_cap": 1e6, **overrides}).resolved()
     cfg, env_params = pes_train.pes_config(args)
     return args, cfg, env_params, pes_train.init_state(args, cfg, env_params)
 
@@ -49,7 +49,7 @@ def test_pes_gradient_points_along_the_autodiff_gradient():
 
     def mean_meta_loss(mlp):
         theta, unravel = ravel_pytree(mlp)
-        weights = jnp.broadcast_to(theta, (2 * args.num_pairs, theta.size))
+        weights = jnp.broadcast_to(theta, (2 * args.pes.num_pairs, theta.size))
         actions = pes.policy_actions(cfg, weights, unravel, state.env.copies)
         reward = core.step(cfg.env, state.env, actions, env_params)[2]
         return -reward.mean()
@@ -103,11 +103,11 @@ def test_the_agent_acts_on_what_the_env_observes(raw_adam_ratio):
     mlp = jax.tree.map(lambda w: w * 3.0 + 0.1, state.meta.mlp)  # outputs far from 0
     theta, unravel = ravel_pytree(mlp)
     env_state = state.env
-    zeros = jnp.zeros((2 * args.num_pairs, core.num_params(cfg.env.task), 2))
+    zeros = jnp.zeros((2 * args.pes.num_pairs, core.num_params(cfg.env.task), 2))
     for _ in range(3):  # accumulators of several gradients
         env_state = core.step(cfg.env, env_state, zeros, env_params)[0]
     copies = env_state.copies
-    weights = jnp.broadcast_to(theta, (2 * args.num_pairs, theta.size))
+    weights = jnp.broadcast_to(theta, (2 * args.pes.num_pairs, theta.size))
     actions = pes.policy_actions(cfg, weights, unravel, copies)
     features = jax.vmap(core.observe, (None, 0, None))(cfg.env, copies, env_params)
     expected = lopt.apply_mlp(mlp, features["features"])

@@ -1,7 +1,6 @@
 """PES agent: runs, resumes exactly after SIGKILL, shards, loads, rejects bad input."""
 
 import functools
-import inspect
 import json
 import os
 import pathlib
@@ -11,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import flax.serialization
 import jax
@@ -20,11 +20,12 @@ import optax
 import pytest
 
 import elo_gym
-from elo_gym import checkpoint, inner_loop, lopt, pes, runs
+from elo_gym import checkpoint, inner_loop, lopt, pes, pes_run, runs, validation
 from elo_gym.agents import bc_train, pes_train
 from elo_gym.lo_spec import LOSpec
 
 SCRIPT = pathlib.Path(pes_train.__file__)
+FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures"
 # Tiny but complete: 2 pairs, a 10-unit optimizee, short truncations, checkpoints.
 TINY = dict(
     num_pairs=2,
@@ -73,7 +74,7 @@ def _lo_arrays(run_dir):
 def reference_run(tmp_path_factory):
     """One uninterrupted tiny ELO run, shared by the tests that compare against it."""
     run_dir = tmp_path_factory.mktemp("ref") / "run"
-    pes_train.main(pes_train.Args(run_dir=str(run_dir), **TINY))
+    pes_train.main(pes_train.make_args(run_dir=str(run_dir), **TINY))
     return run_dir
 
 
@@ -105,11 +106,11 @@ def test_run_directory_contents(reference_run):
 
 def test_same_seed_same_result(reference_run, tmp_path):
     again = tmp_path / "again"
-    pes_train.main(pes_train.Args(run_dir=str(again), **TINY))
+    pes_train.main(pes_train.make_args(run_dir=str(again), **TINY))
     for a, b in zip(_lo_arrays(reference_run), _lo_arrays(again), strict=True):
         np.testing.assert_array_equal(a, b)
     other = tmp_path / "other"
-    pes_train.main(pes_train.Args(run_dir=str(other), **{**TINY, "seed": 1}))
+    pes_train.main(pes_train.make_args(run_dir=str(other), **{**TINY, "seed": 1}))
     assert any(
         not np.array_equal(a, b)
         for a, b in zip(_lo_arrays(reference_run), _lo_arrays(other), strict=True)
@@ -119,7 +120,7 @@ def test_same_seed_same_result(reference_run, tmp_path):
 def test_init_lo_starts_from_a_trained_lo(reference_run):
     """``--init-lo``: the run's first LO is the given one (not the seed's init), and
     an LO of other settings is refused, naming them."""
-    args = pes_train.Args(**{**TINY, "init_lo": str(reference_run)}).resolved()
+    args = pes_train.make_args(**{**TINY, "init_lo": str(reference_run)}).resolved()
     cfg, env_params = pes_train.pes_config(args)
     state = pes_train.init_state(args, cfg, env_params)
     start = jax.tree.leaves(flax.serialization.to_state_dict(state.meta))
@@ -136,7 +137,7 @@ def test_init_lo_starts_from_a_trained_lo(reference_run):
         dict(nominal_lr=0.01),
     )
     for bad in (*bad_settings, dict(adam_scaled_step=not scaled)):
-        args = pes_train.Args(
+        args = pes_train.make_args(
             **{**TINY, **bad, "init_lo": str(reference_run)}
         ).resolved()
         cfg, env_params = pes_train.pes_config(args)
@@ -157,7 +158,7 @@ def test_init_lo_bc_clones_this_runs_demonstrator(tmp_path, monkeypatch):
         pes_train.bc_train, "Args", functools.partial(bc_train.Args, **tiny_bc)
     )
     run_dir = tmp_path / "run"
-    args = pes_train.Args(
+    args = pes_train.make_args(
         **{**TINY, "outer_steps": 1, "init_lo": "bc", "clone_steps": 2},
         run_dir=str(run_dir),
         expert_lr=3e-3,
@@ -171,8 +172,10 @@ def test_init_lo_bc_clones_this_runs_demonstrator(tmp_path, monkeypatch):
     assert clone["expert_lr"] == 3e-3 and clone["raw_adam_ratio"] is True
     assert clone["expert_decay_steps"] == 50.0
     # ... and the clone's env imitates the decayed expert, not the constant one.
-    fields = inspect.signature(bc_train.Args).parameters
-    clone_args = bc_train.Args(**{k: v for k, v in clone.items() if k in fields})
+    fields = runs.flatten(bc_train.Args())
+    clone_args = runs.replace_flat(
+        bc_train.Args(), **{k: v for k, v in clone.items() if k in fields}
+    )
     clone_env = bc_train.env_settings(clone_args).config(2)
     assert clone_env.expert_decay_steps == 50.0
     assert clone["outer_steps"] == 2  # --clone-steps
@@ -188,11 +191,11 @@ def test_a_checkpoint_loads_with_its_size_and_settings(reference_run):
     assert info["hidden_size"] == TINY["hidden_size"]
     assert LOSpec.from_json(info) == LOSpec.from_json(config)
     assert LOSpec.from_json(info).adam_scaled_step == config["adam_scaled_step"]
-    args = pes_train.Args(
+    args = pes_train.make_args(
         **{**TINY, "init_lo": str(reference_run / "checkpoints")}
     ).resolved()
     template = lopt.init_meta_params(jax.random.PRNGKey(0), TINY["hidden_size"])
-    pes_train.initial_lo(args, template)  # the same settings: accepted
+    pes_run.initial_lo(args.pes.init_lo, args.lo, template)  # the same: accepted
 
 
 def test_clone_meets_the_runs_mixture(tmp_path, monkeypatch):
@@ -200,7 +203,7 @@ def test_clone_meets_the_runs_mixture(tmp_path, monkeypatch):
     the run meta-trains on."""
     seen = []
     monkeypatch.setattr(pes_train.bc_train, "main", seen.append)
-    args = pes_train.Args(**TINY, mixture=("12:gelu", "8-8")).resolved()
+    args = pes_train.make_args(**TINY, mixture=("12:gelu", "8-8")).resolved()
     pes_train.clone_demonstrator(args, tmp_path)
     assert seen[0].mixture == ("12:gelu", "8-8")
     assert seen[0].hidden_sizes == TINY["hidden_sizes"]
@@ -223,7 +226,7 @@ def test_sigkill_then_resume_gives_identical_weights(reference_run, tmp_path):
     proc.wait()
     assert not (run_dir / "lo.msgpack").exists()
     pes_train.main(
-        pes_train.Args(run_dir=str(run_dir), **TINY)
+        pes_train.make_args(run_dir=str(run_dir), **TINY)
     )  # same command: resumes
     for a, b in zip(_lo_arrays(reference_run), _lo_arrays(run_dir), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -240,7 +243,7 @@ def test_two_devices_match_one(reference_run, tmp_path):
     probe = (
         "import jax; from elo_gym.agents import pes_train as p; "
         "assert len(jax.devices()) == 2; import sys; "
-        "import tyro; p.main(tyro.cli(p.Args, args=sys.argv[1:]))"
+        "p.main(p.parse_args(sys.argv[1:]))"
     )
     subprocess.run(
         [sys.executable, "-c", probe, "--run-dir", str(run_dir), *TINY_FLAGS],
@@ -316,14 +319,14 @@ def test_load_optimizer_missing_path(tmp_path):
 def test_bad_input_is_rejected_before_anything_is_written(tmp_path, change, message):
     run_dir = tmp_path / "bad"
     with pytest.raises(ValueError, match=message):
-        pes_train.main(pes_train.Args(run_dir=str(run_dir), **{**TINY, **change}))
+        pes_train.main(pes_train.make_args(run_dir=str(run_dir), **{**TINY, **change}))
     assert not run_dir.exists()
 
 
 def test_resume_with_another_config_is_refused(reference_run):
     with pytest.raises(ValueError, match="another config"):
         pes_train.main(
-            pes_train.Args(run_dir=str(reference_run), **{**TINY, "sigma": 0.02})
+            pes_train.make_args(run_dir=str(reference_run), **{**TINY, "sigma": 0.02})
         )
 
 
@@ -331,7 +334,7 @@ def test_unwritable_run_dir(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     with pytest.raises(OSError, match="cannot write the run directory"):
-        pes_train.main(pes_train.Args(run_dir=str(blocker / "run"), **TINY))
+        pes_train.main(pes_train.make_args(run_dir=str(blocker / "run"), **TINY))
 
 
 # With test_cli_smoke's bc, every mode; the quick study's real runs are -m slow.
@@ -339,7 +342,7 @@ def test_unwritable_run_dir(tmp_path):
 def test_other_modes_run(tmp_path, mode):
     run_dir = tmp_path / mode
     pes_train.main(
-        pes_train.Args(
+        pes_train.make_args(
             run_dir=str(run_dir),
             mode=mode,
             **{**TINY, "outer_steps": 2, "checkpoint_every": 2},
@@ -382,12 +385,19 @@ def test_cli_smoke(tmp_path):
     assert f"scripts/evaluate.py --lo bc={run_dir}" in out.stdout
 
 
+def _flat(**flags) -> types.SimpleNamespace:
+    """make_args(**flags), resolved, as one namespace of flags."""
+    return types.SimpleNamespace(
+        **runs.flatten(pes_train.make_args(**flags).resolved())
+    )
+
+
 def test_explicit_flags_win_over_the_preset():
-    paper = pes_train.Args(preset="paper", outer_steps=100, n_max=300).resolved()
+    paper = _flat(preset="paper", outer_steps=100, n_max=300)
     assert (paper.outer_steps, paper.n_max, paper.n_min) == (100, 300, 100)
     assert paper.env == "ELO-ImageNet32-MLP" and paper.batch_size == 4096
     assert paper.n_max_final == 3000
-    cpu = pes_train.Args().resolved()
+    cpu = _flat()
     assert (cpu.env, cpu.outer_steps, cpu.n_min, cpu.n_max, cpu.truncation) == (
         "ELO-Digits-MLP",
         400,
@@ -395,14 +405,11 @@ def test_explicit_flags_win_over_the_preset():
         200,
         50,
     )
-    assert pes_train.Args(env="ELO-Digits-MLP", preset="paper").resolved().env == (
-        "ELO-Digits-MLP"
-    )
+    assert _flat(env="ELO-Digits-MLP", preset="paper").env == "ELO-Digits-MLP"
     assert (cpu.expert_lr, paper.expert_lr) == (2e-2, 1e-3)
     # The paper preset (GPUs, often several) takes the buffer scope that scales.
     assert (cpu.buffer_scope, paper.buffer_scope) == ("shared", "pair")
-    shared = pes_train.Args(preset="paper", buffer_scope="shared").resolved()
-    assert shared.buffer_scope == "shared"
+    assert _flat(preset="paper", buffer_scope="shared").buffer_scope == "shared"
     assert cpu.expert_decay_steps == 100.0 and not paper.expert_decay_steps
     # The cpu preset warm-starts the BC modes from a clone of the demonstrator; every
     # mode gets the scaled step; the baselines without BC and the paper start from a
@@ -411,22 +418,53 @@ def test_explicit_flags_win_over_the_preset():
     assert (cpu.adam_scaled_step, paper.adam_scaled_step) == (True, False)
     assert (cpu.nominal_lr, cpu.nominal_decay_steps) == (2e-2, 100.0)
     assert (paper.nominal_lr, paper.nominal_decay_steps) == (0.0, 0.0)
-    naive = pes_train.Args(mode="naive").resolved()
+    naive = _flat(mode="naive")
     assert (naive.init_lo, naive.adam_scaled_step) == (None, True)
     assert (naive.nominal_lr, naive.nominal_decay_steps) == (2e-2, 100.0)
     # The BC floor is the BC modes' only: a baseline gets 0, an explicit one is named.
     assert (cpu.bc_floor, paper.bc_floor, naive.bc_floor) == (1.0, 0.0, 0.0)
     with pytest.raises(ValueError, match="--bc-floor 0.3 needs behavior cloning"):
-        pes_train.Args(mode="naive", bc_floor=0.3).resolved().validate()
+        pes_train.make_args(mode="naive", bc_floor=0.3).resolved().validate()
     assert naive.expert_decay_steps == 0.0
-    naive.validate()  # the preset's decay would be refused for a mode without BC
-    assert pes_train.Args(mode="naive", init_lo="bc").resolved().init_lo == "bc"
-    explicit = pes_train.Args(mode="naive", adam_scaled_step=False).resolved()
-    assert explicit.adam_scaled_step is False
-    assert pes_train.Args(adam_scaled_step=False).resolved().adam_scaled_step is False
-    assert pes_train.Args(nominal_lr=0.0).resolved().nominal_lr == 0.0
-    assert pes_train.Args(init_lo="none").resolved().init_lo is None
-    assert pes_train.Args(expert_lr=2e-3).resolved().expert_lr == 2e-3
+    # the preset's decay would be refused for a mode without BC
+    pes_train.make_args(mode="naive").resolved().validate()
+    assert _flat(mode="naive", init_lo="bc").init_lo == "bc"
+    assert _flat(mode="naive", adam_scaled_step=False).adam_scaled_step is False
+    assert _flat(adam_scaled_step=False).adam_scaled_step is False
+    assert _flat(nominal_lr=0.0).nominal_lr == 0.0
+    assert _flat(init_lo="none").init_lo is None
+    assert _flat(expert_lr=2e-3).expert_lr == 2e-3
+    # The command line builds the same settings, and its explicit flags win too.
+    for argv, flags in (
+        ([], {}),
+        (["--preset", "paper", "--n-max", "300"], dict(preset="paper", n_max=300)),
+        (["--mode=naive", "--init-lo", "bc"], dict(mode="naive", init_lo="bc")),
+        (["--mode", "naive", "--bc-floor", "0.2"], dict(mode="naive", bc_floor=0.2)),
+    ):
+        assert pes_train.parse_args(argv) == pes_train.make_args(**flags)
+    with pytest.raises(ValueError, match="unknown setting"):
+        pes_train.make_args(n_maximum=3)
+
+
+@pytest.mark.parametrize("preset", ["cpu", "paper"])
+@pytest.mark.parametrize("mode", pes_train.MODES)
+def test_presets_write_the_config_they_always_wrote(preset, mode):
+    """The settings each preset and mode put in config.json, with no flag given, are
+    those written before the settings became groups (tests/fixtures/README.md), plus
+    the settings added since at their defaults."""
+    golden = json.loads((FIXTURES / "pes_train_configs.json").read_text())
+    added_since = dict(
+        time_horizon=0.0,
+        nominal_schedule="inverse_sqrt",
+        expert_schedule="inverse_sqrt",
+    )
+    argv = ["--preset", preset, "--mode", mode]
+    args = pes_train.parse_args(argv).resolved()
+    config = runs.args_config(args, exclude=pes_run.LAUNCH)
+    assert json.loads(json.dumps(config)) == {
+        **golden[f"{preset}-{mode}"],
+        **added_since,
+    }
 
 
 def test_validation_columns_and_best_export(reference_run, tmp_path):
@@ -444,7 +482,7 @@ def test_validation_columns_and_best_export(reference_run, tmp_path):
     assert float(adam["val_adam_update_norm_ratio"]) > 0
     run_dir = tmp_path / "best"
     pes_train.main(
-        pes_train.Args(
+        pes_train.make_args(
             run_dir=str(run_dir), **{**TINY, "eval_every": 2, "export": "best"}
         )
     )
@@ -490,12 +528,12 @@ def test_keep_best_and_export_pick_the_lowest_validation_loss(tmp_path):
         best_valid_loss=jnp.float32(0.5),
         best_step=jnp.int32(2),
     )
-    worse = pes_train._keep_best(state, {"val_lo_valid_loss": 0.7}, 6)
+    worse = pes_run.keep_best(state, 0.7, 6)
     assert int(worse.best_step) == 2 and float(worse.best_valid_loss) == 0.5
-    better = pes_train._keep_best(state, {"val_lo_valid_loss": 0.3}, 6)
+    better = pes_run.keep_best(state, 0.3, 6)
     assert int(better.best_step) == 6
     assert float(better.best_valid_loss) == pytest.approx(0.3)
-    assert pes_train._keep_best(state, {"val_lo_valid_loss": float("inf")}, 6) is state
+    assert pes_run.keep_best(state, float("inf"), 6) is state
 
     def leaves(meta):
         return jax.tree.leaves(flax.serialization.to_state_dict(meta))
@@ -503,8 +541,8 @@ def test_keep_best_and_export_pick_the_lowest_validation_loss(tmp_path):
     for export, expected in (("best", meta_b), ("last", meta_a)):
         run_dir = tmp_path / export
         run_dir.mkdir()
-        args = pes_train.Args(export=export, **TINY).resolved()
-        pes_train.export(args, run_dir, state)
+        args = pes_train.make_args(export=export, **TINY).resolved()
+        pes_run.export(run_dir, state, args.lo, export, {"env": args.env})
         for a, b in zip(_lo_arrays(run_dir), leaves(expected), strict=True):
             np.testing.assert_array_equal(a, b)
         for a, b in zip(_lo_arrays(run_dir / "best"), leaves(meta_b), strict=True):
@@ -531,7 +569,7 @@ def test_bad_flag_is_one_line_and_exit_code_2(
     argv = ["pes_train.py", "--run-dir", str(tmp_path / "bad"), *flags]
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit) as exit_:
-        runs.run_cli(pes_train.main, pes_train.Args, "pes_train.py")
+        runs.run_cli(pes_train.main, pes_train.parse_args, "pes_train.py")
     assert exit_.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("pes_train.py: error: ")
@@ -560,7 +598,7 @@ def test_corrupt_latest_checkpoint_resumes_from_the_one_before(
         for i in range(len(raw) // 3, len(raw) // 3 + 16):
             raw[i] ^= 0xFF
         path.write_bytes(bytes(raw))
-    pes_train.main(pes_train.Args(run_dir=str(run_dir), **TINY))
+    pes_train.main(pes_train.make_args(run_dir=str(run_dir), **TINY))
     err = capfd.readouterr().err
     assert "checkpoint 6 in" in err and "cannot be read" in err
     assert "resuming from checkpoint 5, the latest readable" in err
@@ -571,8 +609,10 @@ def test_corrupt_latest_checkpoint_resumes_from_the_one_before(
 def test_a_finished_run_extends_with_more_outer_steps(tmp_path):
     run_dir = tmp_path / "extend"
     short = {**TINY, "outer_steps": 4, "checkpoint_every": 2}
-    pes_train.main(pes_train.Args(run_dir=str(run_dir), **short))
-    pes_train.main(pes_train.Args(run_dir=str(run_dir), **{**short, "outer_steps": 6}))
+    pes_train.main(pes_train.make_args(run_dir=str(run_dir), **short))
+    pes_train.main(
+        pes_train.make_args(run_dir=str(run_dir), **{**short, "outer_steps": 6})
+    )
     config = json.loads((run_dir / "config.json").read_text())
     assert config["outer_steps"] == 6
     rows = (run_dir / "metrics.csv").read_text().strip().splitlines()[1:]
@@ -585,14 +625,14 @@ def test_a_finished_run_extends_with_more_outer_steps(tmp_path):
     assert json.loads((run_dir / "lo.json").read_text())["best_step"] == 6
     with pytest.raises(ValueError, match="can be extended, not shortened to 3"):
         pes_train.main(
-            pes_train.Args(run_dir=str(run_dir), **{**short, "outer_steps": 3})
+            pes_train.make_args(run_dir=str(run_dir), **{**short, "outer_steps": 3})
         )
 
 
 def test_mixture_trains_each_task_in_turn_on_its_own_copies(tmp_path):
     """--mixture: outer step t trains task t mod 3; a mixture task's step moves its
     own copies and the LO, and leaves the env's copies and the other task's alone."""
-    args = pes_train.Args(
+    args = pes_train.make_args(
         **dict(TINY, outer_steps=3, eval_every=0, export="last"),
         mixture=("12:gelu", "8-8"),
     ).resolved()
@@ -625,7 +665,7 @@ def test_mixture_trains_each_task_in_turn_on_its_own_copies(tmp_path):
     assert not np.array_equal(leaves(new.meta)[0], leaves(before.meta)[0])
 
     run_dir = pes_train.main(
-        pes_train.Args(
+        pes_train.make_args(
             **dict(TINY, outer_steps=3, eval_every=0, export="last"),
             mixture=("12:gelu", "8-8"),
             run_dir=str(tmp_path / "mix"),
@@ -639,7 +679,7 @@ def test_mixture_trains_each_task_in_turn_on_its_own_copies(tmp_path):
 
 def test_bad_mixture_entry_is_named():
     with pytest.raises(ValueError, match="--mixture entry '12x' must be WIDTHS"):
-        pes_train.Args(mixture=("12x",)).resolved().validate()
+        pes_train.make_args(mixture=("12x",)).resolved().validate()
 
 
 @pytest.mark.parametrize("nominal_lr", [2e-2, 0.0])
@@ -647,18 +687,21 @@ def test_validation_of_the_silenced_lo_is_an_explicit_zero_mlp_run(nominal_lr):
     """val_silenced_* are the numbers of small_fc_lopt with every MLP weight zero on
     the validation seeds (its nominal term alone; with no nominal term, a zero update
     that leaves the optimizee where it started), and the stds are over those seeds."""
-    args = pes_train.Args(
+    args = pes_train.make_args(
         **{**TINY, "nominal_lr": nominal_lr, "eval_seeds": 3, "n_max": 4}
     ).resolved()
     cfg, env_params = pes_train.pes_config(args)
-    validation = pes_train.Validation(args, cfg.env.task, env_params.data)
-    trained = lopt.init_meta_params(jax.random.PRNGKey(3), args.hidden_size)
-    row = validation(trained)
+    n_max = args.inner.n_max
+    validate = validation.Validation(
+        cfg.env.task, env_params.data, args.lo, steps=10 * n_max, seeds=3, seed=1_000
+    )
+    trained = lopt.init_meta_params(jax.random.PRNGKey(3), args.lo.hidden_size)
+    row = validate(trained)
 
     zero = jax.tree.map(jnp.zeros_like, trained)
-    optimizer = elo_gym.small_fc_lopt(zero, args.lo_spec())
+    optimizer = elo_gym.small_fc_lopt(zero, args.lo)
     keys = jax.random.split(jax.random.PRNGKey(args.seed + 1_000), 3)
-    steps, window = 10 * args.n_max, max(1, 10 * args.n_max // 10)
+    steps, window = 10 * n_max, max(1, 10 * n_max // 10)
     runs = [
         jax.device_get(
             inner_loop.train_curves(

@@ -1,7 +1,6 @@
 """The LO spec: its checks, lo.json, the step of Eq. 2 with its variants and its
 inverse (the demonstrator's action)."""
 
-import dataclasses
 import json
 
 import jax
@@ -105,18 +104,8 @@ def test_save_lo_refuses_a_spec_of_other_weights(tmp_path):
     assert not (tmp_path / "lo.json").exists()
 
 
-def test_flags_build_the_spec_and_refuse_a_setting_they_cannot_carry():
-    @dataclasses.dataclass(frozen=True)
-    class Flags:
-        hidden_size: int = 16
-        nominal_lr: float = 0.01
-        seed: int = 0
-
-    spec = LOSpec.from_flags(Flags())
-    assert spec == LOSpec(hidden_size=16, nominal_lr=0.01)
-    assert spec.flags(Flags) == {"hidden_size": 16, "nominal_lr": 0.01}
-    with pytest.raises(ValueError, match=r"no flag for \{'adam_scaled_step': True\}"):
-        dataclasses.replace(spec, adam_scaled_step=True).flags(Flags)
+def test_differences_name_each_setting_that_differs():
+    spec = LOSpec(hidden_size=16, nominal_lr=0.01)
     assert spec.differences(LOSpec(hidden_size=16)) == {"nominal_lr": (0.01, 0.0)}
 
 

@@ -27,7 +27,7 @@ COUNT = textwrap.dedent(
     assert len(jax.devices()) == 2
     counts = {{}}
     for scope in ("pair", "shared"):
-        args = pes_train.Args(
+        args = pes_train.make_args(
             num_pairs=2, truncation={TRUNCATION}, n_min=2, n_max=4,
             hidden_sizes=(4,), batch_size=8, hidden_size=4, init_lo="none",
             buffer_scope=scope,

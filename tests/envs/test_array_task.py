@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import tyro
 
 import elo_gym
 from elo_gym import envs, settings
@@ -84,7 +83,7 @@ def test_readme_own_task_section_runs_as_written(readme_dir, monkeypatch, capsys
         pes_train.bc_train, "Args", functools.partial(bc_train.Args, **TINY_BC)
     )
     flags = _commands(section, "agents/pes_train.py") + shlex.split(TINY_PES)
-    run_dir = pes_train.main(tyro.cli(pes_train.Args, args=flags))
+    run_dir = pes_train.main(pes_train.parse_args(flags))
     assert run_dir == pathlib.Path("runs/cnn")
     config = json.loads((run_dir / "config.json").read_text())
     assert (config["env"], config["task"]) == ("ELO-Task", "my_task:make_task")
@@ -97,12 +96,12 @@ def test_readme_own_task_section_runs_as_written(readme_dir, monkeypatch, capsys
     assert (run_dir / "lo.msgpack").is_file()
 
     # The same command resumes the finished run; another task spec is refused.
-    pes_train.main(tyro.cli(pes_train.Args, args=flags))
+    pes_train.main(pes_train.parse_args(flags))
     assert len(list(csv.DictReader((run_dir / "metrics.csv").open()))) == 2
     (tmp / "other_task.py").write_text("from my_task import make_task  # noqa\n")
     other = [f.replace("my_task:", "other_task:") for f in flags]
     with pytest.raises(ValueError, match="task: saved 'my_task:make_task'"):
-        pes_train.main(tyro.cli(pes_train.Args, args=other))
+        pes_train.main(pes_train.parse_args(other))
 
     sys.path.insert(0, str(EVALUATE.parent))
     try:

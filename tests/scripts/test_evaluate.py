@@ -7,13 +7,11 @@ tests; the CLI smoke run comes after it and finds its programs compiled.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import jax
 import numpy as np
@@ -21,7 +19,7 @@ import optax
 import pytest
 
 import elo_gym
-from elo_gym import checkpoint
+from elo_gym import checkpoint, evaluation
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 STEPS, EVAL_EVERY, SEEDS = 20, 8, 2  # 20 = 2 x 8 + 4: the tail chunk runs too
@@ -36,21 +34,6 @@ SCHEDULED_FLAGS = [
 ]  # fmt: skip
 HIDDEN, BATCH = (8,), 32
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _load() -> ModuleType:
-    """Imports scripts/evaluate.py by path (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "_evaluate_under_test", SCRIPTS / "evaluate.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses resolve string annotations through sys.modules.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-evaluate = _load()
 
 
 def make_lo_run(run_dir: Path, env: str = "ELO-Digits-MLP", n_max: int = 2) -> Path:
@@ -73,7 +56,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _config(runs: Path, **overrides) -> evaluate.EvalConfig:
+def _config(runs: Path, **overrides) -> evaluation.EvalConfig:
     settings = {
         # The same LO twice, once as a run dir and once as its lo.msgpack: both path
         # forms, and identical programs (the second compilation is a cache hit).
@@ -85,7 +68,7 @@ def _config(runs: Path, **overrides) -> evaluate.EvalConfig:
         "progress": False,
         **SCHEDULED_GRIDS,
     }
-    return evaluate.EvalConfig(**{**settings, **overrides})
+    return evaluation.EvalConfig(**{**settings, **overrides})
 
 
 def _cli_flags(runs: Path, out: Path) -> list[str]:
@@ -109,7 +92,7 @@ def _cli_flags(runs: Path, out: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def result(runs: Path, tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("eval_out")
-    return evaluate.run(_config(runs), out), out
+    return evaluation.run(_config(runs), out), out
 
 
 def test_results_json_structure(result):
@@ -161,7 +144,7 @@ def test_pick_best_lr_skips_diverged():
         0.001: np.array([0.5, 0.7]),
         0.0001: np.array([0.4, 0.9]),
     }
-    assert evaluate.pick_best_lr(finals) == 0.001
+    assert evaluation.pick_best_lr(finals) == 0.001
 
 
 def test_update_and_param_norms(result):
@@ -169,7 +152,7 @@ def test_update_and_param_norms(result):
     without the evaluation code), and AdamW's first update moves each parameter with
     a nonzero gradient by about lr: its norm is at most lr sqrt(P)."""
     res, _ = result
-    task = evaluate.make_task(res["config"]["env"], hidden_sizes=HIDDEN)
+    task = evaluation.make_task(res["config"]["env"], hidden_sizes=HIDDEN)
     init_norms = [
         float(optax.tree.norm(task.init(jax.random.split(jax.random.PRNGKey(seed))[0])))
         for seed in range(SEEDS)
@@ -227,27 +210,27 @@ def test_table_rows(result):
 
 
 def test_eval_steps():
-    assert evaluate.eval_steps(20, 8) == [0, 8, 16, 20]
-    assert evaluate.eval_steps(20, 5) == [0, 5, 10, 15, 20]
-    assert evaluate.eval_steps(3, 10) == [0, 3]
+    assert evaluation.eval_steps(20, 8) == [0, 8, 16, 20]
+    assert evaluation.eval_steps(20, 5) == [0, 5, 10, 15, 20]
+    assert evaluation.eval_steps(3, 10) == [0, 3]
 
 
 def test_missing_checkpoint_names_path(tmp_path):
     missing = tmp_path / "no_such_run"
-    config = evaluate.EvalConfig(los=(("x", str(missing)),), steps=4)
+    config = evaluation.EvalConfig(los=(("x", str(missing)),), steps=4)
     with pytest.raises(FileNotFoundError, match="no_such_run"):
-        evaluate.run(config, tmp_path / "out")
+        evaluation.run(config, tmp_path / "out")
 
 
 def test_task_mismatch_is_an_error_unless_allowed(runs, tmp_path):
-    config = evaluate.EvalConfig(los=(("ood", str(runs / "ood")),), steps=4)
+    config = evaluation.EvalConfig(los=(("ood", str(runs / "ood")),), steps=4)
     with pytest.raises(ValueError, match="allow-task-mismatch"):
-        evaluate.run(config, tmp_path / "out")
-    allowed = evaluate.EvalConfig(
+        evaluation.run(config, tmp_path / "out")
+    allowed = evaluation.EvalConfig(
         los=(("ood", str(runs / "ood")),), steps=4, allow_task_mismatch=True
     )
-    described = evaluate._describe_los(allowed)
-    resolved = evaluate._resolve(allowed, described)
+    described = evaluation._describe_los(allowed)
+    resolved = evaluation._resolve(allowed, described)
     # An OOD run's widths belong to its own task, not to this one.
     assert described[0]["env"] == "ELO-ImageNet32-MLP"
     assert resolved["hidden_sizes"] is None and resolved["n_max"] == {"ood": 3}
@@ -255,18 +238,18 @@ def test_task_mismatch_is_an_error_unless_allowed(runs, tmp_path):
 
 def test_unknown_env_id(runs, tmp_path):
     # The run says ELO-Digits-MLP: the unknown id, not a mismatch, is the error.
-    config = evaluate.EvalConfig(los=(("a", str(runs / "a")),), env="ELO-Nope")
+    config = evaluation.EvalConfig(los=(("a", str(runs / "a")),), env="ELO-Nope")
     with pytest.raises(ValueError, match="unknown env id 'ELO-Nope'"):
-        evaluate.run(config, tmp_path / "out")
+        evaluation.run(config, tmp_path / "out")
 
 
 def test_steps_needed_without_config(tmp_path):
     bare = tmp_path / "bare"
     bare.mkdir()
     checkpoint.save_lo(bare, elo_gym.init_meta_params(jax.random.PRNGKey(0), 8))
-    config = evaluate.EvalConfig(los=(("b", str(bare / "lo.msgpack")),))
+    config = evaluation.EvalConfig(los=(("b", str(bare / "lo.msgpack")),))
     with pytest.raises(ValueError, match="--steps"):
-        evaluate.run(config, tmp_path / "out")
+        evaluation.run(config, tmp_path / "out")
 
 
 def test_cli_smoke(runs, result, tmp_path):
@@ -299,20 +282,20 @@ def test_diverged_seed_is_null_in_json_and_marked_in_table():
         "update_norm": np.array([[1.0, 0.5, 0.25], [1.0, np.nan, np.nan]]),
         "param_norm": np.array([[3.0, 6.0], [3.0, np.nan]]),
     }
-    summary = evaluate.eval_report.final_summary(curves, train_window=2)
+    summary = evaluation.eval_report.final_summary(curves, train_window=2)
     assert summary["test_loss"] == {"mean": None, "std": None}
     assert summary["test_accuracy"]["mean"] == pytest.approx(0.45)
     json.dumps(summary, allow_nan=False)  # strict JSON
-    assert evaluate.eval_report.jsonable(curves["train_loss"])[1] == [2.0, None, None]
-    assert evaluate.eval_report.mean_pm_std(summary["test_loss"]) == "diverged"
+    assert evaluation.eval_report.jsonable(curves["train_loss"])[1] == [2.0, None, None]
+    assert evaluation.eval_report.mean_pm_std(summary["test_loss"]) == "diverged"
     assert (
-        evaluate.eval_report.mean_pm_std(summary["test_accuracy"], 100.0, 2)
+        evaluation.eval_report.mean_pm_std(summary["test_accuracy"], 100.0, 2)
         == "45.00 ± 35.00"
     )
     # A warmup from lr 0 makes the first update norm 0: not a divergence.
     warmup = {"update_norm_first": {"mean": 0.0}, "update_norm": {"mean": 0.2}}
-    assert evaluate.eval_report._growth(warmup, "update_norm") == "0 -> 0.2"
-    assert evaluate.eval_report._growth(summary, "update_norm") == "diverged"
+    assert evaluation.eval_report._growth(warmup, "update_norm") == "0 -> 0.2"
+    assert evaluation.eval_report._growth(summary, "update_norm") == "diverged"
 
 
 @pytest.mark.parametrize("env_id", ["ELO-ImageNet32-ResNet18", "ELO-FineWeb-GPT2Mini"])
@@ -343,7 +326,7 @@ def test_out_of_distribution_smoke(runs, tmp_path, env_id, real_text_files):
         max_grid_extensions=0,
         **options,
     )
-    res = evaluate.run(config, tmp_path)
+    res = evaluation.run(config, tmp_path)
     assert res["task"]["model"] == ("resnet18" if "ResNet" in env_id else "gpt2mini")
     assert res["task"]["dataset"] == options["dataset"]
     assert res["eval_steps"] == [0, 3, 6] and set(res["final"]) == {"a", "AdamW"}
@@ -357,7 +340,7 @@ def test_out_of_distribution_smoke(runs, tmp_path, env_id, real_text_files):
 def test_host_loop_gives_the_scan_curves(runs, result, tmp_path):
     """The Python-driven loop (used for conv nets on CPU) trains the same optimizees
     on the same batches as the compiled scan and evaluates at the same steps."""
-    res = evaluate.run(
+    res = evaluation.run(
         _config(runs, step_loop="host", baselines=("adamw",), max_grid_extensions=0),
         tmp_path,
     )
@@ -375,7 +358,7 @@ def test_host_loop_gives_the_scan_curves(runs, result, tmp_path):
                 err_msg=f"{method} {key}",
             )
     with pytest.raises(ValueError, match="unknown step_loop 'gpu'"):
-        evaluate.run(_config(runs, step_loop="gpu"), tmp_path / "bad")
+        evaluation.run(_config(runs, step_loop="gpu"), tmp_path / "bad")
 
 
 SCHEDULED = ("adamw_cosine", "adamw_invsqrt")
@@ -422,7 +405,7 @@ def test_tune_grid_grows_past_an_edge_until_the_pick_is_inside():
         return np.array([value, value + 0.1])
 
     axes = [("lr", (0.02, 0.01), 2.0), ("tau", (10.0, 100.0), 10.0)]
-    search = evaluate.tune_grid(loss, axes, max_extensions=5)
+    search = evaluation.tune_grid(loss, axes, max_extensions=5)
     assert search["pick"] == {"lr": 0.08, "tau": 1000.0}
     assert search["grid"]["lr"] == [0.01, 0.02, 0.04, 0.08, 0.16]
     assert search["grid"]["tau"] == [10.0, 100.0, 1000.0, 10000.0]
@@ -431,16 +414,16 @@ def test_tune_grid_grows_past_an_edge_until_the_pick_is_inside():
     record = next(r for r in search["losses"] if r["lr"] == 0.08 and r["tau"] == 1e3)
     assert record["valid_loss"] == pytest.approx(0.05)
     assert record["valid_loss_per_seed"] == pytest.approx([0.0, 0.1])
-    bounded = evaluate.tune_grid(loss, axes, max_extensions=1)
+    bounded = evaluation.tune_grid(loss, axes, max_extensions=1)
     assert bounded["pick"] == {"lr": 0.04, "tau": 1000.0}
     assert bounded["at_edge"] == ["lr", "tau"] and bounded["extensions"] == 1
     # Past 0.3 every lr diverges: it is never picked, though the finite one is an edge.
-    edge = evaluate.tune_grid(
+    edge = evaluation.tune_grid(
         lambda p: loss((p[0], 1000.0)), [("lr", (0.16, 0.32), 2.0)], max_extensions=0
     )
     assert edge["pick"] == {"lr": 0.16} and edge["at_edge"] == ["lr"]
     # A pick at the top edge that stays best after one more lr is inside: one round.
-    inside = evaluate.tune_grid(
+    inside = evaluation.tune_grid(
         lambda p: np.array([abs(np.log(p[0] / 0.02))]), [("lr", (0.01, 0.03), 2.0)], 3
     )
     assert inside["pick"] == {"lr": 0.03} and inside["grid"]["lr"] == [0.01, 0.03, 0.06]
@@ -455,19 +438,19 @@ def test_scheduled_programs_equal_optax_adamw_with_the_schedule(family):
     if family == "adamw_cosine":
         schedule = optax.warmup_cosine_decay_schedule(0.0, lr, 3, steps, 0.0)
     else:
-        schedule = evaluate.schedules.inverse_sqrt_decay(lr, tau)
+        schedule = evaluation.schedules.inverse_sqrt_decay(lr, tau)
     reference = optax.adamw(schedule, weight_decay=wd)
 
     @jax.jit
     def update(hyper, grads, state, params):
-        optimizer = evaluate.baseline_optimizer(
+        optimizer = evaluation.baseline_optimizer(
             family, hyper, steps=steps, warmup_fraction=0.3, weight_decay=wd
         )
         return optimizer.update(grads, state, params)
 
     params = {"w": jax.random.normal(jax.random.PRNGKey(0), (3, 4))}
     hyper = jax.numpy.array([lr, tau], jax.numpy.float32)
-    ours = evaluate.baseline_optimizer(
+    ours = evaluation.baseline_optimizer(
         family, hyper, steps=steps, warmup_fraction=0.3, weight_decay=wd
     ).init(params)
     theirs = reference.init(params)
@@ -496,4 +479,4 @@ def test_scheduled_programs_equal_optax_adamw_with_the_schedule(family):
 )
 def test_bad_baseline_settings(runs, tmp_path, change, message):
     with pytest.raises(ValueError, match=message):
-        evaluate.run(_config(runs, **change), tmp_path)
+        evaluation.run(_config(runs, **change), tmp_path)

@@ -145,7 +145,7 @@ def test_validation_figure_from_a_real_run(tmp_path):
 
     run_dir = tmp_path / "elo"
     pes_train.main(
-        pes_train.Args(
+        pes_train.make_args(
             run_dir=str(run_dir),
             num_pairs=2,
             truncation=4,

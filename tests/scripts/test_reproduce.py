@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from elo_gym import lopt, runs
+from elo_gym import lopt, pes, pes_run, runs, validation
 
 SCRIPTS = pathlib.Path(__file__).parents[2] / "scripts"
 
@@ -85,36 +85,36 @@ def _stand_in_pes_main(args) -> pathlib.Path:
     metrics: no PES."""
     pes_train = sys.modules["reproduce"].pes_train
     args = args.resolved()
-    run_dir = pathlib.Path(args.run_dir)
-    launch = ("distributed", "coordinator_address", "num_processes", "process_id")
-    runs.prepare_run_dir(run_dir, runs.args_config(args, exclude=launch))
+    run_dir = pathlib.Path(args.run.run_dir)
+    steps = args.pes.outer_steps
+    runs.prepare_run_dir(run_dir, runs.args_config(args, exclude=pes_run.LAUNCH))
     log = runs.MetricsLog(run_dir / "metrics.csv", pes_train.METRICS, 0)
-    for t in range(args.outer_steps):
+    for t in range(steps):
         row = dict.fromkeys(pes_train.METRICS, math.nan)
         row.update(outer_step=t, meta_loss=2.0 - 0.1 * t, task_loss=2.1 - 0.1 * t)
-        row.update(mean_inner_step=3.0 + t, max_inner_step=args.n_max, task_index=0)
-        if t == args.outer_steps - 1:
+        row.update(mean_inner_step=3.0 + t, max_inner_step=args.inner.n_max)
+        row.update(task_index=0)
+        if t == steps - 1:
             for who, loss in (("lo", 1.5), ("adam", 1.6)):
-                row.update(
-                    {f"val_{who}_{k}": 1.0 for k in pes_train.VALIDATION_METRICS}
-                )
+                row.update({f"val_{who}_{k}": 1.0 for k in validation.METRICS})
                 row[f"val_{who}_valid_loss"] = loss
-            row["val_best_step"] = args.outer_steps
+            row["val_best_step"] = steps
         log.write(row)
     log.close()
-    meta = lopt.init_meta_params(jax.random.PRNGKey(args.seed), args.hidden_size)
-    state = pes_train.PESState(
+    meta = lopt.init_meta_params(jax.random.PRNGKey(args.seed), args.lo.hidden_size)
+    state = pes.PESState(
         meta=meta,
         opt_state=None,
         env=None,
         accumulator=None,
         key=None,
-        outer_step=jnp.int32(args.outer_steps),
+        outer_step=jnp.int32(steps),
         best_meta=meta,
         best_valid_loss=jnp.float32(1.5),
-        best_step=jnp.int32(args.outer_steps),
+        best_step=jnp.int32(steps),
     )
-    pes_train.export(args, run_dir, state)
+    info = dict(env=args.env, mode=args.mode, n_max=args.inner.n_max)
+    pes_run.export(run_dir, state, args.lo, args.run.export, info)
     return run_dir
 
 
@@ -130,7 +130,7 @@ def test_quick_study_pipeline_with_stand_in_pes_runs(tmp_path, monkeypatch):
     asked = []
 
     def stand_in(args):
-        asked.append(pathlib.Path(args.run_dir).name)
+        asked.append(pathlib.Path(args.run.run_dir).name)
         return _stand_in_pes_main(args)
 
     monkeypatch.setattr(reproduce.pes_train, "main", stand_in)

@@ -12,9 +12,9 @@ import optax
 import pytest
 
 sys.path.insert(0, os.fspath(pathlib.Path(__file__).resolve().parents[2] / "scripts"))
-import evaluate  # noqa: E402
 import sweep_demonstrator  # noqa: E402
 
+from elo_gym import evaluation  # noqa: E402
 from elo_gym.inner_loop import train_curves  # noqa: E402
 
 TINY = dict(hidden_sizes=(8,), steps=20, eval_every=5, seeds=1, progress=False)
@@ -49,7 +49,7 @@ def test_rows_are_the_decayed_adam_runs(tmp_path):
     )
     result = json.loads(out.read_text())
     assert result["config"] == json.loads(json.dumps(config.__dict__))
-    task = evaluate.make_task("ELO-Digits-MLP", hidden_sizes=(8,))
+    task = evaluation.make_task("ELO-Digits-MLP", hidden_sizes=(8,))
     data = task.load_data()
     schedules = {0.0: 0.01, 5.0: lambda n: 0.01 / jnp.sqrt(1.0 + n / 5.0)}
     for row in result["rows"]:
