@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import pathlib
 import time
+from collections.abc import Sequence
 from typing import Literal
 
 import flax.struct
@@ -36,7 +37,7 @@ import tyro
 
 from elo_gym import adapters, checkpoint, core, lopt, runs
 from elo_gym.lo_spec import LOSpec
-from elo_gym.settings import EnvSettings, mixture_shape
+from elo_gym.settings import EnvSettings, mixture_settings
 
 METRICS = (
     "outer_step",
@@ -99,10 +100,11 @@ class Args:
     hidden_sizes: tuple[int, ...] | None = None
     """Optimizee MLP widths (default: the env's)."""
     mixture: tuple[str, ...] = ()
-    """More optimizee MLPs to clone the expert on beside the env's, each
-    WIDTHS[:ACTIVATION] (e.g. ``--mixture 128:gelu 32-32-32-32``): every outer step
-    rolls each task's own copies and regresses the LO on the rows of all of them, so
-    that the clone meets Adam on several shapes, not only the env's."""
+    """More optimizee tasks to clone the expert on beside the env's: WIDTHS[:ACTIVATION]
+    (another MLP on the env's data, e.g. 128:gelu) or ENV_ID[:OPTION=VALUE,...]
+    (that env's task and data, e.g. ELO-Teacher-MLP; settings.mixture_settings):
+    every outer step rolls each task's own copies and regresses the LO on the rows
+    of all of them."""
     data_dir: str | None = None
     """Where datasets on disk live (ImageNet-32)."""
     expert_lr: float = 1e-3
@@ -124,7 +126,7 @@ class Args:
     def validate(self) -> None:
         EnvSettings.from_id(self.env)  # an unknown id fails here, naming the valid ones
         for spec in self.mixture:
-            mixture_shape(spec)
+            mixture_settings(env_settings(self), spec)
         runs.require_positive(
             self,
             "outer_steps",
@@ -195,7 +197,7 @@ class BCConfig:
     rows_per_step: int
     num_minibatches: int
     epochs: int
-    mixture: tuple[core.EnvConfig, ...] = ()  # --mixture tasks (share env's params)
+    mixture: tuple[core.EnvConfig, ...] = ()  # --mixture tasks (each its own params)
 
 
 def optimizer(args: Args) -> optax.GradientTransformation:
@@ -204,27 +206,35 @@ def optimizer(args: Args) -> optax.GradientTransformation:
     )
 
 
-def init_state(args: Args, cfg: BCConfig, env_params: core.EnvParams) -> BCState:
-    """Fresh LO, optimizer and copies (of every task), from ``args.seed``."""
+def init_state(
+    args: Args, cfg: BCConfig, task_params: Sequence[core.EnvParams]
+) -> BCState:
+    """Fresh LO, optimizer and copies (of every task), from ``args.seed``;
+    ``task_params``: the env params of the env's task, then of each mixture task."""
     key = jax.random.PRNGKey(args.seed)
     key, k_meta, k_env = jax.random.split(key, 3)
     meta = lopt.init_meta_params(k_meta, args.lo.hidden_size)
+    env_params, *mixture_params = task_params
 
-    def fresh(env_cfg: core.EnvConfig, k: jax.Array) -> core.VecEnvState:
+    def fresh(
+        env_cfg: core.EnvConfig, k: jax.Array, params: core.EnvParams
+    ) -> core.VecEnvState:
         state, _, _ = jax.jit(functools.partial(core.reset, env_cfg))(
-            jax.random.split(k, args.num_copies), env_params
+            jax.random.split(k, args.num_copies), params
         )
         return state
 
     return BCState(
         meta=meta,
         opt_state=optimizer(args).init(meta.mlp),
-        env=fresh(cfg.env, k_env),
+        env=fresh(cfg.env, k_env, env_params),
         key=key,
         outer_step=jnp.int32(0),
         mixture=tuple(
-            fresh(c, jax.random.fold_in(k_env, 1 + i))
-            for i, c in enumerate(cfg.mixture)
+            fresh(c, jax.random.fold_in(k_env, 1 + i), params)
+            for i, (c, params) in enumerate(
+                zip(cfg.mixture, mixture_params, strict=True)
+            )
         ),
     )
 
@@ -292,7 +302,7 @@ def rollout_tasks(
     beta: jax.Array,
     row_mix: jax.Array,
     key: jax.Array,
-    env_params: core.EnvParams,
+    task_params: tuple[core.EnvParams, ...],
 ) -> tuple[list[core.VecEnvState], dict, dict]:
     """:func:`rollout` of the env's task and of each mixture task (``env_states`` in
     that order), with the rows of all of them concatenated in that order.
@@ -305,8 +315,8 @@ def rollout_tasks(
     # The env's task keeps ``key``, so a run without a mixture is what it was before.
     keys = [key] + [jax.random.fold_in(key, 1 + i) for i in range(len(cfg.mixture))]
     rolled = [
-        rollout(cfg, c, mlp, s, beta, row_mix, k, env_params)
-        for c, s, k in zip(tasks, env_states, keys, strict=True)
+        rollout(cfg, c, mlp, s, beta, row_mix, k, p)
+        for c, s, k, p in zip(tasks, env_states, keys, task_params, strict=True)
     ]
     # One regression on the rows of every task: the clone fits Adam on all shapes.
     rows = jax.tree.map(lambda *x: jnp.concatenate(x), *[r[1] for r in rolled])
@@ -346,9 +356,10 @@ def outer_step(
     state: BCState,
     beta: jax.Array,
     row_mix: jax.Array,
-    env_params: core.EnvParams,
+    task_params: tuple[core.EnvParams, ...],
 ) -> tuple[BCState, dict]:
-    """One rollout chunk and the LO updates on its rows (jit, cfg and opt static)."""
+    """One rollout chunk and the LO updates on its rows (jit, cfg and opt static);
+    ``task_params``: the env params of the env's task, then of each mixture task."""
     key, k_roll, k_perm = jax.random.split(state.key, 3)
     env_states, rows, m = rollout_tasks(
         cfg,
@@ -357,7 +368,7 @@ def outer_step(
         beta,
         row_mix,
         k_roll,
-        env_params,
+        task_params,
     )
     exp_mult = cfg.env.lo.exp_mult
     _, relative = bc_loss(state.meta.mlp, rows["obs"], rows["acts"], exp_mult)
@@ -413,8 +424,21 @@ def bc_config(args: Args, settings: EnvSettings) -> BCConfig:
         num_minibatches=args.num_minibatches,
         epochs=args.epochs,
         mixture=tuple(
-            settings.reshaped(spec).config(args.num_copies) for spec in args.mixture
+            mixture_settings(settings, spec).config(args.num_copies)
+            for spec in args.mixture
         ),
+    )
+
+
+def load_task_params(
+    args: Args, settings: EnvSettings, cfg: BCConfig
+) -> tuple[core.EnvParams, ...]:
+    """The env params of the env's task, then of each mixture task, each with its
+    own data loaded (a mixture entry may name another env's)."""
+    mixture = [mixture_settings(settings, spec) for spec in args.mixture]
+    return tuple(
+        s.params(c.task.load_data())
+        for s, c in zip([settings, *mixture], [cfg.env, *cfg.mixture], strict=True)
     )
 
 
@@ -424,7 +448,7 @@ def main(args: Args) -> pathlib.Path:
     settings = env_settings(args)
     cfg = bc_config(args, settings)
     settings.params(None)  # bad knobs fail before the data load and the run dir
-    env_params = settings.params(cfg.env.task.load_data())
+    task_params = load_task_params(args, settings, cfg)
     run_dir = pathlib.Path(
         args.run_dir
         or runs.default_run_dir(args.env, f"bc-{args.mode}", str(args.seed))
@@ -432,7 +456,7 @@ def main(args: Args) -> pathlib.Path:
     run = runs.open_run(
         run_dir,
         dict(runs.args_config(args), agent="bc"),
-        init_state(args, cfg, env_params),
+        init_state(args, cfg, task_params),
         METRICS,
     )
     step_fn = jax.jit(
@@ -441,7 +465,7 @@ def main(args: Args) -> pathlib.Path:
 
     def one_step(state: BCState, t: int) -> tuple[BCState, dict]:
         beta = beta_at(args, t)
-        params_t = env_params.replace(outer_step=jnp.int32(t))
+        params_t = tuple(p.replace(outer_step=jnp.int32(t)) for p in task_params)
         tic = time.perf_counter()
         state, metrics = step_fn(
             state, jnp.float32(beta), jnp.bool_(args.mix == "row"), params_t

@@ -39,7 +39,7 @@ from elo_gym import (
 )
 from elo_gym.agents import bc_train
 from elo_gym.lo_spec import LOSpec
-from elo_gym.settings import EnvSettings, mixture_shape
+from elo_gym.settings import EnvSettings, mixture_settings
 
 # mode -> the env's reset distribution; Fig. 7's ablations are uniform, bc, buffer.
 RESETS = dict(elo="elo", naive="naive", curriculum="curriculum", uniform="uniform")
@@ -73,8 +73,8 @@ class InnerArgs:
     noise_std: float | None = None
     """MLP tasks: Gaussian pixel noise per training batch (None: none)."""
     mixture: tuple[str, ...] = ()
-    """More optimizee MLPs, each WIDTHS[:ACTIVATION] (e.g. 128:gelu 32-32): outer step
-    t trains task t mod (1 + len(mixture)), each on its own copies."""
+    """More tasks, WIDTHS[:ACTIVATION] (the env's data) or ENV_ID[:OPTION=VALUE,...]
+    (its own): outer step t trains task t mod (1 + len(mixture)) on its own copies."""
     data_dir: str | None = None
     """Where datasets on disk live (ImageNet-32)."""
     n_min: int = 20
@@ -104,8 +104,7 @@ class InnerArgs:
     expert_decay_steps: float = 100.0
     """tau > 0: the demonstrator's lr decays as 1 / sqrt(1 + n / tau) (BC modes)."""
     expert_schedule: Literal["inverse_sqrt", "cosine"] = "inverse_sqrt"
-    """The demonstrator's lr over an episode: inverse_sqrt (expert_decay_steps) or
-    warmup + cosine decay to 0 at the episode's end (expert_decay_steps 0)."""
+    """The demonstrator's lr: inverse_sqrt, or warmup + cosine to 0 at episode end."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,7 +182,7 @@ class Args:
         inner, p = self.inner, self.pes
         EnvSettings.from_id(self.env)  # an unknown id fails here, naming the valid ones
         for spec in inner.mixture:
-            mixture_shape(spec)
+            mixture_settings(env_settings(self), spec)
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
         runs.require_positive(p, "outer_steps", "num_pairs", "truncation", "sigma")
@@ -289,11 +288,12 @@ def outer_optimizer(args: Args) -> optax.GradientTransformation:
     )
 
 
-def pes_config(args: Args) -> tuple[pes.PESConfig, core.EnvParams]:
-    """The static outer-step config and the env's params (its data loaded)."""
-    settings = env_settings(args)
+def pes_config(
+    args: Args, settings: EnvSettings | None = None
+) -> tuple[pes.PESConfig, core.EnvParams]:
+    """The outer-step config and loaded env params of the env (or of ``settings``)."""
+    settings = settings or env_settings(args)
     env_cfg = settings.config(2 * args.pes.num_pairs)  # validates the env settings
-    env_params = settings.params(env_cfg.task.load_data())
     cfg = pes.PESConfig(
         env=env_cfg,
         truncation=args.pes.truncation,
@@ -302,15 +302,13 @@ def pes_config(args: Args) -> tuple[pes.PESConfig, core.EnvParams]:
         keep_accumulator_on_restore=args.pes.keep_accumulator_on_restore,
         layout=lopt_fused.default_layout(),
     )
-    return cfg, env_params
+    return cfg, settings.params(env_cfg.task.load_data())
 
 
-def mixture_configs(args: Args, cfg: pes.PESConfig) -> list[pes.PESConfig]:
-    """The config of each ``--mixture`` task: ``cfg`` with another optimizee MLP
-    (the same dataset and env params)."""
-    settings, copies = env_settings(args), 2 * args.pes.num_pairs
-    shapes = [settings.reshaped(spec) for spec in args.inner.mixture]
-    return [dataclasses.replace(cfg, env=s.config(copies)) for s in shapes]
+def mixture_configs(args: Args) -> list[tuple[pes.PESConfig, core.EnvParams]]:
+    """The config and env params of each ``--mixture`` task (its own data)."""
+    base = env_settings(args)
+    return [pes_config(args, mixture_settings(base, s)) for s in args.inner.mixture]
 
 
 def clone_demonstrator(args: Args, run_dir: pathlib.Path) -> pathlib.Path:
@@ -338,7 +336,7 @@ def init_state(
     args: Args,
     cfg: pes.PESConfig,
     env_params: core.EnvParams,
-    mixture: Sequence[pes.PESConfig] = (),
+    mixture: Sequence[tuple[pes.PESConfig, core.EnvParams]] = (),
 ) -> pes.PESState:
     """The first state (:func:`pes.init_state`) with a fresh LO from ``args.seed``,
     or the LO of ``--init-lo`` (a path: ``main`` clones for ``bc`` first)."""
@@ -359,7 +357,7 @@ def main(args: Args) -> pathlib.Path:
     r = args.run
     main_process = r.launch()
     cfg, env_params = pes_config(args)
-    mixture = mixture_configs(args, cfg)
+    mixture = mixture_configs(args)
     run_dir = r.directory(args.env, args.mode, args.seed)
     if args.pes.init_lo == CLONE_DEMONSTRATOR:
         # Process 0 clones while the others wait; they get its bits in initial_lo.
@@ -378,18 +376,19 @@ def main(args: Args) -> pathlib.Path:
     )
     # The data on every device once, rather than copied from one device at each step.
     _, whole = distributed.pairs_shardings(args.pes.num_pairs)
-    env_params = distributed.put(env_params, whole)
+    task_params = [env_params] + [params for _, params in mixture]
+    task_params = [distributed.put(params, whole) for params in task_params]
     optimizer = outer_optimizer(args)
     # One compiled step per task (the env's, then each mixture task's).
     steps = [functools.partial(pes.outer_step, cfg, optimizer)] + [
         functools.partial(pes.mixture_outer_step, i + 1, c, optimizer)
-        for i, c in enumerate(mixture)
+        for i, (c, _) in enumerate(mixture)
     ]
     steps = [jax.jit(step, donate_argnums=0) for step in steps]
     lr_at = outer_learning_rate(args)
     validate = r.eval_every and validation.Validation(
         cfg.env.task,
-        env_params.data,
+        task_params[0].data,
         args.lo,
         steps=r.eval_horizon_factor * args.inner.n_max,
         seeds=r.eval_seeds,
@@ -399,7 +398,7 @@ def main(args: Args) -> pathlib.Path:
     def one_step(state: pes.PESState, t: int) -> tuple[pes.PESState, dict]:
         values = schedule_at(args, t)
         task_index = t % len(steps)
-        params_t = env_params.replace(
+        params_t = task_params[task_index].replace(
             alpha=jnp.float32(values.alpha),
             n_max=jnp.int32(values.n_max),
             outer_step=jnp.int32(t),

@@ -76,30 +76,33 @@ def init_state(
     meta: lopt.MetaParams,
     optimizer: optax.GradientTransformation,
     env_params: core.EnvParams,
-    mixture: Sequence[PESConfig] = (),
+    mixture: Sequence[tuple[PESConfig, core.EnvParams]] = (),
 ) -> PESState:
     """The state before the first outer step: the LO ``meta``, a fresh outer
     optimizer, fresh copies of the env's task from ``env_key`` (and of each
-    ``mixture`` task, from ``fold_in(env_key, 1 + i)``) with empty buffers and zero
-    accumulators; ``key`` becomes the state's key.
+    ``mixture`` task, a config and its own env params, from ``fold_in(env_key, 1 +
+    i)``) with empty buffers and zero accumulators; ``key`` becomes the state's key.
     """
     dim = ravel_pytree(meta.mlp)[0].size
     pairs = cfg.num_pairs
 
-    def fresh(cfg: PESConfig, k: jax.Array) -> tuple[core.VecEnvState, jax.Array]:
+    def fresh(
+        cfg: PESConfig, k: jax.Array, params: core.EnvParams
+    ) -> tuple[core.VecEnvState, jax.Array]:
         keys = jax.vmap(jax.random.fold_in, (None, 0))(k, jnp.arange(pairs))
         reset = jax.jit(functools.partial(core.reset, cfg.env))
-        env_state, _, _ = reset(keys.repeat(2, axis=0), env_params)
+        env_state, _, _ = reset(keys.repeat(2, axis=0), params)
         return env_state, jnp.zeros((pairs, dim))
 
-    env_state, accumulator = fresh(cfg, env_key)
+    env_state, accumulator = fresh(cfg, env_key, env_params)
     return PESState(
         meta=meta,
         opt_state=optimizer.init(meta.mlp),
         env=env_state,
         accumulator=accumulator,
         mixture=tuple(
-            fresh(c, jax.random.fold_in(env_key, 1 + i)) for i, c in enumerate(mixture)
+            fresh(c, jax.random.fold_in(env_key, 1 + i), params)
+            for i, (c, params) in enumerate(mixture)
         ),
         key=key,
         outer_step=jnp.int32(0),

@@ -166,17 +166,19 @@ def test_clones_the_given_expert_with_the_given_features(tmp_path):
 
 
 def test_mixture_clones_on_the_rows_of_every_task():
-    """``--mixture``: each task rolls its own copies (its own shapes) every outer step,
-    and the regression sees the rows of all of them, the mixture task's being exactly
-    its own rollout's."""
-    args = bc_train.Args(**TINY, mixture=("12:gelu",))
+    """``--mixture``: each task rolls its own copies (its own shapes, its own data)
+    every outer step, and the regression sees the rows of all of them, a mixture
+    task's being exactly its own rollout's."""
+    teacher = "ELO-Teacher-MLP:hidden_sizes=8,input_dim=6"
+    args = bc_train.Args(**TINY, mixture=("12:gelu", teacher))
     settings = bc_train.env_settings(args)
     cfg = bc_train.bc_config(args, settings)
     assert (cfg.mixture[0].task.hidden_sizes, cfg.mixture[0].task.activation) == (
         (12,),
         "gelu",
     )
-    params = settings.params(cfg.env.task.load_data())
+    params = bc_train.load_task_params(args, settings, cfg)
+    assert params[2].data.valid[0].shape[1:] == (6,)  # the teacher's own data
     state = bc_train.init_state(args, cfg, params)
     first_layer = jax.tree.leaves(state.mixture[0].copies.params)
     assert (2, 12) in {x.shape for x in first_layer}  # (copies, 12) biases
@@ -185,18 +187,21 @@ def test_mixture_clones_on_the_rows_of_every_task():
         cfg, state.meta.mlp, (state.env, *state.mixture), beta, row_mix, key, params
     )
     per_task = args.chunk * args.num_copies * args.rows_per_step
-    assert rows["obs"].shape == (2 * per_task, lopt.NUM_FEATURES)
-    _, mixture_rows, _ = bc_train.rollout(
-        cfg,
-        cfg.mixture[0],
-        state.meta.mlp,
-        state.mixture[0],
-        beta,
-        row_mix,
-        jax.random.fold_in(key, 1),
-        params,
-    )
-    np.testing.assert_array_equal(rows["acts"][per_task:], mixture_rows["acts"])
+    assert rows["obs"].shape == (3 * per_task, lopt.NUM_FEATURES)
+    for i in (1, 2):
+        _, mixture_rows, _ = bc_train.rollout(
+            cfg,
+            cfg.mixture[i - 1],
+            state.meta.mlp,
+            state.mixture[i - 1],
+            beta,
+            row_mix,
+            jax.random.fold_in(key, i),
+            params[i],
+        )
+        np.testing.assert_array_equal(
+            rows["acts"][i * per_task : (i + 1) * per_task], mixture_rows["acts"]
+        )
     moved = jax.tree.leaves(states[1].copies.params)
     assert any(
         not np.array_equal(a, b) for a, b in zip(moved, first_layer, strict=True)

@@ -631,25 +631,28 @@ def test_a_finished_run_extends_with_more_outer_steps(tmp_path):
 
 def test_mixture_trains_each_task_in_turn_on_its_own_copies(tmp_path):
     """--mixture: outer step t trains task t mod 3; a mixture task's step moves its
-    own copies and the LO, and leaves the env's copies and the other task's alone."""
+    own copies and the LO, and leaves the env's copies and the other task's alone;
+    an entry naming another env trains on that env's own data."""
+    teacher = "ELO-Teacher-MLP:hidden_sizes=8-8,input_dim=6"
     args = pes_train.make_args(
         **dict(TINY, outer_steps=3, eval_every=0, export="last"),
-        mixture=("12:gelu", "8-8"),
+        mixture=("12:gelu", teacher),
     ).resolved()
     args.validate()
     cfg, env_params = pes_train.pes_config(args)
-    mixture = pes_train.mixture_configs(args, cfg)
-    assert [(c.env.task.hidden_sizes, c.env.task.activation) for c in mixture] == [
+    mixture = pes_train.mixture_configs(args)
+    assert [(c.env.task.hidden_sizes, c.env.task.activation) for c, _ in mixture] == [
         ((12,), "gelu"),
         ((8, 8), "relu"),
     ]
+    assert mixture[1][1].data.valid[0].shape[1:] == (6,)  # the teacher's own data
     state = pes_train.init_state(args, cfg, env_params, mixture)
     leaves = lambda tree: [np.asarray(x) for x in jax.tree.leaves(tree)]  # noqa: E731
     before = jax.tree.map(np.asarray, state)
     params = env_params.replace(alpha=jnp.float32(0.5), outer_step=jnp.int32(1))
     new, _ = jax.jit(
         lambda s: pes.mixture_outer_step(
-            1, mixture[0], pes_train.outer_optimizer(args), s, params
+            1, mixture[0][0], pes_train.outer_optimizer(args), s, params
         )
     )(state)
     shapes = {x.shape for x in jax.tree.leaves(new.mixture[0][0].copies.params)}
@@ -667,7 +670,7 @@ def test_mixture_trains_each_task_in_turn_on_its_own_copies(tmp_path):
     run_dir = pes_train.main(
         pes_train.make_args(
             **dict(TINY, outer_steps=3, eval_every=0, export="last"),
-            mixture=("12:gelu", "8-8"),
+            mixture=("12:gelu", teacher),
             run_dir=str(tmp_path / "mix"),
         )
     )
