@@ -95,15 +95,15 @@ class InnerArgs:
     """Behavior-cloning loss: Eq. 9, cosine + norm, or Eq. 9 / |dH|^2."""
     bc_scale: float = 1.0
     """Multiplies L_bc in the meta-loss."""
-    bc_floor: float = 1.0
+    bc_floor: float = 0.0
     """Least weight of L_bc, max(1 - alpha, bc_floor); 0 is Eq. 10 (BC modes only)."""
     meta_loss_split: Literal["train", "valid"] = "train"
     """Task term of the meta-loss on the training batch (Eq. 10) or a validation one."""
     expert_lr: float = 2e-2
     """Learning rate of the Adam demonstrator that behavior cloning imitates."""
-    expert_decay_steps: float = 100.0
+    expert_decay_steps: float = 0.0
     """tau > 0: the demonstrator's lr decays as 1 / sqrt(1 + n / tau) (BC modes)."""
-    expert_schedule: Literal["inverse_sqrt", "cosine"] = "inverse_sqrt"
+    expert_schedule: Literal["inverse_sqrt", "cosine"] = "cosine"
     """The demonstrator's lr: inverse_sqrt, or warmup + cosine to 0 at episode end."""
 
 
@@ -163,7 +163,10 @@ class Args:
     """Seed of the whole run."""
     inner: InnerArgs = InnerArgs()
     lo: LOSpec = LOSpec(
-        adam_scaled_step=True, nominal_lr=2e-2, nominal_decay_steps=100.0
+        adam_scaled_step=True,
+        nominal_lr=2e-2,
+        time_horizon=200.0,
+        nominal_schedule="cosine",
     )
     """The learned optimizer (elo_gym.lo_spec)."""
     pes: PESArgs = PESArgs()
@@ -216,8 +219,7 @@ PRESETS = {
             n_min=100,
             n_max=1000,
             expert_lr=1e-3,
-            expert_decay_steps=0.0,
-            bc_floor=0.0,
+            expert_schedule="inverse_sqrt",
             buffer_scope="pair",  # GPUs, often several: the scope that scales
         ),
         lo=LOSpec(),
@@ -274,10 +276,8 @@ def schedule_at(args: Args, outer_step: int) -> schedules.OuterStepValues:
 def outer_learning_rate(args: Args) -> optax.Schedule:
     """The outer optimizer's learning rate over the outer steps."""
     p = args.pes
-    lr, steps = p.learning_rate, p.outer_steps
-    return schedules.outer_learning_rate(
-        lr, steps, p.lr_schedule, p.warmup_fraction, p.min_learning_rate
-    )
+    schedule = (p.lr_schedule, p.warmup_fraction, p.min_learning_rate)
+    return schedules.outer_learning_rate(p.learning_rate, p.outer_steps, *schedule)
 
 
 def outer_optimizer(args: Args) -> optax.GradientTransformation:

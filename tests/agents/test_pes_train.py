@@ -259,7 +259,10 @@ def test_two_devices_match_one(reference_run, tmp_path):
 def test_load_optimizer_trains_a_flax_model(reference_run):
     import flax.linen as nn
 
-    opt = elo_gym.load_optimizer(reference_run)
+    # The cpu preset's LO reads relative time: it is told the run's length.
+    with pytest.raises(ValueError, match="pass total_steps > 0"):
+        elo_gym.load_optimizer(reference_run)
+    opt = elo_gym.load_optimizer(reference_run, total_steps=20)
     model = nn.Sequential([nn.Dense(16), nn.relu, nn.Dense(1)])
     x = jax.random.normal(jax.random.PRNGKey(0), (64, 4))
     y = x @ jnp.array([1.0, -2.0, 0.5, 3.0])[:, None]
@@ -282,7 +285,7 @@ def test_load_optimizer_trains_a_flax_model(reference_run):
         model.init(jax.random.PRNGKey(1), x)
     )
     # From a checkpoint directory too.
-    ckpt_opt = elo_gym.load_optimizer(reference_run / "checkpoints" / "6")
+    ckpt_opt = elo_gym.load_optimizer(reference_run / "checkpoints" / "6", 20)
     u1, _ = opt.update(jax.tree.map(jnp.ones_like, params), opt.init(params), params)
     u2, _ = ckpt_opt.update(
         jax.tree.map(jnp.ones_like, params), ckpt_opt.init(params), params
@@ -410,23 +413,26 @@ def test_explicit_flags_win_over_the_preset():
     # The paper preset (GPUs, often several) takes the buffer scope that scales.
     assert (cpu.buffer_scope, paper.buffer_scope) == ("shared", "pair")
     assert _flat(preset="paper", buffer_scope="shared").buffer_scope == "shared"
-    assert cpu.expert_decay_steps == 100.0 and not paper.expert_decay_steps
+    # The cpu preset's demonstrator is Adam with warmup + cosine decay to the end of
+    # each episode (the twelfth screen, docs/levers.md); the paper's is constant.
+    assert (cpu.expert_schedule, paper.expert_schedule) == ("cosine", "inverse_sqrt")
+    assert not cpu.expert_decay_steps and not paper.expert_decay_steps
     # The cpu preset warm-starts the BC modes from a clone of the demonstrator; every
-    # mode gets the scaled step; the baselines without BC and the paper start from a
-    # random init and have no demonstrator to decay.
+    # mode gets its relative-time LO (scaled step, cosine nominal term); the
+    # baselines without BC and the paper start from a random init.
     assert (cpu.init_lo, paper.init_lo) == ("bc", None)
     assert (cpu.adam_scaled_step, paper.adam_scaled_step) == (True, False)
-    assert (cpu.nominal_lr, cpu.nominal_decay_steps) == (2e-2, 100.0)
-    assert (paper.nominal_lr, paper.nominal_decay_steps) == (0.0, 0.0)
+    relative = (2e-2, 200.0, "cosine")
+    assert (cpu.nominal_lr, cpu.time_horizon, cpu.nominal_schedule) == relative
+    assert (paper.nominal_lr, paper.time_horizon) == (0.0, 0.0)
     naive = _flat(mode="naive")
     assert (naive.init_lo, naive.adam_scaled_step) == (None, True)
-    assert (naive.nominal_lr, naive.nominal_decay_steps) == (2e-2, 100.0)
-    # The BC floor is the BC modes' only: a baseline gets 0, an explicit one is named.
-    assert (cpu.bc_floor, paper.bc_floor, naive.bc_floor) == (1.0, 0.0, 0.0)
+    assert (naive.nominal_lr, naive.time_horizon, naive.nominal_schedule) == relative
+    # The BC weight falls to 0 as alpha reaches 1 (Eq. 10) in every preset and mode.
+    assert (cpu.bc_floor, paper.bc_floor, naive.bc_floor) == (0.0, 0.0, 0.0)
     with pytest.raises(ValueError, match="--bc-floor 0.3 needs behavior cloning"):
         pes_train.make_args(mode="naive", bc_floor=0.3).resolved().validate()
     assert naive.expert_decay_steps == 0.0
-    # the preset's decay would be refused for a mode without BC
     pes_train.make_args(mode="naive").resolved().validate()
     assert _flat(mode="naive", init_lo="bc").init_lo == "bc"
     assert _flat(mode="naive", adam_scaled_step=False).adam_scaled_step is False
@@ -451,13 +457,23 @@ def test_explicit_flags_win_over_the_preset():
 def test_presets_write_the_config_they_always_wrote(preset, mode):
     """The settings each preset and mode put in config.json, with no flag given, are
     those written before the settings became groups (tests/fixtures/README.md), plus
-    the settings added since at their defaults."""
+    the settings added since, and the cpu preset's relative-time LO and cosine
+    demonstrator (the twelfth screen, docs/levers.md)."""
     golden = json.loads((FIXTURES / "pes_train_configs.json").read_text())
     added_since = dict(
         time_horizon=0.0,
         nominal_schedule="inverse_sqrt",
         expert_schedule="inverse_sqrt",
     )
+    if preset == "cpu":
+        added_since.update(
+            time_horizon=200.0,
+            nominal_schedule="cosine",
+            nominal_decay_steps=0.0,
+            expert_schedule="cosine",
+            expert_decay_steps=0.0,
+            bc_floor=0.0,
+        )
     argv = ["--preset", preset, "--mode", mode]
     args = pes_train.parse_args(argv).resolved()
     config = runs.args_config(args, exclude=pes_run.LAUNCH)
@@ -702,9 +718,9 @@ def test_validation_of_the_silenced_lo_is_an_explicit_zero_mlp_run(nominal_lr):
     row = validate(trained)
 
     zero = jax.tree.map(jnp.zeros_like, trained)
-    optimizer = elo_gym.small_fc_lopt(zero, args.lo)
-    keys = jax.random.split(jax.random.PRNGKey(args.seed + 1_000), 3)
     steps, window = 10 * n_max, max(1, 10 * n_max // 10)
+    optimizer = elo_gym.small_fc_lopt(zero, args.lo, total_steps=steps)
+    keys = jax.random.split(jax.random.PRNGKey(args.seed + 1_000), 3)
     runs = [
         jax.device_get(
             inner_loop.train_curves(
