@@ -6,7 +6,7 @@ against the golden fixture and against the optax face :func:`elo_gym.small_fc_lo
 
 Example:
   >>> import elo_gym.torch_optim  # doctest: +SKIP
-  >>> opt = elo_gym.torch_optim.load("runs/my_run", model.parameters(), total_steps=1000)
+  >>> opt = elo_gym.torch_optim.load("runs/run", model.parameters(), total_steps=1000)
   >>> loss.backward(); opt.step(); opt.zero_grad()
 
 Like the JAX fused path (:func:`elo_gym.lopt_fused.mlp_outputs`), it never builds the
