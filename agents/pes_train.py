@@ -143,7 +143,7 @@ class PESArgs:
     """alpha reaches 1 at this fraction of the outer steps."""
     init_lo: str | None = CLONE_DEMONSTRATOR
     """The first LO: a run dir or lo.msgpack of this run's LO settings; bc: a clone of
-    the demonstrator (agents/bc_train.py, into RUN_DIR/init_lo); none: random."""
+    the demonstrator (agents/bc_train.py); silenced: output layer zero; none: random."""
     clone_steps: int = 500
     """Outer steps of the BC agent that ``--init-lo bc`` runs."""
 

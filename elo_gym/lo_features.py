@@ -127,6 +127,16 @@ def init_meta_params(key: jax.Array, hidden_size: int = 32) -> MetaParams:
     return MetaParams(mlp=mlp)
 
 
+def silenced_output(meta_params: MetaParams) -> MetaParams:
+    """``meta_params`` with the MLP's output layer zeroed: the LO's update is then its
+    nominal term alone (its silenced self), and a perturbation of the output layer
+    moves the update at first order, as evolution strategies need."""
+    mlp = dict(meta_params.mlp)
+    last = f"Dense_{len(mlp) - 1}"
+    mlp[last] = jax.tree.map(jnp.zeros_like, mlp[last])
+    return MetaParams(mlp=mlp)
+
+
 def hidden_size_of(meta_params: MetaParams) -> int:
     """The width of the hidden layers of ``meta_params``' MLP."""
     return int(np.shape(meta_params.mlp["Dense_0"]["kernel"])[1])

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from elo_gym import checkpoint, distributed, lopt, runs
+from elo_gym import checkpoint, distributed, lo_features, lopt, runs
 from elo_gym.lo_spec import LOSpec
 from elo_gym.pes import PESState
 
@@ -92,9 +92,14 @@ class RunArgs:
         return self.eval_every > 0 and (done % self.eval_every == 0 or done == total)
 
 
+# --init-lo's value for the fresh LO with its output layer zeroed (its silenced self).
+SILENCED = "silenced"
+
+
 def initial_lo(path: str, spec: LOSpec, template: lopt.MetaParams) -> lopt.MetaParams:
     """The LO at ``path`` (a run dir, lo.msgpack or checkpoints), checked against
-    ``spec``, the run's LO settings.
+    ``spec``, the run's LO settings; ``silenced``: ``template`` (the run's fresh LO)
+    with its output layer zeroed (``lo_features.silenced_output``).
 
     With several processes, process 0 reads it and every process gets its bits
     (``template``, an LO of the same shape, stands in elsewhere), so the other hosts
@@ -103,6 +108,8 @@ def initial_lo(path: str, spec: LOSpec, template: lopt.MetaParams) -> lopt.MetaP
     Raises:
       ValueError: the LO was trained with other settings (naming them).
     """
+    if path == SILENCED:  # every process derives it from the same seed
+        return lo_features.silenced_output(template)
     if not distributed.is_main_process():
         return jax.tree.map(jnp.asarray, distributed.broadcast_from_main(template))
     meta, info = checkpoint.load_meta_params(path)

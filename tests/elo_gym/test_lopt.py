@@ -499,3 +499,30 @@ def test_a_cosine_nominal_term_is_adam_with_warmup_cosine_to_the_run_end():
         LOSpec(nominal_lr=0.02, nominal_schedule="cosine")
     with pytest.raises(ValueError, match="unknown nominal_schedule"):
         LOSpec(nominal_schedule="linear")
+
+
+def test_an_lo_with_its_output_layer_silenced_is_its_nominal_term():
+    """``--init-lo silenced``: the fresh LO with its output layer zeroed updates by its
+    nominal term alone, as the LO with every MLP weight zero does, while its hidden
+    layers stay the fresh ones (so a perturbation of the output layer moves it)."""
+    from elo_gym import lo_features, pes_run
+
+    rng = np.random.default_rng(4)
+    params = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)}
+    grads = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)}
+    fresh = elo_gym.init_meta_params(jax.random.PRNGKey(7))
+    silenced = pes_run.initial_lo(pes_run.SILENCED, LOSpec(), fresh)
+    zero = fresh._replace(mlp=jax.tree.map(np.zeros_like, fresh.mlp))
+    spec = LOSpec(nominal_lr=0.02, time_horizon=200.0, nominal_schedule="cosine")
+    updates = [
+        lopt.small_fc_lopt(m, spec, total_steps=50).update(
+            grads, lopt.init_state(params)._replace(count=jnp.int32(9)), params
+        )[0]["w"]
+        for m in (silenced, zero, fresh)
+    ]
+    np.testing.assert_array_equal(updates[0], updates[1])
+    assert np.abs(updates[2] - updates[1]).max() > 1e-6  # the fresh LO is not silent
+    np.testing.assert_array_equal(
+        silenced.mlp["Dense_0"]["kernel"], fresh.mlp["Dense_0"]["kernel"]
+    )
+    assert not lo_features.silenced_output(fresh).mlp["Dense_2"]["kernel"].any()
