@@ -97,7 +97,7 @@ class InnerArgs:
     """Multiplies L_bc in the meta-loss."""
     bc_floor: float = 0.0
     """Least weight of L_bc, max(1 - alpha, bc_floor); 0 is Eq. 10 (BC modes only)."""
-    meta_loss_split: Literal["train", "valid"] = "train"
+    meta_loss_split: Literal["train", "valid"] = "valid"
     """Task term of the meta-loss on the training batch (Eq. 10) or a validation one."""
     expert_lr: float = 2e-2
     """Learning rate of the Adam demonstrator that behavior cloning imitates."""
@@ -220,6 +220,7 @@ PRESETS = {
             n_max=1000,
             expert_lr=1e-3,
             expert_schedule="inverse_sqrt",
+            meta_loss_split="train",
             buffer_scope="pair",  # GPUs, often several: the scope that scales
         ),
         lo=LOSpec(),

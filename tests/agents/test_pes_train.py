@@ -473,6 +473,7 @@ def test_presets_write_the_config_they_always_wrote(preset, mode):
             expert_schedule="cosine",
             expert_decay_steps=0.0,
             bc_floor=0.0,
+            meta_loss_split="valid",
         )
     argv = ["--preset", preset, "--mode", mode]
     args = pes_train.parse_args(argv).resolved()
