@@ -32,7 +32,12 @@ TINY_PES = (
     "--hidden-size 8 --checkpoint-every 1 --no-progress"
 )
 TINY_BC = dict(num_copies=2, chunk=3, rows_per_step=16, num_minibatches=2)
-TINY_EVAL = "--steps 4 --eval-every 2 --seeds 1 --lrs 0.001 --no-progress"
+# AdamW alone, its grid not grown: the scheduled baselines and the grid search have
+# their own tests (tests/scripts/test_evaluate.py), and compile programs of their own.
+TINY_EVAL = (
+    "--steps 4 --eval-every 2 --seeds 1 --lrs 0.001 --no-progress "
+    "--baselines adamw --max-grid-extensions 0"
+)
 
 
 def _own_task_section() -> str:
