@@ -163,6 +163,7 @@ def test_init_lo_bc_clones_this_runs_demonstrator(tmp_path, monkeypatch):
         run_dir=str(run_dir),
         expert_lr=3e-3,
         expert_decay_steps=50.0,
+        expert_schedule="inverse_sqrt",
         raw_adam_ratio=True,
     )
     assert pes_train.clone_demonstrator(args.resolved(), run_dir) == (
@@ -484,7 +485,7 @@ def test_presets_write_the_config_they_always_wrote(preset, mode):
     }
 
 
-def test_validation_columns_and_best_export(reference_run, tmp_path):
+def test_validation_columns_and_best_export(reference_run, tmp_path, monkeypatch):
     """Periodic validation at 10x the horizon logs the LO beside Adam; export='best'
     writes the LO whose validation loss was lowest, and best/ holds it either way."""
     rows = [
@@ -498,6 +499,9 @@ def test_validation_columns_and_best_export(reference_run, tmp_path):
     assert 0 < float(adam["val_adam_valid_loss"]) < np.log(10)
     assert float(adam["val_adam_update_norm_ratio"]) > 0
     run_dir = tmp_path / "best"
+    # Every checkpoint kept, so that the exported LO can be compared with its step's.
+    keep_all = functools.partial(checkpoint.checkpoint_manager, max_to_keep=None)
+    monkeypatch.setattr(checkpoint, "checkpoint_manager", keep_all)
     pes_train.main(
         pes_train.make_args(
             run_dir=str(run_dir), **{**TINY, "eval_every": 2, "export": "best"}
@@ -639,7 +643,11 @@ def test_a_finished_run_extends_with_more_outer_steps(tmp_path):
     alphas = [float(r.split(",")[header.index("alpha")]) for r in rows]
     # Steps 0-3 ran under T = 4, steps 4-5 under the new T = 6.
     assert alphas == pytest.approx([0, 1 / 3, 2 / 3, 1, 4 / 5, 1])
-    assert json.loads((run_dir / "lo.json").read_text())["best_step"] == 6
+    # Each run's end is validated, and the best of both is exported.
+    column = header.index("val_lo_valid_loss")
+    validated = [i + 1 for i, r in enumerate(rows) if r.split(",")[column] != "nan"]
+    assert validated == [4, 6]
+    assert json.loads((run_dir / "lo.json").read_text())["best_step"] in validated
     with pytest.raises(ValueError, match="can be extended, not shortened to 3"):
         pes_train.main(
             pes_train.make_args(run_dir=str(run_dir), **{**short, "outer_steps": 3})
