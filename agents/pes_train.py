@@ -141,7 +141,7 @@ class PESArgs:
     """hold_linear: fraction of outer steps with alpha = 0."""
     alpha_end_fraction: float = 1.0
     """alpha reaches 1 at this fraction of the outer steps."""
-    init_lo: str | None = CLONE_DEMONSTRATOR
+    init_lo: str | None = pes_run.SILENCED
     """The first LO: a run dir or lo.msgpack of this run's LO settings; bc: a clone of
     the demonstrator (agents/bc_train.py); silenced: output layer zero; none: random."""
     clone_steps: int = 500

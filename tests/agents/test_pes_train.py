@@ -418,10 +418,10 @@ def test_explicit_flags_win_over_the_preset():
     # each episode (the twelfth screen, docs/levers.md); the paper's is constant.
     assert (cpu.expert_schedule, paper.expert_schedule) == ("cosine", "inverse_sqrt")
     assert not cpu.expert_decay_steps and not paper.expert_decay_steps
-    # The cpu preset warm-starts the BC modes from a clone of the demonstrator; every
-    # mode gets its relative-time LO (scaled step, cosine nominal term); the
-    # baselines without BC and the paper start from a random init.
-    assert (cpu.init_lo, paper.init_lo) == ("bc", None)
+    # The cpu preset starts the BC modes at the LO's silenced self (output layer
+    # zero); every mode gets its relative-time LO (scaled step, cosine nominal
+    # term); the baselines without BC and the paper start from a random init.
+    assert (cpu.init_lo, paper.init_lo) == ("silenced", None)
     assert (cpu.adam_scaled_step, paper.adam_scaled_step) == (True, False)
     relative = (2e-2, 200.0, "cosine")
     assert (cpu.nominal_lr, cpu.time_horizon, cpu.nominal_schedule) == relative
@@ -476,6 +476,8 @@ def test_presets_write_the_config_they_always_wrote(preset, mode):
             bc_floor=0.0,
             meta_loss_split="valid",
         )
+        if mode in pes_train.BC_MODES:  # the fourteenth screen's start
+            added_since.update(init_lo="silenced")
     argv = ["--preset", preset, "--mode", mode]
     args = pes_train.parse_args(argv).resolved()
     config = runs.args_config(args, exclude=pes_run.LAUNCH)
