@@ -207,7 +207,7 @@ def test_killed_two_process_run_resumes_exactly(two_process_run, tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_start_from_process_0s_clone(tmp_path):
-    """``--init-lo bc``, the one-process default, on two processes: process 0 clones
+    """``--init-lo bc`` on two processes: process 0 clones
     the demonstrator once into RUN_DIR/init_lo and both processes start from its
     bits, so the run matches one process with two devices started from that clone."""
     run_dir = tmp_path / "cloned"
