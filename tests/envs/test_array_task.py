@@ -3,7 +3,6 @@ written, and bad tasks refused with what is wrong."""
 
 import csv
 import dataclasses
-import functools
 import json
 import pathlib
 import re
@@ -20,7 +19,7 @@ import pytest
 
 import elo_gym
 from elo_gym import envs, settings
-from elo_gym.agents import bc_train, pes_train
+from elo_gym.agents import pes_train
 from elo_gym.envs import array_task
 
 README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
@@ -28,10 +27,9 @@ EVALUATE = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "evaluate.p
 # The README's commands with a tiny budget appended (a flag given twice: the last wins).
 TINY_PES = (
     "--outer-steps 2 --num-pairs 1 --truncation 3 --n-min 2 --n-max 6 "
-    "--clone-steps 1 --eval-every 2 --eval-horizon-factor 1 --eval-seeds 1 "
+    "--eval-every 2 --eval-horizon-factor 1 --eval-seeds 1 "
     "--hidden-size 8 --checkpoint-every 1 --no-progress"
 )
-TINY_BC = dict(num_copies=2, chunk=3, rows_per_step=16, num_minibatches=2)
 # AdamW alone, its grid not grown: the scheduled baselines and the grid search have
 # their own tests (tests/scripts/test_evaluate.py), and compile programs of their own.
 TINY_EVAL = (
@@ -84,17 +82,12 @@ def test_readme_own_task_section_runs_as_written(readme_dir, monkeypatch, capsys
     assert scope["obs"]["features"].shape == (env.config.task.num_params(), 39)
     assert float(scope["info"]["bc_loss"]) == pytest.approx(0.0, abs=1e-6)
 
-    monkeypatch.setattr(
-        pes_train.bc_train, "Args", functools.partial(bc_train.Args, **TINY_BC)
-    )
     flags = _commands(section, "agents/pes_train.py") + shlex.split(TINY_PES)
     run_dir = pes_train.main(pes_train.parse_args(flags))
     assert run_dir == pathlib.Path("runs/cnn")
     config = json.loads((run_dir / "config.json").read_text())
     assert (config["env"], config["task"]) == ("ELO-Task", "my_task:make_task")
-    clone = json.loads((run_dir / "init_lo" / "config.json").read_text())
-    assert clone["task"] == "my_task:make_task"  # the demonstrator's clone ran on it
-    assert config["init_lo"] == str(run_dir / "init_lo")  # and PES started from it
+    assert config["init_lo"] == "silenced"  # the cpu preset's start, no clone
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     assert len(rows) == 2 and all(np.isfinite(float(r["task_loss"])) for r in rows)
     assert np.isfinite(float(rows[-1]["val_lo_valid_loss"]))
