@@ -324,6 +324,34 @@ class LOSpec:
         return jnp.stack([d, jnp.zeros_like(d)], axis=-1)
 
 
+def spec_for(
+    spec: LOSpec | None,
+    meta_params: lo_features.MetaParams,
+    total_steps: int | None = None,
+) -> LOSpec:
+    """The spec an LO face builds with (None: the reference LO of the weights' size),
+    checked against its weights and, for a relative-time LO, against ``total_steps``.
+
+    Raises:
+      TypeError: ``spec`` is not an LOSpec.
+      ValueError: weights of another size, or a relative-time LO without
+        ``total_steps`` > 0.
+    """
+    spec = LOSpec.for_meta_params(meta_params) if spec is None else spec
+    if not isinstance(spec, LOSpec):
+        raise TypeError(
+            f"spec must be an elo_gym.lo_spec.LOSpec, got {type(spec).__name__}"
+        )
+    spec.check_meta_params(meta_params)
+    if spec.relative_time and not (total_steps or 0) > 0:
+        raise ValueError(
+            f"this LO reads relative time (time_horizon {spec.time_horizon:g}): pass "
+            "total_steps > 0, the number of steps the run will take, got "
+            f"{total_steps!r}"
+        )
+    return spec
+
+
 FIELDS = tuple(f.name for f in dataclasses.fields(LOSpec))
 
 

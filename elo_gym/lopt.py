@@ -62,6 +62,7 @@ from elo_gym.lo_spec import (  # noqa: F401 - the step and its settings, re-expo
     LOSpec,
     adam_step_scale,
     nominal_update,
+    spec_for,
     step_from_action,
 )
 
@@ -209,18 +210,7 @@ def small_fc_lopt(
     """
     layout = lopt_fused.default_layout() if layout is None else layout
     lopt_fused.check_layout(layout)
-    spec = LOSpec.for_meta_params(meta_params) if spec is None else spec
-    if not isinstance(spec, LOSpec):
-        raise TypeError(
-            f"spec must be an elo_gym.lo_spec.LOSpec, got {type(spec).__name__}"
-        )
-    spec.check_meta_params(meta_params)
-    if spec.relative_time and not (total_steps or 0) > 0:
-        raise ValueError(
-            f"this LO reads relative time (time_horizon {spec.time_horizon:g}): pass "
-            "total_steps > 0, the number of steps the run will take, got "
-            f"{total_steps!r}"
-        )
+    spec = spec_for(spec, meta_params, total_steps)
 
     def update_fn(updates, state, params=None):
         if params is None:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from elo_gym import checkpoint, lopt, schedules
+from elo_gym import checkpoint, lo_spec, lopt, schedules
 from elo_gym.lo_spec import LOSpec
 
 # The per-element input rows, in the order _element_rows builds them: features 0-12,
@@ -289,18 +289,7 @@ class SmallFcLOpt(torch.optim.Optimizer):
         total_steps: int | None = None,
     ) -> None:
         _validate_meta_params(meta_params)
-        spec = LOSpec.for_meta_params(meta_params) if spec is None else spec
-        if not isinstance(spec, LOSpec):
-            raise TypeError(
-                f"spec must be an elo_gym.lo_spec.LOSpec, got {type(spec).__name__}"
-            )
-        spec.check_meta_params(meta_params)
-        if spec.relative_time and not (total_steps or 0) > 0:
-            raise ValueError(
-                f"this LO reads relative time (time_horizon {spec.time_horizon:g}): "
-                f"pass total_steps > 0, the number of steps the run will take, got "
-                f"{total_steps!r}"
-            )
+        spec = lo_spec.spec_for(spec, meta_params, total_steps)
         defaults = {"step_mult": spec.step_mult, "exp_mult": spec.exp_mult}
         super().__init__(params, defaults)
         for group in self.param_groups:
