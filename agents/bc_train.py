@@ -26,7 +26,7 @@ import dataclasses
 import functools
 import pathlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import flax.struct
@@ -201,9 +201,25 @@ class BCConfig:
 
 
 def optimizer(args: Args) -> optax.GradientTransformation:
-    return optax.chain(
-        optax.clip_by_global_norm(args.max_grad_norm), optax.adam(args.learning_rate)
-    )
+    """Adam on the BC gradient, clipped by its global norm."""
+    return _clipped_adam(args.max_grad_norm, args.learning_rate)
+
+
+@functools.lru_cache(maxsize=32)
+def _clipped_adam(max_grad_norm: float, lr: float) -> optax.GradientTransformation:
+    # Cached: equal settings give the same object, so _compiled_step finds its
+    # compilation again in a second run in this process.
+    return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(lr))
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_step(cfg: BCConfig, opt: optax.GradientTransformation) -> Callable:
+    """:func:`outer_step` jitted, one per settings in a process."""
+    return jax.jit(functools.partial(outer_step, cfg, opt), donate_argnums=0)
+
+
+# Module-level, so that every run in a process shares one compiled reset.
+_reset = jax.jit(core.reset, static_argnums=0)
 
 
 def init_state(
@@ -219,9 +235,7 @@ def init_state(
     def fresh(
         env_cfg: core.EnvConfig, k: jax.Array, params: core.EnvParams
     ) -> core.VecEnvState:
-        state, _, _ = jax.jit(functools.partial(core.reset, env_cfg))(
-            jax.random.split(k, args.num_copies), params
-        )
+        state, _, _ = _reset(env_cfg, jax.random.split(k, args.num_copies), params)
         return state
 
     return BCState(
@@ -459,9 +473,7 @@ def main(args: Args) -> pathlib.Path:
         init_state(args, cfg, task_params),
         METRICS,
     )
-    step_fn = jax.jit(
-        functools.partial(outer_step, cfg, optimizer(args)), donate_argnums=0
-    )
+    step_fn = _compiled_step(cfg, optimizer(args))
 
     def one_step(state: BCState, t: int) -> tuple[BCState, dict]:
         beta = beta_at(args, t)

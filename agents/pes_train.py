@@ -14,7 +14,6 @@ directory resumes it exactly.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import pathlib
 import time
@@ -282,10 +281,11 @@ def outer_learning_rate(args: Args) -> optax.Schedule:
 
 
 def outer_optimizer(args: Args) -> optax.GradientTransformation:
-    """AdamW on the meta-gradient, clipped by its global norm."""
-    return optax.chain(
-        optax.clip_by_global_norm(args.pes.max_grad_norm),
-        optax.adamw(outer_learning_rate(args), weight_decay=args.pes.weight_decay),
+    """:func:`pes.outer_optimizer` of the run's ``pes`` settings."""
+    p = args.pes
+    schedule = (p.lr_schedule, p.warmup_fraction, p.min_learning_rate)
+    return pes.outer_optimizer(
+        p.learning_rate, p.outer_steps, *schedule, p.max_grad_norm, p.weight_decay
     )
 
 
@@ -381,11 +381,8 @@ def main(args: Args) -> pathlib.Path:
     task_params = [distributed.put(params, whole) for params in task_params]
     optimizer = outer_optimizer(args)
     # One compiled step per task (the env's, then each mixture task's).
-    steps = [functools.partial(pes.outer_step, cfg, optimizer)] + [
-        functools.partial(pes.mixture_outer_step, i + 1, c, optimizer)
-        for i, (c, _) in enumerate(mixture)
-    ]
-    steps = [jax.jit(step, donate_argnums=0) for step in steps]
+    configs = [cfg] + [c for c, _ in mixture]
+    steps = [pes.compiled_outer_step(c, optimizer, i) for i, c in enumerate(configs)]
     lr_at = outer_learning_rate(args)
     validate = r.eval_every and validation.Validation(
         cfg.env.task,

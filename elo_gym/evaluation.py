@@ -55,7 +55,7 @@ import json
 import math
 import pathlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import jax
@@ -278,6 +278,21 @@ def _check_baselines(config: EvalConfig) -> None:
         )
 
 
+@functools.lru_cache(maxsize=32)
+def _baseline_build(
+    family: str, steps: int, warmup_fraction: float, weight_decay: float
+) -> Callable[..., optax.GradientTransformation]:
+    # Cached: the same object for equal settings, so that validation.seed_curves
+    # finds its compiled program again in a second evaluation in this process.
+    return functools.partial(
+        baseline_optimizer,
+        family,
+        steps=steps,
+        warmup_fraction=warmup_fraction,
+        weight_decay=weight_decay,
+    )
+
+
 def make_task(env_id: str, **options: Any) -> tasks.Task:
     """The optimizee task of an env id (same model, dataset, defaults and
     augmentation); ``options`` (None: the env's) override the env's settings, e.g.
@@ -487,12 +502,8 @@ def run(config: EvalConfig, workdir: str | pathlib.Path) -> dict:
     keys = _seed_keys(config)
 
     def build_baseline(family):
-        return functools.partial(
-            baseline_optimizer,
-            family,
-            steps=steps,
-            warmup_fraction=config.warmup_fraction,
-            weight_decay=config.weight_decay,
+        return _baseline_build(
+            family, steps, config.warmup_fraction, config.weight_decay
         )
 
     # validation's programs, as the PES agent's validation runs them: the LO's

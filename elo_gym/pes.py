@@ -32,7 +32,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 from jax.sharding import PartitionSpec
 
-from elo_gym import core, distributed, lopt, lopt_fused
+from elo_gym import core, distributed, lopt, lopt_fused, schedules
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,8 +90,7 @@ def init_state(
         cfg: PESConfig, k: jax.Array, params: core.EnvParams
     ) -> tuple[core.VecEnvState, jax.Array]:
         keys = jax.vmap(jax.random.fold_in, (None, 0))(k, jnp.arange(pairs))
-        reset = jax.jit(functools.partial(core.reset, cfg.env))
-        env_state, _, _ = reset(keys.repeat(2, axis=0), params)
+        env_state, _, _ = _reset(cfg.env, keys.repeat(2, axis=0), params)
         return env_state, jnp.zeros((pairs, dim))
 
     env_state, accumulator = fresh(cfg, env_key, env_params)
@@ -361,6 +360,46 @@ def mixture_outer_step(
     mixture[index - 1] = (new.env, new.accumulator)
     new = new.replace(env=state.env, accumulator=state.accumulator)
     return new.replace(mixture=tuple(mixture)), metrics
+
+
+# Module-level, so that every run in a process shares one compiled reset.
+_reset = jax.jit(core.reset, static_argnums=0)
+
+
+@functools.lru_cache(maxsize=32)
+def outer_optimizer(
+    learning_rate: float,
+    num_outer_steps: int,
+    schedule: str,
+    warmup_fraction: float,
+    min_learning_rate: float,
+    max_grad_norm: float,
+    weight_decay: float,
+) -> optax.GradientTransformation:
+    """AdamW on the meta-gradient, clipped by its global norm, with the lr of
+    :func:`schedules.outer_learning_rate` (cached: equal settings give the same
+    object, so :func:`compiled_outer_step` finds its compilation again)."""
+    lr = schedules.outer_learning_rate(
+        learning_rate, num_outer_steps, schedule, warmup_fraction, min_learning_rate
+    )
+    return optax.chain(
+        optax.clip_by_global_norm(max_grad_norm),
+        optax.adamw(lr, weight_decay=weight_decay),
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def compiled_outer_step(
+    cfg: PESConfig, optimizer: optax.GradientTransformation, task_index: int = 0
+) -> Callable[[PESState, core.EnvParams], tuple[PESState, dict]]:
+    """:func:`outer_step` (``task_index`` 0) or :func:`mixture_outer_step` of task
+    ``task_index``, jitted and donating the state; one per settings in a process, so
+    a second run with them (the study, a notebook, the tests) skips the tracing."""
+    if task_index == 0:
+        step = functools.partial(outer_step, cfg, optimizer)
+    else:
+        step = functools.partial(mixture_outer_step, task_index, cfg, optimizer)
+    return jax.jit(step, donate_argnums=0)
 
 
 def shard_state(cfg: PESConfig, state: PESState) -> PESState:

@@ -42,6 +42,7 @@ ADAM_LR = 1e-3
 Curves = dict[str, jax.Array]  # name -> (seeds, steps) or (seeds, evaluations)
 
 
+@functools.lru_cache(maxsize=32)
 def seed_curves(
     task: envs.Task,
     build: Callable[[Any], optax.GradientTransformation],
@@ -74,6 +75,7 @@ def seed_curves(
     return program
 
 
+@functools.lru_cache(maxsize=32)
 def lo_curves(
     task: envs.Task,
     spec: LOSpec,
@@ -155,7 +157,7 @@ class Validation:
             lopt.init_meta_params(jax.random.PRNGKey(0), spec.hidden_size),
         )
         self.silenced = self._score(self._lo, silenced)
-        adam = runs(lambda lr: optax.adam(lr))
+        adam = runs(optax.adam)
         self.adam = self._score(adam, jnp.float32(ADAM_LR))
 
     def _score(self, program: Callable, hyper: Any) -> dict[str, float]:

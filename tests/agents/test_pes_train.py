@@ -109,12 +109,15 @@ def test_same_seed_same_result(reference_run, tmp_path):
     pes_train.main(pes_train.make_args(run_dir=str(again), **TINY))
     for a, b in zip(_lo_arrays(reference_run), _lo_arrays(again), strict=True):
         np.testing.assert_array_equal(a, b)
-    other = tmp_path / "other"
-    pes_train.main(pes_train.make_args(run_dir=str(other), **{**TINY, "seed": 1}))
-    assert any(
-        not np.array_equal(a, b)
-        for a, b in zip(_lo_arrays(reference_run), _lo_arrays(other), strict=True)
-    )
+    # Another seed, and another outer lr (a setting the compiled step, reused by
+    # runs in one process, holds), each change the LO.
+    for i, change in enumerate(({"seed": 1}, {"learning_rate": 0.03})):
+        other = tmp_path / f"other{i}"
+        pes_train.main(pes_train.make_args(run_dir=str(other), **{**TINY, **change}))
+        assert any(
+            not np.array_equal(a, b)
+            for a, b in zip(_lo_arrays(reference_run), _lo_arrays(other), strict=True)
+        ), change
 
 
 def test_init_lo_starts_from_a_trained_lo(reference_run):
