@@ -401,9 +401,12 @@ def _method_curves(result: dict, method: str, seeds, key: str) -> np.ndarray:
     )
 
 
-def plot_methods(result: dict, seeds, methods, path: pathlib.Path, title: str) -> None:
+def plot_methods(
+    result: dict, seeds, methods, path: pathlib.Path, title: str
+) -> list[str]:
     """Train loss, validation loss, update and param norm against the inner step:
-    each method's mean over meta-seeds with a min-max band over meta-seeds."""
+    each method's mean over meta-seeds with a min-max band over meta-seeds, the
+    nominal term alone and each AdamW baseline; returns the legend's labels."""
     steps = result["steps"]
     window = max(1, steps // 100)
     evals = np.asarray(result["eval_steps"])
@@ -415,10 +418,16 @@ def plot_methods(result: dict, seeds, methods, path: pathlib.Path, title: str) -
         ("param_norm", "parameter norm"),
     )
     baselines = {
+        **({NOMINAL: result["curves"][NOMINAL]} if NOMINAL in result["curves"] else {}),
         evaluation.ADAMW: result["curves"][evaluation.ADAMW][str(result["best_lr"])],
         **{f: result["curves"][f] for f in ADAMWS if f in result["curves"]},
     }
-    styles = {evaluation.ADAMW: "k--", "adamw_cosine": "k-.", "adamw_invsqrt": "k:"}
+    styles = {
+        NOMINAL: "C7-",
+        evaluation.ADAMW: "k--",
+        "adamw_cosine": "k-.",
+        "adamw_invsqrt": "k:",
+    }
     for ax, (key, name) in zip(axes, panels, strict=True):
         per_step = key in ("train_loss", "update_norm")
         for method in methods:
@@ -435,7 +444,11 @@ def plot_methods(result: dict, seeds, methods, path: pathlib.Path, title: str) -
             if per_step:
                 curve = smooth(curve, window)
             x = np.arange(curve.size) + (window - 1) if per_step else evals
-            label = evaluation.eval_report.method_name(result, baseline)
+            label = (
+                "nominal term alone (MLP silenced)"
+                if baseline == NOMINAL
+                else evaluation.eval_report.method_name(result, baseline)
+            )
             ax.plot(x, curve, styles[baseline], label=label, lw=1.2)
         for horizon in sorted(set(result["n_max"].values())):
             ax.axvline(horizon, color="red", ls=":", lw=1)
@@ -448,6 +461,7 @@ def plot_methods(result: dict, seeds, methods, path: pathlib.Path, title: str) -
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return axes[0].get_legend_handles_labels()[1]
 
 
 def _single_seed_table(result: dict, names: list[str]) -> str:

@@ -134,8 +134,19 @@ def test_quick_study_pipeline_with_stand_in_pes_runs(tmp_path, monkeypatch):
         return _stand_in_pes_main(args)
 
     monkeypatch.setattr(reproduce.pes_train, "main", stand_in)
+    plot, legends = reproduce.plot_methods, []
+    monkeypatch.setattr(
+        reproduce, "plot_methods", lambda *a, **k: legends.append(plot(*a, **k))
+    )
     _check_quick_study(reproduce, tmp_path)
     assert sorted(asked) == sorted(reproduce.runs(reproduce.StudyConfig.quick()))
+    # Both figures (drawn by the run and again by its resume) draw the nominal term
+    # alone beside the methods and the baselines.
+    assert len(legends) == 4
+    for labels in legends:
+        assert labels[:4] == ["elo", "naive", "curriculum", "buffer"]
+        assert "nominal term alone (MLP silenced)" in labels
+        assert sum(label.startswith("AdamW") for label in labels) == 3
 
 
 def _check_quick_study(reproduce, tmp_path: pathlib.Path) -> None:
