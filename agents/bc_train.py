@@ -218,10 +218,6 @@ def _compiled_step(cfg: BCConfig, opt: optax.GradientTransformation) -> Callable
     return jax.jit(functools.partial(outer_step, cfg, opt), donate_argnums=0)
 
 
-# Module-level, so that every run in a process shares one compiled reset.
-_reset = jax.jit(core.reset, static_argnums=0)
-
-
 def init_state(
     args: Args, cfg: BCConfig, task_params: Sequence[core.EnvParams]
 ) -> BCState:
@@ -235,8 +231,8 @@ def init_state(
     def fresh(
         env_cfg: core.EnvConfig, k: jax.Array, params: core.EnvParams
     ) -> core.VecEnvState:
-        state, _, _ = _reset(env_cfg, jax.random.split(k, args.num_copies), params)
-        return state
+        keys = jax.random.split(k, args.num_copies)
+        return core.jit_reset(env_cfg, keys, params)[0]
 
     return BCState(
         meta=meta,

@@ -518,6 +518,11 @@ def reset(
     return VecEnvState(copies, buf), obs, info
 
 
+# reset jitted with its config static, once per process: the agents' runs share its
+# compilations instead of each jitting a closure of its own.
+jit_reset = jax.jit(reset, static_argnums=0)
+
+
 def reset_copies(
     cfg: EnvConfig, state: VecEnvState, mask: jax.Array, p: EnvParams
 ) -> tuple[VecEnvState, dict, dict]:

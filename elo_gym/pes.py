@@ -90,7 +90,7 @@ def init_state(
         cfg: PESConfig, k: jax.Array, params: core.EnvParams
     ) -> tuple[core.VecEnvState, jax.Array]:
         keys = jax.vmap(jax.random.fold_in, (None, 0))(k, jnp.arange(pairs))
-        env_state, _, _ = _reset(cfg.env, keys.repeat(2, axis=0), params)
+        env_state, _, _ = core.jit_reset(cfg.env, keys.repeat(2, axis=0), params)
         return env_state, jnp.zeros((pairs, dim))
 
     env_state, accumulator = fresh(cfg, env_key, env_params)
@@ -360,10 +360,6 @@ def mixture_outer_step(
     mixture[index - 1] = (new.env, new.accumulator)
     new = new.replace(env=state.env, accumulator=state.accumulator)
     return new.replace(mixture=tuple(mixture)), metrics
-
-
-# Module-level, so that every run in a process shares one compiled reset.
-_reset = jax.jit(core.reset, static_argnums=0)
 
 
 @functools.lru_cache(maxsize=32)

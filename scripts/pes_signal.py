@@ -94,18 +94,16 @@ def main(argv: list[str] | None = None) -> dict:
     seconds_estimates = time.perf_counter() - tic
     mean = estimates.mean(0)
 
-    validate = validation.Validation(
-        cfg.env.task,
-        env_params.data,
-        args.lo,
-        steps=args.run.eval_horizon_factor * args.inner.n_max,
-        seeds=a.val_seeds,
-        seed=args.seed + 1_000,
+    # The agent's validation program and seeds (validation.Validation's).
+    steps = args.run.eval_horizon_factor * args.inner.n_max
+    program = validation.lo_curves(
+        cfg.env.task, args.lo, steps=steps, eval_every=max(1, steps // 10)
     )
+    keys = jax.random.split(jax.random.PRNGKey(args.seed + 1_000), a.val_seeds)
 
     def per_seed(flat: np.ndarray) -> np.ndarray:
         meta = state.meta._replace(mlp=unravel(jnp.asarray(flat, jnp.float32)))
-        curves = validate._lo(meta, validate._data, validate._keys)
+        curves = program(meta, env_params.data, keys)
         return np.asarray(curves["valid_loss"][:, -1], np.float64)
 
     start = per_seed(np.asarray(flat0))
