@@ -115,6 +115,9 @@ class Args:
     expert_schedule: Literal["inverse_sqrt", "cosine"] = "inverse_sqrt"
     """The expert's lr over an episode: inverse_sqrt (expert_decay_steps) or warmup
     + cosine decay to 0 at the episode's end."""
+    nominal_lr_spread: float = 1.0
+    """> 1: each episode scales the LO's nominal term by a factor in [1/s, s] (log-
+    uniform), which the clone learns to correct toward the expert."""
     lo: LOSpec = LOSpec()
     """The learned optimizer that clones the expert (elo_gym.lo_spec); lo.json
     records it."""
@@ -164,6 +167,7 @@ def env_settings(args: Args) -> EnvSettings:
         expert_learning_rate=args.expert_lr,
         expert_decay_steps=args.expert_decay_steps,
         expert_schedule=args.expert_schedule,
+        nominal_lr_spread=args.nominal_lr_spread,
         lo=args.lo,
         alpha=1.0,
     )

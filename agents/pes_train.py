@@ -104,6 +104,9 @@ class InnerArgs:
     """tau > 0: the demonstrator's lr decays as 1 / sqrt(1 + n / tau) (BC modes)."""
     expert_schedule: Literal["inverse_sqrt", "cosine"] = "cosine"
     """The demonstrator's lr: inverse_sqrt, or warmup + cosine to 0 at episode end."""
+    nominal_lr_spread: float = 1.0
+    """> 1: each episode scales the LO's nominal term by a factor in [1/s, s] (log-
+    uniform) that the learned part must correct; the demonstrator's lr stays."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,6 +323,7 @@ def clone_demonstrator(args: Args, run_dir: pathlib.Path) -> pathlib.Path:
         # The task's and the demonstrator's settings; the clone keeps its own p_th.
         names = ("task", "n_min", "n_max", "batch_size", "hidden_sizes", "data_dir")
         names += ("mixture", "expert_lr", "expert_decay_steps", "expert_schedule")
+        names += ("nominal_lr_spread",)
         clone_args = bc_train.Args(
             env=args.env,
             seed=args.seed,

@@ -88,6 +88,11 @@ class EnvConfig:
         warmup and cosine decay to 0 at the end of the episode, K + N
         (``schedules.relative_warmup_cosine``), a schedule that knows when training
         ends, for a relative-time LO to imitate.
+      nominal_lr_spread: s >= 1. Above 1, every episode multiplies the LO's nominal
+        term by s**u, u ~ U(-1, 1), drawn once per episode (paired copies alike),
+        while the demonstrator keeps its lr: the learned part is trained on nominal
+        terms wrong by up to a factor s, which it can only correct from what the
+        optimizee's dynamics show (lr augmentation). 1: off.
     """
 
     task: Any
@@ -103,6 +108,7 @@ class EnvConfig:
     expert_learning_rate: float = demonstrator.EXPERT_LEARNING_RATE
     expert_decay_steps: float = 0.0
     expert_schedule: str = "inverse_sqrt"
+    nominal_lr_spread: float = 1.0
 
     def __post_init__(self):
         _check_choice("mode", self.mode, MODES)
@@ -141,6 +147,17 @@ class EnvConfig:
             )
         if self.buffer_scope == "pair" and not self.paired:
             raise ValueError("buffer_scope='pair' needs paired=True")
+        if not self.nominal_lr_spread >= 1.0:
+            raise ValueError(
+                "nominal_lr_spread must be >= 1 (1: off), got "
+                f"{self.nominal_lr_spread}"
+            )
+        if self.nominal_lr_spread > 1.0 and not self.lo.nominal_lr > 0:
+            raise ValueError(
+                f"nominal_lr_spread {self.nominal_lr_spread} scales the LO's nominal "
+                "term, and this LO has none: set the LO's nominal_lr > 0 or the "
+                "spread to 1"
+            )
 
     @property
     def uses_buffer(self) -> bool:
@@ -229,6 +246,7 @@ class EnvState:
     episode_length: jax.Array  # () int32: N
     push_step: jax.Array  # () int32: N_push in {K+1..K+N}
     from_buffer: jax.Array  # () bool: episode restored from the replay buffer
+    nominal_scale: jax.Array  # () float32: the episode's factor on the nominal term
     pushed: jax.Array  # () bool: this episode already pushed its snapshot
     loss_ema: jax.Array  # () float32: running mean of the loss (failure-aware push)
     key: jax.Array  # (2,) uint32 PRNG key
@@ -286,6 +304,7 @@ class Episode(NamedTuple):
     episode_length: jax.Array  # () int32: N
     push_step: jax.Array  # () int32: N_push in {K+1..K+N}
     from_buffer: jax.Array  # () bool: restored from the replay buffer
+    nominal_scale: jax.Array  # () float32: factor on the LO's nominal term
 
 
 class Transition(NamedTuple):
@@ -302,7 +321,11 @@ class Transition(NamedTuple):
 
 def _episode_of(state: EnvState) -> Episode:
     return Episode(
-        state.start_step, state.episode_length, state.push_step, state.from_buffer
+        state.start_step,
+        state.episode_length,
+        state.push_step,
+        state.from_buffer,
+        state.nominal_scale,
     )
 
 
@@ -362,11 +385,14 @@ def _begin_episode(
         )
     start = snapshot.lo.count
     length = _sample_length(cfg, k_len, p)
+    # Its own fold of the key: the other draws stay those of a run without the spread.
+    u = jax.random.uniform(jax.random.fold_in(key, 1), (), minval=-1.0, maxval=1.0)
     episode = Episode(
         start_step=start,
         episode_length=length,
         push_step=start + jax.random.randint(k_push, (), 1, length + 1),
         from_buffer=from_buffer,
+        nominal_scale=jnp.float32(cfg.nominal_lr_spread) ** u,
     )
     return snapshot, episode
 
@@ -448,11 +474,19 @@ def observe(cfg: EnvConfig, state: EnvState, p: EnvParams) -> dict:
     }
 
 
+def lo_terms(
+    cfg: EnvConfig, state: EnvState
+) -> tuple[jax.Array | float, jax.Array | float]:
+    """(scale, nominal) rows of the LO's step for one prepared copy
+    (:meth:`LOSpec.row_terms`), the nominal term times the episode's factor."""
+    scale, nominal = cfg.lo.row_terms(state.params, state.lo, lo_clock(cfg, state))
+    return scale, nominal * state.nominal_scale
+
+
 def expert_action(cfg: EnvConfig, state: EnvState) -> jax.Array:
     """(P, 2): the action of one prepared copy that moves it as Adam does (the
     inverse of the LO spec's step, :meth:`LOSpec.action`)."""
-    terms = cfg.lo.row_terms(state.params, state.lo, lo_clock(cfg, state))
-    return cfg.lo.action(flatten_rows(state.expert_update), *terms)
+    return cfg.lo.action(flatten_rows(state.expert_update), *lo_terms(cfg, state))
 
 
 def _info(cfg: EnvConfig, state: EnvState) -> dict:
@@ -579,9 +613,7 @@ def _apply_action(
     cfg: EnvConfig, s: EnvState, action: jax.Array, p: EnvParams
 ) -> Transition:
     """Eq. 8-10 for one copy: the mixed update, the reward and the push decision."""
-    lo_update_rows = cfg.lo.update(
-        action, *cfg.lo.row_terms(s.params, s.lo, lo_clock(cfg, s))
-    )
+    lo_update_rows = cfg.lo.update(action, *lo_terms(cfg, s))
     expert_rows = flatten_rows(s.expert_update)
     moved = flatten_rows(s.params) + (
         (1.0 - p.alpha) * expert_rows + p.alpha * lo_update_rows

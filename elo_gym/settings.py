@@ -59,6 +59,7 @@ class EnvSettings:
     expert_learning_rate: float = 1e-3  # the demonstrator Adam's lr (the paper's)
     expert_decay_steps: float = 0.0  # > 0: the expert's lr decays as 1/sqrt(1 + n/tau)
     expert_schedule: str = "inverse_sqrt"  # or "cosine" to the end of the episode
+    nominal_lr_spread: float = 1.0  # > 1: episodes scale the LO's nominal term
     lo: LOSpec = LOSpec()  # the LO's step (actions, expert action) and features
     paired: bool = False
 
@@ -130,6 +131,7 @@ class EnvSettings:
             expert_learning_rate=self.expert_learning_rate,
             expert_decay_steps=self.expert_decay_steps,
             expert_schedule=self.expert_schedule,
+            nominal_lr_spread=self.nominal_lr_spread,
             lo=self.lo,
             paired=self.paired,
         )

@@ -176,6 +176,8 @@ def _check_bookkeeping(record):
         (dict(num_copies=0), "num_copies must be >= 1"),
         (dict(num_copies=3, paired=True), "even num_copies, got 3"),
         (dict(num_copies=4, buffer_scope="pair"), "needs paired=True"),
+        (dict(nominal_lr_spread=0.5), "nominal_lr_spread must be >= 1"),
+        (dict(nominal_lr_spread=2.0), "this LO has none: set the LO's nominal_lr"),
     ],
 )
 def test_config_errors(kwargs, match):
@@ -827,20 +829,30 @@ def test_adam_scaled_step_scales_the_action_and_the_expert(data):
     assert np.all(np.asarray(step_info["bc_loss"]) < 1e-12)
 
 
-def test_nominal_term_is_added_to_the_action_and_taken_from_the_expert(data):
+@pytest.mark.parametrize("spread", [1.0, 4.0])
+def test_nominal_term_is_added_to_the_action_and_taken_from_the_expert(data, spread):
     """nominal_lr: an action moves the params by Adam's step at the nominal lr
     (computed here from the accumulators) plus the Eq. 2 step; with the expert's own
-    lr and decay as the nominal term, the expert's action is zero and still moves the
-    params as Adam does."""
+    lr and decay as the nominal term, the expert's action is what the nominal term
+    leaves of the expert's update (zero without a spread) and still moves the params
+    as Adam does. With a spread, each copy's nominal term is scaled by its episode's
+    factor in [1/spread, spread], paired copies alike."""
     lr, tau = 0.02, 100.0
     cfg = core.EnvConfig(
         task=TASK,
         num_copies=C,
+        paired=True,
         expert_learning_rate=lr,
         expert_decay_steps=tau,
         lo=LOSpec(nominal_lr=lr, nominal_decay_steps=tau),
+        nominal_lr_spread=spread,
     )
     step, p, state, info = _after_two_expert_steps(cfg, data)
+    factor = np.asarray(state.copies.nominal_scale, np.float64)  # (C,)
+    assert np.all((1.0 / spread <= factor) & (factor <= spread))
+    np.testing.assert_array_equal(factor[0::2], factor[1::2])
+    if spread > 1.0:
+        assert len(np.unique(factor)) == C // 2  # the pairs' episodes draw their own
     n = np.asarray(state.copies.lo.count, np.float64)  # (C,) steps taken: 2
     t = (n + 1.0)[:, None]
     nominal = []
@@ -854,12 +866,13 @@ def test_nominal_term_is_added_to_the_action_and_taken_from_the_expert(data):
     before = rows(state.copies.params)
     expert_update = np.asarray(info["expert_update"], np.float64)
     np.testing.assert_allclose(expert_update, nominal, rtol=1e-4, atol=1e-7)
-    assert np.abs(np.asarray(info["expert_action"])).max() < 1e-2
+    if spread == 1.0:
+        assert np.abs(np.asarray(info["expert_action"])).max() < 1e-2
     actions = _random_actions(4, scale=2.0, m_scale=500.0)
     moved, *_ = step(state, actions, p)
     np.testing.assert_allclose(
         rows(moved.copies.params),
-        before + nominal + lo_update(actions),
+        before + factor[:, None] * nominal + lo_update(actions),
         rtol=0,
         atol=1e-6,
     )
