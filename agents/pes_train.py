@@ -276,20 +276,26 @@ def schedule_at(args: Args, outer_step: int) -> schedules.OuterStepValues:
     )
 
 
+def _lr_schedule(p: PESArgs) -> tuple[Any, ...]:
+    """The outer lr schedule's arguments, in the order both builders take them."""
+    return (
+        p.learning_rate,
+        p.outer_steps,
+        p.lr_schedule,
+        p.warmup_fraction,
+        p.min_learning_rate,
+    )
+
+
 def outer_learning_rate(args: Args) -> optax.Schedule:
     """The outer optimizer's learning rate over the outer steps."""
-    p = args.pes
-    schedule = (p.lr_schedule, p.warmup_fraction, p.min_learning_rate)
-    return schedules.outer_learning_rate(p.learning_rate, p.outer_steps, *schedule)
+    return schedules.outer_learning_rate(*_lr_schedule(args.pes))
 
 
 def outer_optimizer(args: Args) -> optax.GradientTransformation:
     """:func:`pes.outer_optimizer` of the run's ``pes`` settings."""
     p = args.pes
-    schedule = (p.lr_schedule, p.warmup_fraction, p.min_learning_rate)
-    return pes.outer_optimizer(
-        p.learning_rate, p.outer_steps, *schedule, p.max_grad_norm, p.weight_decay
-    )
+    return pes.outer_optimizer(*_lr_schedule(p), p.max_grad_norm, p.weight_decay)
 
 
 def pes_config(

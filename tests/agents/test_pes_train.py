@@ -468,6 +468,7 @@ def test_presets_write_the_config_they_always_wrote(preset, mode):
         time_horizon=0.0,
         nominal_schedule="inverse_sqrt",
         expert_schedule="inverse_sqrt",
+        nominal_lr_spread=1.0,
     )
     if preset == "cpu":
         added_since.update(
