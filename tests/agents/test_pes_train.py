@@ -168,6 +168,8 @@ def test_init_lo_bc_clones_this_runs_demonstrator(tmp_path, monkeypatch):
         expert_decay_steps=50.0,
         expert_schedule="inverse_sqrt",
         raw_adam_ratio=True,
+        nominal_lr=0.01,
+        nominal_lr_spread=2.0,
     )
     assert pes_train.clone_demonstrator(args.resolved(), run_dir) == (
         run_dir / "init_lo"
@@ -175,6 +177,9 @@ def test_init_lo_bc_clones_this_runs_demonstrator(tmp_path, monkeypatch):
     clone = json.loads((run_dir / "init_lo" / "config.json").read_text())
     assert clone["expert_lr"] == 3e-3 and clone["raw_adam_ratio"] is True
     assert clone["expert_decay_steps"] == 50.0
+    # The clone meets the run's optimizee and its lr augmentation.
+    assert clone["hidden_sizes"] == list(TINY["hidden_sizes"])
+    assert clone["nominal_lr_spread"] == 2.0
     # ... and the clone's env imitates the decayed expert, not the constant one.
     fields = runs.flatten(bc_train.Args())
     clone_args = runs.replace_flat(
@@ -182,6 +187,7 @@ def test_init_lo_bc_clones_this_runs_demonstrator(tmp_path, monkeypatch):
     )
     clone_env = bc_train.env_settings(clone_args).config(2)
     assert clone_env.expert_decay_steps == 50.0
+    assert clone_env.nominal_lr_spread == 2.0
     assert clone["outer_steps"] == 2  # --clone-steps
     assert clone["hidden_size"] == TINY["hidden_size"]
 
