@@ -17,10 +17,12 @@ The library of ``scripts/plot_meta_training.py`` (:func:`main`); :func:`run` dra
   horizon; its validation loss, and its update and parameter norms at the end over
   those at the start, against the outer step, with the LO's silenced self (its MLP
   zeroed: the nominal term alone, dashed) and Adam's (lr 1e-3) as references; a fourth
-  panel shows the LO's validation loss minus its silenced self's, against the spread
-  over validation seeds (the sum of their stds), so "meta-training improved the LO"
-  reads as a point below the band. An LO drifting into "big constant steps" shows here
-  as a flat update norm and a growing parameter norm.
+  panel shows the LO's validation loss minus its silenced self's, seed by seed on the
+  same optimizees, with its std over validation seeds as a band (runs from before the
+  paired columns: the difference of the means, against the sum of their stds), so
+  "meta-training improved the LO" reads as a point below the band. An LO drifting
+  into "big constant steps" shows here as a flat update norm and a growing parameter
+  norm.
 
 Usage::
 
@@ -56,6 +58,12 @@ SILENCED_COLUMNS = (
     *(f"val_silenced_{k}" for k, _ in VALIDATION_PANELS),
     "val_lo_valid_loss_std",
     "val_silenced_valid_loss_std",
+)
+# The LO minus its silenced self seed by seed (validation.GAIN; runs from before it
+# plot the difference of the means).
+PAIRED_COLUMNS = (
+    "val_lo_minus_silenced_valid_loss",
+    "val_lo_minus_silenced_valid_loss_std",
 )
 
 
@@ -239,12 +247,15 @@ def plot_validation(runs: list[dict], path: pathlib.Path) -> dict:
             for who in whos
             for key, _ in VALIDATION_PANELS
         }
-        if silenced:
+        if PAIRED_COLUMNS[0] in c:
+            gap, spread = (c[k][rows] for k in PAIRED_COLUMNS)
+        elif silenced:
             gap = c["val_lo_valid_loss"][rows] - c["val_silenced_valid_loss"][rows]
             spread = (
                 c["val_lo_valid_loss_std"][rows]
                 + c["val_silenced_valid_loss_std"][rows]
             )
+        if silenced:
             axes[3].plot(x, gap, marker="o", ms=3, color=color, label=run["name"])
             axes[3].fill_between(x, -spread, spread, color=color, alpha=0.15, lw=0)
             summary[run["name"]].update(
@@ -261,8 +272,8 @@ def plot_validation(runs: list[dict], path: pathlib.Path) -> dict:
         ax.set_title(title)
     axes[3].axhline(0.0, color="k", lw=0.8)
     axes[3].set_title(
-        "LO minus its silenced self, validation loss\n"
-        "(band: the sum of their stds over validation seeds)",
+        "LO minus its silenced self, validation loss, seed by seed\n"
+        "(band: its std over validation seeds)",
         fontsize=9,
     )
     for ax in axes:
@@ -278,13 +289,15 @@ def plot_validation(runs: list[dict], path: pathlib.Path) -> dict:
 
 def _validated(run_dir: str) -> dict | None:
     """The run's validation columns, or None if it never validated."""
-    try:
-        run = read_metrics(run_dir, VALIDATION_COLUMNS + SILENCED_COLUMNS)
-    except ValueError:
-        try:  # a run from before the silenced LO's columns
-            run = read_metrics(run_dir, VALIDATION_COLUMNS)
-        except ValueError:  # a run from before periodic validation, or eval_every 0
-            return None
+    # Runs from before the paired columns, or before the silenced LO's, plot without.
+    for extra in (SILENCED_COLUMNS + PAIRED_COLUMNS, SILENCED_COLUMNS, ()):
+        try:
+            run = read_metrics(run_dir, VALIDATION_COLUMNS + extra)
+            break
+        except ValueError:
+            continue
+    else:  # a run from before periodic validation, or eval_every 0
+        return None
     return run if np.isfinite(run["columns"]["val_lo_valid_loss"]).any() else None
 
 

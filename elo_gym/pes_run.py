@@ -196,6 +196,15 @@ def summary(run_dir: pathlib.Path) -> str:
                 f"{last['val_lo_valid_loss']:.4g} ± "
                 f"{last['val_lo_valid_loss_std']:.2g} (std over validation seeds)"
             )
+        if "val_lo_minus_silenced_valid_loss" in last:
+            lines.append(
+                "the learned part, seed by seed (the LO minus its silenced self; "
+                "negative: it helps): valid loss "
+                f"{last['val_lo_minus_silenced_valid_loss']:+.4g} ± "
+                f"{last['val_lo_minus_silenced_valid_loss_std']:.2g}, train loss "
+                f"{last['val_lo_minus_silenced_train_loss']:+.4g} ± "
+                f"{last['val_lo_minus_silenced_train_loss_std']:.2g}"
+            )
     lines.append(
         "evaluate it at 10x its horizon against tuned AdamW: python "
         f"scripts/evaluate.py --lo {info['mode']}={run_dir} --out {run_dir / 'eval'}"

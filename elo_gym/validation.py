@@ -31,10 +31,15 @@ METRICS = ("valid_loss", "train_loss", "update_norm_ratio", "param_norm_ratio")
 VALIDATED = ("lo", "silenced", "adam")
 # The losses whose std over seeds is reported too (``<metric>_std``).
 SPREAD = ("valid_loss", "train_loss")
+# The learned part's effect, seed by seed: the LO's loss minus its silenced self's on
+# the same fresh optimizee (negative: the learned part helps), mean and std over seeds.
+# Pairing removes what the seeds share, the most of either run's spread.
+GAIN = "lo_minus_silenced"
 # The metrics.csv columns of a validation row.
 COLUMNS = (
     *(f"val_{who}_{what}" for who in VALIDATED for what in METRICS),
     *(f"val_{who}_{what}_std" for who in ("lo", "silenced") for what in SPREAD),
+    *(f"val_{GAIN}_{what}{end}" for what in SPREAD for end in ("", "_std")),
 )
 ADAM_LR = 1e-3
 
@@ -97,16 +102,23 @@ def lo_curves(
     )
 
 
+def seed_losses(curves: Curves, window: int) -> dict[str, np.ndarray]:
+    """:data:`SPREAD` of each seed, (seeds,): the final validation loss and the mean
+    of the last ``window`` training losses."""
+    c = jax.device_get(curves)
+    return {
+        "valid_loss": np.asarray(c["valid_loss"], np.float64)[:, -1],
+        "train_loss": np.asarray(c["train_loss"], np.float64)[:, -window:].mean(1),
+    }
+
+
 def summary(curves: Curves, window: int) -> dict[str, float]:
     """:data:`METRICS` (means over seeds) and the stds over seeds of :data:`SPREAD`
     (``<metric>_std``); ``window``: the inner steps averaged at each end. A diverged
     optimizee scores inf."""
     c = {k: np.asarray(v, np.float64) for k, v in jax.device_get(curves).items()}
+    per_seed = seed_losses(curves, window)
     with np.errstate(invalid="ignore", divide="ignore"):
-        per_seed = {
-            "valid_loss": c["valid_loss"][:, -1],
-            "train_loss": c["train_loss"][:, -window:].mean(axis=1),
-        }
         out = {
             **{k: v.mean() for k, v in per_seed.items()},
             "update_norm_ratio": (
@@ -156,19 +168,30 @@ class Validation:
             jnp.zeros_like,
             lopt.init_meta_params(jax.random.PRNGKey(0), spec.hidden_size),
         )
-        self.silenced = self._score(self._lo, silenced)
+        self.silenced, self._silenced_seeds = self._score(self._lo, silenced)
         adam = runs(optax.adam)
-        self.adam = self._score(adam, jnp.float32(ADAM_LR))
+        self.adam = self._score(adam, jnp.float32(ADAM_LR))[0]
 
-    def _score(self, program: Callable, hyper: Any) -> dict[str, float]:
-        return summary(program(hyper, self._data, self._keys), self.window)
+    def _score(
+        self, program: Callable, hyper: Any
+    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        curves = program(hyper, self._data, self._keys)
+        return summary(curves, self.window), seed_losses(curves, self.window)
 
     def __call__(self, meta: lopt.MetaParams) -> dict[str, float]:
         """The row entries :data:`COLUMNS` for the LO ``meta``."""
-        lo = self._score(self._lo, meta)
+        lo, lo_seeds = self._score(self._lo, meta)
         adam = {k: v for k, v in self.adam.items() if not k.endswith("_std")}
+        gain = {}
+        for what in SPREAD:
+            with np.errstate(invalid="ignore"):
+                diff = lo_seeds[what] - self._silenced_seeds[what]
+            finite = bool(np.all(np.isfinite(diff)))
+            gain[what] = float(diff.mean()) if finite else math.inf
+            gain[f"{what}_std"] = float(diff.std()) if finite else math.inf
         return {
             **{f"val_lo_{k}": v for k, v in lo.items()},
             **{f"val_silenced_{k}": v for k, v in self.silenced.items()},
             **{f"val_adam_{k}": v for k, v in adam.items()},
+            **{f"val_{GAIN}_{k}": v for k, v in gain.items()},
         }

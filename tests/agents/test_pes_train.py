@@ -768,6 +768,30 @@ def test_validation_of_the_silenced_lo_is_an_explicit_zero_mlp_run(nominal_lr):
         np.testing.assert_allclose(valid, [r["valid_loss"][0] for r in runs])
     else:
         assert ratio != 1.0
+    # The learned part seed by seed: the trained LO's runs on the same keys, minus
+    # the silenced ones.
+    trained_opt = elo_gym.small_fc_lopt(trained, args.lo, total_steps=steps)
+    lo_runs = [
+        jax.device_get(
+            inner_loop.train_curves(
+                cfg.env.task, trained_opt, env_params.data, key, steps=steps,
+                eval_every=window,
+            )
+        )
+        for key in keys
+    ]  # fmt: skip
+    lo_valid = np.array([r["valid_loss"][-1] for r in lo_runs], np.float64)
+    lo_train = np.array([r["train_loss"][-window:].mean() for r in lo_runs])
+    for what, diff in (("valid", lo_valid - valid), ("train", lo_train - train)):
+        np.testing.assert_allclose(
+            row[f"val_lo_minus_silenced_{what}_loss"], diff.mean(), rtol=1e-4, atol=1e-7
+        )
+        np.testing.assert_allclose(
+            row[f"val_lo_minus_silenced_{what}_loss_std"],
+            diff.std(),
+            rtol=1e-3,
+            atol=1e-6,
+        )
     # The LO's own row is another LO's: the silenced row is not just a copy of it.
     assert row["val_lo_valid_loss"] != row["val_silenced_valid_loss"]
     assert row["val_lo_valid_loss_std"] >= 0

@@ -170,19 +170,40 @@ def test_validation_figure_from_a_real_run(tmp_path):
         float(rows[3]["val_lo_valid_loss"])
     )
     assert 0 < summary["elo"]["adam_update_norm_ratio"] < 1  # Adam anneals
-    # The LO against its silenced self: the difference and the spread over seeds.
+    # The LO against its silenced self: the difference seed by seed and its spread.
     last = rows[3]
     assert summary["elo"]["silenced_valid_loss"] == pytest.approx(
         float(last["val_silenced_valid_loss"])
     )
     assert summary["elo"]["lo_minus_silenced_valid_loss"] == pytest.approx(
-        float(last["val_lo_valid_loss"]) - float(last["val_silenced_valid_loss"])
+        float(last["val_lo_minus_silenced_valid_loss"])
     )
     assert summary["elo"]["spread_valid_loss"] == pytest.approx(
+        float(last["val_lo_minus_silenced_valid_loss_std"])
+    )
+    assert summary["elo"]["spread_valid_loss"] > 0
+    # The paired difference has the means' difference as its mean.
+    assert float(last["val_lo_minus_silenced_valid_loss"]) == pytest.approx(
+        float(last["val_lo_valid_loss"]) - float(last["val_silenced_valid_loss"]),
+        rel=1e-5,
+    )
+    # A run from before the paired columns plots the difference of the means,
+    # against the sum of their stds.
+    unpaired = tmp_path / "unpaired" / "elo"
+    unpaired.mkdir(parents=True)
+    kept = [k for k in rows[0] if "minus" not in k]
+    with (unpaired / "metrics.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=kept, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    written = plot.run(
+        plot.PlotConfig(elo=str(unpaired), naive=str(naive)),
+        tmp_path / "unpaired_plots",
+    )
+    assert written["validation.png"]["elo"]["spread_valid_loss"] == pytest.approx(
         float(last["val_lo_valid_loss_std"])
         + float(last["val_silenced_valid_loss_std"])
     )
-    assert summary["elo"]["spread_valid_loss"] > 0
     # A run from before the silenced LO's columns still plots, without them.
     old = tmp_path / "old" / "elo"
     old.mkdir(parents=True)
