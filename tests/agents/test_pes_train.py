@@ -738,21 +738,27 @@ def test_validation_of_the_silenced_lo_is_an_explicit_zero_mlp_run(nominal_lr):
     trained = lopt.init_meta_params(jax.random.PRNGKey(3), args.lo.hidden_size)
     row = validate(trained)
 
-    zero = jax.tree.map(jnp.zeros_like, trained)
     steps, window = 10 * n_max, max(1, 10 * n_max // 10)
-    optimizer = elo_gym.small_fc_lopt(zero, args.lo, total_steps=steps)
     keys = jax.random.split(jax.random.PRNGKey(args.seed + 1_000), 3)
-    runs = [
-        jax.device_get(
-            inner_loop.train_curves(
-                cfg.env.task, optimizer, env_params.data, key, steps=steps,
-                eval_every=window,
+
+    def seed_runs(meta):
+        """The runs of small_fc_lopt with ``meta`` on the validation keys, and their
+        final validation losses and mean last training losses per seed."""
+        optimizer = elo_gym.small_fc_lopt(meta, args.lo, total_steps=steps)
+        runs = [
+            jax.device_get(
+                inner_loop.train_curves(
+                    cfg.env.task, optimizer, env_params.data, key, steps=steps,
+                    eval_every=window,
+                )
             )
-        )
-        for key in keys
-    ]  # fmt: skip
-    valid = np.array([r["valid_loss"][-1] for r in runs], np.float64)
-    train = np.array([r["train_loss"][-window:].mean() for r in runs], np.float64)
+            for key in keys
+        ]  # fmt: skip
+        valid = np.array([r["valid_loss"][-1] for r in runs], np.float64)
+        train = np.array([r["train_loss"][-window:].mean() for r in runs], np.float64)
+        return runs, valid, train
+
+    runs, valid, train = seed_runs(jax.tree.map(jnp.zeros_like, trained))
     np.testing.assert_allclose(row["val_silenced_valid_loss"], valid.mean(), rtol=1e-5)
     np.testing.assert_allclose(row["val_silenced_train_loss"], train.mean(), rtol=1e-5)
     np.testing.assert_allclose(
@@ -770,18 +776,7 @@ def test_validation_of_the_silenced_lo_is_an_explicit_zero_mlp_run(nominal_lr):
         assert ratio != 1.0
     # The learned part seed by seed: the trained LO's runs on the same keys, minus
     # the silenced ones.
-    trained_opt = elo_gym.small_fc_lopt(trained, args.lo, total_steps=steps)
-    lo_runs = [
-        jax.device_get(
-            inner_loop.train_curves(
-                cfg.env.task, trained_opt, env_params.data, key, steps=steps,
-                eval_every=window,
-            )
-        )
-        for key in keys
-    ]  # fmt: skip
-    lo_valid = np.array([r["valid_loss"][-1] for r in lo_runs], np.float64)
-    lo_train = np.array([r["train_loss"][-window:].mean() for r in lo_runs])
+    _, lo_valid, lo_train = seed_runs(trained)
     for what, diff in (("valid", lo_valid - valid), ("train", lo_train - train)):
         np.testing.assert_allclose(
             row[f"val_lo_minus_silenced_{what}_loss"], diff.mean(), rtol=1e-4, atol=1e-7
