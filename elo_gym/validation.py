@@ -32,8 +32,9 @@ VALIDATED = ("lo", "silenced", "adam")
 # The losses whose std over seeds is reported too (``<metric>_std``).
 SPREAD = ("valid_loss", "train_loss")
 # The learned part's effect, seed by seed: the LO's loss minus its silenced self's on
-# the same fresh optimizee (negative: the learned part helps), mean and std over seeds.
-# Pairing removes what the seeds share, the most of either run's spread.
+# the same fresh optimizee (negative: the learned part helps), mean and std over seeds:
+# the effect's own spread (at 10x the two runs of a seed are nearly uncorrelated, so
+# it is about the runs' spreads, not less; docs/levers.md, eighteenth).
 GAIN = "lo_minus_silenced"
 # The metrics.csv columns of a validation row.
 COLUMNS = (
