@@ -118,7 +118,7 @@ def summary(curves: Curves, window: int) -> dict[str, float]:
     (``<metric>_std``); ``window``: the inner steps averaged at each end. A diverged
     optimizee scores inf."""
     c = {k: np.asarray(v, np.float64) for k, v in jax.device_get(curves).items()}
-    per_seed = seed_losses(curves, window)
+    per_seed = seed_losses(c, window)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = {
             **{k: v.mean() for k, v in per_seed.items()},
@@ -176,7 +176,8 @@ class Validation:
     def _score(
         self, program: Callable, hyper: Any
     ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-        curves = program(hyper, self._data, self._keys)
+        # One transfer to the host serves both.
+        curves = jax.device_get(program(hyper, self._data, self._keys))
         return summary(curves, self.window), seed_losses(curves, self.window)
 
     def __call__(self, meta: lopt.MetaParams) -> dict[str, float]:
