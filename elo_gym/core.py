@@ -480,7 +480,9 @@ def lo_terms(
     """(scale, nominal) rows of the LO's step for one prepared copy
     (:meth:`LOSpec.row_terms`), the nominal term times the episode's factor."""
     scale, nominal = cfg.lo.row_terms(state.params, state.lo, lo_clock(cfg, state))
-    return scale, nominal * state.nominal_scale
+    if cfg.nominal_lr_spread > 1.0:  # without a spread XLA compiles the step as before
+        nominal = nominal * state.nominal_scale
+    return scale, nominal
 
 
 def expert_action(cfg: EnvConfig, state: EnvState) -> jax.Array:
