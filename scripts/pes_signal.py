@@ -14,7 +14,8 @@ meta-training, and each step's meta-gradient estimate is kept. Reports:
   ``--moves`` per weight, and the same moves along a random direction, each scored by
   the agent's validation (10x the horizon) on ``--val-seeds`` seeds, paired with the
   unmoved LO on the same seeds: ``diff`` is the moved LO's validation loss minus the
-  start's, mean and std over seeds (negative: better).
+  start's, mean and std over seeds (negative: better); ``train_diff`` the same for
+  the training loss (mean of the last 40 minibatches, as ``scripts/evaluate.py``).
 
 Usage: ``python scripts/pes_signal.py --estimates 64 --val-seeds 8 [pes_train flags]``
 Prints one JSON object.
@@ -101,10 +102,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     keys = jax.random.split(jax.random.PRNGKey(args.seed + 1_000), a.val_seeds)
 
-    def per_seed(flat: np.ndarray) -> np.ndarray:
+    def per_seed(flat: np.ndarray) -> dict[str, np.ndarray]:
         meta = state.meta._replace(mlp=unravel(jnp.asarray(flat, jnp.float32)))
-        curves = program(meta, env_params.data, keys)
-        return np.asarray(curves["valid_loss"][:, -1], np.float64)
+        return validation.seed_losses(program(meta, env_params.data, keys), 40)
 
     start = per_seed(np.asarray(flat0))
     rng = np.random.default_rng(0)
@@ -113,10 +113,14 @@ def main(argv: list[str] | None = None) -> dict:
     for name, direction in (("descent", -mean), ("random", random_dir)):
         unit = direction / np.sqrt(np.mean(direction**2))  # RMS 1 per weight
         for move in a.moves:
-            diff = per_seed(np.asarray(flat0) + move * unit) - start
+            losses = per_seed(np.asarray(flat0) + move * unit)
+            diff = losses["valid_loss"] - start["valid_loss"]
+            train_diff = losses["train_loss"] - start["train_loss"]
             moved[f"{name}_{move:g}"] = {
                 "diff_mean": float(diff.mean()),
                 "diff_std": float(diff.std()),
+                "train_diff_mean": float(train_diff.mean()),
+                "train_diff_std": float(train_diff.std()),
             }
     result = {
         "env": args.env,
@@ -129,7 +133,10 @@ def main(argv: list[str] | None = None) -> dict:
         "num_weights": int(mean.size),
         "seconds_per_estimate": seconds_estimates / a.estimates,
         "agreement": agreement(estimates),
-        "start_valid_loss": {"mean": float(start.mean()), "std": float(start.std())},
+        **{
+            f"start_{k}": {"mean": float(v.mean()), "std": float(v.std())}
+            for k, v in start.items()
+        },
         "along_mean": moved,
     }
     json.dump(result, sys.stdout, indent=2)

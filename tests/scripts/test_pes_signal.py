@@ -46,4 +46,6 @@ def test_tiny_run_reports_its_documented_keys(pes_signal, capsys):
     assert set(result["along_mean"]) == {"descent_0.01", "random_0.01"}
     for moved in result["along_mean"].values():
         assert np.isfinite(moved["diff_mean"]) and moved["diff_std"] >= 0.0
+        assert np.isfinite(moved["train_diff_mean"]) and moved["train_diff_std"] >= 0.0
+    assert set(result["start_train_loss"]) == {"mean", "std"}
     assert '"agreement"' in capsys.readouterr().out
