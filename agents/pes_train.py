@@ -121,6 +121,9 @@ class PESArgs:
     """Inner steps per outer step and copy."""
     sigma: float = 0.01
     """Std of the PES perturbations."""
+    estimator: Literal["pes", "tbptt"] = "pes"
+    """Meta-gradient: PES (the paper), or truncated backprop through the env (2 x
+    num_pairs independent copies acting with the LO itself; docs/levers.md)."""
     loss_cap: float | None = None
     """Cap of the per-step meta-loss (NaN -> cap); None: 2 ln(num classes)."""
     keep_accumulator_on_restore: bool = False
@@ -193,6 +196,11 @@ class Args:
         runs.require_positive(p, "outer_steps", "num_pairs", "truncation", "sigma")
         runs.require_positive(p, "learning_rate", "max_grad_norm", "clone_steps")
         self.run.validate()
+        if p.estimator == "tbptt" and inner.buffer_scope == "pair":
+            raise ValueError(
+                "--buffer-scope pair keeps one queue per antithetic pair, which "
+                "--estimator tbptt does not have (use --buffer-scope shared)"
+            )
         if p.loss_cap is not None and p.loss_cap <= 0:
             raise ValueError(f"loss_cap must be > 0, got {p.loss_cap}")
         if not 0.0 < p.alpha_end_fraction <= 1.0:
@@ -254,11 +262,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Args:
 
 
 def env_settings(args: Args) -> EnvSettings:
-    """The env the agent meta-trains in: paired copies, the mode's resets."""
+    """The env the agent meta-trains in: the mode's resets, copies paired for PES."""
     inner = dataclasses.asdict(args.inner)
     del inner["mixture"]
     inner.update(expert_learning_rate=inner.pop("expert_lr"), mode=RESETS[args.mode])
-    return EnvSettings.from_id(args.env, **inner, lo=args.lo, paired=True)
+    paired = args.pes.estimator == "pes"
+    return EnvSettings.from_id(args.env, **inner, lo=args.lo, paired=paired)
 
 
 def schedule_at(args: Args, outer_step: int) -> schedules.OuterStepValues:
@@ -311,6 +320,7 @@ def pes_config(
         loss_cap=args.pes.loss_cap or 2.0 * math.log(env_cfg.task.num_classes),
         keep_accumulator_on_restore=args.pes.keep_accumulator_on_restore,
         layout=lopt_fused.default_layout(),
+        estimator=args.pes.estimator,
     )
     return cfg, settings.params(env_cfg.task.load_data())
 

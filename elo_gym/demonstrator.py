@@ -12,7 +12,7 @@ and learns what to add to it.
 
 import optax
 
-from elo_gym import schedules
+from elo_gym import finite_grad, schedules
 
 EXPERT_LEARNING_RATE = 1e-3
 
@@ -22,7 +22,10 @@ def adam_expert(
 ) -> optax.GradientTransformation:
     """The demonstrator: ``optax.adam`` at ``learning_rate`` (``decay_steps`` 0, the
     paper) or at ``schedules.inverse_sqrt_decay`` of it (``decay_steps`` > 0, which
-    refuses a negative one)."""
+    refuses a negative one). Its update is differentiable where Adam's moments are 0
+    (:mod:`elo_gym.finite_grad`), for truncated backprop through the env."""
     if decay_steps == 0:  # a float lr: optax.adam's state has no schedule count
-        return optax.adam(learning_rate)
-    return optax.adam(schedules.inverse_sqrt_decay(learning_rate, decay_steps))
+        adam = optax.adam(learning_rate)
+    else:
+        adam = optax.adam(schedules.inverse_sqrt_decay(learning_rate, decay_steps))
+    return optax.GradientTransformation(adam.init, finite_grad.finite_grad(adam.update))

@@ -56,7 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from elo_gym import lo_features, schedules
+from elo_gym import finite_grad, lo_features, schedules
 
 STEP_MULT = 1e-3
 EXP_MULT = 1e-3
@@ -80,6 +80,7 @@ def adam_step_scale(acc: lo_features.TensorAccumulators) -> jax.Array:
     return jnp.sqrt(1e-5 + jnp.mean(ratio**2))
 
 
+@finite_grad.finite_grad
 def nominal_update(
     acc: lo_features.TensorAccumulators,
     count: jax.Array,

@@ -16,6 +16,14 @@ inner step. ``buffer_scope="shared"`` keeps one FIFO queue in copy order, replic
 every device: each inner step gathers the devices' push masks, and a step on which a
 copy pushes gathers every copy's snapshot. That traffic grows with the device count, so
 the shared scope does not scale; the pair scope does (docs/distributed.md).
+
+``estimator="tbptt"`` replaces the pairs' estimate, on the same copies, buffer and
+devices, by truncated backprop (learned_optimization's ``TruncatedGrad``): every
+copy acts with phi itself, and ``g`` is the gradient of the truncation's mean
+meta-loss through the env's pure step (its gradients, Adam's and the LO's states,
+the buffer's restores), stopping at the truncation's start. Its estimates are biased
+towards the truncation's horizon as PES's are not, and far less noisy
+(docs/levers.md, nineteenth).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import dataclasses
 import functools
 import re
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.struct
 import jax
@@ -33,6 +42,8 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import PartitionSpec
 
 from elo_gym import core, distributed, lopt, lopt_fused, schedules
+
+ESTIMATORS = ("pes", "tbptt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +56,20 @@ class PESConfig:
     loss_cap: float
     keep_accumulator_on_restore: bool
     layout: lopt_fused.Layout  # the fused LO update's layout, chosen once
+    # pes: antithetic pairs (the paper); tbptt: the gradient of the truncation's
+    # meta-loss by backprop through the env, every copy acting with the LO itself.
+    estimator: str = "pes"
+
+    def __post_init__(self):
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(
+                f"unknown estimator {self.estimator!r}; valid: {', '.join(ESTIMATORS)}"
+            )
+        if self.estimator == "tbptt" and self.env.paired:
+            raise ValueError(
+                "estimator 'tbptt' wants independent copies (paired=False): partners "
+                "that act alike on the same data would only repeat each other"
+            )
 
     @property
     def num_pairs(self) -> int:
@@ -166,6 +191,145 @@ def _clip(loss: jax.Array, cap: float) -> jax.Array:
     return jnp.minimum(jnp.nan_to_num(loss, nan=cap, posinf=cap, neginf=-cap), cap)
 
 
+def _truncation(
+    cfg: PESConfig,
+    policy: Policy,
+    weights: jax.Array,
+    unravel: Callable,
+    env_state: core.VecEnvState,
+    env_params: core.EnvParams,
+    on_step: Callable[[Any, dict, jax.Array, dict], Any],
+    per_step: Any,
+):
+    """One truncation of this device's copies, copy c acting with ``weights[c]``.
+
+    ``on_step(per_step, parts, ended, info)`` folds each inner step's clipped
+    meta-loss parts into ``per_step`` (the PES gradient sums) and returns it.
+    Returns (env_state, per_step, sums of the metrics, largest inner step).
+    """
+    axis = distributed.PAIRS_AXIS
+
+    def inner(carry, _):
+        state, per_step, sums, max_inner_step = carry
+        actions = policy(weights, unravel, state.copies)
+        state, _, reward, terminated, truncated, info = core.step(
+            cfg.env, state, actions, env_params, copies_axis=axis
+        )
+        # The same split of the reward as core's: L_bc weighted, L_task by alpha.
+        parts = {
+            "meta": -reward,
+            "bc": core.bc_weight(env_params) * info["bc_loss"],
+            "task": env_params.alpha * info["meta_task_loss"],
+        }
+        parts = {k: _clip(v, cfg.loss_cap) for k, v in parts.items()}
+        ended = terminated | truncated
+        per_step = on_step(per_step, parts, ended, info)
+        # Sums over this device's copies only: the devices add them up once, after
+        # the scan.
+        step_sums = {
+            "meta_loss": parts["meta"].sum(),
+            "task_loss": info["task_loss"].sum(),
+            "bc_loss": info["bc_loss"].sum(),
+            "mean_inner_step": info["inner_step"].astype(jnp.float32).sum(),
+            "frac_from_buffer": info["from_buffer"].astype(jnp.float32).sum(),
+            # Episodes, not copies: paired partners end together.
+            "episodes_ended": (ended[0::2] if cfg.env.paired else ended).sum(
+                dtype=jnp.int32
+            ),
+            "diverged": terminated.sum(dtype=jnp.int32),
+        }
+        sums = {k: sums[k] + jax.lax.stop_gradient(v) for k, v in step_sums.items()}
+        max_inner_step = jnp.maximum(max_inner_step, info["inner_step"].max())
+        return (state, per_step, sums, max_inner_step), None
+
+    sums = {k: jnp.float32(0) for k in MEAN_METRICS}
+    sums.update(episodes_ended=jnp.int32(0), diverged=jnp.int32(0))
+    carry = (env_state, per_step, sums, jnp.int32(0))
+    (env_state, per_step, sums, max_inner_step), _ = jax.lax.scan(
+        inner, carry, None, length=cfg.truncation
+    )
+    return env_state, per_step, sums, max_inner_step
+
+
+def _pes_on_device(
+    cfg: PESConfig,
+    policy: Policy,
+    theta: jax.Array,
+    unravel: Callable,
+    env_state: core.VecEnvState,
+    accumulator: jax.Array,
+    key: jax.Array,
+    env_params: core.EnvParams,
+):
+    """The PES estimate's sums over this device's pairs: (gradient sums of the meta-
+    loss and its bc and task terms, env state, accumulators, metric sums, largest
+    inner step)."""
+    local_pairs = accumulator.shape[0]
+    # Every device draws all pairs' perturbations and keeps its own: the same eps_i
+    # for pair i on any number of devices.
+    eps = jax.lax.dynamic_slice_in_dim(
+        cfg.sigma * jax.random.normal(key, (cfg.num_pairs, theta.size)),
+        jax.lax.axis_index(distributed.PAIRS_AXIS) * local_pairs,
+        local_pairs,
+    )
+    # Interleave: copy 2i runs theta + eps_i, copy 2i+1 runs theta - eps_i.
+    weights = (theta + jnp.stack([eps, -eps], axis=1)).reshape(-1, theta.size)
+
+    def on_step(carry, parts, ended, info):
+        xi, grad_sums = carry
+        grad_sums = {
+            k: grad_sums[k] + (parts[k][0::2] - parts[k][1::2])[:, None] * xi
+            for k in grad_sums
+        }
+        ended = ended[0::2]
+        restart_xi = eps
+        if cfg.keep_accumulator_on_restore:
+            restart_xi = jnp.where(info["from_buffer"][0::2, None], xi, eps)
+        return jnp.where(ended[:, None], restart_xi, xi), grad_sums
+
+    zero = jnp.zeros_like(accumulator)
+    start = (accumulator + eps, {"meta": zero, "bc": zero, "task": zero})
+    env_state, (xi, grad_sums), sums, max_inner_step = _truncation(
+        cfg, policy, weights, unravel, env_state, env_params, on_step, start
+    )
+    grad_sums = {k: v.sum(axis=0) for k, v in grad_sums.items()}
+    return grad_sums, env_state, xi, sums, max_inner_step
+
+
+def _backprop_on_device(
+    cfg: PESConfig,
+    policy: Policy,
+    theta: jax.Array,
+    unravel: Callable,
+    env_state: core.VecEnvState,
+    accumulator: jax.Array,
+    key: jax.Array,
+    env_params: core.EnvParams,
+):
+    """Truncated backprop through this device's copies, all acting with ``theta``:
+    (the gradient of the summed meta-loss, env state, the untouched accumulators,
+    metric sums, largest inner step). A gradient that is not finite (a copy that
+    diverged inside the truncation) is dropped: the step applies none."""
+    del key  # no perturbations
+
+    def summed_meta_loss(theta, env_state):
+        weights = jnp.broadcast_to(theta, (cfg.env.num_copies, theta.size))
+
+        def on_step(total, parts, ended, info):
+            return total + parts["meta"].sum()
+
+        env_state, total, sums, max_inner_step = _truncation(
+            cfg, policy, weights, unravel, env_state, env_params, on_step, 0.0
+        )
+        return total, (env_state, sums, max_inner_step)
+
+    grad, (env_state, sums, max_inner_step) = jax.grad(summed_meta_loss, has_aux=True)(
+        theta, env_state
+    )
+    grad = jnp.where(jnp.all(jnp.isfinite(grad)), grad, jnp.zeros_like(grad))
+    return {"meta": grad}, env_state, accumulator, sums, max_inner_step
+
+
 def _unroll_on_device(
     cfg: PESConfig,
     num_devices: int,
@@ -176,7 +340,7 @@ def _unroll_on_device(
     key: jax.Array,
     env_params: core.EnvParams,
 ):
-    """:func:`unroll`'s work on one device's pairs (the body of its ``shard_map``)."""
+    """:func:`unroll`'s work on one device's copies (the body of its ``shard_map``)."""
     axis = distributed.PAIRS_AXIS
     local_env = dataclasses.replace(
         cfg.env, num_copies=cfg.env.num_copies // num_devices
@@ -185,79 +349,22 @@ def _unroll_on_device(
     if policy is None:
         policy = functools.partial(policy_actions, local)
     theta, unravel = ravel_pytree(meta.mlp)
-    local_pairs = accumulator.shape[0]
-    # Every device draws all pairs' perturbations and keeps its own: the same eps_i
-    # for pair i on any number of devices.
-    eps = jax.lax.dynamic_slice_in_dim(
-        cfg.sigma * jax.random.normal(key, (cfg.num_pairs, theta.size)),
-        jax.lax.axis_index(axis) * local_pairs,
-        local_pairs,
-    )
-    # Interleave: copy 2i runs theta + eps_i, copy 2i+1 runs theta - eps_i.
-    weights = (theta + jnp.stack([eps, -eps], axis=1)).reshape(-1, theta.size)
-
-    def inner(carry, _):
-        state, xi, grad_sums, sums, max_inner_step = carry
-        actions = policy(weights, unravel, state.copies)
-        state, _, reward, terminated, truncated, info = core.step(
-            local_env, state, actions, env_params, copies_axis=axis
-        )
-        # The same split of the reward as core's: L_bc weighted, L_task by alpha.
-        parts = {
-            "meta": -reward,
-            "bc": core.bc_weight(env_params) * info["bc_loss"],
-            "task": env_params.alpha * info["meta_task_loss"],
-        }
-        parts = {k: _clip(v, cfg.loss_cap) for k, v in parts.items()}
-        grad_sums = {
-            k: grad_sums[k] + (parts[k][0::2] - parts[k][1::2])[:, None] * xi
-            for k in grad_sums
-        }
-        ended = (terminated | truncated)[0::2]
-        restart_xi = eps
-        if cfg.keep_accumulator_on_restore:
-            restart_xi = jnp.where(info["from_buffer"][0::2, None], xi, eps)
-        xi = jnp.where(ended[:, None], restart_xi, xi)
-        # Sums over this device's copies only: the devices add them up once, after
-        # the scan.
-        step_sums = {
-            "meta_loss": parts["meta"].sum(),
-            "task_loss": info["task_loss"].sum(),
-            "bc_loss": info["bc_loss"].sum(),
-            "mean_inner_step": info["inner_step"].astype(jnp.float32).sum(),
-            "frac_from_buffer": info["from_buffer"].astype(jnp.float32).sum(),
-            "episodes_ended": ended.sum(dtype=jnp.int32),
-            "diverged": terminated.sum(dtype=jnp.int32),
-        }
-        sums = {k: sums[k] + v for k, v in step_sums.items()}
-        max_inner_step = jnp.maximum(max_inner_step, info["inner_step"].max())
-        return (state, xi, grad_sums, sums, max_inner_step), None
-
-    zero = jnp.zeros_like(accumulator)
-    sums = {k: jnp.float32(0) for k in MEAN_METRICS}
-    sums.update(episodes_ended=jnp.int32(0), diverged=jnp.int32(0))
-    carry = (
-        env_state,
-        accumulator + eps,
-        {"meta": zero, "bc": zero, "task": zero},
-        sums,
-        jnp.int32(0),
-    )
-    (env_state, xi, grad_sums, sums, max_inner_step), _ = jax.lax.scan(
-        inner, carry, None, length=cfg.truncation
+    estimate = _pes_on_device if cfg.estimator == "pes" else _backprop_on_device
+    grad_sums, env_state, xi, sums, max_inner_step = estimate(
+        local, policy, theta, unravel, env_state, accumulator, key, env_params
     )
     buffer_fill = env_state.buffer.size.sum()
-    local_sums = {
-        "grads": {k: v.sum(axis=0) for k, v in grad_sums.items()},
-        "metrics": sums,
-    }
+    local_sums = {"grads": grad_sums, "metrics": sums}
     if cfg.env.buffer_scope == "pair":
         local_sums["buffer_fill"] = buffer_fill
     # The estimator's only communication: one psum of the sums (an all-reduce per
     # dtype) and the largest inner step.
     total = jax.lax.psum(local_sums, axis)
     max_inner_step = jax.lax.pmax(max_inner_step, axis)
-    scale = 1.0 / (2.0 * cfg.sigma**2 * cfg.truncation * cfg.num_pairs)
+    if cfg.estimator == "pes":
+        scale = 1.0 / (2.0 * cfg.sigma**2 * cfg.truncation * cfg.num_pairs)
+    else:  # the mean over copies and inner steps
+        scale = 1.0 / (cfg.env.num_copies * cfg.truncation)
     grads = {k: unravel(v * scale) for k, v in total["grads"].items()}
     per_copy_step = 1.0 / (cfg.env.num_copies * cfg.truncation)
     metrics = {k: total["metrics"][k] * per_copy_step for k in MEAN_METRICS}
@@ -280,18 +387,20 @@ def unroll(
     env_params: core.EnvParams,
     policy: Policy | None = None,
 ) -> tuple[dict, core.VecEnvState, jax.Array, dict]:
-    """One truncation of every antithetic pair, each device on its own pairs.
+    """One truncation of every copy and its meta-gradient estimate (``cfg.estimator``),
+    each device on its own copies.
 
     ``policy`` maps (C, D) flat LO weights, their unravel function and the copies to
     (C, P, 2) actions; None is small_fc_lopt (:func:`policy_actions`;
     ``scripts/bench_pes.py`` swaps in zero actions to time everything but the LO).
 
     Returns:
-      (grads, env_state, accumulator, metrics): the PES gradients of the meta-loss and
-      of its ``bc`` and ``task`` terms (LO-shaped), the copies and buffer after the
-      truncation, the pairs' accumulators, and the truncation's metrics (means over
-      copies and inner steps, the largest inner step, the buffer fill, and the counts
-      of ended episodes and diverged copies).
+      (grads, env_state, accumulator, metrics): the gradients of the meta-loss and
+      of its ``bc`` and ``task`` terms (LO-shaped; ``tbptt``: the meta-loss's only),
+      the copies and buffer after the truncation, the pairs' accumulators (``tbptt``:
+      untouched), and the truncation's metrics (means over copies and inner steps,
+      the largest inner step, the buffer fill, and the counts of ended episodes and
+      diverged copies).
     """
     mesh = distributed.pairs_mesh(cfg.num_pairs)
     split, whole = PartitionSpec(distributed.PAIRS_AXIS), PartitionSpec()
@@ -328,10 +437,10 @@ def outer_step(
     meta = state.meta._replace(mlp=optax.apply_updates(state.meta.mlp, updates))
     metrics = dict(
         metrics,
-        grad_norm=optax.tree.norm(grads["meta"]),
-        grad_norm_bc=optax.tree.norm(grads["bc"]),
-        grad_norm_task=optax.tree.norm(grads["task"]),
+        # tbptt estimates the meta-loss's gradient alone, not its terms'.
+        **{f"grad_norm_{k}": optax.tree.norm(g) for k, g in grads.items()},
     )
+    metrics["grad_norm"] = metrics.pop("grad_norm_meta")
     new_state = state.replace(
         meta=meta,
         opt_state=opt_state,

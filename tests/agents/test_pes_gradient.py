@@ -1,10 +1,12 @@
-"""The PES estimate itself, against what it estimates (not against another run of it).
+"""The meta-gradient estimates themselves, against what they estimate (not against
+another run of them).
 
 Where the meta-loss is smooth (alpha = 0: behavior cloning only, one inner step, every
 episode fresh), PES estimates the gradient of the mean meta-loss over pairs; autodiff
 through the same env step gives that gradient exactly. And the perturbation
 accumulator: reset to this truncation's perturbation when an episode ends, kept on a
-buffer restore only when asked.
+buffer restore only when asked. The tbptt estimate is the derivative of the
+truncation's mean meta-loss, which finite differences of that loss measure.
 """
 
 import functools
@@ -112,3 +114,55 @@ def test_the_agent_acts_on_what_the_env_observes(raw_adam_ratio):
     features = jax.vmap(core.observe, (None, 0, None))(cfg.env, copies, env_params)
     expected = lopt.apply_mlp(mlp, features["features"])
     np.testing.assert_allclose(actions, expected, rtol=2e-4, atol=2e-5)
+
+
+def test_tbptt_gradient_is_the_derivative_of_the_truncations_meta_loss():
+    """Central differences of the truncation's mean meta-loss (the ``meta_loss``
+    metric) along the estimate and across it: the derivative along it is its norm,
+    across it 0. The truncation (6 steps) spans episode ends, buffer restores, the
+    cosine demonstrator's zero first step and the nominal term at zero moments."""
+    args, cfg, env_params, state = _setup(
+        estimator="tbptt",
+        num_pairs=2,
+        truncation=6,
+        n_min=2,
+        n_max=4,
+        p_th=0.5,
+        bc_loss="l2",  # cosine_norm is near 1e9 at the demonstrator's zero step
+    )
+    assert not cfg.env.paired  # four independent copies
+    env_params = env_params.replace(alpha=jnp.float32(0.5))
+    unroll = jax.jit(functools.partial(pes.unroll, cfg))
+    key = jax.random.PRNGKey(3)
+    env_state = state.env
+    for _ in range(3):  # a full buffer, copies mid-episode
+        env_state = unroll(state.meta, env_state, state.accumulator, key, env_params)[1]
+    grads, _, accumulator, metrics = unroll(
+        state.meta, env_state, state.accumulator, key, env_params
+    )
+    assert set(grads) == {"meta"}
+    np.testing.assert_array_equal(accumulator, state.accumulator)  # unused
+    assert int(metrics["episodes_ended"]) > 0 and float(metrics["frac_from_buffer"]) > 0
+    g, unravel = ravel_pytree(grads["meta"])
+    g = np.asarray(g, np.float64)
+    theta = np.asarray(ravel_pytree(state.meta.mlp)[0], np.float64)
+
+    def derivative(direction: np.ndarray, h: float = 0.02) -> float:
+        def loss(x: float) -> float:
+            mlp = unravel(jnp.asarray(theta + x * direction, jnp.float32))
+            moved = state.meta._replace(mlp=mlp)
+            return float(
+                unroll(moved, env_state, state.accumulator, key, env_params)[3][
+                    "meta_loss"
+                ]
+            )
+
+        return (loss(h) - loss(-h)) / (2 * h)
+
+    norm = np.linalg.norm(g)
+    assert np.all(np.isfinite(g)) and norm > 0
+    along = derivative(g / norm)
+    assert along == pytest.approx(norm, rel=0.1), (along, norm)
+    across = np.random.default_rng(0).normal(size=g.size)
+    across -= (across @ g) / norm**2 * g
+    assert abs(derivative(across / np.linalg.norm(across))) < 0.1 * norm

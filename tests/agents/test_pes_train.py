@@ -327,6 +327,8 @@ def test_load_optimizer_missing_path(tmp_path):
         (dict(warmup_fraction=1.5, lr_schedule="warmup_cosine"), "warmup_fraction"),
         (dict(meta_loss_split="test"), "unknown meta_loss_split"),
         (dict(bc_loss="l1"), "unknown bc_loss"),
+        (dict(estimator="sgd"), "unknown estimator 'sgd'"),
+        (dict(estimator="tbptt", buffer_scope="pair"), "--buffer-scope pair keeps"),
     ],
 )
 def test_bad_input_is_rejected_before_anything_is_written(tmp_path, change, message):
@@ -475,6 +477,7 @@ def test_presets_write_the_config_they_always_wrote(preset, mode):
         nominal_schedule="inverse_sqrt",
         expert_schedule="inverse_sqrt",
         nominal_lr_spread=1.0,
+        estimator="pes",
     )
     if preset == "cpu":
         added_since.update(

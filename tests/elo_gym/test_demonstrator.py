@@ -36,3 +36,27 @@ def test_default_expert_uses_lr_1e3():
     update, _ = expert.update(grads, expert.init(params), params)
     # Adam's first step is -lr * sign(g) (up to eps and float32 bias correction).
     np.testing.assert_allclose(update["w"], -1e-3 * np.sign(grads["w"]), rtol=1e-4)
+
+
+@pytest.mark.parametrize("decay_steps", [0.0, 100.0])
+def test_expert_is_differentiable_where_a_gradient_was_always_zero(decay_steps):
+    """A weight whose gradient has always been 0 (a dead unit's) has Adam's moments
+    at 0, where sqrt's derivative is inf: truncated backprop through the env needs
+    a finite derivative there (0, as along m = 0), and the others untouched."""
+    expert = demonstrator.adam_expert(3e-2, decay_steps)
+    params = {"w": jnp.ones(3)}
+    grads = {"w": jnp.array([0.0, -2.0, 0.5])}
+
+    def first_step(g):
+        return expert.update({"w": g}, expert.init(params), params)[0]["w"].sum()
+
+    derivative = jax.grad(first_step)(grads["w"])
+    assert np.all(np.isfinite(derivative)), derivative
+    assert derivative[0] == 0.0
+    if decay_steps == 0:  # optax's own derivative: NaN there, the same elsewhere
+        adam = optax.adam(3e-2)
+        reference = jax.grad(
+            lambda g: adam.update({"w": g}, adam.init(params))[0]["w"].sum()
+        )(grads["w"])
+        assert np.isnan(reference[0])
+        np.testing.assert_array_equal(derivative[1:], reference[1:])

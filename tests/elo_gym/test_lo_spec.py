@@ -186,3 +186,23 @@ def test_terms_follow_the_variants_per_tensor_and_per_row():
         )
         start += size
     assert float(jnp.abs(nominal_rows).min()) > 0 and float(scale_rows.min()) > 0
+
+
+def test_nominal_term_is_differentiable_at_zero_moments():
+    """The nominal term (Adam's step) of an entry whose gradient was always 0 has a
+    finite derivative (0) for truncated backprop; elsewhere it is Adam's own."""
+    from elo_gym.lo_features import TensorAccumulators
+
+    def step(momentum, rms):
+        acc = TensorAccumulators(momentum, rms, jnp.zeros((3, 2)), jnp.zeros((0,)))
+        return lo_spec.nominal_update(acc, jnp.int32(4), 0.02).sum()
+
+    momentum = jnp.array([[0.0, 0.3]] * 3)
+    rms = jnp.array([[0.0, 0.2]])
+    d_momentum, d_rms = jax.grad(step, argnums=(0, 1))(momentum, rms)
+    assert np.all(np.isfinite(d_momentum)) and np.all(np.isfinite(d_rms))
+    assert d_rms[0, 0] == 0.0
+    t = 5.0  # Adam's step at the live entry: -lr m_hat / sqrt(v_hat), by hand
+    bias_m, bias_v = 1 - 0.9**t, 1 - 0.999**t
+    expected = 0.02 * 0.5 * 0.3 / bias_m * (0.2 / bias_v) ** -1.5 / bias_v
+    np.testing.assert_allclose(d_rms[0, 1], expected, rtol=1e-3)
