@@ -9,7 +9,10 @@ turn (round-robin) so that all numbers see the same machine load:
   the env (gradients, accumulators, the Adam expert, the mixed update, the buffer) and
   PES's bookkeeping, without the LO's inputs or network;
 - ``optimizee_floor_s``: a jitted 50-step ``lax.scan`` of plain Adam steps over the same
-  16 copies: what the optimizee compute alone costs.
+  16 copies: what the optimizee compute alone costs;
+- ``s_per_outer_step_tbptt``: the ELO outer step with ``--estimator tbptt`` (the
+  gradient by backprop through the same 16 copies' truncation), and
+  ``tbptt_over_elo`` its cost over the PES step's.
 
 ``elo_over_floor`` is issue 8's ratio (target 3.0); ``no_lo_over_floor`` is what the
 ratio would be if the LO cost nothing, and ``lo_share_of_elo`` the fraction of the ELO
@@ -112,6 +115,7 @@ def run(repeats: int = 10, num_pairs: int = 8, truncation: int = 50) -> dict:
         "elo": _pes_step(elo_args, None),
         "naive": _pes_step(pes_train.make_args(mode="naive", **base), None),
         "no_lo": _pes_step(elo_args, _zero_actions),
+        "tbptt": _pes_step(pes_train.make_args(estimator="tbptt", **base), None),
         "floor": _adam_floor(elo_args),
     }
     log(f"timing {len(calls)} programs in turn, {repeats} rounds ...")
@@ -124,6 +128,8 @@ def run(repeats: int = 10, num_pairs: int = 8, truncation: int = 50) -> dict:
         "s_per_outer_step_naive": round(t["naive"], 5),
         "s_per_outer_step_no_lo": round(t["no_lo"], 5),
         "optimizee_floor_s": round(t["floor"], 5),
+        "s_per_outer_step_tbptt": round(t["tbptt"], 5),
+        "tbptt_over_elo": round(t["tbptt"] / t["elo"], 3),
         "trajectory_steps_per_s_elo": round(steps / t["elo"], 1),
         "elo_over_naive_cost": round(t["elo"] / t["naive"], 3),
         "elo_over_floor": round(t["elo"] / t["floor"], 3),

@@ -153,8 +153,12 @@ def test_bench_pes_run():
         "optimizee_floor_s",
         "elo_over_floor",
         "no_lo_over_floor",
+        "s_per_outer_step_tbptt",
+        "tbptt_over_elo",
     )
     _check_numbers(result, keys)
+    ratio = result["s_per_outer_step_tbptt"] / result["s_per_outer_step_elo"]
+    assert abs(result["tbptt_over_elo"] / ratio - 1) < 0.01
     ratio = result["s_per_outer_step_elo"] / result["optimizee_floor_s"]
     assert abs(result["elo_over_floor"] / ratio - 1) < 0.01
     share = 1 - result["s_per_outer_step_no_lo"] / result["s_per_outer_step_elo"]
