@@ -204,7 +204,8 @@ def _truncation(
     """One truncation of this device's copies, copy c acting with ``weights[c]``.
 
     ``on_step(per_step, parts, ended, info)`` folds each inner step's clipped
-    meta-loss parts into ``per_step`` (the PES gradient sums) and returns it.
+    meta-loss parts into ``per_step`` (PES: the accumulators and gradient sums;
+    tbptt: the summed meta-loss it differentiates) and returns it.
     Returns (env_state, per_step, sums of the metrics, largest inner step).
     """
     axis = distributed.PAIRS_AXIS
