@@ -265,11 +265,12 @@ def _pes_on_device(
     """The PES estimate's sums over this device's pairs: (gradient sums of the meta-
     loss and its bc and task terms, env state, accumulators, metric sums, largest
     inner step)."""
-    local_pairs = accumulator.shape[0]
+    local_pairs = accumulator.shape[0]  # cfg is this device's: its pairs only
+    num_pairs = local_pairs * jax.lax.axis_size(distributed.PAIRS_AXIS)
     # Every device draws all pairs' perturbations and keeps its own: the same eps_i
     # for pair i on any number of devices.
     eps = jax.lax.dynamic_slice_in_dim(
-        cfg.sigma * jax.random.normal(key, (cfg.num_pairs, theta.size)),
+        cfg.sigma * jax.random.normal(key, (num_pairs, theta.size)),
         jax.lax.axis_index(distributed.PAIRS_AXIS) * local_pairs,
         local_pairs,
     )
