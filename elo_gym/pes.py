@@ -304,15 +304,12 @@ def _backprop_on_device(
     theta: jax.Array,
     unravel: Callable,
     env_state: core.VecEnvState,
-    accumulator: jax.Array,
-    key: jax.Array,
     env_params: core.EnvParams,
 ):
     """Truncated backprop through this device's copies, all acting with ``theta``:
-    (the gradient of the summed meta-loss, env state, the untouched accumulators,
-    metric sums, largest inner step). A gradient that is not finite (a copy that
-    diverged inside the truncation) is dropped: the step applies none."""
-    del key  # no perturbations
+    (the gradient of the summed meta-loss, env state, metric sums, largest inner
+    step). A gradient that is not finite (a copy that diverged inside the
+    truncation) is dropped: the step applies none."""
 
     def summed_meta_loss(theta, env_state):
         weights = jnp.broadcast_to(theta, (cfg.env.num_copies, theta.size))
@@ -329,7 +326,7 @@ def _backprop_on_device(
         theta, env_state
     )
     grad = jnp.where(jnp.all(jnp.isfinite(grad)), grad, jnp.zeros_like(grad))
-    return {"meta": grad}, env_state, accumulator, sums, max_inner_step
+    return {"meta": grad}, env_state, sums, max_inner_step
 
 
 def _unroll_on_device(
@@ -351,10 +348,15 @@ def _unroll_on_device(
     if policy is None:
         policy = functools.partial(policy_actions, local)
     theta, unravel = ravel_pytree(meta.mlp)
-    estimate = _pes_on_device if cfg.estimator == "pes" else _backprop_on_device
-    grad_sums, env_state, xi, sums, max_inner_step = estimate(
-        local, policy, theta, unravel, env_state, accumulator, key, env_params
-    )
+    if cfg.estimator == "pes":
+        grad_sums, env_state, xi, sums, max_inner_step = _pes_on_device(
+            local, policy, theta, unravel, env_state, accumulator, key, env_params
+        )
+    else:  # no perturbations, so no accumulators
+        grad_sums, env_state, sums, max_inner_step = _backprop_on_device(
+            local, policy, theta, unravel, env_state, env_params
+        )
+        xi = accumulator
     buffer_fill = env_state.buffer.size.sum()
     local_sums = {"grads": grad_sums, "metrics": sums}
     if cfg.env.buffer_scope == "pair":
