@@ -37,6 +37,10 @@ and the variants, all off by default (``docs/levers.md`` measures each):
   schedule does. Only such an LO can have ``nominal_schedule="cosine"``: Adam with a
   linear warmup over the first 5% of the run and cosine decay to 0 at its end
   (:func:`elo_gym.schedules.relative_warmup_cosine`), the tuned AdamW baseline's shape.
+- ``scheduled_step`` (with a nominal term): ``scale`` is also multiplied by the nominal
+  schedule's factor, its lr at the clock over ``nominal_lr`` (1 at the peak, 0 at the
+  start and, for ``cosine``, at the end of the run), so the learned part warms up and
+  anneals with the nominal term instead of stepping where the schedule has stopped.
 
 Adding a variant means a field here (with its check), its term in
 :meth:`LOSpec.tensor_terms` (or its feature switch), the same in
@@ -127,6 +131,8 @@ class LOSpec:
         this many steps (``clock``); 0: absolute time.
       nominal_schedule: the nominal lr's schedule: inverse_sqrt, or (relative time)
         cosine, warmup + cosine decay to 0 at the end of the run.
+      scheduled_step: the learned step is multiplied by the nominal schedule's
+        factor (its lr over nominal_lr), so it anneals with the nominal term.
     """
 
     hidden_size: int = 32
@@ -138,6 +144,7 @@ class LOSpec:
     nominal_decay_steps: float = 0.0
     time_horizon: float = 0.0
     nominal_schedule: str = "inverse_sqrt"
+    scheduled_step: bool = False
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -174,6 +181,11 @@ class LOSpec:
                 "nominal_schedule 'cosine' decays to the end of the run, which only a "
                 "relative-time LO knows: set time_horizon > 0 (e.g. the meta-training "
                 "horizon n_max)"
+            )
+        if self.scheduled_step and not self.nominal_lr > 0:
+            raise ValueError(
+                "scheduled_step multiplies the learned step by the nominal term's "
+                "schedule, which an LO without a nominal term lacks: set nominal_lr > 0"
             )
 
     # -- construction and (de)serialization --------------------------------------
@@ -267,6 +279,8 @@ class LOSpec:
         if self.nominal_lr > 0:
             lr = self.nominal_learning_rate(count if clock is None else clock)
             nominal = nominal_update(acc, count, lr)
+            if self.scheduled_step:
+                scale = scale * (lr / self.nominal_lr)
         return scale, nominal
 
     def row_terms(
@@ -283,7 +297,7 @@ class LOSpec:
         acc_leaves = treedef.flatten_up_to(state.accumulators)
         terms = [self.tensor_terms(a, state.count, clock) for a in acc_leaves]
         scale, nominal = 1.0, 0.0
-        if self.adam_scaled_step:
+        if self.adam_scaled_step or self.scheduled_step:
             scale = jnp.concatenate(
                 [
                     jnp.ravel(jnp.broadcast_to(s, p.shape))
@@ -320,8 +334,11 @@ class LOSpec:
         """The inverse of :meth:`update`: the actions (..., 2) that reproduce
         ``update`` (...,), d* = -(update - nominal) / (step_mult * scale) and m* = 0,
         since exp(exp_mult * 0) = 1 for every exp_mult. With Adam's update this is the
-        demonstrator's action."""
-        d = -(update - nominal) / (self.step_mult * scale)
+        demonstrator's action. Where ``scale`` is 0 (a scheduled step at the
+        schedule's zeros) every action gives the same update, and d* is 0."""
+        denominator = self.step_mult * jnp.asarray(scale)
+        safe = jnp.where(denominator == 0, 1.0, denominator)
+        d = jnp.where(denominator == 0, 0.0, -(update - nominal) / safe)
         return jnp.stack([d, jnp.zeros_like(d)], axis=-1)
 
 

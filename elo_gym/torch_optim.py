@@ -349,7 +349,10 @@ class SmallFcLOpt(torch.optim.Optimizer):
             ratio = state["momentum"][0] * torch.rsqrt(state["rms"][0] + 1e-6)
             update.mul_(torch.sqrt(1e-5 + ratio.square().mean()))
         if self.spec.nominal_lr > 0:
-            update.add_(self._nominal(state, clock))
+            lr = self._nominal_lr(clock)
+            if self.spec.scheduled_step:  # as LOSpec.tensor_terms
+                update.mul_(lr / self.spec.nominal_lr)
+            update.add_(self._nominal(state, lr))
         update = update.view(p.shape)
         if torch.finfo(p.dtype).bits >= 32:
             p.add_(update)
@@ -382,15 +385,15 @@ class SmallFcLOpt(torch.optim.Optimizer):
             lr = lr * torch.rsqrt(1.0 + clock / self.spec.nominal_decay_steps)
         return lr
 
-    def _nominal(self, state: dict[str, Any], clock: torch.Tensor) -> torch.Tensor:
+    def _nominal(self, state: dict[str, Any], lr: torch.Tensor) -> torch.Tensor:
         """As ``elo_gym.lo_spec.nominal_update``, in its float32 order of operations:
-        Adam's step from m_0.9 and r at the spec's lr at ``clock``."""
+        Adam's step from m_0.9 and r at the lr ``lr`` (:meth:`_nominal_lr`)."""
         device = state["rms"].device
         count = torch.tensor(state["step"], dtype=torch.float32, device=device)
         t = count + 1.0
         m_hat = state["momentum"][0] / (1.0 - lopt.MOMENTUM_DECAYS[0] ** t)
         v_hat = state["rms"][0] / (1.0 - lopt.RMS_DECAYS[0] ** t)
-        return -self._nominal_lr(clock) * m_hat / (torch.sqrt(v_hat) + 1e-8)
+        return -lr * m_hat / (torch.sqrt(v_hat) + 1e-8)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Loads :meth:`state_dict`, keeping the float32 accumulators float32."""

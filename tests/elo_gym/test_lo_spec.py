@@ -52,6 +52,7 @@ OLD_LO_JSON = """{
             dict(nominal_lr=0.02, nominal_schedule="cosine"),
             "only a relative-time LO knows: set time_horizon > 0",
         ),
+        (dict(scheduled_step=True), "lacks: set nominal_lr > 0"),
     ],
 )
 def test_bad_settings_are_named(settings, match):
@@ -73,6 +74,7 @@ def test_numbers_are_normalized_so_equal_specs_hash_alike():
         float,
         float,
         str,
+        bool,
     ]
 
 
@@ -88,7 +90,10 @@ def test_lo_json_written_before_the_spec_loads_and_is_written_alike(tmp_path):
     extra = {k: v for k, v in old.items() if k not in lo_spec.FIELDS}
     meta = elo_gym.init_meta_params(jax.random.PRNGKey(0))
     checkpoint.save_lo(tmp_path, meta, spec, extra=extra)
-    added = '  "time_horizon": 0.0,\n  "nominal_schedule": "inverse_sqrt",\n'
+    added = (
+        '  "time_horizon": 0.0,\n  "nominal_schedule": "inverse_sqrt",\n'
+        '  "scheduled_step": false,\n'
+    )
     expected = OLD_LO_JSON.replace('  "env"', added + '  "env"')
     assert (tmp_path / "lo.json").read_text() == expected
     _, info = checkpoint.load_meta_params(tmp_path)
@@ -186,6 +191,35 @@ def test_terms_follow_the_variants_per_tensor_and_per_row():
         )
         start += size
     assert float(jnp.abs(nominal_rows).min()) > 0 and float(scale_rows.min()) > 0
+
+
+@pytest.mark.parametrize("adam_scaled_step", [False, True])
+def test_a_scheduled_step_warms_up_and_anneals_with_the_nominal_term(adam_scaled_step):
+    """scheduled_step multiplies each tensor's scale by the nominal lr over its peak:
+    0 at the run's first step and end, 1 at the end of the warmup; the nominal term is
+    unchanged, and the demonstrator's action stays finite where the scale is 0."""
+    params = {"w": jnp.zeros((3, 4)), "b": jnp.zeros((4,))}
+    state = _accumulated(params)
+    settings = dict(
+        adam_scaled_step=adam_scaled_step,
+        nominal_lr=0.02,
+        time_horizon=200.0,
+        nominal_schedule="cosine",
+    )
+    plain, scheduled = LOSpec(**settings), LOSpec(scheduled_step=True, **settings)
+    for clock, factor in [(0.0, 0.0), (5.0, 0.5), (10.0, 1.0), (105.0, 0.5), (200.0, 0.0)]:
+        clock = jnp.float32(clock)
+        scale, nominal = plain.row_terms(params, state, clock)
+        scheduled_scale, scheduled_nominal = scheduled.row_terms(params, state, clock)
+        np.testing.assert_array_equal(scheduled_nominal, nominal)
+        np.testing.assert_allclose(
+            scheduled_scale, np.broadcast_to(scale, (16,)) * factor, atol=1e-7
+        )
+        update = jnp.full((16,), 1e-3)
+        action = scheduled.action(update, scheduled_scale, scheduled_nominal)
+        assert np.isfinite(np.asarray(action)).all()
+        if factor == 0.0:
+            np.testing.assert_array_equal(action, 0.0)
 
 
 def test_nominal_term_is_differentiable_at_zero_moments():

@@ -41,6 +41,13 @@ VARIANTS = [
     # A relative-time LO: the 5 steps of a 5-step run read as 0, 100, ..., 400 of 500.
     dict(time_horizon=500.0),
     dict(time_horizon=500.0, nominal_lr=0.02, nominal_schedule="cosine"),
+    dict(
+        time_horizon=500.0,
+        nominal_lr=0.02,
+        nominal_schedule="cosine",
+        adam_scaled_step=True,
+        scheduled_step=True,
+    ),
 ]
 # The run length the faces are told (a relative-time LO needs it, others ignore it).
 TOTAL_STEPS = 5
