@@ -243,6 +243,10 @@ def _truncation(
         max_inner_step = jnp.maximum(max_inner_step, info["inner_step"].max())
         return (state, per_step, sums, max_inner_step), None
 
+    if cfg.estimator == "tbptt":
+        # Backprop keeps each step's carry only and recomputes the rest, so memory
+        # grows with the truncation by the env state, not by every intermediate.
+        inner = jax.checkpoint(inner, prevent_cse=False)
     sums = {k: jnp.float32(0) for k in MEAN_METRICS}
     sums.update(episodes_ended=jnp.int32(0), diverged=jnp.int32(0))
     carry = (env_state, per_step, sums, jnp.int32(0))
