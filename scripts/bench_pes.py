@@ -12,7 +12,9 @@ turn (round-robin) so that all numbers see the same machine load:
   16 copies: what the optimizee compute alone costs;
 - ``s_per_outer_step_tbptt``: the ELO outer step with ``--estimator tbptt`` (the
   gradient by backprop through the same 16 copies' truncation), and
-  ``tbptt_over_elo`` its cost over the PES step's.
+  ``tbptt_over_elo`` its cost over the PES step's;
+- ``temp_mb_elo`` / ``_tbptt``: the compiled outer step's temporary memory, as XLA
+  reports it (backprop keeps what its backward pass needs).
 
 ``elo_over_floor`` is issue 8's ratio (target 3.0); ``no_lo_over_floor`` is what the
 ratio would be if the LO cost nothing, and ``lo_share_of_elo`` the fraction of the ELO
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 from collections.abc import Callable
 
@@ -49,9 +52,12 @@ def _zero_actions(
     return jnp.zeros((weights.shape[0], size, 2)) + 0.0 * weights[:, :1, None]
 
 
-def _pes_step(args: pes_train.Args, policy: pes.Policy | None) -> Callable[[], dict]:
-    """A no-argument call of one jitted outer step that carries its state along
-    (``policy`` None: the LO itself)."""
+def _pes_step(
+    args: pes_train.Args, policy: pes.Policy | None
+) -> tuple[Callable[[], dict], float]:
+    """A no-argument call of one compiled outer step that carries its state along
+    (``policy`` None: the LO itself), and the step's temporary memory in MB as the
+    compiler reports it (NaN where the backend does not)."""
     args = args.resolved()
     cfg, env_params = pes_train.pes_config(args)
     state = pes_train.init_state(args, cfg, env_params)
@@ -62,13 +68,16 @@ def _pes_step(args: pes_train.Args, policy: pes.Policy | None) -> Callable[[], d
         donate_argnums=0,
     )
     params = env_params.replace(alpha=jnp.float32(pes_train.schedule_at(args, 1).alpha))
+    compiled = step.lower(state, params).compile()
+    memory = compiled.memory_analysis()
+    temp_mb = memory.temp_size_in_bytes / 2**20 if memory is not None else math.nan
     holder = {"state": state}
 
     def call() -> dict:
-        holder["state"], metrics = step(holder["state"], params)
+        holder["state"], metrics = compiled(holder["state"], params)
         return metrics
 
-    return call
+    return call, temp_mb
 
 
 def _adam_floor(args: pes_train.Args) -> Callable[[], object]:
@@ -111,13 +120,15 @@ def run(repeats: int = 10, num_pairs: int = 8, truncation: int = 50) -> dict:
     )
     elo_args = pes_train.make_args(mode="elo", **base)
     log("building the programs ...")
-    calls = {
-        "elo": _pes_step(elo_args, None),
-        "naive": _pes_step(pes_train.make_args(mode="naive", **base), None),
-        "no_lo": _pes_step(elo_args, _zero_actions),
-        "tbptt": _pes_step(pes_train.make_args(estimator="tbptt", **base), None),
-        "floor": _adam_floor(elo_args),
-    }
+    calls, temp_mb = {}, {}
+    for name, args, policy in [
+        ("elo", elo_args, None),
+        ("naive", pes_train.make_args(mode="naive", **base), None),
+        ("no_lo", elo_args, _zero_actions),
+        ("tbptt", pes_train.make_args(estimator="tbptt", **base), None),
+    ]:
+        calls[name], temp_mb[name] = _pes_step(args, policy)
+    calls["floor"] = _adam_floor(elo_args)
     log(f"timing {len(calls)} programs in turn, {repeats} rounds ...")
     t = {name: timing.median_s for name, timing in median_times(calls, repeats).items()}
     steps = 2 * num_pairs * truncation
@@ -130,6 +141,8 @@ def run(repeats: int = 10, num_pairs: int = 8, truncation: int = 50) -> dict:
         "optimizee_floor_s": round(t["floor"], 5),
         "s_per_outer_step_tbptt": round(t["tbptt"], 5),
         "tbptt_over_elo": round(t["tbptt"] / t["elo"], 3),
+        "temp_mb_elo": round(temp_mb["elo"], 1),
+        "temp_mb_tbptt": round(temp_mb["tbptt"], 1),
         "trajectory_steps_per_s_elo": round(steps / t["elo"], 1),
         "elo_over_naive_cost": round(t["elo"] / t["naive"], 3),
         "elo_over_floor": round(t["elo"] / t["floor"], 3),

@@ -155,6 +155,8 @@ def test_bench_pes_run():
         "no_lo_over_floor",
         "s_per_outer_step_tbptt",
         "tbptt_over_elo",
+        "temp_mb_elo",
+        "temp_mb_tbptt",
     )
     _check_numbers(result, keys)
     ratio = result["s_per_outer_step_tbptt"] / result["s_per_outer_step_elo"]
