@@ -478,6 +478,7 @@ def test_presets_write_the_config_they_always_wrote(preset, mode):
         expert_schedule="inverse_sqrt",
         nominal_lr_spread=1.0,
         estimator="pes",
+        scheduled_step=False,
     )
     if preset == "cpu":
         added_since.update(
