@@ -1,0 +1,185 @@
+"""What an LO's learned part does, seed by seed, on MLP families it may never have seen.
+
+Each LO and its silenced self (every MLP weight zero: its nominal term alone, or no
+update for an LO without one) train the same fresh optimizees (seeds ``--seed`` ...
+``--seed + --seeds - 1``) for ``--steps`` inner steps on each family. The learned part's
+effect on a seed is the LO's loss minus its silenced self's on that seed: the training
+loss (mean of the last 40 minibatches, as ``scripts/evaluate.py``) and the final
+validation loss. Reported per family and LO: mean, std and standard error over seeds
+of that difference, and the mean as a percentage of the silenced mean. This is the
+paired measurement of docs/levers.md's screens: at 10x the two runs of a seed are
+nearly uncorrelated, so an effect is read against its standard error over many seeds.
+
+A family is ``default`` (the env's own MLP), ``WIDTHS[:ACTIVATION]`` (the env's data
+with another MLP, e.g. ``64-64-64:tanh``) or ``ENV_ID[:OPTION=VALUE,...]``, exactly as
+``pes_train --mixture`` reads it.
+
+Prints a markdown table and writes every number (and the config) as JSON to ``--out``.
+
+Usage::
+
+    python scripts/learned_part.py --lo bplong=runs/bplong \\
+        --family default 64-64-64:tanh 128-128:relu 64-64-64:gelu --out part.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import sys
+from typing import Annotated
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+import tyro
+
+from elo_gym import checkpoint, settings, validation
+from elo_gym.lo_spec import LOSpec
+
+DEFAULT = "default"  # the family that is the env's own task
+TRAIN_WINDOW = 40  # minibatches averaged into the final training loss (evaluate.py's)
+
+
+@dataclasses.dataclass(frozen=True)
+class PartConfig:
+    lo: Annotated[tuple[str, ...], tyro.conf.UseAppendAction]
+    """LABEL=PATH, one per LO: a run directory, its lo.msgpack or a checkpoint."""
+    out: str
+    """Where the JSON goes."""
+    env: str = "ELO-Digits-MLP"
+    """The env id whose data (and, for family ``default``, MLP) the optimizees use."""
+    family: tuple[str, ...] = (DEFAULT,)
+    """default, WIDTHS[:ACTIVATION] or ENV_ID[:OPTION=VALUE,...] (see the docstring)."""
+    steps: int = 2000
+    """Inner steps per run (the screens: 10x the meta-training horizon of 200)."""
+    seeds: int = 16
+    """Fresh optimizees per family, each trained by every LO and its silenced self."""
+    seed: int = 200
+    """The first seed (the screens': 200, apart from evaluate.py's and the agent's)."""
+    progress: bool = True
+    """A progress bar over the (family, LO) runs."""
+
+
+def parse_lo(spec: str) -> tuple[str, pathlib.Path]:
+    """``LABEL=PATH`` -> (label, path), or ValueError naming what is wrong."""
+    label, sep, path = spec.partition("=")
+    if not sep or not label or not path:
+        raise ValueError(f"--lo {spec!r}: expected LABEL=PATH, e.g. elo=runs/elo")
+    if not pathlib.Path(path).exists():
+        raise FileNotFoundError(
+            f"--lo {spec!r}: no learned optimizer at {path} (give a run directory, "
+            "its lo.msgpack or a checkpoint)"
+        )
+    return label, pathlib.Path(path)
+
+
+def family_task(env: str, family: str):
+    """The task of one ``--family`` entry, built from ``env``'s settings."""
+    base = settings.EnvSettings.from_id(env)
+    chosen = base if family == DEFAULT else settings.mixture_settings(base, family)
+    return chosen.build_task()
+
+
+def per_seed_losses(
+    task, spec: LOSpec, meta, data, keys: jax.Array, steps: int
+) -> dict[str, np.ndarray]:
+    """Each seed's final validation loss and training loss (last 40 minibatches)."""
+    program = validation.lo_curves(task, spec, steps=steps, eval_every=steps)
+    return validation.seed_losses(program(meta, data, keys), TRAIN_WINDOW)
+
+
+def paired(lo: dict[str, np.ndarray], silenced: dict[str, np.ndarray]) -> dict:
+    """The LO's and its silenced self's means over seeds and the effect (LO minus
+    silenced, seed by seed): mean, std, standard error, and mean in % of silenced."""
+    out = {}
+    for metric in ("train_loss", "valid_loss"):
+        diff = lo[metric] - silenced[metric]
+        out[metric] = {
+            "lo": float(lo[metric].mean()),
+            "silenced": float(silenced[metric].mean()),
+            "minus_silenced": float(diff.mean()),
+            "std": float(diff.std()),
+            "stderr": float(diff.std() / np.sqrt(len(diff))),
+            "percent": float(100 * diff.mean() / silenced[metric].mean()),
+        }
+    return out
+
+
+def run(config: PartConfig) -> dict:
+    """Every (family, LO) pair measured; the result also goes to ``config.out``."""
+    if config.steps < TRAIN_WINDOW or config.seeds < 2:
+        raise ValueError(
+            f"--steps must be >= {TRAIN_WINDOW} (the training-loss window) and "
+            f"--seeds >= 2 (an effect needs its spread), got {config.steps} and "
+            f"{config.seeds}"
+        )
+    los = []
+    for spec in config.lo:
+        label, path = parse_lo(spec)
+        meta, info = checkpoint.load_meta_params(path)
+        los.append((label, str(path), meta, LOSpec.from_json(info)))
+    if len({label for label, *_ in los}) != len(los):
+        raise ValueError(f"--lo labels must be unique, got {list(config.lo)}")
+    tasks = {family: family_task(config.env, family) for family in config.family}
+    keys = jax.vmap(jax.random.PRNGKey)(
+        jnp.arange(config.seed, config.seed + config.seeds)
+    )
+    result = {"config": dataclasses.asdict(config), "families": {}}
+    bar = tqdm.tqdm(
+        total=len(tasks) * len(los), disable=not config.progress, desc="runs"
+    )
+    for family, task in tasks.items():
+        data = task.load_data()
+        rows, silenced = {}, {}  # silenced runs by spec: LOs of one spec share them
+        for label, _, meta, spec in los:
+            if spec not in silenced:
+                zero = jax.tree.map(jnp.zeros_like, meta)
+                silenced[spec] = per_seed_losses(
+                    task, spec, zero, data, keys, config.steps
+                )
+            lo = per_seed_losses(task, spec, meta, data, keys, config.steps)
+            rows[label] = paired(lo, silenced[spec])
+            bar.update()
+        result["families"][family] = rows
+    bar.close()
+    out = pathlib.Path(config.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def table_markdown(result: dict) -> str:
+    """One row per (family, LO): the effect on training and validation loss."""
+    lines = [
+        "| family | LO | silenced train loss | LO minus silenced (% ± SE) "
+        "| validation loss: LO minus silenced ± SE |",
+        "|---|---|---|---|---|",
+    ]
+    for family, rows in result["families"].items():
+        for label, row in rows.items():
+            train, valid = row["train_loss"], row["valid_loss"]
+            se = 100 * train["stderr"] / train["silenced"]
+            lines.append(
+                f"| {family} | {label} | {train['silenced']:.5f} "
+                f"| {train['percent']:+.1f}% ± {se:.1f}% "
+                f"| {valid['minus_silenced']:+.4f} ± {valid['stderr']:.4f} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """CLI: parse flags (a bad one prints what is wrong and exits 2), run, print."""
+    try:
+        result = run(tyro.cli(PartConfig, args=argv))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"learned_part.py: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(table_markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
