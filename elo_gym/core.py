@@ -149,8 +149,7 @@ class EnvConfig:
             raise ValueError("buffer_scope='pair' needs paired=True")
         if not self.nominal_lr_spread >= 1.0:
             raise ValueError(
-                "nominal_lr_spread must be >= 1 (1: off), got "
-                f"{self.nominal_lr_spread}"
+                f"nominal_lr_spread must be >= 1 (1: off), got {self.nominal_lr_spread}"
             )
         if self.nominal_lr_spread > 1.0 and not self.lo.nominal_lr > 0:
             raise ValueError(

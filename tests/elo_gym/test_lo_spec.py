@@ -207,7 +207,13 @@ def test_a_scheduled_step_warms_up_and_anneals_with_the_nominal_term(adam_scaled
         nominal_schedule="cosine",
     )
     plain, scheduled = LOSpec(**settings), LOSpec(scheduled_step=True, **settings)
-    for clock, factor in [(0.0, 0.0), (5.0, 0.5), (10.0, 1.0), (105.0, 0.5), (200.0, 0.0)]:
+    for clock, factor in [
+        (0.0, 0.0),
+        (5.0, 0.5),
+        (10.0, 1.0),
+        (105.0, 0.5),
+        (200.0, 0.0),
+    ]:
         clock = jnp.float32(clock)
         scale, nominal = plain.row_terms(params, state, clock)
         scheduled_scale, scheduled_nominal = scheduled.row_terms(params, state, clock)
