@@ -92,15 +92,16 @@ AXES = {
 }
 
 
-def _labeled(
+def labeled_paths(
     lo: Annotated[tuple[str, ...], tyro.conf.UseAppendAction],
 ) -> tuple[tuple[str, str], ...]:
-    """LABEL=PATH of an LO run dir or checkpoint; repeat --lo for each LO."""
+    """LABEL=PATH of an LO run dir or checkpoint; repeat --lo for each LO (also
+    scripts/learned_part.py's ``--lo``)."""
     pairs = []
     for text in lo:
         label, sep, path = text.partition("=")
         if not sep or not label or not path:
-            raise ValueError(f"--lo expects LABEL=PATH, got {text!r}")
+            raise ValueError(f"--lo {text!r}: expected LABEL=PATH, e.g. elo=runs/elo")
         pairs.append((label, path))
     return tuple(pairs)
 
@@ -111,7 +112,7 @@ class EvalConfig:
 
     # (label, run dir or checkpoint path) per LO; on the command line --lo LABEL=PATH.
     los: Annotated[
-        tuple[tuple[str, str], ...], tyro.conf.arg(name="", constructor=_labeled)
+        tuple[tuple[str, str], ...], tyro.conf.arg(name="", constructor=labeled_paths)
     ]
     env: str = "ELO-Digits-MLP"  # env id whose task the optimizees train on
     task: str | None = None  # ELO-Task: package.module:factory returning your task

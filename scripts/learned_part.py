@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import pathlib
 import sys
 from typing import Annotated
@@ -37,6 +38,7 @@ import tqdm
 import tyro
 
 from elo_gym import checkpoint, settings, validation
+from elo_gym.evaluation import labeled_paths
 from elo_gym.lo_spec import LOSpec
 
 DEFAULT = "default"  # the family that is the env's own task
@@ -63,17 +65,18 @@ class PartConfig:
     """A progress bar over the (family, LO) runs."""
 
 
-def parse_lo(spec: str) -> tuple[str, pathlib.Path]:
-    """``LABEL=PATH`` -> (label, path), or ValueError naming what is wrong."""
-    label, sep, path = spec.partition("=")
-    if not sep or not label or not path:
-        raise ValueError(f"--lo {spec!r}: expected LABEL=PATH, e.g. elo=runs/elo")
-    if not pathlib.Path(path).exists():
-        raise FileNotFoundError(
-            f"--lo {spec!r}: no learned optimizer at {path} (give a run directory, "
-            "its lo.msgpack or a checkpoint)"
-        )
-    return label, pathlib.Path(path)
+def parse_los(specs: tuple[str, ...]) -> list[tuple[str, pathlib.Path]]:
+    """``LABEL=PATH`` per LO -> (label, path), or an error naming what is wrong."""
+    los = [(label, pathlib.Path(path)) for label, path in labeled_paths(specs)]
+    for label, path in los:
+        if not path.exists():
+            raise FileNotFoundError(
+                f"--lo {label}={path}: no learned optimizer at {path} (give a run "
+                "directory, its lo.msgpack or a checkpoint)"
+            )
+    if len({label for label, _ in los}) != len(los):
+        raise ValueError(f"--lo labels must be unique, got {list(specs)}")
+    return los
 
 
 def family_task(env: str, family: str):
@@ -96,14 +99,19 @@ def paired(lo: dict[str, np.ndarray], silenced: dict[str, np.ndarray]) -> dict:
     silenced, seed by seed): mean, std, standard error, and mean in % of silenced."""
     out = {}
     for metric in ("train_loss", "valid_loss"):
-        diff = lo[metric] - silenced[metric]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            diff = lo[metric] - silenced[metric]
+            row = {
+                "lo": lo[metric].mean(),
+                "silenced": silenced[metric].mean(),
+                "minus_silenced": diff.mean(),
+                "std": diff.std(),
+                "stderr": diff.std() / np.sqrt(len(diff)),
+                "percent": 100 * diff.mean() / silenced[metric].mean(),
+            }
+        # A diverged optimizee scores inf, as in the agent's validation.
         out[metric] = {
-            "lo": float(lo[metric].mean()),
-            "silenced": float(silenced[metric].mean()),
-            "minus_silenced": float(diff.mean()),
-            "std": float(diff.std()),
-            "stderr": float(diff.std() / np.sqrt(len(diff))),
-            "percent": float(100 * diff.mean() / silenced[metric].mean()),
+            k: float(v) if np.isfinite(v) else math.inf for k, v in row.items()
         }
     return out
 
@@ -117,12 +125,9 @@ def run(config: PartConfig) -> dict:
             f"{config.seeds}"
         )
     los = []
-    for spec in config.lo:
-        label, path = parse_lo(spec)
+    for label, path in parse_los(config.lo):
         meta, info = checkpoint.load_meta_params(path)
-        los.append((label, str(path), meta, LOSpec.from_json(info)))
-    if len({label for label, *_ in los}) != len(los):
-        raise ValueError(f"--lo labels must be unique, got {list(config.lo)}")
+        los.append((label, meta, LOSpec.from_json(info)))
     tasks = {family: family_task(config.env, family) for family in config.family}
     keys = jax.vmap(jax.random.PRNGKey)(
         jnp.arange(config.seed, config.seed + config.seeds)
@@ -134,7 +139,7 @@ def run(config: PartConfig) -> dict:
     for family, task in tasks.items():
         data = task.load_data()
         rows, silenced = {}, {}  # silenced runs by spec: LOs of one spec share them
-        for label, _, meta, spec in los:
+        for label, meta, spec in los:
             if spec not in silenced:
                 zero = jax.tree.map(jnp.zeros_like, meta)
                 silenced[spec] = per_seed_losses(
