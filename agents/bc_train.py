@@ -118,6 +118,10 @@ class Args:
     nominal_lr_spread: float = 1.0
     """> 1: each episode scales the LO's nominal term by a factor in [1/s, s] (log-
     uniform), which the clone learns to correct toward the expert."""
+    run_length_max: int = 0
+    """> 0: each episode draws the step its run ends at (the relative-time LO's and the
+    cosine demonstrator's end of training) log-uniform in [K + N, max(K + N, this)],
+    so restored states meet the LO at a long run's clocks; 0: K + N."""
     lo: LOSpec = LOSpec()
     """The learned optimizer that clones the expert (elo_gym.lo_spec); lo.json
     records it."""
@@ -168,6 +172,7 @@ def env_settings(args: Args) -> EnvSettings:
         expert_decay_steps=args.expert_decay_steps,
         expert_schedule=args.expert_schedule,
         nominal_lr_spread=args.nominal_lr_spread,
+        run_length_max=args.run_length_max,
         lo=args.lo,
         alpha=1.0,
     )

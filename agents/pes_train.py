@@ -107,6 +107,10 @@ class InnerArgs:
     nominal_lr_spread: float = 1.0
     """> 1: each episode scales the LO's nominal term by a factor in [1/s, s] (log-
     uniform) that the learned part must correct; the demonstrator's lr stays."""
+    run_length_max: int = 0
+    """> 0: each episode draws the step its run ends at (the relative-time LO's and the
+    cosine demonstrator's end of training) log-uniform in [K + N, max(K + N, this)],
+    so restored states meet the LO at a long run's clocks; 0: K + N."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -339,7 +343,7 @@ def clone_demonstrator(args: Args, run_dir: pathlib.Path) -> pathlib.Path:
         # The task's and the demonstrator's settings; the clone keeps its own p_th.
         names = ("task", "n_min", "n_max", "batch_size", "hidden_sizes", "data_dir")
         names += ("mixture", "expert_lr", "expert_decay_steps", "expert_schedule")
-        names += ("nominal_lr_spread",)
+        names += ("nominal_lr_spread", "run_length_max")
         clone_args = bc_train.Args(
             env=args.env,
             seed=args.seed,

@@ -85,14 +85,19 @@ class EnvConfig:
       expert_decay_steps: 0 (the paper: constant) or tau > 0: the expert's learning
         rate at inner step n is expert_learning_rate / sqrt(1 + n / tau).
       expert_schedule: ``inverse_sqrt`` (``expert_decay_steps``) or ``cosine``:
-        warmup and cosine decay to 0 at the end of the episode, K + N
-        (``schedules.relative_warmup_cosine``), a schedule that knows when training
-        ends, for a relative-time LO to imitate.
+        warmup and cosine decay to 0 at the end of the run, R (K + N unless
+        ``run_length_max``; ``schedules.relative_warmup_cosine``), a schedule that
+        knows when training ends, for a relative-time LO to imitate.
       nominal_lr_spread: s >= 1. Above 1, every episode multiplies the LO's nominal
         term by s**u, u ~ U(-1, 1), drawn once per episode (paired copies alike),
         while the demonstrator keeps its lr: the learned part is trained on nominal
         terms wrong by up to a factor s, which it can only correct from what the
         optimizee's dynamics show (lr augmentation). 1: off.
+      run_length_max: R_max >= 0. Above 0, every episode draws its run's end R (the
+        step the relative-time LO's clock and the cosine demonstrator read as the end
+        of training) log-uniform in [K + N, max(K + N, R_max)] instead of R = K + N,
+        so that states restored from the buffer meet the LO at the clocks a longer run
+        has them; the episode still lasts N steps. 0: off.
     """
 
     task: Any
@@ -109,6 +114,7 @@ class EnvConfig:
     expert_decay_steps: float = 0.0
     expert_schedule: str = "inverse_sqrt"
     nominal_lr_spread: float = 1.0
+    run_length_max: int = 0
 
     def __post_init__(self):
         _check_choice("mode", self.mode, MODES)
@@ -156,6 +162,18 @@ class EnvConfig:
                 f"nominal_lr_spread {self.nominal_lr_spread} scales the LO's nominal "
                 "term, and this LO has none: set the LO's nominal_lr > 0 or the "
                 "spread to 1"
+            )
+        if self.run_length_max < 0:
+            raise ValueError(
+                f"run_length_max must be >= 0 (0: off), got {self.run_length_max}"
+            )
+        if self.run_length_max and not (
+            self.lo.relative_time or self.expert_schedule == "cosine"
+        ):
+            raise ValueError(
+                f"run_length_max {self.run_length_max} sets where a run's clock ends, "
+                "and neither the LO (absolute time) nor the demonstrator (not cosine) "
+                "reads it: give the LO a time_horizon > 0, or set run_length_max to 0"
             )
 
     @property
@@ -246,6 +264,7 @@ class EnvState:
     push_step: jax.Array  # () int32: N_push in {K+1..K+N}
     from_buffer: jax.Array  # () bool: episode restored from the replay buffer
     nominal_scale: jax.Array  # () float32: the episode's factor on the nominal term
+    run_length: jax.Array  # () int32: R >= K + N, where the run's clock ends
     pushed: jax.Array  # () bool: this episode already pushed its snapshot
     loss_ema: jax.Array  # () float32: running mean of the loss (failure-aware push)
     key: jax.Array  # (2,) uint32 PRNG key
@@ -304,6 +323,7 @@ class Episode(NamedTuple):
     push_step: jax.Array  # () int32: N_push in {K+1..K+N}
     from_buffer: jax.Array  # () bool: restored from the replay buffer
     nominal_scale: jax.Array  # () float32: factor on the LO's nominal term
+    run_length: jax.Array  # () int32: R >= K + N, where the run's clock ends
 
 
 class Transition(NamedTuple):
@@ -325,6 +345,7 @@ def _episode_of(state: EnvState) -> Episode:
         state.push_step,
         state.from_buffer,
         state.nominal_scale,
+        state.run_length,
     )
 
 
@@ -335,14 +356,14 @@ def _expert(cfg: EnvConfig) -> optax.GradientTransformation:
 
 
 def _run_length(state: EnvState | Episode) -> jax.Array:
-    """The step at which a copy's episode ends, K + N: the end of its run."""
-    return state.start_step + state.episode_length
+    """R, the step at which a copy's run ends: K + N unless ``run_length_max``."""
+    return state.run_length
 
 
 def lo_clock(cfg: EnvConfig, state: EnvState) -> jax.Array:
     """What the LO's step features and nominal schedule read for one prepared copy
     (``LOSpec.clock``): its count, or for a relative-time LO the count relative to
-    the end of its episode, K + N."""
+    the end of its run, R (K + N unless ``run_length_max``)."""
     return cfg.lo.clock(state.lo.count, _run_length(state))
 
 
@@ -386,12 +407,20 @@ def _begin_episode(
     length = _sample_length(cfg, k_len, p)
     # Its own fold of the key: the other draws stay those of a run without the spread.
     u = jax.random.uniform(jax.random.fold_in(key, 1), (), minval=-1.0, maxval=1.0)
+    end = start + length
+    run_length = end
+    if cfg.run_length_max:  # its own fold of the key, as the spread's
+        lo = jnp.log(end.astype(jnp.float32))
+        hi = jnp.log(jnp.maximum(end, cfg.run_length_max).astype(jnp.float32))
+        drawn = jnp.exp(lo + jax.random.uniform(jax.random.fold_in(key, 2)) * (hi - lo))
+        run_length = jnp.maximum(jnp.round(drawn).astype(jnp.int32), end)
     episode = Episode(
         start_step=start,
         episode_length=length,
         push_step=start + jax.random.randint(k_push, (), 1, length + 1),
         from_buffer=from_buffer,
         nominal_scale=jnp.float32(cfg.nominal_lr_spread) ** u,
+        run_length=run_length,
     )
     return snapshot, episode
 
@@ -498,6 +527,7 @@ def _info(cfg: EnvConfig, state: EnvState) -> dict:
         "inner_step": state.lo.count,
         "start_step": state.start_step,
         "episode_length": state.episode_length,
+        "run_length": state.run_length,
         "from_buffer": state.from_buffer,
     }
 

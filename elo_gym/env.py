@@ -164,8 +164,9 @@ class ELOEnv(_Shell, gym.Env):
     Action: (P, 2) = (d, m) per parameter. Reward: -[(1-alpha) L_bc + alpha L_task].
     ``info`` carries ``task_loss``, ``bc_loss``, ``expert_action`` ((P, 2), Adam's
     update as an action: d* = -dtheta_H / step_mult, m* = 0), ``expert_update`` ((P,)),
-    ``inner_step``, ``start_step``, ``episode_length`` and ``from_buffer``. The replay
-    buffer persists across ``reset()`` calls; ``reset(seed=...)`` empties it.
+    ``inner_step``, ``start_step``, ``episode_length``, ``run_length`` and
+    ``from_buffer``. The replay buffer persists across ``reset()`` calls;
+    ``reset(seed=...)`` empties it.
 
     On the step that ends an episode, ``step`` returns the final observation (and its
     info). The core has already drawn the next episode then; ``reset()`` without seed

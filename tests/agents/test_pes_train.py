@@ -170,6 +170,7 @@ def test_init_lo_bc_clones_this_runs_demonstrator(tmp_path, monkeypatch):
         raw_adam_ratio=True,
         nominal_lr=0.01,
         nominal_lr_spread=2.0,
+        run_length_max=500,
     )
     assert pes_train.clone_demonstrator(args.resolved(), run_dir) == (
         run_dir / "init_lo"
@@ -179,7 +180,7 @@ def test_init_lo_bc_clones_this_runs_demonstrator(tmp_path, monkeypatch):
     assert clone["expert_decay_steps"] == 50.0
     # The clone meets the run's optimizee and its lr augmentation.
     assert clone["hidden_sizes"] == list(TINY["hidden_sizes"])
-    assert clone["nominal_lr_spread"] == 2.0
+    assert clone["nominal_lr_spread"] == 2.0 and clone["run_length_max"] == 500
     # ... and the clone's env imitates the decayed expert, not the constant one.
     fields = runs.flatten(bc_train.Args())
     clone_args = runs.replace_flat(
@@ -187,7 +188,7 @@ def test_init_lo_bc_clones_this_runs_demonstrator(tmp_path, monkeypatch):
     )
     clone_env = bc_train.env_settings(clone_args).config(2)
     assert clone_env.expert_decay_steps == 50.0
-    assert clone_env.nominal_lr_spread == 2.0
+    assert clone_env.nominal_lr_spread == 2.0 and clone_env.run_length_max == 500
     assert clone["outer_steps"] == 2  # --clone-steps
     assert clone["hidden_size"] == TINY["hidden_size"]
 
@@ -477,6 +478,7 @@ def test_presets_write_the_config_they_always_wrote(preset, mode):
         nominal_schedule="inverse_sqrt",
         expert_schedule="inverse_sqrt",
         nominal_lr_spread=1.0,
+        run_length_max=0,
         estimator="pes",
         scheduled_step=False,
     )

@@ -232,6 +232,7 @@ def test_reset_and_step_shapes_finite(elo, data):
         "inner_step",
         "start_step",
         "episode_length",
+        "run_length",
         "from_buffer",
     ):
         assert info[name].shape == (C,), name
@@ -943,3 +944,66 @@ def test_a_cosine_expert_and_a_relative_time_lo_read_the_episode_length(data):
     )
     with pytest.raises(ValueError, match="cosine expert decays"):
         core.EnvConfig(task=TASK, expert_schedule="cosine", expert_decay_steps=10.0)
+
+
+def test_run_length_max_draws_where_the_clock_ends(data):
+    """run_length_max: each copy's run ends at R, log-uniform in [K + N, R_max]
+    (``info["run_length"]``), and both the relative-time LO's step features and the
+    cosine expert read the clock against R, not the episode's end K + N; off, R is
+    K + N."""
+    n_steps, steps, r_max, copies = 40, 6, 400, 8
+    p = core.make_params(data, n_min=n_steps, n_max=n_steps, alpha=1.0)
+    spec = LOSpec(time_horizon=200.0)
+    zeros = jnp.zeros((copies, core.num_params(TASK), 2))
+    runs = {}
+    for r in (0, r_max):
+        cfg = core.EnvConfig(
+            task=TASK,
+            num_copies=copies,
+            expert_schedule="cosine",
+            lo=spec,
+            run_length_max=r,
+        )
+        state, obs, info = core.reset(cfg, core.copy_keys(cfg, 0), p)
+        step = jax.jit(functools.partial(core.step, cfg))
+        for _ in range(steps):
+            state, obs, _, _, _, info = step(state, zeros, p)
+        runs[r] = (obs, info)
+    off = np.asarray(runs[0][1]["run_length"])
+    np.testing.assert_array_equal(off, n_steps)
+    obs, info = runs[r_max]
+    drawn = np.asarray(info["run_length"])
+    assert np.all((drawn >= n_steps) & (drawn <= r_max)), drawn
+    assert len(set(drawn.tolist())) == copies, drawn  # a draw per copy
+    updates_off = np.asarray(runs[0][1]["expert_update"])
+    updates = np.asarray(info["expert_update"])
+    for c, r in enumerate(drawn.tolist()):
+        np.testing.assert_allclose(
+            np.asarray(obs["features"])[c, :, 28:],
+            np.broadcast_to(
+                lopt.step_features(jnp.float32(steps * 200.0 / r)),
+                obs["features"][c, :, 28:].shape,
+            ),
+            rtol=1e-6,
+        )
+        # The same gradients (same keys, the LO silent), the cosine read at R.
+        moving = np.abs(updates_off[c]) > 1e-7
+        ratio = float(
+            schedules.relative_warmup_cosine(1e-3, steps, r)
+            / schedules.relative_warmup_cosine(1e-3, steps, n_steps)
+        )
+        np.testing.assert_allclose(
+            updates[c][moving] / updates_off[c][moving], ratio, rtol=1e-4
+        )
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(run_length_max=-1), "run_length_max must be >= 0"),
+        (dict(run_length_max=2000), "neither the LO"),
+    ],
+)
+def test_run_length_max_is_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        core.EnvConfig(task=TASK, **kwargs)

@@ -35,6 +35,7 @@ OBS_TIED = (
     "inner_step",
     "start_step",
     "episode_length",
+    "run_length",
     "from_buffer",
 )
 STEP_KEYS = ("task_loss", "bc_loss", "diverged", "pushed")
