@@ -355,16 +355,11 @@ def _expert(cfg: EnvConfig) -> optax.GradientTransformation:
     return demonstrator.adam_expert(cfg.expert_learning_rate, cfg.expert_decay_steps)
 
 
-def _run_length(state: EnvState | Episode) -> jax.Array:
-    """R, the step at which a copy's run ends: K + N unless ``run_length_max``."""
-    return state.run_length
-
-
 def lo_clock(cfg: EnvConfig, state: EnvState) -> jax.Array:
     """What the LO's step features and nominal schedule read for one prepared copy
     (``LOSpec.clock``): its count, or for a relative-time LO the count relative to
     the end of its run, R (K + N unless ``run_length_max``)."""
-    return cfg.lo.clock(state.lo.count, _run_length(state))
+    return cfg.lo.clock(state.lo.count, state.run_length)
 
 
 def _fresh_snapshot(cfg: EnvConfig, key: jax.Array) -> Snapshot:
@@ -453,7 +448,7 @@ def _prepare(
     expert_update, adam = _expert(cfg).update(grads, snapshot.adam, snapshot.params)
     if cfg.expert_schedule == "cosine":
         lr = schedules.relative_warmup_cosine(
-            cfg.expert_learning_rate, snapshot.lo.count, _run_length(episode)
+            cfg.expert_learning_rate, snapshot.lo.count, episode.run_length
         )
         expert_update = jax.tree.map(lambda u: (lr * u).astype(u.dtype), expert_update)
     return EnvState(
