@@ -99,20 +99,24 @@ def paired(lo: dict[str, np.ndarray], silenced: dict[str, np.ndarray]) -> dict:
     silenced, seed by seed): mean, std, standard error, and mean in % of silenced."""
     out = {}
     for metric in ("train_loss", "valid_loss"):
+        # A diverged optimizee scores inf, as in the agent's validation, so that the
+        # sign of the difference says which of the two diverged.
+        lo_m, sil_m = (
+            np.where(np.isfinite(x), x, np.inf) for x in (lo[metric], silenced[metric])
+        )
         with np.errstate(invalid="ignore", divide="ignore"):
-            diff = lo[metric] - silenced[metric]
+            diff = lo_m - sil_m
             row = {
-                "lo": lo[metric].mean(),
-                "silenced": silenced[metric].mean(),
+                "lo": lo_m.mean(),
+                "silenced": sil_m.mean(),
                 "minus_silenced": diff.mean(),
                 "std": diff.std(),
                 "stderr": diff.std() / np.sqrt(len(diff)),
-                "percent": 100 * diff.mean() / silenced[metric].mean(),
+                "percent": 100 * diff.mean() / sil_m.mean(),
             }
-        # A diverged optimizee scores inf, as in the agent's validation.
-        out[metric] = {
-            k: float(v) if np.isfinite(v) else math.inf for k, v in row.items()
-        }
+        # NaN is left only where both diverged on a seed (inf - inf): no effect can be
+        # read there, and strict JSON has no NaN.
+        out[metric] = {k: math.inf if np.isnan(v) else float(v) for k, v in row.items()}
     return out
 
 
