@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import optax
 
 from elo_gym import buffer as replay
-from elo_gym import demonstrator, lopt, schedules
+from elo_gym import demonstrator, lo_spec, lopt, schedules
 from elo_gym.lo_spec import LOSpec
 
 MODES = ("elo", "naive", "uniform", "curriculum")
@@ -639,7 +639,9 @@ def _apply_action(
     cfg: EnvConfig, s: EnvState, action: jax.Array, p: EnvParams
 ) -> Transition:
     """Eq. 8-10 for one copy: the mixed update, the reward and the push decision."""
-    lo_update_rows = cfg.lo.update(action, *lo_terms(cfg, s))
+    lo_update_rows = cfg.lo.update(
+        action, *lo_terms(cfg, s), lo_spec.row_segments(s.params)
+    )
     expert_rows = flatten_rows(s.expert_update)
     moved = flatten_rows(s.params) + (
         (1.0 - p.alpha) * expert_rows + p.alpha * lo_update_rows

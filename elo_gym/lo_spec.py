@@ -41,6 +41,11 @@ and the variants, all off by default (``docs/levers.md`` measures each):
   schedule's factor, its lr at the clock over ``nominal_lr`` (1 at the peak, 0 at the
   start and, for ``cosine``, at the end of the run), so the learned part warms up and
   anneals with the nominal term instead of stepping where the schedule has stopped.
+- ``nominal_norm_step`` (with a nominal term): each tensor's update is rescaled to the
+  norm of its nominal term, so the learned part can turn the nominal step (its
+  direction within the tensor) but not resize it: the hand-set schedule alone sets
+  how far a tensor moves (the twentieth screen found the learned step's size, not its
+  direction, to be what fails tanh nets at 10x).
 
 Adding a variant means a field here (with its check), its term in
 :meth:`LOSpec.tensor_terms` (or its feature switch), the same in
@@ -133,6 +138,8 @@ class LOSpec:
         cosine, warmup + cosine decay to 0 at the end of the run.
       scheduled_step: the learned step is multiplied by the nominal schedule's
         factor (its lr over nominal_lr), so it anneals with the nominal term.
+      nominal_norm_step: each tensor's update is rescaled to its nominal term's
+        norm, so the learned part turns the step and the nominal schedule sizes it.
     """
 
     hidden_size: int = 32
@@ -145,6 +152,7 @@ class LOSpec:
     time_horizon: float = 0.0
     nominal_schedule: str = "inverse_sqrt"
     scheduled_step: bool = False
+    nominal_norm_step: bool = False
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -186,6 +194,11 @@ class LOSpec:
             raise ValueError(
                 "scheduled_step multiplies the learned step by the nominal term's "
                 "schedule, which an LO without a nominal term lacks: set nominal_lr > 0"
+            )
+        if self.nominal_norm_step and not self.nominal_lr > 0:
+            raise ValueError(
+                "nominal_norm_step rescales each tensor's update to its nominal term's "
+                "norm, which an LO without a nominal term lacks: set nominal_lr > 0"
             )
 
     # -- construction and (de)serialization --------------------------------------
@@ -318,12 +331,30 @@ class LOSpec:
         action: jax.Array,
         scale: jax.Array | float = 1.0,
         nominal: jax.Array | float = 0.0,
+        segments: tuple[int, ...] | None = None,
     ) -> jax.Array:
         """The update (new params minus params) of actions (..., 2) = (d, m):
         ``-step_mult * d * exp(exp_mult * m) * scale + nominal`` (the terms as from
-        :meth:`tensor_terms` or :meth:`row_terms`)."""
+        :meth:`tensor_terms` or :meth:`row_terms`), for ``nominal_norm_step``
+        rescaled to the nominal term's norm per tensor.
+
+        Args:
+          segments: for rows (:meth:`row_terms`), the number of rows of each tensor
+            along the last axis (:func:`row_segments`); None: one tensor.
+        """
         step = step_from_action(action, self.step_mult, self.exp_mult)
-        return -step * scale + nominal
+        update = -step * scale + nominal
+        if not self.nominal_norm_step:
+            return update
+        if segments is None:
+            return _rescaled_to(update, nominal, axis=None)
+        bounds = np.cumsum(segments)[:-1].tolist()
+        pieces = zip(
+            jnp.split(update, bounds, axis=-1),
+            jnp.split(nominal, bounds, axis=-1),
+            strict=True,
+        )
+        return jnp.concatenate([_rescaled_to(u, n, axis=-1) for u, n in pieces], -1)
 
     def action(
         self,
@@ -335,11 +366,35 @@ class LOSpec:
         ``update`` (...,), d* = -(update - nominal) / (step_mult * scale) and m* = 0,
         since exp(exp_mult * 0) = 1 for every exp_mult. With Adam's update this is the
         demonstrator's action. Where ``scale`` is 0 (a scheduled step at the
-        schedule's zeros) every action gives the same update, and d* is 0."""
+        schedule's zeros) every action gives the same update, and d* is 0. With
+        ``nominal_norm_step`` the action reproduces ``update`` where each tensor's
+        norm is its nominal term's, and otherwise its direction."""
         denominator = self.step_mult * jnp.asarray(scale)
         safe = jnp.where(denominator == 0, 1.0, denominator)
         d = jnp.where(denominator == 0, 0.0, -(update - nominal) / safe)
         return jnp.stack([d, jnp.zeros_like(d)], axis=-1)
+
+
+def row_segments(params: Any) -> tuple[int, ...]:
+    """The number of rows each tensor of ``params`` holds in the env's rows
+    (``jax.tree.leaves`` order; a scalar is one row): :meth:`LOSpec.update`'s
+    ``segments``."""
+    return tuple(math.prod(jnp.shape(p)) for p in jax.tree.leaves(params))
+
+
+def _rescaled_to(update: jax.Array, nominal: jax.Array, axis: int | None) -> jax.Array:
+    """``update`` times |nominal| / |update| (norms over ``axis``; None: all), 0
+    where ``update`` is 0, with finite derivatives there for truncated backprop."""
+
+    def norm(x):
+        squares = jnp.sum(x**2, axis=axis, keepdims=True)
+        positive = squares > 0
+        return jnp.where(positive, jnp.sqrt(jnp.where(positive, squares, 1.0)), 0.0)
+
+    norm_update = norm(update)
+    positive = norm_update > 0
+    ratio = norm(nominal) / jnp.where(positive, norm_update, 1.0)
+    return update * jnp.where(positive, ratio, 0.0)
 
 
 def spec_for(

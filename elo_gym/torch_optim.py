@@ -352,7 +352,12 @@ class SmallFcLOpt(torch.optim.Optimizer):
             lr = self._nominal_lr(clock)
             if self.spec.scheduled_step:  # as LOSpec.tensor_terms
                 update.mul_(lr / self.spec.nominal_lr)
-            update.add_(self._nominal(state, lr))
+            nominal = self._nominal(state, lr)
+            update.add_(nominal)
+            if self.spec.nominal_norm_step:  # as LOSpec.update
+                norm = torch.linalg.vector_norm(update)
+                ratio = torch.linalg.vector_norm(nominal) / norm.clamp_min(1e-30)
+                update.mul_(torch.where(norm > 0, ratio, torch.zeros_like(ratio)))
         update = update.view(p.shape)
         if torch.finfo(p.dtype).bits >= 32:
             p.add_(update)

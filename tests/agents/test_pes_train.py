@@ -481,6 +481,7 @@ def test_presets_write_the_config_they_always_wrote(preset, mode):
         run_length_max=0,
         estimator="pes",
         scheduled_step=False,
+        nominal_norm_step=False,
     )
     if preset == "cpu":
         added_since.update(

@@ -884,6 +884,43 @@ def test_nominal_term_is_added_to_the_action_and_taken_from_the_expert(data, spr
     assert np.all(np.asarray(step_info["bc_loss"]) < 1e-10)
 
 
+def test_nominal_norm_step_moves_each_tensor_by_its_nominal_norm(data):
+    """nominal_norm_step: an action moves each tensor of each copy along the nominal
+    term plus the Eq. 2 step, rescaled to the nominal term's norm (computed here per
+    tensor from the expert, which is the nominal term); the expert's action still
+    moves the params as Adam does."""
+    lr, tau = 0.02, 100.0
+    cfg = core.EnvConfig(
+        task=TASK,
+        num_copies=C,
+        expert_learning_rate=lr,
+        expert_decay_steps=tau,
+        lo=LOSpec(nominal_lr=lr, nominal_decay_steps=tau, nominal_norm_step=True),
+    )
+    step, p, state, info = _after_two_expert_steps(cfg, data)
+    nominal = np.asarray(info["expert_update"], np.float64)  # (C, P)
+    actions = _random_actions(4, scale=20.0, m_scale=500.0)
+    direction = nominal + lo_update(actions)
+    sizes = [param[0].size for param in jax.tree.leaves(state.copies.params)]
+    assert len(sizes) >= 2
+    expected = []
+    for start, stop in zip(np.cumsum([0] + sizes[:-1]), np.cumsum(sizes)):
+        piece, target = direction[:, start:stop], nominal[:, start:stop]
+        norm = np.linalg.norm(piece, axis=1, keepdims=True)
+        expected.append(piece * np.linalg.norm(target, axis=1, keepdims=True) / norm)
+    expected = np.concatenate(expected, axis=1)
+    assert not np.allclose(expected, nominal, atol=1e-4)  # the action turned it
+    before = rows(state.copies.params)
+    moved, *_ = step(state, actions, p)
+    np.testing.assert_allclose(
+        rows(moved.copies.params), before + expected, rtol=0, atol=1e-6
+    )
+    moved, *_ = step(state, info["expert_action"], p)  # rescaled by 1 +- float32 eps
+    np.testing.assert_allclose(
+        rows(moved.copies.params), before + nominal, rtol=0, atol=1e-6
+    )
+
+
 def test_a_cosine_expert_and_a_relative_time_lo_read_the_episode_length(data):
     """expert_schedule cosine: at inner step n of an episode of N steps the expert's
     update is the constant expert's times relative_warmup_cosine(n, N) / lr; a

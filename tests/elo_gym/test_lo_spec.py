@@ -53,6 +53,7 @@ OLD_LO_JSON = """{
             "only a relative-time LO knows: set time_horizon > 0",
         ),
         (dict(scheduled_step=True), "lacks: set nominal_lr > 0"),
+        (dict(nominal_norm_step=True), "lacks: set nominal_lr > 0"),
     ],
 )
 def test_bad_settings_are_named(settings, match):
@@ -75,6 +76,7 @@ def test_numbers_are_normalized_so_equal_specs_hash_alike():
         float,
         str,
         bool,
+        bool,
     ]
 
 
@@ -92,7 +94,7 @@ def test_lo_json_written_before_the_spec_loads_and_is_written_alike(tmp_path):
     checkpoint.save_lo(tmp_path, meta, spec, extra=extra)
     added = (
         '  "time_horizon": 0.0,\n  "nominal_schedule": "inverse_sqrt",\n'
-        '  "scheduled_step": false,\n'
+        '  "scheduled_step": false,\n  "nominal_norm_step": false,\n'
     )
     expected = OLD_LO_JSON.replace('  "env"', added + '  "env"')
     assert (tmp_path / "lo.json").read_text() == expected
@@ -226,6 +228,44 @@ def test_a_scheduled_step_warms_up_and_anneals_with_the_nominal_term(adam_scaled
         assert np.isfinite(np.asarray(action)).all()
         if factor == 0.0:
             np.testing.assert_array_equal(action, 0.0)
+
+
+def test_a_nominal_norm_step_turns_the_nominal_step_but_keeps_its_size():
+    """nominal_norm_step: each tensor's update is the nominal term plus the learned
+    step, rescaled to the nominal term's norm; rows rescale each tensor (segment) on
+    its own, leading axes are copies; a silenced LO's update is the nominal term; a
+    zero update stays 0 with finite derivatives."""
+    params = {"w": jnp.zeros((3, 4)), "b": jnp.zeros((4,)), "s": jnp.float32(0.0)}
+    state = _accumulated(params)
+    plain = LOSpec(nominal_lr=0.02, nominal_decay_steps=10.0)
+    spec = LOSpec(nominal_lr=0.02, nominal_decay_steps=10.0, nominal_norm_step=True)
+    segments = lo_spec.row_segments(params)
+    assert segments == (4, 1, 12)
+    scale, nominal = spec.row_terms(params, state)
+    action = jax.random.normal(jax.random.PRNGKey(0), (2, 17, 2)) * 3.0
+    free = np.asarray(plain.update(action, scale, nominal), np.float64)
+    rows_update = spec.update(action, scale, nominal, segments)
+    start = 0
+    for size in segments:
+        piece = slice(start, start + size)
+        target = np.linalg.norm(np.asarray(nominal, np.float64)[piece])
+        for copy in range(2):
+            expected = free[copy, piece] * target / np.linalg.norm(free[copy, piece])
+            np.testing.assert_allclose(rows_update[copy, piece], expected, rtol=1e-5)
+            tensor_update = spec.update(action[copy, piece], scale, nominal[piece])
+            np.testing.assert_allclose(tensor_update, expected, rtol=1e-5)
+        start += size
+    silenced = spec.update(jnp.zeros((17, 2)), scale, nominal, segments)
+    np.testing.assert_allclose(silenced, nominal, rtol=1e-6)
+
+    def total(d, nominal):
+        action = jnp.stack([d, jnp.zeros_like(d)], -1)
+        return spec.update(action, 1.0, nominal, segments).sum()
+
+    zero_nominal = jnp.zeros(17)
+    assert float(jnp.abs(spec.update(jnp.zeros((17, 2)), 1.0, zero_nominal)).max()) == 0
+    grads = jax.grad(total, argnums=(0, 1))(jnp.zeros(17), zero_nominal)
+    assert all(np.isfinite(np.asarray(g)).all() for g in grads)
 
 
 def test_nominal_term_is_differentiable_at_zero_moments():

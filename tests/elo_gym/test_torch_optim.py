@@ -48,6 +48,7 @@ VARIANTS = [
         adam_scaled_step=True,
         scheduled_step=True,
     ),
+    dict(nominal_lr=0.02, nominal_decay_steps=3.0, nominal_norm_step=True),
 ]
 # The run length the faces are told (a relative-time LO needs it, others ignore it).
 TOTAL_STEPS = 5
