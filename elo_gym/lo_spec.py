@@ -48,10 +48,10 @@ and the variants, all off by default (``docs/levers.md`` measures each):
   direction, to be what fails tanh nets at 10x).
 
 Adding a variant means a field here (with its check), its term in
-:meth:`LOSpec.tensor_terms` (or its feature switch), the same in
-:mod:`elo_gym.torch_optim`, and their tests. Both agents render the spec as their
-``lo`` group of flags (its ``Attributes`` entries are the flags' help), so a new field
-is a flag of theirs with no agent edit.
+:meth:`LOSpec.tensor_terms` (or its feature switch, or its part of
+:meth:`LOSpec.update`), the same in :mod:`elo_gym.torch_optim`, and their tests. Both
+agents render the spec as their ``lo`` group of flags (its ``Attributes`` entries are
+the flags' help), so a new field is a flag of theirs with no agent edit.
 """
 
 from __future__ import annotations
