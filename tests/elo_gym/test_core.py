@@ -830,6 +830,26 @@ def test_adam_scaled_step_scales_the_action_and_the_expert(data):
     assert np.all(np.asarray(step_info["bc_loss"]) < 1e-12)
 
 
+NOMINAL_LR, NOMINAL_TAU = 0.02, 100.0
+
+
+def _nominal_as_expert(nominal_norm_step=False, **settings):
+    """An env whose LO's nominal term is the expert (Adam at the same lr and decay)."""
+    lo = LOSpec(
+        nominal_lr=NOMINAL_LR,
+        nominal_decay_steps=NOMINAL_TAU,
+        nominal_norm_step=nominal_norm_step,
+    )
+    return core.EnvConfig(
+        task=TASK,
+        num_copies=C,
+        expert_learning_rate=NOMINAL_LR,
+        expert_decay_steps=NOMINAL_TAU,
+        lo=lo,
+        **settings,
+    )
+
+
 @pytest.mark.parametrize("spread", [1.0, 4.0])
 def test_nominal_term_is_added_to_the_action_and_taken_from_the_expert(data, spread):
     """nominal_lr: an action moves the params by Adam's step at the nominal lr
@@ -838,16 +858,8 @@ def test_nominal_term_is_added_to_the_action_and_taken_from_the_expert(data, spr
     leaves of the expert's update (zero without a spread) and still moves the params
     as Adam does. With a spread, each copy's nominal term is scaled by its episode's
     factor in [1/spread, spread], paired copies alike."""
-    lr, tau = 0.02, 100.0
-    cfg = core.EnvConfig(
-        task=TASK,
-        num_copies=C,
-        paired=True,
-        expert_learning_rate=lr,
-        expert_decay_steps=tau,
-        lo=LOSpec(nominal_lr=lr, nominal_decay_steps=tau),
-        nominal_lr_spread=spread,
-    )
+    lr, tau = NOMINAL_LR, NOMINAL_TAU
+    cfg = _nominal_as_expert(paired=True, nominal_lr_spread=spread)
     step, p, state, info = _after_two_expert_steps(cfg, data)
     factor = np.asarray(state.copies.nominal_scale, np.float64)  # (C,)
     assert np.all((1.0 / spread <= factor) & (factor <= spread))
@@ -889,14 +901,7 @@ def test_nominal_norm_step_moves_each_tensor_by_its_nominal_norm(data):
     term plus the Eq. 2 step, rescaled to the nominal term's norm (computed here per
     tensor from the expert, which is the nominal term); the expert's action still
     moves the params as Adam does."""
-    lr, tau = 0.02, 100.0
-    cfg = core.EnvConfig(
-        task=TASK,
-        num_copies=C,
-        expert_learning_rate=lr,
-        expert_decay_steps=tau,
-        lo=LOSpec(nominal_lr=lr, nominal_decay_steps=tau, nominal_norm_step=True),
-    )
+    cfg = _nominal_as_expert(nominal_norm_step=True)
     step, p, state, info = _after_two_expert_steps(cfg, data)
     nominal = np.asarray(info["expert_update"], np.float64)  # (C, P)
     actions = _random_actions(4, scale=20.0, m_scale=500.0)
