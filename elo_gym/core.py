@@ -639,13 +639,12 @@ def _apply_action(
     cfg: EnvConfig, s: EnvState, action: jax.Array, p: EnvParams
 ) -> Transition:
     """Eq. 8-10 for one copy: the mixed update, the reward and the push decision."""
+    param_rows = flatten_rows(s.params)
     lo_update_rows = cfg.lo.update(
-        action, *lo_terms(cfg, s), lo_spec.row_segments(s.params)
+        action, *lo_terms(cfg, s), lo_spec.row_segments(s.params), param_rows
     )
     expert_rows = flatten_rows(s.expert_update)
-    moved = flatten_rows(s.params) + (
-        (1.0 - p.alpha) * expert_rows + p.alpha * lo_update_rows
-    )
+    moved = param_rows + ((1.0 - p.alpha) * expert_rows + p.alpha * lo_update_rows)
     params = jax.tree.map(
         lambda new, old: new.astype(old.dtype),
         unflatten_rows(cfg.task, moved),

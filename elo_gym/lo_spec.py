@@ -46,6 +46,10 @@ and the variants, all off by default (``docs/levers.md`` measures each):
   direction within the tensor) but not resize it: the hand-set schedule alone sets
   how far a tensor moves (the twentieth screen found the learned step's size, not its
   direction, to be what fails tanh nets at 10x).
+- ``tangential_step``: the learned step's component along each tensor's weights is
+  removed, so the learned part can turn the weights but not grow or shrink them (to
+  first order); the twenty-third screen's LOs grew a test net's weights 5.5-5.8x where
+  their silenced selves grew them 4.4x. Applied before ``nominal_norm_step``.
 
 Adding a variant means a field here (with its check), its term in
 :meth:`LOSpec.tensor_terms` (or its feature switch, or its part of
@@ -140,6 +144,8 @@ class LOSpec:
         factor (its lr over nominal_lr), so it anneals with the nominal term.
       nominal_norm_step: each tensor's update is rescaled to its nominal term's
         norm, so the learned part turns the step and the nominal schedule sizes it.
+      tangential_step: the learned step's component along each tensor's weights
+        is removed, so the learned part cannot grow or shrink the weights.
     """
 
     hidden_size: int = 32
@@ -153,6 +159,7 @@ class LOSpec:
     nominal_schedule: str = "inverse_sqrt"
     scheduled_step: bool = False
     nominal_norm_step: bool = False
+    tangential_step: bool = False
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -332,29 +339,35 @@ class LOSpec:
         scale: jax.Array | float = 1.0,
         nominal: jax.Array | float = 0.0,
         segments: tuple[int, ...] | None = None,
+        params: jax.Array | None = None,
     ) -> jax.Array:
         """The update (new params minus params) of actions (..., 2) = (d, m):
         ``-step_mult * d * exp(exp_mult * m) * scale + nominal`` (the terms as from
-        :meth:`tensor_terms` or :meth:`row_terms`), for ``nominal_norm_step``
-        rescaled to the nominal term's norm per tensor.
+        :meth:`tensor_terms` or :meth:`row_terms`), with the learned step made
+        orthogonal to each tensor's weights for ``tangential_step``, then rescaled to
+        the nominal term's norm per tensor for ``nominal_norm_step``.
 
         Args:
           segments: for rows (:meth:`row_terms`), the number of rows of each tensor
             along the last axis (:func:`row_segments`); None: one tensor.
+          params: the parameters, laid out as the update (rows or one tensor);
+            ``tangential_step`` needs them.
+
+        Raises:
+          ValueError: ``tangential_step`` without ``params``.
         """
-        step = step_from_action(action, self.step_mult, self.exp_mult)
-        update = -step * scale + nominal
-        if not self.nominal_norm_step:
-            return update
-        if segments is None:
-            return _rescaled_to(update, nominal, axis=None)
-        bounds = np.cumsum(segments)[:-1].tolist()
-        pieces = zip(
-            jnp.split(update, bounds, axis=-1),
-            jnp.split(nominal, bounds, axis=-1),
-            strict=True,
-        )
-        return jnp.concatenate([_rescaled_to(u, n, axis=-1) for u, n in pieces], -1)
+        step = -step_from_action(action, self.step_mult, self.exp_mult) * scale
+        if self.tangential_step:
+            if params is None:
+                raise ValueError(
+                    "tangential_step removes the learned step's component along the "
+                    "weights: pass params, laid out as the update"
+                )
+            step = _per_tensor(_tangential, segments, step, params)
+        update = step + nominal
+        if self.nominal_norm_step:
+            update = _per_tensor(_rescaled_to, segments, update, nominal)
+        return update
 
     def action(
         self,
@@ -382,19 +395,47 @@ def row_segments(params: Any) -> tuple[int, ...]:
     return tuple(math.prod(jnp.shape(p)) for p in jax.tree.leaves(params))
 
 
+def _per_tensor(
+    fn: Any, segments: tuple[int, ...] | None, x: jax.Array, reference: jax.Array
+) -> jax.Array:
+    """``fn(x, reference, axis)`` on each tensor: the whole arrays (``segments``
+    None) or each segment of rows along the last axis (leading axes are copies)."""
+    if segments is None:
+        return fn(x, reference, axis=None)
+    bounds = np.cumsum(segments)[:-1].tolist()
+    reference = jnp.broadcast_to(reference, x.shape)
+    pieces = zip(
+        jnp.split(x, bounds, axis=-1),
+        jnp.split(reference, bounds, axis=-1),
+        strict=True,
+    )
+    return jnp.concatenate([fn(a, b, axis=-1) for a, b in pieces], axis=-1)
+
+
+def _safe_norm(x: jax.Array, axis: int | None) -> jax.Array:
+    """|x| over ``axis`` (keepdims), with a finite derivative (0) where x is 0."""
+    squares = jnp.sum(x**2, axis=axis, keepdims=True)
+    positive = squares > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, squares, 1.0)), 0.0)
+
+
 def _rescaled_to(update: jax.Array, nominal: jax.Array, axis: int | None) -> jax.Array:
     """``update`` times |nominal| / |update| (norms over ``axis``; None: all), 0
     where ``update`` is 0, with finite derivatives there for truncated backprop."""
-
-    def norm(x):
-        squares = jnp.sum(x**2, axis=axis, keepdims=True)
-        positive = squares > 0
-        return jnp.where(positive, jnp.sqrt(jnp.where(positive, squares, 1.0)), 0.0)
-
-    norm_update = norm(update)
+    norm_update = _safe_norm(update, axis)
     positive = norm_update > 0
-    ratio = norm(nominal) / jnp.where(positive, norm_update, 1.0)
+    ratio = _safe_norm(nominal, axis) / jnp.where(positive, norm_update, 1.0)
     return update * jnp.where(positive, ratio, 0.0)
+
+
+def _tangential(step: jax.Array, params: jax.Array, axis: int | None) -> jax.Array:
+    """``step`` less its projection on ``params`` (over ``axis``; None: all); where
+    the params are 0 (a bias at init) there is no direction to remove."""
+    squares = jnp.sum(params**2, axis=axis, keepdims=True)
+    positive = squares > 0
+    along = jnp.sum(step * params, axis=axis, keepdims=True)
+    coefficient = jnp.where(positive, along / jnp.where(positive, squares, 1.0), 0.0)
+    return step - coefficient * params
 
 
 def spec_for(

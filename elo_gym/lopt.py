@@ -167,7 +167,9 @@ def lopt_update(
     acc_leaves = treedef.flatten_up_to(state.accumulators)
     updates = [
         spec.update(
-            jnp.moveaxis(out, 0, -1), *spec.tensor_terms(acc, state.count, clock)
+            jnp.moveaxis(out, 0, -1),
+            *spec.tensor_terms(acc, state.count, clock),
+            params=p.reshape(out.shape[1:]),
         )
         .reshape(p.shape)
         .astype(p.dtype)

@@ -348,6 +348,11 @@ class SmallFcLOpt(torch.optim.Optimizer):
         if self.spec.adam_scaled_step:  # as lo_spec.adam_step_scale
             ratio = state["momentum"][0] * torch.rsqrt(state["rms"][0] + 1e-6)
             update.mul_(torch.sqrt(1e-5 + ratio.square().mean()))
+        if self.spec.tangential_step:  # as lo_spec._tangential
+            w = p.reshape(shape).float()
+            squares = w.square().sum()
+            along = (update * w).sum() / squares.clamp_min(1e-30)
+            update.sub_(torch.where(squares > 0, along, torch.zeros_like(along)) * w)
         if self.spec.nominal_lr > 0:
             lr = self._nominal_lr(clock)
             if self.spec.scheduled_step:  # as LOSpec.tensor_terms

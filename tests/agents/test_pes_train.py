@@ -482,6 +482,7 @@ def test_presets_write_the_config_they_always_wrote(preset, mode):
         estimator="pes",
         scheduled_step=False,
         nominal_norm_step=False,
+        tangential_step=False,
     )
     if preset == "cpu":
         added_since.update(

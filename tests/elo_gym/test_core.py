@@ -833,12 +833,13 @@ def test_adam_scaled_step_scales_the_action_and_the_expert(data):
 NOMINAL_LR, NOMINAL_TAU = 0.02, 100.0
 
 
-def _nominal_as_expert(nominal_norm_step=False, **settings):
+def _nominal_as_expert(nominal_norm_step=False, tangential_step=False, **settings):
     """An env whose LO's nominal term is the expert (Adam at the same lr and decay)."""
     lo = LOSpec(
         nominal_lr=NOMINAL_LR,
         nominal_decay_steps=NOMINAL_TAU,
         nominal_norm_step=nominal_norm_step,
+        tangential_step=tangential_step,
     )
     return core.EnvConfig(
         task=TASK,
@@ -896,26 +897,33 @@ def test_nominal_term_is_added_to_the_action_and_taken_from_the_expert(data, spr
     assert np.all(np.asarray(step_info["bc_loss"]) < 1e-10)
 
 
-def test_nominal_norm_step_moves_each_tensor_by_its_nominal_norm(data):
+@pytest.mark.parametrize("tangential_step", [False, True])
+def test_nominal_norm_step_moves_each_tensor_by_its_nominal_norm(data, tangential_step):
     """nominal_norm_step: an action moves each tensor of each copy along the nominal
     term plus the Eq. 2 step, rescaled to the nominal term's norm (computed here per
-    tensor from the expert, which is the nominal term); the expert's action still
-    moves the params as Adam does."""
-    cfg = _nominal_as_expert(nominal_norm_step=True)
+    tensor from the expert, which is the nominal term); with tangential_step the Eq. 2
+    step first loses its component along the tensor's params. The expert's action
+    still moves the params as Adam does."""
+    cfg = _nominal_as_expert(nominal_norm_step=True, tangential_step=tangential_step)
     step, p, state, info = _after_two_expert_steps(cfg, data)
     nominal = np.asarray(info["expert_update"], np.float64)  # (C, P)
+    before = rows(state.copies.params)
     actions = _random_actions(4, scale=20.0, m_scale=500.0)
-    direction = nominal + lo_update(actions)
+    learned = lo_update(actions)
     sizes = [param[0].size for param in jax.tree.leaves(state.copies.params)]
     assert len(sizes) >= 2
     expected = []
     for start, stop in zip(np.cumsum([0] + sizes[:-1]), np.cumsum(sizes)):
-        piece, target = direction[:, start:stop], nominal[:, start:stop]
+        piece, target = learned[:, start:stop], nominal[:, start:stop]
+        if tangential_step:
+            w = before[:, start:stop]
+            along = np.sum(piece * w, axis=1, keepdims=True)
+            piece = piece - along / np.sum(w * w, axis=1, keepdims=True) * w
+        piece = piece + target
         norm = np.linalg.norm(piece, axis=1, keepdims=True)
         expected.append(piece * np.linalg.norm(target, axis=1, keepdims=True) / norm)
     expected = np.concatenate(expected, axis=1)
     assert not np.allclose(expected, nominal, atol=1e-4)  # the action turned it
-    before = rows(state.copies.params)
     moved, *_ = step(state, actions, p)
     np.testing.assert_allclose(
         rows(moved.copies.params), before + expected, rtol=0, atol=1e-6

@@ -77,6 +77,7 @@ def test_numbers_are_normalized_so_equal_specs_hash_alike():
         str,
         bool,
         bool,
+        bool,
     ]
 
 
@@ -95,6 +96,7 @@ def test_lo_json_written_before_the_spec_loads_and_is_written_alike(tmp_path):
     added = (
         '  "time_horizon": 0.0,\n  "nominal_schedule": "inverse_sqrt",\n'
         '  "scheduled_step": false,\n  "nominal_norm_step": false,\n'
+        '  "tangential_step": false,\n'
     )
     expected = OLD_LO_JSON.replace('  "env"', added + '  "env"')
     assert (tmp_path / "lo.json").read_text() == expected
@@ -266,6 +268,63 @@ def test_a_nominal_norm_step_turns_the_nominal_step_but_keeps_its_size():
     assert float(jnp.abs(spec.update(jnp.zeros((17, 2)), 1.0, zero_nominal)).max()) == 0
     grads = jax.grad(total, argnums=(0, 1))(jnp.zeros(17), zero_nominal)
     assert all(np.isfinite(np.asarray(g)).all() for g in grads)
+
+
+def test_a_tangential_step_cannot_grow_or_shrink_the_weights():
+    """tangential_step: the learned step of each tensor loses its component along the
+    tensor's params (rows: each segment on its own, leading axes are copies) before
+    the nominal term is added, and before nominal_norm_step rescales; a tensor of
+    zeros keeps its step, with finite derivatives; without params it is an error."""
+    params = {"w": jnp.zeros((3, 4)), "b": jnp.zeros((4,)), "s": jnp.float32(0.0)}
+    state = _accumulated(params)
+    terms = dict(nominal_lr=0.02, nominal_decay_steps=10.0)
+    segments = lo_spec.row_segments(params)
+    scale, nominal = LOSpec(**terms).row_terms(params, state)
+    key_w, key_a = jax.random.split(jax.random.PRNGKey(1))
+    w = jax.random.normal(key_w, (17,)).at[4].set(0.0)  # the scalar "s" is 0
+    action = jax.random.normal(key_a, (2, 17, 2)) * 3.0
+    free = np.asarray(LOSpec().update(action), np.float64)  # the learned step alone
+    w64, nominal64 = np.asarray(w, np.float64), np.asarray(nominal, np.float64)
+    expected, start = free.copy(), 0
+    for size in segments:
+        piece = slice(start, start + size)
+        squares = np.sum(w64[piece] ** 2)
+        if squares > 0:
+            along = free[:, piece] @ w64[piece] / squares
+            expected[:, piece] -= along[:, None] * w64[piece]
+        np.testing.assert_allclose(expected[:, piece] @ w64[piece], 0.0, atol=1e-9)
+        start += size
+    assert not np.allclose(expected, free, atol=1e-3)  # the projection did something
+    tangential = LOSpec(tangential_step=True)
+    rows_update = tangential.update(action, segments=segments, params=w)
+    np.testing.assert_allclose(rows_update, expected, rtol=1e-5, atol=1e-7)
+    whole = tangential.update(action[0, :4], params=w[:4])  # one tensor: "b"
+    np.testing.assert_allclose(whole, expected[0, :4], rtol=1e-5, atol=1e-7)
+
+    both = LOSpec(**terms, tangential_step=True, nominal_norm_step=True)
+    combined = np.asarray(both.update(action, scale, nominal, segments, w), np.float64)
+    start = 0
+    for size in segments:
+        piece = slice(start, start + size)
+        direction = expected[:, piece] * np.asarray(scale) + nominal64[piece]
+        norm = np.linalg.norm(direction, axis=1, keepdims=True)
+        target = np.linalg.norm(nominal64[piece])
+        np.testing.assert_allclose(
+            combined[:, piece], direction * target / norm, rtol=1e-5, atol=1e-7
+        )
+        start += size
+    silenced = both.update(jnp.zeros((17, 2)), scale, nominal, segments, w)
+    np.testing.assert_allclose(silenced, nominal, rtol=1e-6)
+
+    def total(d, w):
+        action = jnp.stack([d, jnp.zeros_like(d)], -1)
+        return tangential.update(action, segments=segments, params=w).sum()
+
+    zeros = jnp.zeros(17)
+    grads = jax.grad(total, argnums=(0, 1))(jnp.ones(17), zeros)
+    assert all(np.isfinite(np.asarray(g)).all() for g in grads)
+    with pytest.raises(ValueError, match="pass params"):
+        tangential.update(action)
 
 
 def test_nominal_term_is_differentiable_at_zero_moments():

@@ -49,6 +49,13 @@ VARIANTS = [
         scheduled_step=True,
     ),
     dict(nominal_lr=0.02, nominal_decay_steps=3.0, nominal_norm_step=True),
+    dict(tangential_step=True),
+    dict(
+        nominal_lr=0.02,
+        nominal_decay_steps=3.0,
+        nominal_norm_step=True,
+        tangential_step=True,
+    ),
 ]
 # The run length the faces are told (a relative-time LO needs it, others ignore it).
 TOTAL_STEPS = 5
