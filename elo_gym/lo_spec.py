@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -396,7 +396,10 @@ def row_segments(params: Any) -> tuple[int, ...]:
 
 
 def _per_tensor(
-    fn: Any, segments: tuple[int, ...] | None, x: jax.Array, reference: jax.Array
+    fn: Callable[[jax.Array, jax.Array, int | None], jax.Array],
+    segments: tuple[int, ...] | None,
+    x: jax.Array,
+    reference: jax.Array,
 ) -> jax.Array:
     """``fn(x, reference, axis)`` on each tensor: the whole arrays (``segments``
     None) or each segment of rows along the last axis (leading axes are copies)."""
