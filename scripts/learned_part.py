@@ -6,8 +6,11 @@ update for an LO without one) train the same fresh optimizees (seeds ``--seed`` 
 effect on a seed is the LO's loss minus its silenced self's on that seed: the training
 loss (mean of the last 40 minibatches, as ``scripts/evaluate.py``) and the final
 validation loss. Reported per family and LO: mean, std and standard error over seeds
-of that difference, and the mean as a percentage of the silenced mean. This is the
-paired measurement of docs/levers.md's screens: at 10x the two runs of a seed are
+of that difference, and the mean as a percentage of the silenced mean. Beside it,
+each run's weight growth (parameter norm at the end over the start, mean over seeds):
+a training loss lowered by growing the weights, which scales up the logits, is not a
+better optimizer (docs/levers.md, the twenty-fourth screen). This is the paired
+measurement of docs/levers.md's screens: at 10x the two runs of a seed are
 nearly uncorrelated, so an effect is read against its standard error over many seeds.
 
 A family is ``default`` (the env's own MLP), ``WIDTHS[:ACTIVATION]`` (the env's data
@@ -89,15 +92,28 @@ def family_task(env: str, family: str):
 def per_seed_losses(
     task, spec: LOSpec, meta, data, keys: jax.Array, steps: int
 ) -> dict[str, np.ndarray]:
-    """Each seed's final validation loss and training loss (last 40 minibatches)."""
+    """Each seed's final validation loss, training loss (last 40 minibatches) and
+    weight growth (parameter norm at the end over the start)."""
     program = validation.lo_curves(task, spec, steps=steps, eval_every=steps)
-    return validation.seed_losses(program(meta, data, keys), TRAIN_WINDOW)
+    curves = program(meta, data, keys)
+    norm = np.asarray(jax.device_get(curves["param_norm"]), np.float64)
+    return {
+        **validation.seed_losses(curves, TRAIN_WINDOW),
+        "param_norm_ratio": norm[:, -1] / norm[:, 0],
+    }
 
 
 def paired(lo: dict[str, np.ndarray], silenced: dict[str, np.ndarray]) -> dict:
     """The LO's and its silenced self's means over seeds and the effect (LO minus
-    silenced, seed by seed): mean, std, standard error, and mean in % of silenced."""
+    silenced, seed by seed): mean, std, standard error, and mean in % of silenced;
+    and both runs' mean weight growth where the inputs have ``param_norm_ratio``."""
     out = {}
+    if "param_norm_ratio" in lo:
+        runs = {"lo": lo["param_norm_ratio"], "silenced": silenced["param_norm_ratio"]}
+        out["param_norm_ratio"] = {
+            who: float(np.mean(x)) if np.all(np.isfinite(x)) else math.inf
+            for who, x in runs.items()
+        }
     for metric in ("train_loss", "valid_loss"):
         # A diverged optimizee scores inf, as in the agent's validation, so that the
         # sign of the difference says which of the two diverged.
@@ -161,20 +177,23 @@ def run(config: PartConfig) -> dict:
 
 
 def table_markdown(result: dict) -> str:
-    """One row per (family, LO): the effect on training and validation loss."""
+    """One row per (family, LO): the effect on training and validation loss, and
+    both runs' weight growth."""
     lines = [
         "| family | LO | silenced train loss | LO minus silenced (% ± SE) "
-        "| validation loss: LO minus silenced ± SE |",
-        "|---|---|---|---|---|",
+        "| validation loss: LO minus silenced ± SE | weight growth: LO / silenced |",
+        "|---|---|---|---|---|---|",
     ]
     for family, rows in result["families"].items():
         for label, row in rows.items():
             train, valid = row["train_loss"], row["valid_loss"]
+            growth = row["param_norm_ratio"]
             se = 100 * train["stderr"] / train["silenced"]
             lines.append(
                 f"| {family} | {label} | {train['silenced']:.5f} "
                 f"| {train['percent']:+.1f}% ± {se:.1f}% "
-                f"| {valid['minus_silenced']:+.4f} ± {valid['stderr']:.4f} |"
+                f"| {valid['minus_silenced']:+.4f} ± {valid['stderr']:.4f} "
+                f"| {growth['lo']:.2f}x / {growth['silenced']:.2f}x |"
             )
     return "\n".join(lines)
 

@@ -65,6 +65,8 @@ def test_an_lo_whose_output_is_zero_equals_its_silenced_self_on_every_seed(measu
         assert quiet[metric]["minus_silenced"] == 0.0
         assert quiet[metric]["std"] == 0.0
         assert quiet[metric]["lo"] == quiet[metric]["silenced"] > 0
+    growth = quiet["param_norm_ratio"]
+    assert growth["lo"] == growth["silenced"]
 
 
 def test_a_learned_part_that_moves_the_update_is_measured_against_the_silenced_runs(
@@ -81,6 +83,16 @@ def test_a_learned_part_that_moves_the_update_is_measured_against_the_silenced_r
         100 * loud["minus_silenced"] / loud["silenced"]
     )
     assert loud["stderr"] == pytest.approx(loud["std"] / jnp.sqrt(2.0))
+    # Weight growth is the end's norm over the start's: Adam at lr 0.02 grows a fresh
+    # net's weights, and a learned step as large as the nominal one, in directions of
+    # its own, grows them further.
+    growth = rows["loud"]["param_norm_ratio"]
+    assert growth["silenced"] == rows["quiet"]["param_norm_ratio"]["silenced"]
+    assert 1.0 < growth["silenced"] < growth["lo"]
+    assert (
+        f"{growth['lo']:.2f}x / {growth['silenced']:.2f}x"
+        in learned_part.table_markdown(result)
+    )
     assert saved["config"]["family"] == ["8:tanh"]
     assert saved["families"] == json.loads(json.dumps(result["families"]))
 
