@@ -106,14 +106,14 @@ def per_seed_losses(
 def paired(lo: dict[str, np.ndarray], silenced: dict[str, np.ndarray]) -> dict:
     """The LO's and its silenced self's means over seeds and the effect (LO minus
     silenced, seed by seed): mean, std, standard error, and mean in % of silenced;
-    and both runs' mean weight growth where the inputs have ``param_norm_ratio``."""
-    out = {}
-    if "param_norm_ratio" in lo:
-        runs = {"lo": lo["param_norm_ratio"], "silenced": silenced["param_norm_ratio"]}
-        out["param_norm_ratio"] = {
+    and both runs' mean weight growth (inf where a seed diverged)."""
+    runs = {"lo": lo["param_norm_ratio"], "silenced": silenced["param_norm_ratio"]}
+    out = {
+        "param_norm_ratio": {
             who: float(np.mean(x)) if np.all(np.isfinite(x)) else math.inf
             for who, x in runs.items()
         }
+    }
     for metric in ("train_loss", "valid_loss"):
         # A diverged optimizee scores inf, as in the agent's validation, so that the
         # sign of the difference says which of the two diverged.

@@ -119,13 +119,23 @@ def test_bad_input_exits_2_and_says_what_to_do(tmp_path, capsys, args, message):
 def test_a_diverged_run_scores_inf_on_its_own_side():
     """A seed where the silenced run diverged makes the LO look better (-inf), one
     where the LO diverged worse (+inf); never NaN, which strict JSON lacks."""
-    finite = {"train_loss": [0.1, 0.2], "valid_loss": [0.3, 0.4]}
-    broken = {"train_loss": [0.1, float("nan")], "valid_loss": [float("inf"), 0.4]}
+    finite = {
+        "train_loss": [0.1, 0.2],
+        "valid_loss": [0.3, 0.4],
+        "param_norm_ratio": [2.0, 3.0],
+    }
+    broken = {
+        "train_loss": [0.1, float("nan")],
+        "valid_loss": [float("inf"), 0.4],
+        "param_norm_ratio": [2.0, float("nan")],
+    }
     as_arrays = lambda d: {k: np.asarray(v) for k, v in d.items()}  # noqa: E731
     silenced_diverged = learned_part.paired(as_arrays(finite), as_arrays(broken))
     lo_diverged = learned_part.paired(as_arrays(broken), as_arrays(finite))
     for metric in ("train_loss", "valid_loss"):
         assert silenced_diverged[metric]["minus_silenced"] == -math.inf
         assert lo_diverged[metric]["minus_silenced"] == math.inf
+    assert silenced_diverged["param_norm_ratio"] == {"lo": 2.5, "silenced": math.inf}
+    assert lo_diverged["param_norm_ratio"] == {"lo": math.inf, "silenced": 2.5}
     both = learned_part.paired(as_arrays(broken), as_arrays(broken))
     assert all(not math.isnan(v) for v in both["train_loss"].values())
