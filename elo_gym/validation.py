@@ -113,6 +113,12 @@ def seed_losses(curves: Curves, window: int) -> dict[str, np.ndarray]:
     }
 
 
+def seed_weight_growth(curves: Curves) -> np.ndarray:
+    """Each seed's parameter norm at the last evaluation over the first, (seeds,)."""
+    norm = np.asarray(jax.device_get(curves["param_norm"]), np.float64)
+    return norm[:, -1] / norm[:, 0]
+
+
 def summary(curves: Curves, window: int) -> dict[str, float]:
     """:data:`METRICS` (means over seeds) and the stds over seeds of :data:`SPREAD`
     (``<metric>_std``); ``window``: the inner steps averaged at each end. A diverged
@@ -126,7 +132,7 @@ def summary(curves: Curves, window: int) -> dict[str, float]:
                 c["update_norm"][:, -window:].mean()
                 / c["update_norm"][:, :window].mean()
             ),
-            "param_norm_ratio": (c["param_norm"][:, -1] / c["param_norm"][:, 0]).mean(),
+            "param_norm_ratio": seed_weight_growth(c).mean(),
             **{f"{k}_std": per_seed[k].std() for k in SPREAD},
         }
     return {k: float(v) if np.isfinite(v) else math.inf for k, v in out.items()}
