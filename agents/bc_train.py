@@ -115,6 +115,8 @@ class Args:
     expert_schedule: Literal["inverse_sqrt", "cosine"] = "inverse_sqrt"
     """The expert's lr over an episode: inverse_sqrt (expert_decay_steps) or warmup
     + cosine decay to 0 at the episode's end."""
+    expert_b2: float = 0.999
+    """The expert Adam's second-moment decay."""
     nominal_lr_spread: float = 1.0
     """> 1: each episode scales the LO's nominal term by a factor in [1/s, s] (log-
     uniform), which the clone learns to correct toward the expert."""
@@ -171,6 +173,7 @@ def env_settings(args: Args) -> EnvSettings:
         expert_learning_rate=args.expert_lr,
         expert_decay_steps=args.expert_decay_steps,
         expert_schedule=args.expert_schedule,
+        expert_b2=args.expert_b2,
         nominal_lr_spread=args.nominal_lr_spread,
         run_length_max=args.run_length_max,
         lo=args.lo,

@@ -46,8 +46,9 @@ RESETS.update(bc="uniform", buffer="elo")
 MODES = tuple(RESETS)
 BC_MODES = ("elo", "bc")  # the modes with behavior cloning
 CLONE_DEMONSTRATOR = "bc"  # --init-lo's value that clones the demonstrator first
-# config.json values of older versions that mean what a value of this one does.
-LEGACY_CONFIG = {"expert_decay_steps": (None, 0.0)}
+# config.json values of older versions that mean what a value of this one does (None:
+# a run written before the setting existed, which ran with that value).
+LEGACY_CONFIG = {"expert_decay_steps": (None, 0.0), "expert_b2": (None, 0.999)}
 METRICS = (
     *("outer_step", "meta_loss", "task_loss", "bc_loss", "alpha", "n_max"),
     *("mean_inner_step", "max_inner_step", "buffer_fill", "frac_from_buffer"),
@@ -104,6 +105,8 @@ class InnerArgs:
     """tau > 0: the demonstrator's lr decays as 1 / sqrt(1 + n / tau) (BC modes)."""
     expert_schedule: Literal["inverse_sqrt", "cosine"] = "cosine"
     """The demonstrator's lr: inverse_sqrt, or warmup + cosine to 0 at episode end."""
+    expert_b2: float = 0.999
+    """The demonstrator Adam's second-moment decay."""
     nominal_lr_spread: float = 1.0
     """> 1: each episode scales the LO's nominal term by a factor in [1/s, s] (log-
     uniform) that the learned part must correct; the demonstrator's lr stays."""
@@ -343,6 +346,7 @@ def clone_demonstrator(args: Args, run_dir: pathlib.Path) -> pathlib.Path:
         # The task's and the demonstrator's settings; the clone keeps its own p_th.
         names = ("task", "n_min", "n_max", "batch_size", "hidden_sizes", "data_dir")
         names += ("mixture", "expert_lr", "expert_decay_steps", "expert_schedule")
+        names += ("expert_b2",)
         names += ("nominal_lr_spread", "run_length_max")
         clone_args = bc_train.Args(
             env=args.env,

@@ -84,6 +84,7 @@ class EnvConfig:
       expert_learning_rate: Adam's learning rate.
       expert_decay_steps: 0 (the paper: constant) or tau > 0: the expert's learning
         rate at inner step n is expert_learning_rate / sqrt(1 + n / tau).
+      expert_b2: the expert Adam's second-moment decay, in (0, 1).
       expert_schedule: ``inverse_sqrt`` (``expert_decay_steps``) or ``cosine``:
         warmup and cosine decay to 0 at the end of the run, R (K + N unless
         ``run_length_max``; ``schedules.relative_warmup_cosine``), a schedule that
@@ -112,6 +113,7 @@ class EnvConfig:
     lo: LOSpec = LOSpec()
     expert_learning_rate: float = demonstrator.EXPERT_LEARNING_RATE
     expert_decay_steps: float = 0.0
+    expert_b2: float = demonstrator.EXPERT_B2
     expert_schedule: str = "inverse_sqrt"
     nominal_lr_spread: float = 1.0
     run_length_max: int = 0
@@ -141,6 +143,11 @@ class EnvConfig:
         if not self.expert_learning_rate > 0:
             raise ValueError(
                 f"expert_learning_rate must be > 0, got {self.expert_learning_rate}"
+            )
+        if not 0.0 < self.expert_b2 < 1.0:
+            raise ValueError(
+                f"expert_b2 is Adam's second-moment decay, in (0, 1); got "
+                f"{self.expert_b2}"
             )
         if not self.expert_decay_steps >= 0:
             raise ValueError(
@@ -351,8 +358,10 @@ def _episode_of(state: EnvState) -> Episode:
 
 def _expert(cfg: EnvConfig) -> optax.GradientTransformation:
     if cfg.expert_schedule == "cosine":  # unit steps, times the lr in _prepare
-        return demonstrator.adam_expert(1.0)
-    return demonstrator.adam_expert(cfg.expert_learning_rate, cfg.expert_decay_steps)
+        return demonstrator.adam_expert(1.0, b2=cfg.expert_b2)
+    return demonstrator.adam_expert(
+        cfg.expert_learning_rate, cfg.expert_decay_steps, cfg.expert_b2
+    )
 
 
 def lo_clock(cfg: EnvConfig, state: EnvState) -> jax.Array:

@@ -49,7 +49,8 @@ def prepare_run_dir(
     main one) only checks an existing config.json, so that every process refuses a
     mismatched run alike. An LO setting (:class:`~elo_gym.lo_spec.LOSpec`) that an
     older config.json does not record counts as its default, and a setting named in
-    ``legacy`` with its (old, new) values counts as the new value.
+    ``legacy`` with its (old, new) values counts as the new value (an old value None
+    also stands for a config.json written before the setting existed).
 
     Raises:
       ValueError: the directory holds a run with another config (names what differs),
@@ -65,7 +66,7 @@ def prepare_run_dir(
         lo_defaults = lo_spec.LOSpec().to_json()
         saved = {**{k: v for k, v in lo_defaults.items() if k in config}, **saved}
         for k, (was, now) in (legacy or {}).items():
-            if k in saved and saved[k] == was:
+            if k in config and saved.get(k) == was:  # None: written before k existed
                 saved[k] = now
         diff = sorted(
             k for k in set(saved) | set(config) if saved.get(k) != config.get(k)

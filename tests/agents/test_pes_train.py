@@ -483,6 +483,7 @@ def test_presets_write_the_config_they_always_wrote(preset, mode):
         scheduled_step=False,
         nominal_norm_step=False,
         tangential_step=False,
+        expert_b2=0.999,
     )
     if preset == "cpu":
         added_since.update(

@@ -996,6 +996,35 @@ def test_a_cosine_expert_and_a_relative_time_lo_read_the_episode_length(data):
         core.EnvConfig(task=TASK, expert_schedule="cosine", expert_decay_steps=10.0)
 
 
+def test_expert_b2_is_the_demonstrator_adams_second_moment_decay(data):
+    """expert_b2: the expert's update is ``optax.adam`` at that b2 on the gradients
+    the copy met (first steps of Adam do not depend on b2, so several are taken),
+    and a b2 outside (0, 1) is refused."""
+    p = core.make_params(data, n_min=20, n_max=20, alpha=1.0)
+    updates = {}
+    for b2 in (0.95, 0.999):
+        cfg = core.EnvConfig(task=TASK, expert_learning_rate=1e-3, expert_b2=b2)
+        state, _, info = core.reset(cfg, core.copy_keys(cfg, 0), p)
+        step = jax.jit(functools.partial(core.step, cfg))
+        grads = [jax.tree.map(lambda g: g[0], state.copies.grads)]
+        for _ in range(5):
+            state, _, _, _, _, info = step(state, info["expert_action"], p)
+            grads.append(jax.tree.map(lambda g: g[0], state.copies.grads))
+        adam = optax.adam(1e-3, b2=b2)
+        params = jax.tree.map(lambda x: x[0], state.copies.params)
+        opt_state = adam.init(params)
+        for g in grads:
+            expected, opt_state = adam.update(g, opt_state)
+        updates[b2] = np.asarray(info["expert_update"])[0]
+        np.testing.assert_allclose(
+            updates[b2], np.asarray(core.flatten_rows(expected)), rtol=1e-4, atol=1e-9
+        )
+    assert not np.allclose(updates[0.95], updates[0.999], rtol=1e-2, atol=0)
+    for b2 in (0.0, 1.0):
+        with pytest.raises(ValueError, match="expert_b2 is Adam's second-moment"):
+            core.EnvConfig(task=TASK, expert_b2=b2)
+
+
 def test_run_length_max_draws_where_the_clock_ends(data):
     """run_length_max: each copy's run ends at R, log-uniform in [K + N, R_max]
     (``info["run_length"]``), and both the relative-time LO's step features and the

@@ -58,3 +58,12 @@ def test_an_old_config_resumes_or_is_refused_by_name(tmp_path):
         runs.prepare_run_dir(tmp_path, config)
     with pytest.raises(ValueError, match=r"nominal_lr: saved 0.0, now 0.01"):
         runs.prepare_run_dir(tmp_path, dict(config, nominal_lr=0.01), legacy=legacy)
+    # Written before the setting existed: the legacy old value None stands for it.
+    newer = dict(config, b2=0.999)
+    runs.prepare_run_dir(tmp_path, newer, legacy={**legacy, "b2": (None, 0.999)})
+    with pytest.raises(ValueError, match=r"b2: saved None, now 0.999"):
+        runs.prepare_run_dir(tmp_path, newer, legacy=legacy)
+    with pytest.raises(ValueError, match=r"b2: saved 0.999, now 0.95"):
+        runs.prepare_run_dir(
+            tmp_path, dict(config, b2=0.95), legacy={**legacy, "b2": (None, 0.999)}
+        )
