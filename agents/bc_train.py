@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import optax
 import tyro
 
-from elo_gym import adapters, checkpoint, core, lopt, runs
+from elo_gym import adapters, checkpoint, core, demonstrator, lopt, runs
 from elo_gym.lo_spec import LOSpec
 from elo_gym.settings import EnvSettings, mixture_settings
 
@@ -115,7 +115,7 @@ class Args:
     expert_schedule: Literal["inverse_sqrt", "cosine"] = "inverse_sqrt"
     """The expert's lr over an episode: inverse_sqrt (expert_decay_steps) or warmup
     + cosine decay to 0 at the episode's end."""
-    expert_b2: float = 0.999
+    expert_b2: float = demonstrator.EXPERT_B2
     """The expert Adam's second-moment decay."""
     nominal_lr_spread: float = 1.0
     """> 1: each episode scales the LO's nominal term by a factor in [1/s, s] (log-

@@ -27,6 +27,7 @@ import optax
 from elo_gym import (
     checkpoint,
     core,
+    demonstrator,
     distributed,
     lopt,
     lopt_fused,
@@ -48,7 +49,10 @@ BC_MODES = ("elo", "bc")  # the modes with behavior cloning
 CLONE_DEMONSTRATOR = "bc"  # --init-lo's value that clones the demonstrator first
 # config.json values of older versions that mean what a value of this one does (None:
 # a run written before the setting existed, which ran with that value).
-LEGACY_CONFIG = {"expert_decay_steps": (None, 0.0), "expert_b2": (None, 0.999)}
+LEGACY_CONFIG = {
+    "expert_decay_steps": (None, 0.0),
+    "expert_b2": (None, demonstrator.EXPERT_B2),
+}
 METRICS = (
     *("outer_step", "meta_loss", "task_loss", "bc_loss", "alpha", "n_max"),
     *("mean_inner_step", "max_inner_step", "buffer_fill", "frac_from_buffer"),
@@ -105,7 +109,7 @@ class InnerArgs:
     """tau > 0: the demonstrator's lr decays as 1 / sqrt(1 + n / tau) (BC modes)."""
     expert_schedule: Literal["inverse_sqrt", "cosine"] = "cosine"
     """The demonstrator's lr: inverse_sqrt, or warmup + cosine to 0 at episode end."""
-    expert_b2: float = 0.999
+    expert_b2: float = demonstrator.EXPERT_B2
     """The demonstrator Adam's second-moment decay."""
     nominal_lr_spread: float = 1.0
     """> 1: each episode scales the LO's nominal term by a factor in [1/s, s] (log-

@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Any
 
-from elo_gym import core, envs, registration
+from elo_gym import core, demonstrator, envs, registration
 from elo_gym.lo_spec import LOSpec
 
 
@@ -59,7 +59,7 @@ class EnvSettings:
     expert_learning_rate: float = 1e-3  # the demonstrator Adam's lr (the paper's)
     expert_decay_steps: float = 0.0  # > 0: the expert's lr decays as 1/sqrt(1 + n/tau)
     expert_schedule: str = "inverse_sqrt"  # or "cosine" to the end of the episode
-    expert_b2: float = 0.999  # the demonstrator Adam's second-moment decay
+    expert_b2: float = demonstrator.EXPERT_B2  # the demonstrator Adam's b2
     nominal_lr_spread: float = 1.0  # > 1: episodes scale the LO's nominal term
     run_length_max: int = 0  # > 0: episodes draw where their run's clock ends
     lo: LOSpec = LOSpec()  # the LO's step (actions, expert action) and features
