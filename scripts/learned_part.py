@@ -6,7 +6,8 @@ update for an LO without one) train the same fresh optimizees (seeds ``--seed`` 
 effect on a seed is the LO's loss minus its silenced self's on that seed: the training
 loss (mean of the last 40 minibatches, as ``scripts/evaluate.py``) and the final
 validation loss. Reported per family and LO: mean, std and standard error over seeds
-of that difference, and the mean as a percentage of the silenced mean. Beside it,
+of that difference, and the mean as a percentage of the silenced mean (and, in the
+JSON, every seed's values, to pair two LOs afterwards). Beside it,
 each run's weight growth (parameter norm at the end over the start, mean over seeds):
 a training loss lowered by growing the weights, which scales up the logits, is not a
 better optimizer (docs/levers.md, the twenty-fourth screen). This is the paired
@@ -106,13 +107,23 @@ def per_seed_losses(
 def paired(lo: dict[str, np.ndarray], silenced: dict[str, np.ndarray]) -> dict:
     """The LO's and its silenced self's means over seeds and the effect (LO minus
     silenced, seed by seed): mean, std, standard error, and mean in % of silenced;
-    and both runs' mean weight growth (inf where a seed diverged)."""
+    both runs' mean weight growth (inf where a seed diverged); and both runs' values
+    seed by seed (``per_seed``, inf where diverged)."""
     runs = {"lo": lo["param_norm_ratio"], "silenced": silenced["param_norm_ratio"]}
     out = {
         "param_norm_ratio": {
             who: float(np.mean(x)) if np.all(np.isfinite(x)) else math.inf
             for who, x in runs.items()
-        }
+        },
+        # Every seed's values, so that two LOs measured on the same seeds (a trained LO
+        # and the clone it started from) can be paired with each other afterwards.
+        "per_seed": {
+            who: {
+                metric: [float(v) if np.isfinite(v) else math.inf for v in x[metric]]
+                for metric in ("train_loss", "valid_loss", "param_norm_ratio")
+            }
+            for who, x in (("lo", lo), ("silenced", silenced))
+        },
     }
     for metric in ("train_loss", "valid_loss"):
         # A diverged optimizee scores inf, as in the agent's validation, so that the

@@ -67,6 +67,25 @@ def test_an_lo_whose_output_is_zero_equals_its_silenced_self_on_every_seed(measu
         assert quiet[metric]["lo"] == quiet[metric]["silenced"] > 0
     growth = quiet["param_norm_ratio"]
     assert growth["lo"] == growth["silenced"]
+    assert quiet["per_seed"]["lo"] == quiet["per_seed"]["silenced"]
+
+
+def test_every_seeds_values_are_kept_so_two_los_can_be_paired_afterwards(measured):
+    _, saved = measured
+    rows = saved["families"]["8:tanh"]
+    loud, quiet = rows["loud"], rows["quiet"]
+    for metric in ("train_loss", "valid_loss"):
+        lo = np.asarray(loud["per_seed"]["lo"][metric])
+        silenced = np.asarray(loud["per_seed"]["silenced"][metric])
+        assert lo.shape == (2,)
+        assert lo.mean() == pytest.approx(loud[metric]["lo"])
+        assert (lo - silenced).std() == pytest.approx(loud[metric]["std"])
+        # The silenced runs are the same seeds' for both LOs, so loud minus quiet,
+        # seed by seed, is loud's effect over the quiet LO's (here its silenced self).
+        assert quiet["per_seed"]["lo"][metric] == silenced.tolist()
+    assert np.mean(loud["per_seed"]["lo"]["param_norm_ratio"]) == pytest.approx(
+        loud["param_norm_ratio"]["lo"]
+    )
 
 
 def test_a_learned_part_that_moves_the_update_is_measured_against_the_silenced_runs(
