@@ -374,7 +374,7 @@ def lo_clock(cfg: EnvConfig, state: EnvState) -> jax.Array:
 def _fresh_snapshot(cfg: EnvConfig, key: jax.Array) -> Snapshot:
     params, model_state = cfg.task.init_with_state(key)
     adam = _expert(cfg).init(params)
-    return Snapshot(params, lopt.init_state(params), adam, model_state)
+    return Snapshot(params, cfg.lo.init_state(params), adam, model_state)
 
 
 def _sample_length(cfg: EnvConfig, key: jax.Array, p: EnvParams) -> jax.Array:

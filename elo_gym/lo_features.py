@@ -16,7 +16,7 @@ index  feature
 1      parameter p (before this step's update)
 2-4    momenta m_k, decays (0.9, 0.99, 0.999)
 5      rms r (decay 0.999)
-6-8    m_k * rsqrt(r + 1e-6)
+6-8    m_k * rsqrt(r + 1e-6); with a fast second moment, m_k * rsqrt(r_0.95 + 1e-6)
 9      rsqrt(r + 1e-6)
 10-12  Adafactor-preconditioned gradient, decays (0.9, 0.99, 0.999)
 13-15  row second moment (factored) or v_k (not factored)
@@ -35,6 +35,13 @@ are the environment's observation, computed by the env before any agent acts, so
 they cannot depend on the agent's meta-parameters. The reference's learnable decay
 offsets are therefore not meta-parameters here (``lopt.meta_params_from_reference``
 accepts them only at zero).
+
+An LO spec's ``fast_second_moment`` keeps a second rms channel, r_0.95 (Adam's
+second moment at b2 0.95), beside r (``init_state(..., fast_second_moment=True)``);
+features 6-8 then read it, so the LO sees the direction of Adam at b2 0.95, which its
+factored moments only approximate. Features 5 and 9 and the nominal term keep r. The
+accumulators know how many rms channels they keep, so accumulating and building
+features need no flag.
 
 The accumulators are stored channels first, ``(decays,) + S``, where the reference
 stores ``S + (decays,)``: each decay's statistics are then one contiguous array, which
@@ -56,6 +63,8 @@ ADAM_RATIO_FEATURES = slice(6, 9)
 NUM_NORMALIZED = 28
 MOMENTUM_DECAYS = (0.9, 0.99, 0.999)
 RMS_DECAYS = (0.999,)
+# The decay of the second rms channel, kept with a fast second moment (``init_state``).
+FAST_RMS_DECAY = 0.95
 ADAFACTOR_DECAYS = (0.9, 0.99, 0.999)
 STEP_TIMESCALES = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000)
 # Every matmul of the LO runs in full float32. GPUs would otherwise take float32
@@ -101,7 +110,7 @@ class TensorAccumulators(NamedTuple):
     """
 
     momentum: jax.Array  # (3,) + S
-    rms: jax.Array  # (1,) + S
+    rms: jax.Array  # (1,) + S, or (2,) + S with a fast second moment
     v_row: jax.Array  # factored: (3,) + S without axis d0; else (3,) + S
     v_col: jax.Array  # factored: (3,) + S without axis d1; else (0,) (unused)
 
@@ -156,6 +165,8 @@ DECAYS = Decays(
     rms=np.asarray(RMS_DECAYS, np.float32),
     adafactor=np.asarray(ADAFACTOR_DECAYS, np.float32),
 )
+# Every rms channel's decay, as float32: accumulators keep the first 1 or 2.
+RMS_CHANNEL_DECAYS = np.asarray(RMS_DECAYS + (FAST_RMS_DECAY,), np.float32)
 
 
 def factored_dims(shape: tuple[int, ...]) -> tuple[int, int] | None:
@@ -174,7 +185,12 @@ def _internal_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape if shape else (1,)
 
 
-def _init_tensor(p: jax.Array) -> TensorAccumulators:
+def rms_channels(fast_second_moment: bool) -> int:
+    """How many rms channels the accumulators keep (``RMS_CHANNEL_DECAYS``' first)."""
+    return 2 if fast_second_moment else 1
+
+
+def _init_tensor(p: jax.Array, fast_second_moment: bool) -> TensorAccumulators:
     shape = _internal_shape(p.shape)
     dims = factored_dims(shape)
     if dims is None:
@@ -183,14 +199,19 @@ def _init_tensor(p: jax.Array) -> TensorAccumulators:
         d0, d1 = dims
         v_row = jnp.zeros((3,) + tuple(s for i, s in enumerate(shape) if i != d0))
         v_col = jnp.zeros((3,) + tuple(s for i, s in enumerate(shape) if i != d1))
-    return TensorAccumulators(
-        jnp.zeros((3,) + shape), jnp.zeros((1,) + shape), v_row, v_col
-    )
+    rms = jnp.zeros((rms_channels(fast_second_moment),) + shape)
+    return TensorAccumulators(jnp.zeros((3,) + shape), rms, v_row, v_col)
 
 
-def init_state(params: Any) -> SmallFcLOptState:
-    """Zero accumulators for a params pytree (any shapes, scalars included)."""
-    accumulators = jax.tree.map(_init_tensor, params)
+def init_state(params: Any, *, fast_second_moment: bool = False) -> SmallFcLOptState:
+    """Zero accumulators for a params pytree (any shapes, scalars included).
+
+    Args:
+      params: the optimizee's parameters.
+      fast_second_moment: also keep r_0.95, which features 6-8 then read (the LO
+        spec's ``fast_second_moment``).
+    """
+    accumulators = jax.tree.map(lambda p: _init_tensor(p, fast_second_moment), params)
     return SmallFcLOptState(jnp.zeros((), jnp.int32), accumulators)
 
 
@@ -218,7 +239,7 @@ def _accumulate_tensor(g: jax.Array, acc: TensorAccumulators) -> TensorAccumulat
     decays = DECAYS
     g = g.reshape(acc.momentum.shape[1:])
     momentum = _ema(decays.momentum, acc.momentum, g)
-    rms = _ema(decays.rms, acc.rms, g**2)
+    rms = _ema(RMS_CHANNEL_DECAYS[: acc.rms.shape[0]], acc.rms, g**2)
     q = g**2 + 1e-30
     dims = factored_dims(g.shape)
     if dims is None:
@@ -294,8 +315,13 @@ def tensor_inputs(
 def per_element_rows(block: dict[str, jax.Array]) -> list[jax.Array]:
     """The 16 per-element rows of a block (a tensor's inputs, or a tile of them), as
     8 arrays (c,) + block shape."""
-    g, m, r = block["g"], block["m"], block["r"]
+    g, m = block["g"], block["m"]
+    # r_0.999, and the second moment Adam's ratio reads: r_0.95 when it is kept.
+    r = block["r"][:1]
     rsqrt_r = jax.lax.rsqrt(r + 1e-6)
+    rsqrt_r_ratio = rsqrt_r
+    if block["r"].shape[0] > 1:
+        rsqrt_r_ratio = jax.lax.rsqrt(block["r"][1:] + 1e-6)
     if "v" in block:
         v = block["v"]
         fac_g = g * jax.lax.rsqrt(jnp.maximum(v + 1e-9, 1e-9))
@@ -303,7 +329,7 @@ def per_element_rows(block: dict[str, jax.Array]) -> list[jax.Array]:
     else:
         both = block["row_factor"] * block["col_factor"]
         fac_g, fac_m = g * both, m * both
-    return [g, block["p"], m, r, m * rsqrt_r, rsqrt_r, fac_g, fac_m]
+    return [g, block["p"], m, r, m * rsqrt_r_ratio, rsqrt_r, fac_g, fac_m]
 
 
 def feature_rows(block: dict[str, jax.Array]) -> list[jax.Array]:

@@ -31,6 +31,7 @@ from elo_gym.lo_features import (  # noqa: F401 - the LO's math, re-exported
     NUM_FEATURES,
     NUM_NORMALIZED,
     PRECISION,
+    RMS_CHANNEL_DECAYS,
     RMS_DECAYS,
     STEP_TIMESCALES,
     Decays,
@@ -51,6 +52,7 @@ from elo_gym.lo_features import (  # noqa: F401 - the LO's math, re-exported
     normalizers,
     per_element_rows,
     raw_tensor_features,
+    rms_channels,
     sanitize_gradient,
     step_features,
     tensor_features,
@@ -230,4 +232,4 @@ def small_fc_lopt(
             total_steps=total_steps,
         )
 
-    return optax.GradientTransformation(init_state, update_fn)
+    return optax.GradientTransformation(spec.init_state, update_fn)

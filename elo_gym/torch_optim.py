@@ -62,8 +62,10 @@ class _Net:
         ]
         # The optax face's own float32 decays d, so that both faces use the same
         # bits; each with 1 - d, the weight of the new value.
+        # The rms decays are every channel's: a state keeps the first 1 or 2.
         self.momentum, self.rms, self.adafactor = (
-            (tensor(d), 1.0 - tensor(d)) for d in lopt.DECAYS
+            (tensor(d), 1.0 - tensor(d))
+            for d in lopt.DECAYS._replace(rms=lopt.RMS_CHANNEL_DECAYS)
         )
         self.timescales = tensor(lopt.STEP_TIMESCALES)
         self._first_bias = (-1, self.b0)
@@ -101,14 +103,16 @@ def _internal_shape(shape: torch.Size) -> tuple[int, ...]:
     return tuple(shape) if len(shape) else (1,)
 
 
-def _init_state(p: torch.Tensor) -> dict[str, Any]:
-    """Zero float32 accumulators, channels first as in :mod:`elo_gym.lopt`."""
+def _init_state(p: torch.Tensor, fast_second_moment: bool) -> dict[str, Any]:
+    """Zero float32 accumulators, channels first as in :mod:`elo_gym.lopt` (with
+    the rms channels ``lo_features.rms_channels`` keeps)."""
     shape = _internal_shape(p.shape)
 
     def zeros(*s: int) -> torch.Tensor:
         return torch.zeros(s, dtype=torch.float32, device=p.device)
 
-    state = {"step": 0, "momentum": zeros(3, *shape), "rms": zeros(1, *shape)}
+    rms = zeros(lopt.rms_channels(fast_second_moment), *shape)
+    state = {"step": 0, "momentum": zeros(3, *shape), "rms": rms}
     dims = lopt.factored_dims(shape)
     if dims is None:
         state["v_row"] = zeros(3, *shape)
@@ -132,7 +136,8 @@ def _accumulate(g: torch.Tensor, state: dict[str, Any], net: _Net) -> None:
     """Folds the (sanitized, float32, internal-shaped) gradient into the state."""
     _ema_(state["momentum"], net.momentum, g)
     g2 = g * g
-    _ema_(state["rms"], net.rms, g2)
+    channels = state["rms"].shape[0]  # as lo_features: the first channel decays
+    _ema_(state["rms"], tuple(d[:channels] for d in net.rms), g2)
     q = g2 + 1e-30
     dims = lopt.factored_dims(tuple(g.shape))
     if dims is None:
@@ -167,8 +172,10 @@ def _element_rows(
     x[0] = g
     x[1] = p
     x[2:5] = m
-    x[5:6] = r
-    rsqrt_r = torch.add(r, 1e-6, out=x[9:10]).rsqrt_()
+    x[5:6] = r[:1]
+    rsqrt_r = torch.add(r[:1], 1e-6, out=x[9:10]).rsqrt_()
+    if r.shape[0] > 1:  # as lo_features.per_element_rows: the ratio reads r_0.95
+        rsqrt_r = torch.rsqrt(r[1:] + 1e-6)
     torch.mul(m, rsqrt_r, out=x[6:9])
     if factored:
         d0, d1 = lopt.factored_dims(tuple(shape))
@@ -327,7 +334,7 @@ class SmallFcLOpt(torch.optim.Optimizer):
     def _update(self, p: torch.Tensor, step_mult: float, exp_mult: float) -> None:
         state = self.state[p]
         if not state:
-            state.update(_init_state(p))
+            state.update(_init_state(p, self.spec.fast_second_moment))
         net = self._net(p.device)
         shape = _internal_shape(p.shape)
         g = torch.nan_to_num(

@@ -228,13 +228,18 @@ def test_non_finite_gradients_are_contained():
         assert np.all(np.isfinite(leaf))
 
 
-@pytest.mark.parametrize("raw_adam_ratio", [False, True], ids=["reference", "raw"])
+@pytest.mark.parametrize(
+    "variant",
+    [{}, dict(raw_adam_ratio=True), dict(fast_second_moment=True)],
+    ids=["reference", "raw", "fast_second_moment"],
+)
 @pytest.mark.parametrize("layout", lopt_fused.LAYOUTS)
-def test_fast_paths_equal_features_then_mlp(layout, raw_adam_ratio):
+def test_fast_paths_equal_features_then_mlp(layout, variant):
     """On CPU, large tensors take the tiled path of the fast update and the others
     run one by one, or in one merged pass (the PES agent's); an accelerator runs
     every tensor whole and concatenates the rows. Every path must give what building
-    the 39 features and applying the MLP gives, on every tensor kind."""
+    the 39 features and applying the MLP gives, on every tensor kind, with the
+    variants that change the features."""
     shapes = {
         "kernel": (1536, 48),  # factored, axis 0 cut into tiles
         "tall": (384, 4, 64),  # factored over axes 0 and 2: a broadcast along axis 0
@@ -253,14 +258,15 @@ def test_fast_paths_equal_features_then_mlp(layout, raw_adam_ratio):
     keys = iter(jax.random.split(jax.random.PRNGKey(0), 64))
     params = {k: jax.random.normal(next(keys), s) for k, s in shapes.items()}
     meta = elo_gym.init_meta_params(next(keys))
-    state = lopt.init_state(params)
+    spec = LOSpec.for_meta_params(meta, **variant)
+    state = spec.init_state(params)
 
     # One compiled program for every path: run eagerly, the explicit features cost
     # dozens of per-op compiles (34 s of this test with a cold JAX cache, 14 s jitted).
     @jax.jit
     def paths(meta, grads, state, params):
         accumulated = lopt.accumulate(grads, state)
-        raw = dict(raw_adam_ratio=raw_adam_ratio)
+        raw = dict(raw_adam_ratio=spec.raw_adam_ratio)
         feats = lopt.features(grads, params, accumulated, **raw)
         fast = {
             merged: lopt_fused.mlp_outputs(
@@ -281,7 +287,7 @@ def test_fast_paths_equal_features_then_mlp(layout, raw_adam_ratio):
                 grads,
                 state,
                 params,
-                LOSpec.for_meta_params(meta, **raw),
+                spec,
                 layout=layout,
                 merged=merged,
             )
@@ -526,3 +532,47 @@ def test_an_lo_with_its_output_layer_silenced_is_its_nominal_term():
         silenced.mlp["Dense_0"]["kernel"], fresh.mlp["Dense_0"]["kernel"]
     )
     assert not lo_features.silenced_output(fresh).mlp["Dense_2"]["kernel"].any()
+
+
+def test_a_fast_second_moment_shows_the_lo_adams_direction_at_b2_095():
+    """With ``fast_second_moment`` the LO keeps r_0.95 beside r_0.999, and features
+    6-8 are m_k / sqrt(r_0.95): for k = 0.9, optax's Adam at b2 0.95 (its moments
+    before bias correction), normalized per tensor. Features 5 and 9 and the nominal
+    term still read r_0.999."""
+    keys = iter(jax.random.split(jax.random.PRNGKey(3), 16))
+    params = {"w": jax.random.normal(next(keys), (12, 5)), "b": jnp.zeros((5,))}
+    fast = LOSpec(nominal_lr=0.01, fast_second_moment=True)
+    state, reference = fast.init_state(params), LOSpec().init_state(params)
+    assert state.accumulators["w"].rms.shape == (2, 12, 5)
+    assert reference.accumulators["w"].rms.shape == (1, 12, 5)
+    adams = {b2: optax.scale_by_adam(b1=0.9, b2=b2) for b2 in (0.95, 0.999)}
+    adam_states = {b2: adam.init(params) for b2, adam in adams.items()}
+    for _ in range(6):
+        grads = jax.tree.map(
+            lambda p: jax.random.normal(next(keys), p.shape) * 3.0, params
+        )
+        state = lopt.accumulate(grads, state)
+        reference = lopt.accumulate(grads, reference)
+        for b2, adam in adams.items():
+            _, adam_states[b2] = adam.update(grads, adam_states[b2])
+    for name in params:
+        raw = lopt.raw_tensor_features(
+            grads[name], params[name], state.accumulators[name]
+        )
+        mu, nu = adam_states[0.95].mu[name], adam_states[0.95].nu[name]
+        np.testing.assert_allclose(
+            raw[..., 6], mu * jax.lax.rsqrt(nu + 1e-6), rtol=1e-4, atol=1e-7
+        )
+        np.testing.assert_allclose(raw[..., 5], adam_states[0.999].nu[name], rtol=1e-4)
+        same = lopt.raw_tensor_features(
+            grads[name], params[name], reference.accumulators[name]
+        )
+        others = [i for i in range(28) if i not in (6, 7, 8)]
+        np.testing.assert_allclose(raw[..., others], same[..., others], rtol=1e-6)
+        assert not np.allclose(raw[..., 6:9], same[..., 6:9], rtol=1e-2)
+        # The nominal term is Adam at b2 0.999 with either state.
+        np.testing.assert_allclose(
+            fast.tensor_terms(state.accumulators[name], state.count)[1],
+            fast.tensor_terms(reference.accumulators[name], reference.count)[1],
+            rtol=1e-6,
+        )

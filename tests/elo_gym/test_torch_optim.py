@@ -56,6 +56,8 @@ VARIANTS = [
         nominal_norm_step=True,
         tangential_step=True,
     ),
+    dict(fast_second_moment=True),
+    dict(fast_second_moment=True, raw_adam_ratio=True, nominal_lr=0.02),
 ]
 # The run length the faces are told (a relative-time LO needs it, others ignore it).
 TOTAL_STEPS = 5
