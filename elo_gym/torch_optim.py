@@ -61,8 +61,8 @@ class _Net:
             for n in names[1:]
         ]
         # The optax face's own float32 decays d, so that both faces use the same
-        # bits; each with 1 - d, the weight of the new value.
-        # The rms decays are every channel's: a state keeps the first 1 or 2.
+        # bits; each with 1 - d, the weight of the new value. The rms decays are
+        # every channel's: a state keeps the first 1 or 2 (lo_features).
         self.momentum, self.rms, self.adafactor = (
             (tensor(d), 1.0 - tensor(d))
             for d in lopt.DECAYS._replace(rms=lopt.RMS_CHANNEL_DECAYS)
