@@ -16,7 +16,7 @@ index  feature
 1      parameter p (before this step's update)
 2-4    momenta m_k, decays (0.9, 0.99, 0.999)
 5      rms r (decay 0.999)
-6-8    m_k * rsqrt(r + 1e-6); with a fast second moment, m_k * rsqrt(r_0.95 + 1e-6)
+6-8    m_k * rsqrt(r + 1e-6); a fast second moment: 8 is m_0.9 * rsqrt(r_0.95 + 1e-6)
 9      rsqrt(r + 1e-6)
 10-12  Adafactor-preconditioned gradient, decays (0.9, 0.99, 0.999)
 13-15  row second moment (factored) or v_k (not factored)
@@ -38,8 +38,10 @@ accepts them only at zero).
 
 An LO spec's ``fast_second_moment`` keeps a second rms channel, r_0.95 (Adam's
 second moment at b2 0.95), beside r (``init_state(..., fast_second_moment=True)``);
-features 6-8 then read it, so the LO sees the direction of Adam at b2 0.95, which its
-factored moments only approximate. Features 5 and 9 and the nominal term keep r. The
+feature 8 is then Adam's direction at b2 0.95, m_0.9 * rsqrt(r_0.95 + 1e-6), in place
+of the slowest ratio m_0.999 * rsqrt(r + 1e-6), which its factored moments only
+approximate; feature 6 keeps Adam's direction at b2 0.999, the nominal term's, so a
+learned step toward the one from the other is a difference of two inputs. The
 accumulators know how many rms channels they keep, so accumulating and building
 features need no flag.
 
@@ -208,7 +210,7 @@ def init_state(params: Any, *, fast_second_moment: bool = False) -> SmallFcLOptS
 
     Args:
       params: the optimizee's parameters.
-      fast_second_moment: also keep r_0.95, which features 6-8 then read (the LO
+      fast_second_moment: also keep r_0.95, which feature 8 then reads (the LO
         spec's ``fast_second_moment``).
     """
     accumulators = jax.tree.map(lambda p: _init_tensor(p, fast_second_moment), params)
@@ -316,12 +318,12 @@ def per_element_rows(block: dict[str, jax.Array]) -> list[jax.Array]:
     """The 16 per-element rows of a block (a tensor's inputs, or a tile of them), as
     8 arrays (c,) + block shape."""
     g, m = block["g"], block["m"]
-    # r_0.999, and the second moment Adam's ratio reads: r_0.95 when it is kept.
     r = block["r"][:1]
     rsqrt_r = jax.lax.rsqrt(r + 1e-6)
-    rsqrt_r_ratio = rsqrt_r
-    if block["r"].shape[0] > 1:
-        rsqrt_r_ratio = jax.lax.rsqrt(block["r"][1:] + 1e-6)
+    ratios = m * rsqrt_r
+    if block["r"].shape[0] > 1:  # row 8: m_0.9 over the fast second moment r_0.95
+        fast = m[:1] * jax.lax.rsqrt(block["r"][1:] + 1e-6)
+        ratios = jnp.concatenate([ratios[:2], fast])
     if "v" in block:
         v = block["v"]
         fac_g = g * jax.lax.rsqrt(jnp.maximum(v + 1e-9, 1e-9))
@@ -329,7 +331,7 @@ def per_element_rows(block: dict[str, jax.Array]) -> list[jax.Array]:
     else:
         both = block["row_factor"] * block["col_factor"]
         fac_g, fac_m = g * both, m * both
-    return [g, block["p"], m, r, m * rsqrt_r_ratio, rsqrt_r, fac_g, fac_m]
+    return [g, block["p"], m, r, ratios, rsqrt_r, fac_g, fac_m]
 
 
 def feature_rows(block: dict[str, jax.Array]) -> list[jax.Array]:

@@ -51,7 +51,7 @@ and the variants, all off by default (``docs/levers.md`` measures each):
   first order); the twenty-third screen's LOs grew a test net's weights 5.5-5.8x where
   their silenced selves grew them 4.4x. Applied before ``nominal_norm_step``.
 - ``fast_second_moment``: the LO keeps Adam's second moment at b2 0.95 beside the
-  0.999 one, and its features 6-8 read Adam's ratio with it (``lo_features``), so the
+  0.999 one, and its feature 8 is Adam's ratio with it (``lo_features``), so the
   MLP sees the direction of Adam at b2 0.95, a demonstrator that lowers the training
   loss at 10x on every validation family (the twenty-seventh screen) and that the
   factored moments let a clone follow only to a relative error of about 0.5. The
@@ -153,7 +153,8 @@ class LOSpec:
       tangential_step: the learned step's component along each tensor's weights
         is removed, so the learned part cannot grow or shrink the weights.
       fast_second_moment: the LO also keeps a second moment at decay 0.95, and its
-        features 6-8 read Adam's ratio with it.
+        feature 8 is Adam's ratio m_0.9 / sqrt(r_0.95) (the direction of Adam at b2
+        0.95).
     """
 
     hidden_size: int = 32

@@ -174,9 +174,9 @@ def _element_rows(
     x[2:5] = m
     x[5:6] = r[:1]
     rsqrt_r = torch.add(r[:1], 1e-6, out=x[9:10]).rsqrt_()
-    if r.shape[0] > 1:  # as lo_features.per_element_rows: the ratio reads r_0.95
-        rsqrt_r = torch.rsqrt(r[1:] + 1e-6)
     torch.mul(m, rsqrt_r, out=x[6:9])
+    if r.shape[0] > 1:  # as lo_features.per_element_rows: row 8 reads r_0.95
+        torch.mul(m[:1], torch.rsqrt(r[1:] + 1e-6), out=x[8:9])
     if factored:
         d0, d1 = lopt.factored_dims(tuple(shape))
         row_mean = v.mean(d1 if d1 > d0 else d1 + 1, keepdim=True)

@@ -245,7 +245,9 @@ def test_lo_variant_loads_with_its_setting_in_both_faces(tmp_path, variant):
     update, which differs from the reference one on the same
     weights."""
     meta = _nontrivial_meta()
-    meta.mlp["Dense_0"]["kernel"][6, :2] += [2.0, -2.0]  # feature 6 moves the output
+    # Features 6 and 8 (Adam's ratios, at b2 0.95 for 8 in fast_second_moment)
+    # move the output.
+    meta.mlp["Dense_0"]["kernel"][[6, 8], :2] += [2.0, -2.0]
     checkpoint.save_lo(tmp_path, meta, LOSpec.for_meta_params(meta, **variant))
     recorded = json.loads((tmp_path / "lo.json").read_text())
     assert {k: recorded[k] for k in variant} == variant
