@@ -1086,3 +1086,37 @@ def test_run_length_max_draws_where_the_clock_ends(data):
 def test_run_length_max_is_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
         core.EnvConfig(task=TASK, **kwargs)
+
+
+def test_an_lo_with_a_fast_second_moment_reads_adams_b2_095_direction(data):
+    """With the spec's fast_second_moment, the env's copies keep r_0.95 and observation
+    feature 8 is Adam's direction at b2 0.95 (optax's moments on the gradients the
+    copy met, before bias correction), normalized per tensor; the reference LO's
+    feature 8 on the same copies is another number."""
+    p = core.make_params(data, n_min=20, n_max=20, alpha=1.0)
+    obs = {}
+    for fast in (False, True):
+        cfg = core.EnvConfig(task=TASK, lo=LOSpec(fast_second_moment=fast))
+        state, _, info = core.reset(cfg, core.copy_keys(cfg, 0), p)
+        step = jax.jit(functools.partial(core.step, cfg))
+        grads = [jax.tree.map(lambda g: g[0], state.copies.grads)]
+        for _ in range(4):
+            state, obs[fast], _, _, _, info = step(state, info["expert_action"], p)
+            grads.append(jax.tree.map(lambda g: g[0], state.copies.grads))
+    accumulators = jax.tree.leaves(
+        state.copies.lo.accumulators,
+        is_leaf=lambda x: isinstance(x, lopt.TensorAccumulators),
+    )
+    assert all(acc.rms.shape[1] == 2 for acc in accumulators)  # (copies, 2) + S
+    adam = optax.scale_by_adam(b1=0.9, b2=0.95)
+    params = jax.tree.map(lambda x: x[0], state.copies.params)
+    adam_state = adam.init(params)
+    for g in grads:
+        _, adam_state = adam.update(g, adam_state)
+    ratio = jax.tree.map(
+        lambda m, v: m * jax.lax.rsqrt(v + 1e-6), adam_state.mu, adam_state.nu
+    )
+    normalized = jax.tree.map(lambda x: x * jax.lax.rsqrt(1e-5 + jnp.mean(x**2)), ratio)
+    expected = np.asarray(core.flatten_rows(normalized))
+    np.testing.assert_allclose(obs[True]["features"][0, :, 8], expected, rtol=1e-3)
+    assert not np.allclose(obs[False]["features"][0, :, 8], expected, rtol=0.1)
