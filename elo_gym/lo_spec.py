@@ -54,8 +54,9 @@ and the variants, all off by default (``docs/levers.md`` measures each):
   0.999 one, and its feature 8 is Adam's ratio with it (``lo_features``), so the
   MLP sees the direction of Adam at b2 0.95, a demonstrator that lowers the training
   loss at 10x on every validation family (the twenty-seventh screen) and that the
-  factored moments let a clone follow only to a relative error of about 0.5. The
-  nominal term and the step's scale keep b2 0.999.
+  factored moments let a clone follow only to a relative error of about 0.5 (0.4
+  with this feature, the twenty-ninth screen). The nominal term and the step's scale
+  keep b2 0.999.
 
 Adding a variant means a field here (with its check), its term in
 :meth:`LOSpec.tensor_terms` (or its feature switch, or its part of
