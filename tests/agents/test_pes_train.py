@@ -484,6 +484,7 @@ def test_presets_write_the_config_they_always_wrote(preset, mode):
         nominal_norm_step=False,
         tangential_step=False,
         expert_b2=0.999,
+        fast_second_moment=False,
     )
     if preset == "cpu":
         added_since.update(
