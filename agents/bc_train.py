@@ -117,6 +117,8 @@ class Args:
     + cosine decay to 0 at the episode's end."""
     expert_b2: float = demonstrator.EXPERT_B2
     """The expert Adam's second-moment decay."""
+    expert_weight_decay: float = demonstrator.EXPERT_WEIGHT_DECAY
+    """> 0: the expert is AdamW with this decoupled weight decay."""
     nominal_lr_spread: float = 1.0
     """> 1: each episode scales the LO's nominal term by a factor in [1/s, s] (log-
     uniform), which the clone learns to correct toward the expert."""
@@ -174,6 +176,7 @@ def env_settings(args: Args) -> EnvSettings:
         expert_decay_steps=args.expert_decay_steps,
         expert_schedule=args.expert_schedule,
         expert_b2=args.expert_b2,
+        expert_weight_decay=args.expert_weight_decay,
         nominal_lr_spread=args.nominal_lr_spread,
         run_length_max=args.run_length_max,
         lo=args.lo,

@@ -52,6 +52,7 @@ CLONE_DEMONSTRATOR = "bc"  # --init-lo's value that clones the demonstrator firs
 LEGACY_CONFIG = {
     "expert_decay_steps": (None, 0.0),
     "expert_b2": (None, demonstrator.EXPERT_B2),
+    "expert_weight_decay": (None, demonstrator.EXPERT_WEIGHT_DECAY),
 }
 METRICS = (
     *("outer_step", "meta_loss", "task_loss", "bc_loss", "alpha", "n_max"),
@@ -111,6 +112,8 @@ class InnerArgs:
     """The demonstrator's lr: inverse_sqrt, or warmup + cosine to 0 at episode end."""
     expert_b2: float = demonstrator.EXPERT_B2
     """The demonstrator Adam's second-moment decay."""
+    expert_weight_decay: float = demonstrator.EXPERT_WEIGHT_DECAY
+    """> 0: the demonstrator is AdamW with this decoupled weight decay (BC modes)."""
     nominal_lr_spread: float = 1.0
     """> 1: each episode scales the LO's nominal term by a factor in [1/s, s] (log-
     uniform) that the learned part must correct; the demonstrator's lr stays."""
@@ -220,7 +223,7 @@ class Args:
             )
         if not 0.0 <= inner.bc_floor <= 1.0:
             raise ValueError(f"bc_floor must be in [0, 1], got {inner.bc_floor}")
-        for name in ("bc_floor", "expert_decay_steps"):
+        for name in ("bc_floor", "expert_decay_steps", "expert_weight_decay"):
             if getattr(inner, name) and self.mode not in BC_MODES:
                 flag = f"--{name.replace('_', '-')}"
                 raise ValueError(
@@ -350,7 +353,7 @@ def clone_demonstrator(args: Args, run_dir: pathlib.Path) -> pathlib.Path:
         # The task's and the demonstrator's settings; the clone keeps its own p_th.
         names = ("task", "n_min", "n_max", "batch_size", "hidden_sizes", "data_dir")
         names += ("mixture", "expert_lr", "expert_decay_steps", "expert_schedule")
-        names += ("expert_b2",)
+        names += ("expert_b2", "expert_weight_decay")
         names += ("nominal_lr_spread", "run_length_max")
         clone_args = bc_train.Args(
             env=args.env,

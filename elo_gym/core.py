@@ -85,6 +85,9 @@ class EnvConfig:
       expert_decay_steps: 0 (the paper: constant) or tau > 0: the expert's learning
         rate at inner step n is expert_learning_rate / sqrt(1 + n / tau).
       expert_b2: the expert Adam's second-moment decay, in (0, 1).
+      expert_weight_decay: >= 0; above 0 the expert is AdamW with this decoupled
+        weight decay (times its lr, schedule included), which the LO's nominal term
+        does not do.
       expert_schedule: ``inverse_sqrt`` (``expert_decay_steps``) or ``cosine``:
         warmup and cosine decay to 0 at the end of the run, R (K + N unless
         ``run_length_max``; ``schedules.relative_warmup_cosine``), a schedule that
@@ -114,6 +117,7 @@ class EnvConfig:
     expert_learning_rate: float = demonstrator.EXPERT_LEARNING_RATE
     expert_decay_steps: float = 0.0
     expert_b2: float = demonstrator.EXPERT_B2
+    expert_weight_decay: float = demonstrator.EXPERT_WEIGHT_DECAY
     expert_schedule: str = "inverse_sqrt"
     nominal_lr_spread: float = 1.0
     run_length_max: int = 0
@@ -148,6 +152,11 @@ class EnvConfig:
             raise ValueError(
                 f"expert_b2 is Adam's second-moment decay, in (0, 1); got "
                 f"{self.expert_b2}"
+            )
+        if not self.expert_weight_decay >= 0:
+            raise ValueError(
+                "expert_weight_decay must be >= 0 (0: Adam, no decay), got "
+                f"{self.expert_weight_decay}"
             )
         if not self.expert_decay_steps >= 0:
             raise ValueError(
@@ -357,10 +366,11 @@ def _episode_of(state: EnvState) -> Episode:
 
 
 def _expert(cfg: EnvConfig) -> optax.GradientTransformation:
+    wd = cfg.expert_weight_decay
     if cfg.expert_schedule == "cosine":  # unit steps, times the lr in _prepare
-        return demonstrator.adam_expert(1.0, b2=cfg.expert_b2)
+        return demonstrator.adam_expert(1.0, b2=cfg.expert_b2, weight_decay=wd)
     return demonstrator.adam_expert(
-        cfg.expert_learning_rate, cfg.expert_decay_steps, cfg.expert_b2
+        cfg.expert_learning_rate, cfg.expert_decay_steps, cfg.expert_b2, wd
     )
 
 

@@ -4,7 +4,8 @@ The expert runs beside the learned optimizer on the same gradient. Its update is
 exposed in the learned optimizer's action space (the inverse of the LO's step,
 ``elo_gym.lo_spec.LOSpec.action``), so a policy can act on it.
 
-Its second-moment decay ``b2`` is a setting (default Adam's 0.999).
+Its second-moment decay ``b2`` and a decoupled weight decay (AdamW's, default 0) are
+settings.
 
 Optionally the expert's learning rate decays with the optimizee's inner step n as
 lr / sqrt(1 + n / decay_steps) (the cpu preset's demonstrator, docs/levers.md). An LO
@@ -22,22 +23,29 @@ EXPERT_LEARNING_RATE = 1e-3
 # (docs/levers.md, the twenty-seventh): a demonstrator that knows what the nominal
 # term does not.
 EXPERT_B2 = 0.999
+# No weight decay: the paper's Adam. AdamW's decoupled decay is something the LO's
+# nominal term (Adam) does not do, so behavior cloning has something to teach.
+EXPERT_WEIGHT_DECAY = 0.0
 
 
 def adam_expert(
     learning_rate: float = EXPERT_LEARNING_RATE,
     decay_steps: float = 0.0,
     b2: float = EXPERT_B2,
+    weight_decay: float = EXPERT_WEIGHT_DECAY,
 ) -> optax.GradientTransformation:
     """The demonstrator: ``optax.adam`` at ``learning_rate`` (``decay_steps`` 0, the
     paper) or at ``schedules.inverse_sqrt_decay`` of it (``decay_steps`` > 0, which
-    refuses a negative one), with second-moment decay ``b2``. Its update is
-    differentiable where Adam's moments are 0 (:mod:`elo_gym.finite_grad`), for
-    truncated backprop through the env."""
-    if decay_steps == 0:  # a float lr: optax.adam's state has no schedule count
-        adam = optax.adam(learning_rate, b2=b2)
-    else:
-        adam = optax.adam(
-            schedules.inverse_sqrt_decay(learning_rate, decay_steps), b2=b2
-        )
+    refuses a negative one), with second-moment decay ``b2``; ``optax.adamw`` with
+    ``weight_decay`` > 0 (decoupled, on every parameter, scaled by the lr). Its
+    update is differentiable where Adam's moments are 0 (:mod:`elo_gym.finite_grad`),
+    for truncated backprop through the env."""
+    # A float lr: optax.adam's state has no schedule count.
+    lr = learning_rate
+    if decay_steps:
+        lr = schedules.inverse_sqrt_decay(learning_rate, decay_steps)
+    if weight_decay:
+        adam = optax.adamw(lr, b2=b2, weight_decay=weight_decay)
+    else:  # optax.adam: the default's state and update stay the paper's Adam's
+        adam = optax.adam(lr, b2=b2)
     return optax.GradientTransformation(adam.init, finite_grad.finite_grad(adam.update))

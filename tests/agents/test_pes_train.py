@@ -167,6 +167,7 @@ def test_init_lo_bc_clones_this_runs_demonstrator(tmp_path, monkeypatch):
         expert_lr=3e-3,
         expert_decay_steps=50.0,
         expert_schedule="inverse_sqrt",
+        expert_weight_decay=0.05,
         raw_adam_ratio=True,
         nominal_lr=0.01,
         nominal_lr_spread=2.0,
@@ -188,6 +189,7 @@ def test_init_lo_bc_clones_this_runs_demonstrator(tmp_path, monkeypatch):
     )
     clone_env = bc_train.env_settings(clone_args).config(2)
     assert clone_env.expert_decay_steps == 50.0
+    assert clone["expert_weight_decay"] == clone_env.expert_weight_decay == 0.05
     assert clone_env.nominal_lr_spread == 2.0 and clone_env.run_length_max == 500
     assert clone["outer_steps"] == 2  # --clone-steps
     assert clone["hidden_size"] == TINY["hidden_size"]
@@ -485,6 +487,7 @@ def test_presets_write_the_config_they_always_wrote(preset, mode):
         tangential_step=False,
         expert_b2=0.999,
         fast_second_moment=False,
+        expert_weight_decay=0.0,
     )
     if preset == "cpu":
         added_since.update(
@@ -602,6 +605,7 @@ def test_keep_best_and_export_pick_the_lowest_validation_loss(tmp_path):
         (["--p-th", "1.5"], r"p_th must be in \[0, 1\], got 1.5"),
         (["--env", "ELO-Nope"], "unknown env 'ELO-Nope'"),
         (["--mode", "naive", "--bc-floor", "0.2"], "needs behavior cloning"),
+        (["--mode", "naive", "--expert-weight-decay", "0.1"], "needs behavior cl"),
     ],
 )
 def test_bad_flag_is_one_line_and_exit_code_2(

@@ -1025,6 +1025,44 @@ def test_expert_b2_is_the_demonstrator_adams_second_moment_decay(data):
             core.EnvConfig(task=TASK, expert_b2=b2)
 
 
+def test_expert_weight_decay_makes_the_demonstrator_adamw(data):
+    """expert_weight_decay: the expert's update is ``optax.adamw`` at that decay on
+    the gradients and params the copy met, with a constant lr and under the cosine
+    schedule (decay times the scheduled lr); 0 is Adam; a negative one is refused."""
+    p = core.make_params(data, n_min=20, n_max=20, alpha=1.0)
+    lr, wd = 1e-2, 0.1
+    for schedule in ("inverse_sqrt", "cosine"):
+        cfg = core.EnvConfig(
+            task=TASK,
+            expert_learning_rate=lr,
+            expert_schedule=schedule,
+            expert_weight_decay=wd,
+        )
+        state, _, info = core.reset(cfg, core.copy_keys(cfg, 0), p)
+        step = jax.jit(functools.partial(core.step, cfg))
+        first = lambda tree: jax.tree.map(lambda x: x[0], tree)  # noqa: E731
+        seen = [(first(state.copies.grads), first(state.copies.params))]
+        for _ in range(4):
+            state, _, _, _, _, info = step(state, info["expert_action"], p)
+            seen.append((first(state.copies.grads), first(state.copies.params)))
+        if schedule == "cosine":
+            lrs = schedules.relative_warmup_cosine(lr, jnp.arange(5), 20)
+            adamw = optax.adamw(lambda n: lrs[n], weight_decay=wd)
+        else:
+            adamw = optax.adamw(lr, weight_decay=wd)
+        opt_state = adamw.init(seen[0][1])
+        for g, params in seen:
+            expected, opt_state = adamw.update(g, opt_state, params)
+        got = np.asarray(info["expert_update"])[0]
+        np.testing.assert_allclose(
+            got, np.asarray(core.flatten_rows(expected)), rtol=1e-4, atol=1e-9
+        )
+        adam, _ = optax.adam(lr).update(g, optax.adam(lr).init(params))
+        assert not np.allclose(got, np.asarray(core.flatten_rows(adam)), atol=1e-6)
+    with pytest.raises(ValueError, match="expert_weight_decay must be >= 0"):
+        core.EnvConfig(task=TASK, expert_weight_decay=-0.1)
+
+
 def test_run_length_max_draws_where_the_clock_ends(data):
     """run_length_max: each copy's run ends at R, log-uniform in [K + N, R_max]
     (``info["run_length"]``), and both the relative-time LO's step features and the
