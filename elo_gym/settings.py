@@ -60,7 +60,7 @@ class EnvSettings:
     expert_decay_steps: float = 0.0  # > 0: the expert's lr decays as 1/sqrt(1 + n/tau)
     expert_schedule: str = "inverse_sqrt"  # or "cosine" to the end of the episode
     expert_b2: float = demonstrator.EXPERT_B2  # the demonstrator Adam's b2
-    expert_weight_decay: float = 0.0  # > 0: the demonstrator is AdamW with this decay
+    expert_weight_decay: float = demonstrator.EXPERT_WEIGHT_DECAY  # > 0: AdamW's decay
     nominal_lr_spread: float = 1.0  # > 1: episodes scale the LO's nominal term
     run_length_max: int = 0  # > 0: episodes draw where their run's clock ends
     lo: LOSpec = LOSpec()  # the LO's step (actions, expert action) and features

@@ -1031,6 +1031,10 @@ def test_expert_weight_decay_makes_the_demonstrator_adamw(data):
     schedule (decay times the scheduled lr); 0 is Adam; a negative one is refused."""
     p = core.make_params(data, n_min=20, n_max=20, alpha=1.0)
     lr, wd = 1e-2, 0.1
+
+    def first(tree):
+        return jax.tree.map(lambda x: x[0], tree)
+
     for schedule in ("inverse_sqrt", "cosine"):
         cfg = core.EnvConfig(
             task=TASK,
@@ -1040,7 +1044,6 @@ def test_expert_weight_decay_makes_the_demonstrator_adamw(data):
         )
         state, _, info = core.reset(cfg, core.copy_keys(cfg, 0), p)
         step = jax.jit(functools.partial(core.step, cfg))
-        first = lambda tree: jax.tree.map(lambda x: x[0], tree)  # noqa: E731
         seen = [(first(state.copies.grads), first(state.copies.params))]
         for _ in range(4):
             state, _, _, _, _, info = step(state, info["expert_action"], p)
