@@ -119,6 +119,8 @@ class Args:
     """The expert Adam's second-moment decay."""
     expert_weight_decay: float = demonstrator.EXPERT_WEIGHT_DECAY
     """> 0: the expert is AdamW with this decoupled weight decay."""
+    expert_trust_ratio: bool = False
+    """The expert is LAMB (Adam rescaled per tensor to lr x |W|)."""
     nominal_lr_spread: float = 1.0
     """> 1: each episode scales the LO's nominal term by a factor in [1/s, s] (log-
     uniform), which the clone learns to correct toward the expert."""
@@ -177,6 +179,7 @@ def env_settings(args: Args) -> EnvSettings:
         expert_schedule=args.expert_schedule,
         expert_b2=args.expert_b2,
         expert_weight_decay=args.expert_weight_decay,
+        expert_trust_ratio=args.expert_trust_ratio,
         nominal_lr_spread=args.nominal_lr_spread,
         run_length_max=args.run_length_max,
         lo=args.lo,

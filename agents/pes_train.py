@@ -53,6 +53,7 @@ LEGACY_CONFIG = {
     "expert_decay_steps": (None, 0.0),
     "expert_b2": (None, demonstrator.EXPERT_B2),
     "expert_weight_decay": (None, demonstrator.EXPERT_WEIGHT_DECAY),
+    "expert_trust_ratio": (None, False),
 }
 METRICS = (
     *("outer_step", "meta_loss", "task_loss", "bc_loss", "alpha", "n_max"),
@@ -114,6 +115,8 @@ class InnerArgs:
     """The demonstrator Adam's second-moment decay."""
     expert_weight_decay: float = demonstrator.EXPERT_WEIGHT_DECAY
     """> 0: the demonstrator is AdamW with this decoupled weight decay (BC modes)."""
+    expert_trust_ratio: bool = False
+    """The demonstrator is LAMB (Adam rescaled per tensor to lr x |W|; BC modes)."""
     nominal_lr_spread: float = 1.0
     """> 1: each episode scales the LO's nominal term by a factor in [1/s, s] (log-
     uniform) that the learned part must correct; the demonstrator's lr stays."""
@@ -353,7 +356,7 @@ def clone_demonstrator(args: Args, run_dir: pathlib.Path) -> pathlib.Path:
         # The task's and the demonstrator's settings; the clone keeps its own p_th.
         names = ("task", "n_min", "n_max", "batch_size", "hidden_sizes", "data_dir")
         names += ("mixture", "expert_lr", "expert_decay_steps", "expert_schedule")
-        names += ("expert_b2", "expert_weight_decay")
+        names += ("expert_b2", "expert_weight_decay", "expert_trust_ratio")
         names += ("nominal_lr_spread", "run_length_max")
         clone_args = bc_train.Args(
             env=args.env,

@@ -88,6 +88,8 @@ class EnvConfig:
       expert_weight_decay: >= 0; above 0 the expert is AdamW with this decoupled
         weight decay (times its lr, schedule included), which the LO's nominal term
         does not do.
+      expert_trust_ratio: the expert is LAMB (Adam rescaled per tensor to lr x |W|),
+        the demonstrator of an LO whose nominal term has ``nominal_trust_ratio``.
       expert_schedule: ``inverse_sqrt`` (``expert_decay_steps``) or ``cosine``:
         warmup and cosine decay to 0 at the end of the run, R (K + N unless
         ``run_length_max``; ``schedules.relative_warmup_cosine``), a schedule that
@@ -118,6 +120,7 @@ class EnvConfig:
     expert_decay_steps: float = 0.0
     expert_b2: float = demonstrator.EXPERT_B2
     expert_weight_decay: float = demonstrator.EXPERT_WEIGHT_DECAY
+    expert_trust_ratio: bool = False
     expert_schedule: str = "inverse_sqrt"
     nominal_lr_spread: float = 1.0
     run_length_max: int = 0
@@ -366,11 +369,13 @@ def _episode_of(state: EnvState) -> Episode:
 
 
 def _expert(cfg: EnvConfig) -> optax.GradientTransformation:
-    wd = cfg.expert_weight_decay
+    kinds = dict(
+        weight_decay=cfg.expert_weight_decay, trust_ratio=cfg.expert_trust_ratio
+    )
     if cfg.expert_schedule == "cosine":  # unit steps, times the lr in _prepare
-        return demonstrator.adam_expert(1.0, b2=cfg.expert_b2, weight_decay=wd)
+        return demonstrator.adam_expert(1.0, b2=cfg.expert_b2, **kinds)
     return demonstrator.adam_expert(
-        cfg.expert_learning_rate, cfg.expert_decay_steps, cfg.expert_b2, wd
+        cfg.expert_learning_rate, cfg.expert_decay_steps, cfg.expert_b2, **kinds
     )
 
 

@@ -4,8 +4,9 @@ The expert runs beside the learned optimizer on the same gradient. Its update is
 exposed in the learned optimizer's action space (the inverse of the LO's step,
 ``elo_gym.lo_spec.LOSpec.action``), so a policy can act on it.
 
-Its second-moment decay ``b2`` and a decoupled weight decay (AdamW's, default 0) are
-settings.
+Its second-moment decay ``b2``, a decoupled weight decay (AdamW's, default 0) and
+LAMB's per-tensor trust ratio (off by default; the demonstrator of an LO whose
+nominal term has it) are settings.
 
 Optionally the expert's learning rate decays with the optimizee's inner step n as
 lr / sqrt(1 + n / decay_steps) (the cpu preset's demonstrator, docs/levers.md). An LO
@@ -33,18 +34,23 @@ def adam_expert(
     decay_steps: float = 0.0,
     b2: float = EXPERT_B2,
     weight_decay: float = EXPERT_WEIGHT_DECAY,
+    trust_ratio: bool = False,
 ) -> optax.GradientTransformation:
     """The demonstrator: ``optax.adam`` at ``learning_rate`` (``decay_steps`` 0, the
     paper) or at ``schedules.inverse_sqrt_decay`` of it (``decay_steps`` > 0, which
     refuses a negative one), with second-moment decay ``b2``; ``optax.adamw`` with
-    ``weight_decay`` > 0 (decoupled, on every parameter, scaled by the lr). Its
-    update is differentiable where Adam's moments are 0 (:mod:`elo_gym.finite_grad`),
-    for truncated backprop through the env."""
+    ``weight_decay`` > 0 (decoupled, on every parameter, scaled by the lr);
+    ``optax.lamb`` with ``trust_ratio`` (each tensor's update rescaled to lr x |W|;
+    eps 1e-8, Adam's, as the LO's nominal term). Its update is differentiable where
+    Adam's moments are 0 (:mod:`elo_gym.finite_grad`), for truncated backprop
+    through the env."""
     # A float lr: optax.adam's state has no schedule count.
     lr = learning_rate
     if decay_steps:
         lr = schedules.inverse_sqrt_decay(learning_rate, decay_steps)
-    if weight_decay:
+    if trust_ratio:
+        adam = optax.lamb(lr, b2=b2, eps=1e-8, weight_decay=weight_decay)
+    elif weight_decay:
         adam = optax.adamw(lr, b2=b2, weight_decay=weight_decay)
     else:  # optax.adam: the default's state and update stay the paper's Adam's
         adam = optax.adam(lr, b2=b2)

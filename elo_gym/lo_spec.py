@@ -50,6 +50,12 @@ and the variants, all off by default (``docs/levers.md`` measures each):
   removed, so the learned part can turn the weights but not grow or shrink them (to
   first order); the twenty-third screen's LOs grew a test net's weights 5.5-5.8x where
   their silenced selves grew them 4.4x. Applied before ``nominal_norm_step``.
+- ``nominal_trust_ratio`` (with a nominal term): each tensor's nominal term is
+  LAMB's step instead of Adam's: Adam's update rescaled to the norm lr x |W| of the
+  tensor's weights (``optax.scale_by_trust_ratio``; unscaled where either norm is 0),
+  so the schedule sets each tensor's step relative to its weights, which no feature
+  of the LO shows it (the sixteenth and seventeenth screens). One lr then serves
+  nets of other widths, depths and activations (the thirty-first screen).
 - ``fast_second_moment``: the LO keeps Adam's second moment at b2 0.95 beside the
   0.999 one, and its feature 8 is Adam's ratio with it (``lo_features``), so the
   MLP sees the direction of Adam at b2 0.95, a demonstrator that lowers the training
@@ -156,6 +162,8 @@ class LOSpec:
       fast_second_moment: the LO also keeps a second moment at decay 0.95, and its
         feature 8 is Adam's ratio m_0.9 / sqrt(r_0.95) (the direction of Adam at b2
         0.95).
+      nominal_trust_ratio: the nominal term is LAMB's step: each tensor's Adam
+        update rescaled to the lr times the norm of its weights.
     """
 
     hidden_size: int = 32
@@ -171,6 +179,7 @@ class LOSpec:
     nominal_norm_step: bool = False
     tangential_step: bool = False
     fast_second_moment: bool = False
+    nominal_trust_ratio: bool = False
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -217,6 +226,11 @@ class LOSpec:
             raise ValueError(
                 "nominal_norm_step rescales each tensor's update to its nominal term's "
                 "norm, which an LO without a nominal term lacks: set nominal_lr > 0"
+            )
+        if self.nominal_trust_ratio and not self.nominal_lr > 0:
+            raise ValueError(
+                "nominal_trust_ratio rescales the nominal term, which an LO without "
+                "one lacks: set nominal_lr > 0"
             )
 
     # -- construction and (de)serialization --------------------------------------
@@ -305,17 +319,30 @@ class LOSpec:
         acc: lo_features.TensorAccumulators,
         count: jax.Array,
         clock: jax.Array | None = None,
+        params: jax.Array | None = None,
     ) -> tuple[jax.Array | float, jax.Array | float]:
         """(scale, nominal) of one tensor's step: a scalar (1.0 unless
         ``adam_scaled_step``) and an S'-shaped nominal term (0.0 unless
         ``nominal_lr`` > 0). ``acc`` includes this step's gradient; ``count`` is the
         number of steps taken before it; ``clock`` what the schedule reads (default:
-        ``count``, :meth:`clock`)."""
+        ``count``, :meth:`clock`); ``params`` the tensor's weights, which
+        ``nominal_trust_ratio`` needs (any shape of the same size).
+
+        Raises:
+          ValueError: ``nominal_trust_ratio`` without ``params``.
+        """
         scale = adam_step_scale(acc) if self.adam_scaled_step else 1.0
         nominal = 0.0
         if self.nominal_lr > 0:
             lr = self.nominal_learning_rate(count if clock is None else clock)
             nominal = nominal_update(acc, count, lr)
+            if self.nominal_trust_ratio:
+                if params is None:
+                    raise ValueError(
+                        "nominal_trust_ratio scales the nominal term by the weights' "
+                        "norm: pass the tensor's params"
+                    )
+                nominal = nominal * _trust_ratio(params, nominal, lr)
             if self.scheduled_step:
                 scale = scale * (lr / self.nominal_lr)
         return scale, nominal
@@ -332,7 +359,10 @@ class LOSpec:
         as for :meth:`tensor_terms`."""
         p_leaves, treedef = jax.tree.flatten(params)
         acc_leaves = treedef.flatten_up_to(state.accumulators)
-        terms = [self.tensor_terms(a, state.count, clock) for a in acc_leaves]
+        terms = [
+            self.tensor_terms(a, state.count, clock, p)
+            for a, p in zip(acc_leaves, p_leaves, strict=True)
+        ]
         scale, nominal = 1.0, 0.0
         if self.adam_scaled_step or self.scheduled_step:
             scale = jnp.concatenate(
@@ -446,6 +476,20 @@ def _rescaled_to(update: jax.Array, nominal: jax.Array, axis: int | None) -> jax
     positive = norm_update > 0
     ratio = _safe_norm(nominal, axis) / jnp.where(positive, norm_update, 1.0)
     return update * jnp.where(positive, ratio, 0.0)
+
+
+def _trust_ratio(
+    params: jax.Array, nominal: jax.Array, learning_rate: jax.Array | float
+) -> jax.Array:
+    """LAMB's trust ratio |W| / |u| of one tensor, u = nominal / lr Adam's update
+    (``optax.scale_by_trust_ratio``), 1 where either norm is 0 (a bias at init, the
+    schedule's zeros), with finite derivatives there for truncated backprop."""
+    norm_params = _safe_norm(params, None)
+    norm_update = _safe_norm(nominal, None)
+    lr = jnp.abs(jnp.asarray(learning_rate, norm_update.dtype))
+    positive = (norm_params > 0) & (norm_update > 0)
+    ratio = lr * norm_params / jnp.where(positive, norm_update, 1.0)
+    return jnp.where(positive, ratio, 1.0).reshape(())
 
 
 def _tangential(step: jax.Array, params: jax.Array, axis: int | None) -> jax.Array:

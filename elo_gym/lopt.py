@@ -170,7 +170,7 @@ def lopt_update(
     updates = [
         spec.update(
             jnp.moveaxis(out, 0, -1),
-            *spec.tensor_terms(acc, state.count, clock),
+            *spec.tensor_terms(acc, state.count, clock, p),
             params=p.reshape(out.shape[1:]),
         )
         .reshape(p.shape)

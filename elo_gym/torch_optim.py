@@ -365,6 +365,12 @@ class SmallFcLOpt(torch.optim.Optimizer):
             if self.spec.scheduled_step:  # as LOSpec.tensor_terms
                 update.mul_(lr / self.spec.nominal_lr)
             nominal = self._nominal(state, lr)
+            if self.spec.nominal_trust_ratio:  # as lo_spec._trust_ratio
+                norm_w = torch.linalg.vector_norm(p.float())
+                norm_n = torch.linalg.vector_norm(nominal)
+                positive = (norm_w > 0) & (norm_n > 0)
+                ratio = lr.abs() * norm_w / torch.where(positive, norm_n, 1.0)
+                nominal.mul_(torch.where(positive, ratio, torch.ones_like(ratio)))
             update.add_(nominal)
             if self.spec.nominal_norm_step:  # as LOSpec.update
                 norm = torch.linalg.vector_norm(update)

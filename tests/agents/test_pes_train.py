@@ -168,6 +168,7 @@ def test_init_lo_bc_clones_this_runs_demonstrator(tmp_path, monkeypatch):
         expert_decay_steps=50.0,
         expert_schedule="inverse_sqrt",
         expert_weight_decay=0.05,
+        expert_trust_ratio=True,
         raw_adam_ratio=True,
         nominal_lr=0.01,
         nominal_lr_spread=2.0,
@@ -190,6 +191,7 @@ def test_init_lo_bc_clones_this_runs_demonstrator(tmp_path, monkeypatch):
     clone_env = bc_train.env_settings(clone_args).config(2)
     assert clone_env.expert_decay_steps == 50.0
     assert clone["expert_weight_decay"] == clone_env.expert_weight_decay == 0.05
+    assert clone["expert_trust_ratio"] is clone_env.expert_trust_ratio is True
     assert clone_env.nominal_lr_spread == 2.0 and clone_env.run_length_max == 500
     assert clone["outer_steps"] == 2  # --clone-steps
     assert clone["hidden_size"] == TINY["hidden_size"]
@@ -488,6 +490,8 @@ def test_presets_write_the_config_they_always_wrote(preset, mode):
         expert_b2=0.999,
         fast_second_moment=False,
         expert_weight_decay=0.0,
+        nominal_trust_ratio=False,
+        expert_trust_ratio=False,
     )
     if preset == "cpu":
         added_since.update(

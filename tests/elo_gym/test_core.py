@@ -1025,12 +1025,24 @@ def test_expert_b2_is_the_demonstrator_adams_second_moment_decay(data):
             core.EnvConfig(task=TASK, expert_b2=b2)
 
 
-def test_expert_weight_decay_makes_the_demonstrator_adamw(data):
-    """expert_weight_decay: the expert's update is ``optax.adamw`` at that decay on
-    the gradients and params the copy met, with a constant lr and under the cosine
-    schedule (decay times the scheduled lr); 0 is Adam; a negative one is refused."""
+@pytest.mark.parametrize(
+    ("wd", "trust_ratio"), [(0.1, False), (0.0, True), (0.1, True)]
+)
+def test_expert_weight_decay_and_trust_ratio_make_the_demonstrator_adamw_or_lamb(
+    data, wd, trust_ratio
+):
+    """expert_weight_decay, expert_trust_ratio: the expert's update is
+    ``optax.adamw`` at that decay, or ``optax.lamb`` (eps 1e-8) with it, on the
+    gradients and params the copy met, with a constant lr and under the cosine
+    schedule (times the scheduled lr); neither is Adam; a negative decay is
+    refused."""
     p = core.make_params(data, n_min=20, n_max=20, alpha=1.0)
-    lr, wd = 1e-2, 0.1
+    lr = 1e-2
+
+    def expected_optimizer(schedule):
+        if trust_ratio:
+            return optax.lamb(schedule, eps=1e-8, weight_decay=wd)
+        return optax.adamw(schedule, weight_decay=wd)
 
     def first(tree):
         return jax.tree.map(lambda x: x[0], tree)
@@ -1041,6 +1053,7 @@ def test_expert_weight_decay_makes_the_demonstrator_adamw(data):
             expert_learning_rate=lr,
             expert_schedule=schedule,
             expert_weight_decay=wd,
+            expert_trust_ratio=trust_ratio,
         )
         state, _, info = core.reset(cfg, core.copy_keys(cfg, 0), p)
         step = jax.jit(functools.partial(core.step, cfg))
@@ -1050,9 +1063,9 @@ def test_expert_weight_decay_makes_the_demonstrator_adamw(data):
             seen.append((first(state.copies.grads), first(state.copies.params)))
         if schedule == "cosine":
             lrs = schedules.relative_warmup_cosine(lr, jnp.arange(5), 20)
-            adamw = optax.adamw(lambda n: lrs[n], weight_decay=wd)
+            adamw = expected_optimizer(lambda n: lrs[n])
         else:
-            adamw = optax.adamw(lr, weight_decay=wd)
+            adamw = expected_optimizer(lr)
         opt_state = adamw.init(seen[0][1])
         for g, params in seen:
             expected, opt_state = adamw.update(g, opt_state, params)
@@ -1064,6 +1077,38 @@ def test_expert_weight_decay_makes_the_demonstrator_adamw(data):
         assert not np.allclose(got, np.asarray(core.flatten_rows(adam)), atol=1e-6)
     with pytest.raises(ValueError, match="expert_weight_decay must be >= 0"):
         core.EnvConfig(task=TASK, expert_weight_decay=-0.1)
+
+
+def test_a_trust_ratio_lo_moves_the_copies_as_lamb(data):
+    """nominal_trust_ratio in the env's rows (``LOSpec.row_terms``): a zero action
+    moves every copy by its nominal term, optax.lamb's step on the gradients and
+    params it met."""
+    p = core.make_params(data, n_min=20, n_max=20, alpha=1.0)
+    spec = LOSpec(nominal_lr=0.01, nominal_trust_ratio=True)
+    cfg = core.EnvConfig(task=TASK, num_copies=2, lo=spec)
+    state, _, info = core.reset(cfg, core.copy_keys(cfg, 0), p)
+    step = jax.jit(functools.partial(core.step, cfg))
+    lamb = optax.lamb(0.01, eps=1e-8, weight_decay=0.0)
+    lamb_states = [
+        lamb.init(jax.tree.map(lambda x: x[c], state.copies.params)) for c in range(2)
+    ]
+    zeros = jnp.zeros((2, core.num_params(TASK), 2))
+    for _ in range(4):
+        before = state.copies
+        state, *_ = step(state, zeros, p)
+        for c in range(2):
+            params, grads = (
+                jax.tree.map(lambda x: x[c], tree)
+                for tree in (before.params, before.grads)
+            )
+            expected, lamb_states[c] = lamb.update(grads, lamb_states[c], params)
+            moved = jax.tree.map(lambda x: x[c], state.copies.params)
+            np.testing.assert_allclose(
+                np.asarray(core.flatten_rows(moved) - core.flatten_rows(params)),
+                np.asarray(core.flatten_rows(expected)),
+                rtol=1e-3,
+                atol=1e-8,
+            )
 
 
 def test_run_length_max_draws_where_the_clock_ends(data):

@@ -79,6 +79,7 @@ def test_numbers_are_normalized_so_equal_specs_hash_alike():
         bool,
         bool,
         bool,
+        bool,
     ]
 
 
@@ -98,6 +99,7 @@ def test_lo_json_written_before_the_spec_loads_and_is_written_alike(tmp_path):
         '  "time_horizon": 0.0,\n  "nominal_schedule": "inverse_sqrt",\n'
         '  "scheduled_step": false,\n  "nominal_norm_step": false,\n'
         '  "tangential_step": false,\n  "fast_second_moment": false,\n'
+        '  "nominal_trust_ratio": false,\n'
     )
     expected = OLD_LO_JSON.replace('  "env"', added + '  "env"')
     assert (tmp_path / "lo.json").read_text() == expected

@@ -507,6 +507,49 @@ def test_a_cosine_nominal_term_is_adam_with_warmup_cosine_to_the_run_end():
         LOSpec(nominal_schedule="linear")
 
 
+def test_a_trust_ratio_nominal_term_is_lamb():
+    """nominal_trust_ratio: an LO whose MLP outputs zero is optax.lamb (Adam's update
+    rescaled per tensor to lr x |W|; unscaled where |W| is 0, as a bias at init)
+    under the nominal schedule, not optax.adam; it needs a nominal term and, in
+    ``tensor_terms``, the tensor's params."""
+    rng = np.random.default_rng(5)
+    params = {
+        "w": jnp.asarray(rng.normal(size=(6, 3)), jnp.float32),
+        "b": jnp.zeros((3,), jnp.float32),
+    }
+    meta = elo_gym.init_meta_params(jax.random.PRNGKey(3))
+    silent = meta._replace(mlp=jax.tree.map(np.zeros_like, meta.mlp))
+    total = 30
+    spec = LOSpec(
+        nominal_lr=0.02,
+        nominal_schedule="cosine",
+        time_horizon=200.0,
+        nominal_trust_ratio=True,
+    )
+    schedule = optax.warmup_cosine_decay_schedule(0.0, 0.02, 0.05 * total, total, 0.0)
+    lo = lopt.small_fc_lopt(silent, spec, total_steps=total)
+    others = [optax.lamb(schedule, eps=1e-8, weight_decay=0.0), optax.adam(schedule)]
+    lo_state, states = lo.init(params), [o.init(params) for o in others]
+    lo_step = jax.jit(lo.update)
+    for _ in range(8):
+        grads = jax.tree.map(
+            lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params
+        )
+        u_lo, lo_state = lo_step(grads, lo_state, params)
+        outs = [o.update(grads, s, params) for o, s in zip(others, states)]
+        states = [state for _, state in outs]
+        (u_lamb, _), (u_adam, _) = outs
+        for name in params:
+            np.testing.assert_allclose(u_lo[name], u_lamb[name], rtol=2e-4, atol=1e-8)
+        params = optax.apply_updates(params, u_lo)
+    assert not np.allclose(u_lo["w"], u_adam["w"], rtol=1e-2)
+    with pytest.raises(ValueError, match="nominal_trust_ratio rescales"):
+        LOSpec(nominal_trust_ratio=True)
+    acc = lo_state.accumulators["w"]
+    with pytest.raises(ValueError, match="pass the tensor's params"):
+        spec.tensor_terms(acc, lo_state.count)
+
+
 def test_an_lo_with_its_output_layer_silenced_is_its_nominal_term():
     """``--init-lo silenced``: the fresh LO with its output layer zeroed updates by its
     nominal term alone, as the LO with every MLP weight zero does, while its hidden

@@ -58,6 +58,13 @@ VARIANTS = [
     ),
     dict(fast_second_moment=True),
     dict(fast_second_moment=True, raw_adam_ratio=True, nominal_lr=0.02),
+    dict(
+        time_horizon=500.0,
+        nominal_lr=0.01,
+        nominal_schedule="cosine",
+        nominal_trust_ratio=True,
+        adam_scaled_step=True,
+    ),
 ]
 # The run length the faces are told (a relative-time LO needs it, others ignore it).
 TOTAL_STEPS = 5
