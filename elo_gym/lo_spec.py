@@ -230,7 +230,8 @@ class LOSpec:
         if self.nominal_trust_ratio and not self.nominal_lr > 0:
             raise ValueError(
                 "nominal_trust_ratio rescales the nominal term, which an LO without "
-                "one lacks: set nominal_lr > 0"
+                "one lacks: set nominal_lr > 0, or nominal_trust_ratio False "
+                "(--no-nominal-trust-ratio)"
             )
 
     # -- construction and (de)serialization --------------------------------------
