@@ -105,7 +105,7 @@ class InnerArgs:
     """Least weight of L_bc, max(1 - alpha, bc_floor); 0 is Eq. 10 (BC modes only)."""
     meta_loss_split: Literal["train", "valid"] = "valid"
     """Task term of the meta-loss on the training batch (Eq. 10) or a validation one."""
-    expert_lr: float = 2e-2
+    expert_lr: float = 1e-2
     """Learning rate of the Adam demonstrator that behavior cloning imitates."""
     expert_decay_steps: float = 0.0
     """tau > 0: the demonstrator's lr decays as 1 / sqrt(1 + n / tau) (BC modes)."""
@@ -115,7 +115,7 @@ class InnerArgs:
     """The demonstrator Adam's second-moment decay."""
     expert_weight_decay: float = demonstrator.EXPERT_WEIGHT_DECAY
     """> 0: the demonstrator is AdamW with this decoupled weight decay (BC modes)."""
-    expert_trust_ratio: bool = False
+    expert_trust_ratio: bool = True
     """The demonstrator is LAMB (Adam rescaled per tensor to lr x |W|; BC modes)."""
     nominal_lr_spread: float = 1.0
     """> 1: each episode scales the LO's nominal term by a factor in [1/s, s] (log-
@@ -186,9 +186,10 @@ class Args:
     inner: InnerArgs = InnerArgs()
     lo: LOSpec = LOSpec(
         adam_scaled_step=True,
-        nominal_lr=2e-2,
+        nominal_lr=1e-2,
         time_horizon=200.0,
         nominal_schedule="cosine",
+        nominal_trust_ratio=True,
     )
     """The learned optimizer (elo_gym.lo_spec)."""
     pes: PESArgs = PESArgs()
@@ -247,6 +248,7 @@ PRESETS = {
             n_max=1000,
             expert_lr=1e-3,
             expert_schedule="inverse_sqrt",
+            expert_trust_ratio=False,
             meta_loss_split="train",
             buffer_scope="pair",  # GPUs, often several: the scope that scales
         ),
