@@ -458,7 +458,10 @@ def test_explicit_flags_win_over_the_preset():
     assert _flat(mode="naive", init_lo="bc").init_lo == "bc"
     assert _flat(mode="naive", adam_scaled_step=False).adam_scaled_step is False
     assert _flat(adam_scaled_step=False).adam_scaled_step is False
-    assert _flat(nominal_lr=0.0).nominal_lr == 0.0
+    # Without a nominal term there is nothing for the trust ratio to rescale.
+    assert _flat(nominal_lr=0.0, nominal_trust_ratio=False).nominal_lr == 0.0
+    with pytest.raises(ValueError, match="--no-nominal-trust-ratio"):
+        _flat(nominal_lr=0.0)
     assert _flat(init_lo="none").init_lo is None
     assert _flat(expert_lr=2e-3).expert_lr == 2e-3
     # The command line builds the same settings, and its explicit flags win too.
@@ -754,7 +757,8 @@ def test_validation_of_the_silenced_lo_is_an_explicit_zero_mlp_run(nominal_lr):
     the validation seeds (its nominal term alone; with no nominal term, a zero update
     that leaves the optimizee where it started), and the stds are over those seeds."""
     args = pes_train.make_args(
-        **{**TINY, "nominal_lr": nominal_lr, "eval_seeds": 3, "n_max": 4}
+        **{**TINY, "nominal_lr": nominal_lr, "eval_seeds": 3, "n_max": 4},
+        nominal_trust_ratio=nominal_lr > 0,
     ).resolved()
     cfg, env_params = pes_train.pes_config(args)
     n_max = args.inner.n_max
