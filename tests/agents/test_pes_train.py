@@ -137,7 +137,7 @@ def test_init_lo_starts_from_a_trained_lo(reference_run):
     bad_settings = (
         dict(hidden_size=16),
         dict(raw_adam_ratio=True),
-        dict(nominal_lr=0.01),
+        dict(nominal_lr=0.03),
     )
     for bad in (*bad_settings, dict(adam_scaled_step=not scaled)):
         args = pes_train.make_args(
