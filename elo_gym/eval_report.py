@@ -14,10 +14,11 @@ import warnings
 import numpy as np
 
 ADAMW = "AdamW"
-# The scheduled AdamW baselines, by results.json key, as the table and plots name them.
+# The scheduled baselines, by results.json key, as the table and plots name them.
 SCHEDULED = {
     "adamw_cosine": "AdamW warmup + cosine",
     "adamw_invsqrt": "AdamW lr / sqrt(1 + n / tau)",
+    "lamb_cosine": "LAMB warmup + cosine",
 }
 
 
@@ -256,8 +257,8 @@ def _grid_notes(result: dict) -> list[str]:
         lrs = ", ".join(f"{lr:g}" for lr in cfg["lrs"])
         return [f"AdamW's lr was picked from {lrs} by the mean final validation loss."]
     lines = [
-        f"Every AdamW has weight decay {cfg['weight_decay']:g}; each was tuned on the "
-        "mean final validation loss over its grid"
+        f"Every baseline has weight decay {cfg['weight_decay']:g}; each was tuned on "
+        "the mean final validation loss over its grid"
         + (
             f" (warmup + cosine: warmup {cfg['warmup_fraction']:g} of H, cosine "
             "decay to 0 at H)"

@@ -1,17 +1,21 @@
-"""Long-horizon evaluation: learned optimizers against tuned AdamW (ELO Sec. 5.2).
+"""Long-horizon evaluation: learned optimizers against tuned AdamW and LAMB (Sec. 5.2).
 
 The library of ``scripts/evaluate.py`` (its command line); :func:`run` does the work.
 
 Trains fresh optimizees of an env's task (same dataset, model and augmentation as the
-env) for H inner steps with each learned optimizer (LO) and with three AdamW baselines
-(weight decay 1e-4), each tuned by the final validation loss (mean over seeds):
+env) for H inner steps with each learned optimizer (LO) and with four hand-set
+baselines (weight decay 1e-4), each tuned by the final validation loss (mean over
+seeds):
 
 - ``adamw``: a constant lr, over the paper's 7 lrs and 0.02 and 0.03 (above the LO's
   nominal lr 0.02);
 - ``adamw_cosine``: linear warmup over ``warmup_fraction`` of H, then cosine decay to
   0 at H (``optax.warmup_cosine_decay_schedule``), over an lr grid;
 - ``adamw_invsqrt``: lr / sqrt(1 + n / tau), the LO's nominal term's schedule
-  (``elo_gym.schedules.inverse_sqrt_decay``), over an lr x tau grid.
+  (``elo_gym.schedules.inverse_sqrt_decay``), over an lr x tau grid;
+- ``lamb_cosine``: LAMB (``optax.lamb``, eps 1e-8: Adam's step rescaled per tensor
+  to lr x |W|) with ``adamw_cosine``'s schedule, over an lr grid: the default LO's
+  nominal term, tuned per task.
 
 A grid whose pick sits at an edge is extended past it (lr x2 or /2, tau x10 or /10),
 at most ``max_grid_extensions`` times; results.json records each final grid, every
@@ -82,16 +86,20 @@ ADAMW_LRS = (0.03, 0.02, *PAPER_LRS)
 # the twenty-eighth screen), which a coarser grid cannot pick.
 COSINE_LRS = (0.03, 0.02, 0.01, 0.007, 0.004, 0.002, 0.001)
 INVSQRT_LRS = COSINE_LRS
+# LAMB's loss jumps within a factor of 2 of its best lr (0.01 on every validation
+# family, docs/levers.md's thirty-first screen), so its grid is denser there.
+LAMB_LRS = (0.03, 0.02, 0.014, 0.01, 0.007, 0.004, 0.002, 0.001)
 INVSQRT_TAUS = (10.0, 100.0, 1000.0)
 WEIGHT_DECAY = 1e-4
 # The results.json keys of the baseline families (``final`` and ``curves`` name the
 # constant one ``AdamW``, as before there were others).
-BASELINES = ("adamw", "adamw_cosine", "adamw_invsqrt")
+BASELINES = ("adamw", "adamw_cosine", "adamw_invsqrt", "lamb_cosine")
 # Each family's grid axes and the factor an axis grows by past an edge pick.
 AXES = {
     "adamw": (("lr", 2.0),),
     "adamw_cosine": (("lr", 2.0),),
     "adamw_invsqrt": (("lr", 2.0), ("tau", 10.0)),
+    "lamb_cosine": (("lr", 2.0),),
 }
 
 
@@ -130,6 +138,7 @@ class EvalConfig:
     warmup_fraction: float = 0.05  # of H: the cosine baseline's linear warmup
     invsqrt_lrs: tuple[float, ...] = INVSQRT_LRS  # lrs of lr / sqrt(1 + n / tau)
     invsqrt_taus: tuple[float, ...] = INVSQRT_TAUS  # its taus (inner steps)
+    lamb_lrs: tuple[float, ...] = LAMB_LRS  # peak lrs of warmup + cosine LAMB
     max_grid_extensions: int = 3  # times a grid grows past an edge pick, per family
     eval_every: int | None = None  # steps between evaluations; None: about H / 50
     hidden_sizes: tuple[int, ...] | None = None  # None: the LO runs' (else the env's)
@@ -268,6 +277,7 @@ def _check_baselines(config: EvalConfig) -> None:
         "cosine_lrs": config.cosine_lrs,
         "invsqrt_lrs": config.invsqrt_lrs,
         "invsqrt_taus": config.invsqrt_taus,
+        "lamb_lrs": config.lamb_lrs,
     }
     for name, grid in grids.items():
         if not grid or min(grid) <= 0:
@@ -409,12 +419,13 @@ def baseline_optimizer(
     warmup_fraction: float,
     weight_decay: float,
 ) -> optax.GradientTransformation:
-    """AdamW of a baseline family; ``hyper`` is (lr,) or, for ``adamw_invsqrt``,
-    (lr, tau), traced so that one compilation serves the family's whole grid."""
+    """The optimizer of a baseline family; ``hyper`` is (lr,) or, for
+    ``adamw_invsqrt``, (lr, tau), traced so that one compilation serves the family's
+    whole grid."""
     lr = hyper[0]
     if family == "adamw":
         schedule = lr
-    elif family == "adamw_cosine":
+    elif family in ("adamw_cosine", "lamb_cosine"):
         # optax's schedule needs a concrete peak: the unit shape, scaled by lr.
         shape = optax.warmup_cosine_decay_schedule(
             0.0, 1.0, round(warmup_fraction * steps), steps, 0.0
@@ -430,6 +441,10 @@ def baseline_optimizer(
             return unit_decay(count / hyper[1])
     else:
         raise ValueError(f"unknown baseline {family!r}; valid: {', '.join(BASELINES)}")
+    if family == "lamb_cosine":
+        # eps as the LO's nominal term's: at lr 0.01 and no weight decay this is the
+        # default LO's silenced self.
+        return optax.lamb(schedule, eps=1e-8, weight_decay=weight_decay)
     return optax.adamw(schedule, weight_decay=weight_decay)
 
 
@@ -438,6 +453,7 @@ def _initial_axes(config: EvalConfig, family: str) -> list[tuple]:
         "adamw": {"lr": config.lrs},
         "adamw_cosine": {"lr": config.cosine_lrs},
         "adamw_invsqrt": {"lr": config.invsqrt_lrs, "tau": config.invsqrt_taus},
+        "lamb_cosine": {"lr": config.lamb_lrs},
     }[family]
     return [(name, values[name], factor) for name, factor in AXES[family]]
 
@@ -467,7 +483,7 @@ def _use_host_loop(config: EvalConfig, task: tasks.Task) -> bool:
 
 
 def run(config: EvalConfig, workdir: str | pathlib.Path) -> dict:
-    """Evaluates the LOs and tunes the AdamW baselines; writes results, plots and
+    """Evaluates the LOs and tunes the baselines; writes results, plots and
     table.
 
     Args:

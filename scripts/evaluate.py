@@ -1,4 +1,4 @@
-"""Long-horizon evaluation: learned optimizers against tuned AdamW (ELO Sec. 5.2).
+"""Long-horizon evaluation: learned optimizers against tuned AdamW and LAMB (Sec. 5.2).
 
 The work is :func:`elo_gym.evaluation.run`'s; its module docstring says what is run
 and what is written into the output directory.
@@ -35,7 +35,7 @@ def cli(
     config: Annotated[EvalConfig, tyro.conf.arg(name="")],
     out: str,
 ) -> dict:
-    """Evaluates learned optimizers at 10x their horizon against tuned AdamW.
+    """Evaluates learned optimizers at 10x their horizon against tuned AdamW and LAMB.
 
     Args:
       config: what to evaluate and how.

@@ -6,9 +6,10 @@ x truncation, and every other setting at ``pes_train``'s defaults, so each metho
 exported LO is the one its own periodic validation picked); trains fresh optimizees
 with each LO for 10x the meta-training horizon, over ``eval_seeds`` optimizee seeds,
 in distribution and on a held-out task family no LO saw in meta-training (``HELDOUT``),
-against three AdamW baselines each tuned on validation loss (``scripts/evaluate.py``):
-a constant lr (the paper's 7 values, 0.02 and 0.03), linear warmup + cosine decay to
-the evaluation length, and the nominal term's lr / sqrt(1 + n / tau) over lr x tau.
+against four baselines each tuned on validation loss (``scripts/evaluate.py``): AdamW
+with a constant lr (the paper's 7 values, 0.02 and 0.03), with linear warmup + cosine
+decay to the evaluation length, and with lr / sqrt(1 + n / tau) over lr x tau; and
+LAMB with warmup + cosine, the default LO's nominal term with its lr tuned per task.
 The ablations (BC only, uniform) and the p_th sweep run with one meta-seed, against
 the constant-lr AdamW only.
 
@@ -53,9 +54,12 @@ from elo_gym.eval_report import moving_average as smooth  # noqa: E402
 METHODS = ("elo", "naive", "curriculum", "buffer")
 ABLATIONS = ("bc", "uniform")
 ADAMW = "adamw"
-# Every AdamW baseline by its results.json key; the scheduled ones are keyed the same
-# in evaluate.py's results.
-ADAMWS = evaluation.BASELINES
+# Every baseline by its results.json key; the scheduled ones are keyed the same in
+# evaluate.py's results.
+BASELINES = evaluation.BASELINES
+# The AdamW ones: the done-when's test accuracy is the best of these.
+ADAMWS = ("adamw", "adamw_cosine", "adamw_invsqrt")
+LAMB = "lamb_cosine"
 # The default LO's nominal term alone (its MLP silenced): the row that shows what the
 # learned part of the LO adds to the schedule it is built on.
 NOMINAL = "nominal"
@@ -94,6 +98,7 @@ class StudyConfig:
     eval_cosine_lrs: tuple[float, ...] = evaluation.COSINE_LRS
     eval_invsqrt_lrs: tuple[float, ...] = evaluation.INVSQRT_LRS
     eval_invsqrt_taus: tuple[float, ...] = evaluation.INVSQRT_TAUS
+    eval_lamb_lrs: tuple[float, ...] = evaluation.LAMB_LRS
     eval_warmup_fraction: float = 0.05  # of the evaluation length
     eval_max_grid_extensions: int = 3  # rounds a grid grows past an edge pick
     heldout_hidden_sizes: tuple[int, ...] = HELDOUT["hidden_sizes"]
@@ -120,6 +125,7 @@ class StudyConfig:
             eval_cosine_lrs=(0.01,),
             eval_invsqrt_lrs=(0.01,),
             eval_invsqrt_taus=(10.0,),
+            eval_lamb_lrs=(0.01,),
             eval_max_grid_extensions=0,
             heldout_hidden_sizes=(12, 12),
         )
@@ -201,7 +207,7 @@ def _evaluate(
     out: pathlib.Path,
     names: list[str],
     label: str,
-    baselines: tuple[str, ...] = ADAMWS,
+    baselines: tuple[str, ...] = BASELINES,
     **task,
 ) -> dict:
     """evaluation.run over ``names`` against ``baselines``, or its earlier results if
@@ -216,6 +222,7 @@ def _evaluate(
         warmup_fraction=config.eval_warmup_fraction,
         invsqrt_lrs=config.eval_invsqrt_lrs,
         invsqrt_taus=config.eval_invsqrt_taus,
+        lamb_lrs=config.eval_lamb_lrs,
         max_grid_extensions=config.eval_max_grid_extensions,
         progress=False,
         **task,
@@ -271,7 +278,7 @@ def aggregate(
     for name in single:
         table[name] = {"meta_seeds": [], **_single_entry(result["final"][name])}
     searches = result.get("baselines", {})
-    for family in ADAMWS:
+    for family in BASELINES:
         key = evaluation.ADAMW if family == ADAMW else family
         if key not in result["final"]:
             continue
@@ -291,6 +298,7 @@ def baseline_name(family: str, entry: dict) -> str:
         "adamw": "AdamW",
         "adamw_cosine": "AdamW warmup + cosine",
         "adamw_invsqrt": "AdamW lr / sqrt(1 + n / tau)",
+        "lamb_cosine": "LAMB warmup + cosine",
     }[family]
     picked = f"tuned lr {entry['lr']:g}"
     if "tau" in entry:
@@ -325,7 +333,7 @@ def table_markdown(table: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for method, entry in table.items():
-        name = baseline_name(method, entry) if method in ADAMWS else method
+        name = baseline_name(method, entry) if method in BASELINES else method
         if method == NOMINAL:
             name = "nominal term alone (the LO's MLP silenced)"
         lines.append(
@@ -373,7 +381,7 @@ def claims(main: dict, heldout: dict) -> list[str]:
     for prefix, table in (("", main), ("held-out family: ", heldout)):
         # What meta-training adds to the schedule the LO is built on, then AdamW.
         others = [NOMINAL] if NOMINAL in table else []
-        others += [f for f in ADAMWS if f in table]
+        others += [f for f in BASELINES if f in table]
         for other in others:
             lines.append(prefix + compare(table, "train_loss_10x", "elo", other, True))
         best = best_adamw(table, "test_accuracy_10x", lower_is_better=False)
@@ -382,6 +390,10 @@ def claims(main: dict, heldout: dict) -> list[str]:
             + compare(table, "test_accuracy_10x", "elo", best, False)
             + f" ({best} is the best AdamW on it)"
         )
+        if LAMB in table:
+            lines.append(
+                prefix + compare(table, "test_accuracy_10x", "elo", LAMB, False)
+            )
     for other in ("naive", "curriculum", "buffer"):
         lines.append(compare(main, "train_loss_10x", "elo", other, True))
     for other in ("naive", "curriculum"):
@@ -420,13 +432,14 @@ def plot_methods(
     baselines = {
         **({NOMINAL: result["curves"][NOMINAL]} if NOMINAL in result["curves"] else {}),
         evaluation.ADAMW: result["curves"][evaluation.ADAMW][str(result["best_lr"])],
-        **{f: result["curves"][f] for f in ADAMWS if f in result["curves"]},
+        **{f: result["curves"][f] for f in BASELINES if f in result["curves"]},
     }
     styles = {
         NOMINAL: "C7-",
         evaluation.ADAMW: "k--",
         "adamw_cosine": "k-.",
         "adamw_invsqrt": "k:",
+        LAMB: "m-.",
     }
     for ax, (key, name) in zip(axes, panels, strict=True):
         per_step = key in ("train_loss", "update_norm")
@@ -469,7 +482,7 @@ def _single_seed_table(result: dict, names: list[str]) -> str:
         "| run | train loss @10x | test accuracy (%) | test loss | valid loss |",
         "|---|---|---|---|---|",
     ]
-    baselines = [evaluation.ADAMW, *(f for f in ADAMWS if f in result["final"])]
+    baselines = [evaluation.ADAMW, *(f for f in BASELINES if f in result["final"])]
     for name in [*names, *baselines]:
         f = _per_lo(result["final"][name])
         label = evaluation.eval_report.method_name(result, name)
@@ -563,7 +576,7 @@ def run(
             if k not in ("run_dir", "progress", "seed", "mode")
         },
         "claims": claims(main_table, heldout_table),
-        # Each AdamW baseline's final grid, configurations and pick, in and out.
+        # Each baseline's final grid, configurations and pick, in and out.
         "methods_grids": main["baselines"],
         "heldout_grids": heldout["baselines"],
         "ablations": {n: _per_lo(ablations["final"][n]) for n in ablations["final"]},
@@ -588,6 +601,7 @@ def _baseline_grids(searches: dict) -> str:
         "adamw_cosine": "linear warmup then cosine decay to 0 at the evaluation "
         "length, peak lr",
         "adamw_invsqrt": "lr / sqrt(1 + n / tau)",
+        "lamb_cosine": "LAMB (eps 1e-8) with the same warmup and cosine decay, peak lr",
     }
     parts = []
     for family, search in searches.items():
@@ -620,7 +634,7 @@ steps x {config.num_pairs} pairs x truncation {config.truncation}, horizon n_max
 every other setting at `pes_train`'s defaults (below); the exported LO is the one the
 run's own validation picked. Evaluation: fresh optimizees trained
 {results["steps_10x"]} steps (10x) with each LO, {config.eval_seeds} optimizee seeds;
-three AdamW baselines (wd 1e-4), each tuned on the mean final validation loss:
+four baselines (wd 1e-4), each tuned on the mean final validation loss, AdamW with
 {_baseline_grids(results["methods_grids"])}.
 Rows: mean ± std over meta-seeds of each LO's mean over optimizee seeds (AdamW, and
 the LO's nominal term alone where the LO has one: std over optimizee seeds). Train

@@ -1,15 +1,16 @@
-"""Which meta-training setting to keep: a score over validation tasks, against AdamW.
+"""Which meta-training setting to keep: a score over validation tasks.
 
 A screen meta-trains each setting with a few meta-seeds (runs named
 ``<setting>_s<seed>``) and evaluates the LOs with ``scripts/evaluate.py`` on several
 validation tasks. This reads those evaluations and scores each setting by the
 geometric mean, over the tasks, of its metric (mean over meta-seeds of each LO's mean
-over optimizee seeds) divided by the best tuned AdamW baseline's on that task
-(constant lr, warmup + cosine or inverse-sqrt, whichever is lowest); lower is better,
-1 is that AdamW. A setting missing from a task gets no score. The rule is the one
-docs/levers.md pre-registers for its sixth to tenth screens.
+over optimizee seeds) divided by the best tuned baseline's on that task
+(AdamW with a constant lr, warmup + cosine or inverse-sqrt, or warmup + cosine LAMB,
+whichever is lowest); lower is better, 1 is that baseline. A setting missing from a
+task gets no score. The rule is the one docs/levers.md pre-registers for its sixth
+to tenth screens.
 
-Prints one JSON object (each task's AdamW value, each setting's per-task means and
+Prints one JSON object (each task's baseline value, each setting's per-task means and
 ratios and its score, best first, and the pick); also written to ``--out``.
 
 Usage::
@@ -31,14 +32,14 @@ from typing import Annotated
 
 import tyro
 
-from elo_gym import runs
+from elo_gym import eval_report, runs
 
 # Metrics of evaluate.py's results.json for which lower is better.
 METRICS = ("train_loss", "valid_loss", "test_loss")
-ADAMW = "AdamW"  # evaluate.py's name for its tuned constant-lr AdamW row
-# Every tuned AdamW baseline of evaluate.py's results.json; a setting is scored
-# against the best of them on each task.
-BASELINES = (ADAMW, "adamw_cosine", "adamw_invsqrt")
+ADAMW = eval_report.ADAMW  # evaluate.py's name for its tuned constant-lr AdamW row
+# Every tuned baseline of evaluate.py's results.json (AdamW's three schedules and
+# LAMB); a setting is scored against the best of them on each task.
+BASELINES = (ADAMW, *eval_report.SCHEDULED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +77,8 @@ def setting_of(label: str) -> str:
 def read_task(
     metric: str, dirs: list[pathlib.Path], same: dict[str, str]
 ) -> tuple[float, str, dict]:
-    """The best tuned AdamW baseline's value of ``metric`` (the lowest among the
-    constant, warmup + cosine and inverse-sqrt ones an evaluation holds), its name,
+    """The best tuned baseline's value of ``metric`` (the lowest among the AdamWs
+    and LAMB an evaluation holds), its name,
     and per setting the per-LO values over ``dirs`` (an LO evaluated twice under one
     label counts once)."""
     finals: dict = {}
@@ -101,7 +102,9 @@ def read_task(
         finals.update({k: v for k, v in final.items() if k not in BASELINES})
     finite = {k: v for k, v in baselines.items() if v is not None and v > 0}
     if not finite:
-        raise ValueError(f"no positive AdamW {metric} in {', '.join(map(str, dirs))}")
+        raise ValueError(
+            f"no positive baseline {metric} in {', '.join(map(str, dirs))}"
+        )
     best = min(finite, key=finite.__getitem__)
     values = collections.defaultdict(list)
     for label, final in finals.items():

@@ -26,11 +26,15 @@ STEPS, EVAL_EVERY, SEEDS = 20, 8, 2  # 20 = 2 x 8 + 4: the tail chunk runs too
 LRS = (0.01, 1e-6)  # 1e-6 barely moves in 20 steps: it must lose on validation
 # One value per scheduled grid: at both edges, so one round of growth runs.
 SCHEDULED_GRIDS = dict(
-    cosine_lrs=(0.01,), invsqrt_lrs=(0.01,), invsqrt_taus=(10.0,), max_grid_extensions=1
+    cosine_lrs=(0.01,),
+    invsqrt_lrs=(0.01,),
+    invsqrt_taus=(10.0,),
+    lamb_lrs=(0.01,),
+    max_grid_extensions=1,
 )
 SCHEDULED_FLAGS = [
     "--cosine-lrs", "0.01", "--invsqrt-lrs", "0.01", "--invsqrt-taus", "10",
-    "--max-grid-extensions", "1",
+    "--lamb-lrs", "0.01", "--max-grid-extensions", "1",
 ]  # fmt: skip
 HIDDEN, BATCH = (8,), 32
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -103,7 +107,7 @@ def test_results_json_structure(result):
     assert on_disk["eval_steps"] == [0, 8, 16, 20]
     assert on_disk["task"]["hidden_sizes"] == list(HIDDEN)
     assert on_disk["task"]["batch_size"] == BATCH  # from the run's config.json
-    methods = {"a", "a_file", "AdamW", "adamw_cosine", "adamw_invsqrt"}
+    methods = {"a", "a_file", "AdamW", "adamw_cosine", "adamw_invsqrt", "lamb_cosine"}
     assert set(on_disk["curves"]) == methods and set(on_disk["final"]) == methods
     # 0.01 was the top edge of the constant grid: one round grew it to 0.02.
     assert on_disk["baselines"]["adamw"]["grid"] == {"lr": [1e-6, 0.01, 0.02]}
@@ -121,8 +125,9 @@ def test_results_json_structure(result):
         row[0] for row in on_disk["curves"]["AdamW"]["0.01"]["valid_loss"]
     ]
     assert on_disk["compute"]["wall_seconds"] > 0
-    # 2 LOs, 3 constant lrs, 3 cosine lrs and 3 x 3 (lr, tau) of the inverse sqrt.
-    assert len(on_disk["compute"]["seconds_per_run"]) == 2 + 3 + 3 + 9
+    # 2 LOs, 3 constant lrs, 3 cosine lrs, 3 x 3 (lr, tau) of the inverse sqrt and
+    # 3 LAMB lrs.
+    assert len(on_disk["compute"]["seconds_per_run"]) == 2 + 3 + 3 + 9 + 3
 
 
 def test_best_lr_is_lowest_final_validation_loss(result):
@@ -196,13 +201,14 @@ def test_table_rows(result):
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| method | test accuracy (%) | test loss")
     names = [row.split("|")[1].strip() for row in rows[1:]]
-    cosine, invsqrt = (res["baselines"][k]["pick"] for k in SCHEDULED)
+    cosine, invsqrt, lamb = (res["baselines"][k]["pick"] for k in SCHEDULED)
     assert names == [
         "a",
         "a_file",
         f"AdamW (lr {res['best_lr']:g})",
         f"AdamW warmup + cosine (lr {cosine['lr']:g})",
         f"AdamW lr / sqrt(1 + n / tau) (lr {invsqrt['lr']:g}, tau {invsqrt['tau']:g})",
+        f"LAMB warmup + cosine (lr {lamb['lr']:g})",
     ]
     acc = res["final"]["a"]["test_accuracy"]
     assert f"{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}" in rows[1]
@@ -361,7 +367,7 @@ def test_host_loop_gives_the_scan_curves(runs, result, tmp_path):
         evaluation.run(_config(runs, step_loop="gpu"), tmp_path / "bad")
 
 
-SCHEDULED = ("adamw_cosine", "adamw_invsqrt")
+SCHEDULED = ("adamw_cosine", "adamw_invsqrt", "lamb_cosine")
 
 
 def test_scheduled_baselines_are_tuned_and_reported(result):
@@ -369,13 +375,14 @@ def test_scheduled_baselines_are_tuned_and_reported(result):
     validation loss, the pick (the lowest mean) and whether it sits at an edge; its
     final row is the picked configuration's, with the same fields as AdamW's."""
     res, out = result
-    for family, axes in (("adamw_cosine", ("lr",)), ("adamw_invsqrt", ("lr", "tau"))):
+    for family in SCHEDULED:
+        axes = ("lr", "tau") if family == "adamw_invsqrt" else ("lr",)
         search = res["baselines"][family]
         assert tuple(search["grid"]) == axes
         assert search["grid"]["lr"] == [0.005, 0.01, 0.02]  # grown both ways once
         if family == "adamw_invsqrt":
             assert search["grid"]["tau"] == [1.0, 10.0, 100.0]
-        expected = 3 if family == "adamw_cosine" else 9
+        expected = 9 if family == "adamw_invsqrt" else 3
         assert len(search["losses"]) == expected and search["extensions"] == 1
         means = {tuple(r[a] for a in axes): r["valid_loss"] for r in search["losses"]}
         best = min(means, key=means.get)
@@ -390,7 +397,7 @@ def test_scheduled_baselines_are_tuned_and_reported(result):
     assert "AdamW warmup + cosine: lr 0.005, 0.01, 0.02 (3 configurations" in table
 
 
-@pytest.mark.parametrize("grid", ["COSINE_LRS", "INVSQRT_LRS"])
+@pytest.mark.parametrize("grid", ["COSINE_LRS", "INVSQRT_LRS", "LAMB_LRS"])
 def test_scheduled_grids_are_as_dense_as_the_constant_grid_over_their_range(grid):
     """A scheduled baseline tuned on a coarser grid than the constant one is weaker
     by construction: on the held-out family the cosine pick lies between 0.004 and
@@ -442,15 +449,18 @@ def test_tune_grid_grows_past_an_edge_until_the_pick_is_inside():
 
 
 @pytest.mark.parametrize("family", SCHEDULED)
-def test_scheduled_programs_equal_optax_adamw_with_the_schedule(family):
+def test_scheduled_programs_equal_optax_with_the_schedule(family):
     """lr and tau traced through one jitted program give the updates of
-    optax.adamw with the concrete schedule, step by step."""
+    optax.adamw (optax.lamb for LAMB) with the concrete schedule, step by step."""
     steps, lr, tau, wd = 10, 0.03, 4.0, 1e-4
-    if family == "adamw_cosine":
-        schedule = optax.warmup_cosine_decay_schedule(0.0, lr, 3, steps, 0.0)
-    else:
+    if family == "adamw_invsqrt":
         schedule = evaluation.schedules.inverse_sqrt_decay(lr, tau)
-    reference = optax.adamw(schedule, weight_decay=wd)
+    else:
+        schedule = optax.warmup_cosine_decay_schedule(0.0, lr, 3, steps, 0.0)
+    if family == "lamb_cosine":
+        reference = optax.lamb(schedule, eps=1e-8, weight_decay=wd)
+    else:
+        reference = optax.adamw(schedule, weight_decay=wd)
 
     @jax.jit
     def update(hyper, grads, state, params):
@@ -466,13 +476,14 @@ def test_scheduled_programs_equal_optax_adamw_with_the_schedule(family):
     ).init(params)
     theirs = reference.init(params)
     for n in range(steps):
-        grads = {"w": jax.random.normal(jax.random.PRNGKey(n + 1), (3, 4))}
+        # Small gradients, so that Adam's eps (1e-8, as the LO's) shows.
+        grads = {"w": 1e-5 * jax.random.normal(jax.random.PRNGKey(n + 1), (3, 4))}
         mine, ours = update(hyper, grads, ours, params)
         expected, theirs = reference.update(grads, theirs, params)
         np.testing.assert_allclose(
             mine["w"], expected["w"], rtol=1e-5, atol=1e-8, err_msg=f"step {n}"
         )
-        if n == 0 and family == "adamw_cosine":
+        if n == 0 and family != "adamw_invsqrt":
             assert np.all(np.asarray(mine["w"]) == 0)  # warmup starts at lr 0
         params = optax.apply_updates(params, mine)
 

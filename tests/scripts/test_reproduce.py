@@ -167,12 +167,14 @@ def _check_quick_study(reproduce, tmp_path: pathlib.Path) -> None:
             "adamw",
             "adamw_cosine",
             "adamw_invsqrt",
+            "lamb_cosine",
         }
         assert saved[family]["nominal"]["meta_seeds"] == []
         adamw = saved[family]["adamw"]
         for baseline, picked in (
             ("adamw_cosine", {"lr"}),
             ("adamw_invsqrt", {"lr", "tau"}),
+            ("lamb_cosine", {"lr"}),
         ):
             entry = saved[family][baseline]
             assert set(entry) == set(adamw) | picked
@@ -187,7 +189,12 @@ def _check_quick_study(reproduce, tmp_path: pathlib.Path) -> None:
     assert saved["heldout_task"]["hidden_sizes"] == [12, 12]
     assert saved["heldout_task"]["activation"] == "tanh"
     for grids in ("methods_grids", "heldout_grids"):
-        assert set(saved[grids]) == {"adamw", "adamw_cosine", "adamw_invsqrt"}
+        assert set(saved[grids]) == {
+            "adamw",
+            "adamw_cosine",
+            "adamw_invsqrt",
+            "lamb_cosine",
+        }
         assert saved[grids]["adamw"]["grid"] == {"lr": [0.001, 0.01]}
     text = report.read_text()
     for heading in ("In distribution", "Held-out family", "Claims", "Ablations"):
@@ -195,7 +202,8 @@ def _check_quick_study(reproduce, tmp_path: pathlib.Path) -> None:
     assert "AdamW warmup + cosine (tuned lr 0.01" in text
     assert "AdamW lr / sqrt(1 + n / tau) (tuned lr 0.01, tau 10" in text
     assert "lr / sqrt(1 + n / tau) over lr in {0.01} x tau in {10}" in text
-    for baseline in ("nominal", "adamw", "adamw_cosine", "adamw_invsqrt"):
+    assert "LAMB warmup + cosine (tuned lr 0.01" in text
+    for baseline in ("nominal", *reproduce.BASELINES):
         for prefix in ("", "held-out family: "):
             assert any(
                 c.startswith(f"{prefix}train_loss_10x: elo")
@@ -250,6 +258,7 @@ def test_claims_compare_elo_with_every_baseline_and_the_best_adamw_accuracy():
         "adamw": entry(0.07, 0.94),
         "adamw_cosine": entry(0.01, 0.97),  # the best AdamW on accuracy
         "adamw_invsqrt": entry(0.04, 0.95),
+        "lamb_cosine": entry(0.02, 0.98),  # not an AdamW: never the best AdamW
     }
     lines = reproduce.claims(table, table)
     for prefix in ("", "held-out family: "):
@@ -258,6 +267,7 @@ def test_claims_compare_elo_with_every_baseline_and_the_best_adamw_accuracy():
             ("adamw", "better than adamw (0.03 vs 0.07; the gap exceeds"),
             ("adamw_cosine", "not better than adamw_cosine (0.03 vs 0.01"),
             ("adamw_invsqrt", "better than adamw_invsqrt (0.03 vs 0.04; the gap"),
+            ("lamb_cosine", "not better than lamb_cosine (0.03 vs 0.02; the gap"),
         ):
             expected = f"{prefix}train_loss_10x: elo {verdict}"
             assert any(line.startswith(expected) for line in lines), (prefix, other)
@@ -265,6 +275,10 @@ def test_claims_compare_elo_with_every_baseline_and_the_best_adamw_accuracy():
             f"{prefix}test_accuracy_10x: elo not better than adamw_cosine (0.96 vs "
             "0.97; the gap exceeds the spread 0.002) (adamw_cosine is the best AdamW "
             "on it)"
+        ) in lines
+        assert (
+            f"{prefix}test_accuracy_10x: elo not better than lamb_cosine (0.96 vs "
+            "0.98; the gap exceeds the spread 0.002)"
         ) in lines
     assert reproduce.best_adamw(table, "train_loss_10x", True) == "adamw_cosine"
     table["adamw_cosine"]["test_accuracy_10x"] = None  # diverged: never the best
