@@ -7,8 +7,7 @@ env) for H inner steps with each learned optimizer (LO) and with four hand-set
 baselines (weight decay 1e-4), each tuned by the final validation loss (mean over
 seeds):
 
-- ``adamw``: a constant lr, over the paper's 7 lrs and 0.02 and 0.03 (above the LO's
-  nominal lr 0.02);
+- ``adamw``: a constant lr, over the paper's 7 lrs and 0.02 and 0.03;
 - ``adamw_cosine``: linear warmup over ``warmup_fraction`` of H, then cosine decay to
   0 at H (``optax.warmup_cosine_decay_schedule``), over an lr grid;
 - ``adamw_invsqrt``: lr / sqrt(1 + n / tau), the LO's nominal term's schedule

@@ -294,12 +294,7 @@ def aggregate(
 
 def baseline_name(family: str, entry: dict) -> str:
     """An AdamW baseline with its picked lr (and tau), as the tables name it."""
-    name = {
-        "adamw": "AdamW",
-        "adamw_cosine": "AdamW warmup + cosine",
-        "adamw_invsqrt": "AdamW lr / sqrt(1 + n / tau)",
-        "lamb_cosine": "LAMB warmup + cosine",
-    }[family]
+    name = {"adamw": "AdamW", **evaluation.eval_report.SCHEDULED}[family]
     picked = f"tuned lr {entry['lr']:g}"
     if "tau" in entry:
         picked += f", tau {entry['tau']:g}"
