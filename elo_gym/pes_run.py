@@ -206,7 +206,7 @@ def summary(run_dir: pathlib.Path) -> str:
                 f"{last['val_lo_minus_silenced_train_loss_std']:.2g}"
             )
     lines.append(
-        "evaluate it at 10x its horizon against tuned AdamW: python "
+        "evaluate it at 10x its horizon against tuned AdamW and LAMB: python "
         f"scripts/evaluate.py --lo {info['mode']}={run_dir} --out {run_dir / 'eval'}"
     )
     return "\n".join(lines)
