@@ -17,6 +17,7 @@ and learns what to add to it.
 import optax
 
 from elo_gym import finite_grad, schedules
+from elo_gym.lo_spec import ADAM_EPS
 
 EXPERT_LEARNING_RATE = 1e-3
 # Adam's own second-moment decay. A faster one (0.95, as LLM training uses) lowers
@@ -49,7 +50,7 @@ def adam_expert(
     if decay_steps:
         lr = schedules.inverse_sqrt_decay(learning_rate, decay_steps)
     if trust_ratio:
-        adam = optax.lamb(lr, b2=b2, eps=1e-8, weight_decay=weight_decay)
+        adam = optax.lamb(lr, b2=b2, eps=ADAM_EPS, weight_decay=weight_decay)
     elif weight_decay:
         adam = optax.adamw(lr, b2=b2, weight_decay=weight_decay)
     else:  # optax.adam: the default's state and update stay the paper's Adam's

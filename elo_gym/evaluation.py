@@ -74,7 +74,7 @@ from elo_gym import eval_report, schedules, validation
 from elo_gym.checkpoint import load_meta_params
 from elo_gym.eval_report import ADAMW
 from elo_gym.inner_loop import eval_steps
-from elo_gym.lo_spec import LOSpec
+from elo_gym.lo_spec import ADAM_EPS, LOSpec
 from elo_gym.settings import EnvSettings
 
 PAPER_LRS = (0.01, 0.007, 0.004, 0.001, 0.0007, 0.0004, 0.0001)
@@ -441,9 +441,8 @@ def baseline_optimizer(
     else:
         raise ValueError(f"unknown baseline {family!r}; valid: {', '.join(BASELINES)}")
     if family == "lamb_cosine":
-        # eps as the LO's nominal term's: at lr 0.01 and no weight decay this is the
-        # default LO's silenced self.
-        return optax.lamb(schedule, eps=1e-8, weight_decay=weight_decay)
+        # At lr 0.01 and no weight decay this is the default LO's silenced self.
+        return optax.lamb(schedule, eps=ADAM_EPS, weight_decay=weight_decay)
     return optax.adamw(schedule, weight_decay=weight_decay)
 
 

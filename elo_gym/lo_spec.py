@@ -106,6 +106,11 @@ def adam_step_scale(acc: lo_features.TensorAccumulators) -> jax.Array:
     return jnp.sqrt(1e-5 + jnp.mean(ratio**2))
 
 
+# optax.adam's eps, the nominal term's; the LAMB demonstrator and baseline take it too,
+# so that at the nominal lr they are the silenced LO's step.
+ADAM_EPS = 1e-8
+
+
 @finite_grad.finite_grad
 def nominal_update(
     acc: lo_features.TensorAccumulators,
@@ -123,7 +128,7 @@ def nominal_update(
     t = count.astype(jnp.float32) + 1.0
     m_hat = acc.momentum[0] / (1.0 - lo_features.MOMENTUM_DECAYS[0] ** t)
     v_hat = acc.rms[0] / (1.0 - lo_features.RMS_DECAYS[0] ** t)
-    return -learning_rate * m_hat / (jnp.sqrt(v_hat) + 1e-8)
+    return -learning_rate * m_hat / (jnp.sqrt(v_hat) + ADAM_EPS)
 
 
 # The nominal term's schedules: inverse-sqrt decay (nominal_decay_steps, which only it

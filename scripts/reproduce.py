@@ -57,9 +57,9 @@ ADAMW = "adamw"
 # Every baseline by its results.json key; the scheduled ones are keyed the same in
 # evaluate.py's results.
 BASELINES = evaluation.BASELINES
-# The AdamW ones: the done-when's test accuracy is the best of these.
-ADAMWS = ("adamw", "adamw_cosine", "adamw_invsqrt")
 LAMB = "lamb_cosine"
+# The AdamW ones: the done-when's test accuracy is the best of these.
+ADAMWS = tuple(f for f in BASELINES if f != LAMB)
 # The default LO's nominal term alone (its MLP silenced): the row that shows what the
 # learned part of the LO adds to the schedule it is built on.
 NOMINAL = "nominal"
