@@ -54,6 +54,7 @@ LEGACY_CONFIG = {
     "expert_b2": (None, demonstrator.EXPERT_B2),
     "expert_weight_decay": (None, demonstrator.EXPERT_WEIGHT_DECAY),
     "expert_trust_ratio": (None, False),
+    "meta_loss_log": (None, False),
 }
 METRICS = (
     *("outer_step", "meta_loss", "task_loss", "bc_loss", "alpha", "n_max"),
@@ -105,6 +106,8 @@ class InnerArgs:
     """Least weight of L_bc, max(1 - alpha, bc_floor); 0 is Eq. 10 (BC modes only)."""
     meta_loss_split: Literal["train", "valid"] = "valid"
     """Task term of the meta-loss on the training batch (Eq. 10) or a validation one."""
+    meta_loss_log: bool = False
+    """The task term is log L: tasks and stages of training count by relative change."""
     expert_lr: float = 1e-2
     """Learning rate of the Adam demonstrator that behavior cloning imitates."""
     expert_decay_steps: float = 0.0

@@ -45,6 +45,8 @@ BUFFER_SCOPES = ("shared", "pair")
 PUSH_POLICIES = ("uniform", "failure_aware")
 BC_LOSSES = ("l2", "cosine_norm", "l2_relative")
 META_LOSS_SPLITS = ("train", "valid")
+# Keeps log L finite where a memorized batch's float32 loss reaches 0.
+LOG_LOSS_FLOOR = 1e-8
 
 
 def _check_choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
@@ -76,6 +78,9 @@ class EnvConfig:
         ``train`` (Eq. 10, the step's own training batch) or ``valid`` (a held-out
         batch at the same params, learned_optimization's outer-valid meta-loss; it
         does not pay an LO for memorizing the training set).
+      meta_loss_log: the task term is log L (L floored at ``LOG_LOSS_FLOOR``) instead
+        of L, so that a task, or a stage of training, counts by its relative change:
+        an easy task's loss near zero is not outweighed by a hard task's.
       paired: copies 2i and 2i+1 share keys, hence reset draws and data batches, and
         end their episodes together (antithetic pairs for PES).
       lo: the LO spec: its step (Eq. 2 and variants) turns actions into updates and
@@ -114,6 +119,7 @@ class EnvConfig:
     push_policy: str = "uniform"
     bc_loss: str = "l2"
     meta_loss_split: str = "train"
+    meta_loss_log: bool = False
     paired: bool = False
     lo: LOSpec = LOSpec()
     expert_learning_rate: float = demonstrator.EXPERT_LEARNING_RATE
@@ -468,6 +474,8 @@ def _prepare(
         meta_task_loss = cfg.task.train_loss(
             snapshot.params, snapshot.model_state, held_out
         )[0]
+    if cfg.meta_loss_log:
+        meta_task_loss = jnp.log(jnp.maximum(meta_task_loss, LOG_LOSS_FLOOR))
     lo_state = lopt.accumulate(grads, snapshot.lo)
     expert_update, adam = _expert(cfg).update(grads, snapshot.adam, snapshot.params)
     if cfg.expert_schedule == "cosine":

@@ -56,6 +56,7 @@ class EnvSettings:
     push_tolerance: float = 0.1
     bc_loss: str = "l2"
     meta_loss_split: str = "train"
+    meta_loss_log: bool = False  # the task term is log L
     expert_learning_rate: float = 1e-3  # the demonstrator Adam's lr (the paper's)
     expert_decay_steps: float = 0.0  # > 0: the expert's lr decays as 1/sqrt(1 + n/tau)
     expert_schedule: str = "inverse_sqrt"  # or "cosine" to the end of the episode
@@ -132,6 +133,7 @@ class EnvSettings:
             push_policy=self.push_policy,
             bc_loss=self.bc_loss,
             meta_loss_split=self.meta_loss_split,
+            meta_loss_log=self.meta_loss_log,
             expert_learning_rate=self.expert_learning_rate,
             expert_decay_steps=self.expert_decay_steps,
             expert_schedule=self.expert_schedule,

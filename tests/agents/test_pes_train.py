@@ -498,6 +498,7 @@ def test_presets_write_the_config_they_always_wrote(preset, mode):
         fast_second_moment=False,
         expert_weight_decay=0.0,
         nominal_trust_ratio=False,
+        meta_loss_log=False,
         expert_trust_ratio=False,
     )
     if preset == "cpu":

@@ -641,6 +641,30 @@ def test_valid_meta_loss_scores_a_held_out_batch(data):
     np.testing.assert_allclose(reward, -(0.6 * bc + 0.4 * valid_loss), rtol=1e-5)
 
 
+def test_log_meta_loss_takes_the_log_of_the_task_term(data):
+    """meta_loss_log: the reward's task term is log L of the same batch's loss, while
+    the logged task loss and the optimizee's step stay as without it."""
+    plain = _jit_core(core.EnvConfig(task=TASK, num_copies=2))
+    logged = _jit_core(core.EnvConfig(task=TASK, num_copies=2, meta_loss_log=True))
+    p = core.make_params(data, alpha=0.4, n_min=10, n_max=10)
+    keys = core.copy_keys(plain.cfg, 3)
+    state, obs, info = plain.reset(keys, p)
+    log_state, log_obs, _ = logged.reset(keys, p)
+    loss = np.asarray(obs["loss"])
+    np.testing.assert_allclose(log_obs["loss"], loss)
+    np.testing.assert_allclose(log_state.copies.meta_task_loss, np.log(loss), rtol=1e-6)
+    actions = _random_actions(7)[:2]
+    lo, expert = lo_update(actions), np.asarray(info["expert_update"], np.float64)
+    bc = np.sum((lo - expert) ** 2, axis=1)
+    new, _, _, _, _, _ = plain.step(state, actions, p)
+    log_new, _, reward, _, _, step_info = logged.step(log_state, actions, p)
+    np.testing.assert_allclose(step_info["task_loss"], loss)
+    np.testing.assert_allclose(reward, -(0.6 * bc + 0.4 * np.log(loss)), rtol=1e-5)
+    np.testing.assert_allclose(
+        rows(log_new.copies.params), rows(new.copies.params), rtol=0, atol=0
+    )
+
+
 def test_cosine_norm_bc_is_zero_for_the_expert_action(variants, data):
     p = core.make_params(data, alpha=0.25, n_min=10, n_max=10, p_th=1.0)
     state, obs, info = variants.reset(core.copy_keys(variants.cfg, 0), p)
