@@ -121,6 +121,9 @@ class Args:
     """> 0: the expert is AdamW with this decoupled weight decay."""
     expert_trust_ratio: bool = False
     """The expert is LAMB (Adam rescaled per tensor to lr x |W|)."""
+    expert_cautious: bool = False
+    """The expert drops each coordinate whose step disagrees in sign with the
+    gradient (Cautious Adam/LAMB)."""
     nominal_lr_spread: float = 1.0
     """> 1: each episode scales the LO's nominal term by a factor in [1/s, s] (log-
     uniform), which the clone learns to correct toward the expert."""
@@ -180,6 +183,7 @@ def env_settings(args: Args) -> EnvSettings:
         expert_b2=args.expert_b2,
         expert_weight_decay=args.expert_weight_decay,
         expert_trust_ratio=args.expert_trust_ratio,
+        expert_cautious=args.expert_cautious,
         nominal_lr_spread=args.nominal_lr_spread,
         run_length_max=args.run_length_max,
         lo=args.lo,

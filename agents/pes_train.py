@@ -54,6 +54,7 @@ LEGACY_CONFIG = {
     "expert_b2": (None, demonstrator.EXPERT_B2),
     "expert_weight_decay": (None, demonstrator.EXPERT_WEIGHT_DECAY),
     "expert_trust_ratio": (None, False),
+    "expert_cautious": (None, False),
     "meta_loss_log": (None, False),
 }
 METRICS = (
@@ -120,6 +121,9 @@ class InnerArgs:
     """> 0: the demonstrator is AdamW with this decoupled weight decay (BC modes)."""
     expert_trust_ratio: bool = True
     """The demonstrator is LAMB (Adam rescaled per tensor to lr x |W|; BC modes)."""
+    expert_cautious: bool = False
+    """The demonstrator drops each coordinate whose step disagrees in sign with the
+    gradient (Cautious Adam/LAMB; BC modes)."""
     nominal_lr_spread: float = 1.0
     """> 1: each episode scales the LO's nominal term by a factor in [1/s, s] (log-
     uniform) that the learned part must correct; the demonstrator's lr stays."""
@@ -362,6 +366,7 @@ def clone_demonstrator(args: Args, run_dir: pathlib.Path) -> pathlib.Path:
         names = ("task", "n_min", "n_max", "batch_size", "hidden_sizes", "data_dir")
         names += ("mixture", "expert_lr", "expert_decay_steps", "expert_schedule")
         names += ("expert_b2", "expert_weight_decay", "expert_trust_ratio")
+        names += ("expert_cautious",)
         names += ("nominal_lr_spread", "run_length_max")
         clone_args = bc_train.Args(
             env=args.env,

@@ -95,6 +95,10 @@ class EnvConfig:
         does not do.
       expert_trust_ratio: the expert is LAMB (Adam rescaled per tensor to lr x |W|),
         the demonstrator of an LO whose nominal term has ``nominal_trust_ratio``.
+      expert_cautious: the expert drops each coordinate whose step disagrees in sign
+        with the gradient (Cautious Adam or LAMB,
+        ``demonstrator.scale_by_cautious_adam``): a demonstrator that an LO with
+        ``gated_step`` can follow exactly and its nominal term does not know.
       expert_schedule: ``inverse_sqrt`` (``expert_decay_steps``) or ``cosine``:
         warmup and cosine decay to 0 at the end of the run, R (K + N unless
         ``run_length_max``; ``schedules.relative_warmup_cosine``), a schedule that
@@ -127,6 +131,7 @@ class EnvConfig:
     expert_b2: float = demonstrator.EXPERT_B2
     expert_weight_decay: float = demonstrator.EXPERT_WEIGHT_DECAY
     expert_trust_ratio: bool = False
+    expert_cautious: bool = False
     expert_schedule: str = "inverse_sqrt"
     nominal_lr_spread: float = 1.0
     run_length_max: int = 0
@@ -376,7 +381,9 @@ def _episode_of(state: EnvState) -> Episode:
 
 def _expert(cfg: EnvConfig) -> optax.GradientTransformation:
     kinds = dict(
-        weight_decay=cfg.expert_weight_decay, trust_ratio=cfg.expert_trust_ratio
+        weight_decay=cfg.expert_weight_decay,
+        trust_ratio=cfg.expert_trust_ratio,
+        cautious=cfg.expert_cautious,
     )
     if cfg.expert_schedule == "cosine":  # unit steps, times the lr in _prepare
         return demonstrator.adam_expert(1.0, b2=cfg.expert_b2, **kinds)

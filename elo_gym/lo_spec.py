@@ -63,6 +63,15 @@ and the variants, all off by default (``docs/levers.md`` measures each):
   factored moments let a clone follow only to a relative error of about 0.5 (0.4
   with this feature, the twenty-ninth screen). The nominal term and the step's scale
   keep b2 0.999.
+- ``gated_step`` (with a nominal term): the learned part gates the nominal term
+  instead of adding a step: each element's update is the nominal term times
+  ``1 + tanh(d)``, in (0, 2), and ``m``, ``scale`` and the step's multipliers are
+  unused. The learned part can reweight the nominal step's coordinates but not point
+  it anywhere else, so it cannot grow the weights along a direction the nominal term
+  does not take (every additive learned part that gained on digits did, and lost on
+  the nets it never met: the thirty-third to thirty-sixth screens). Cautious LAMB
+  (Liang et al., 2024: coordinates whose step disagrees in sign with the gradient are
+  dropped) is ``d`` -> -inf on those coordinates with ``nominal_norm_step``.
 
 Adding a variant means a field here (with its check), its term in
 :meth:`LOSpec.tensor_terms` (or its feature switch, or its part of
@@ -86,6 +95,8 @@ from elo_gym import finite_grad, lo_features, schedules
 
 STEP_MULT = 1e-3
 EXP_MULT = 1e-3
+# |d| of the gated step's inverse: a gate of 1 -+ tanh(4), 0.0007 or 1.9993.
+GATE_ACTION_LIMIT = 4.0
 
 
 def step_from_action(
@@ -169,6 +180,9 @@ class LOSpec:
         0.95).
       nominal_trust_ratio: the nominal term is LAMB's step: each tensor's Adam
         update rescaled to the lr times the norm of its weights.
+      gated_step: the learned part gates the nominal term: each element's update
+        is the nominal term times 1 + tanh(d), so it reweights the nominal step's
+        coordinates (m and the step multipliers are unused).
     """
 
     hidden_size: int = 32
@@ -185,6 +199,7 @@ class LOSpec:
     tangential_step: bool = False
     fast_second_moment: bool = False
     nominal_trust_ratio: bool = False
+    gated_step: bool = False
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -237,6 +252,18 @@ class LOSpec:
                 "nominal_trust_ratio rescales the nominal term, which an LO without "
                 "one lacks: set nominal_lr > 0, or nominal_trust_ratio False "
                 "(--no-nominal-trust-ratio)"
+            )
+
+        if self.gated_step and not self.nominal_lr > 0:
+            raise ValueError(
+                "gated_step gates the nominal term, which an LO without one lacks: "
+                "set nominal_lr > 0"
+            )
+        if self.gated_step and (self.tangential_step or self.scheduled_step):
+            raise ValueError(
+                "gated_step has no additive learned step for tangential_step or "
+                "scheduled_step to act on: turn those off (--no-tangential-step, "
+                "--no-scheduled-step)"
             )
 
     # -- construction and (de)serialization --------------------------------------
@@ -406,9 +433,17 @@ class LOSpec:
           params: the parameters, laid out as the update (rows or one tensor);
             ``tangential_step`` needs them.
 
+        With ``gated_step`` the update is ``nominal * (1 + tanh(d))`` instead (then
+        ``nominal_norm_step`` rescales it).
+
         Raises:
           ValueError: ``tangential_step`` without ``params``.
         """
+        if self.gated_step:
+            update = nominal * (1.0 + jnp.tanh(action[..., 0]))
+            if self.nominal_norm_step:
+                update = _per_tensor(_rescaled_to, segments, update, nominal)
+            return update
         step = -step_from_action(action, self.step_mult, self.exp_mult) * scale
         if self.tangential_step:
             if params is None:
@@ -434,7 +469,19 @@ class LOSpec:
         demonstrator's action. Where ``scale`` is 0 (a scheduled step at the
         schedule's zeros) every action gives the same update, and d* is 0. With
         ``nominal_norm_step`` the action reproduces ``update`` where each tensor's
-        norm is its nominal term's, and otherwise its direction."""
+        norm is its nominal term's, and otherwise its direction.
+
+        With ``gated_step``, d* = atanh(update / nominal - 1), clipped to
+        +-:data:`GATE_ACTION_LIMIT` (a gate of 0 or 2, or an update against the
+        nominal term, is reached only in the limit); 0 where the nominal term is 0.
+        """
+        if self.gated_step:
+            nominal = jnp.broadcast_to(nominal, jnp.shape(update))
+            nonzero = nominal != 0
+            ratio = jnp.where(nonzero, update / jnp.where(nonzero, nominal, 1.0), 1.0)
+            limit = math.tanh(GATE_ACTION_LIMIT)
+            d = jnp.arctanh(jnp.clip(ratio - 1.0, -limit, limit))
+            return jnp.stack([d, jnp.zeros_like(d)], axis=-1)
         denominator = self.step_mult * jnp.asarray(scale)
         safe = jnp.where(denominator == 0, 1.0, denominator)
         d = jnp.where(denominator == 0, 0.0, -(update - nominal) / safe)

@@ -63,6 +63,7 @@ class EnvSettings:
     expert_b2: float = demonstrator.EXPERT_B2  # the demonstrator Adam's b2
     expert_weight_decay: float = demonstrator.EXPERT_WEIGHT_DECAY  # > 0: AdamW's decay
     expert_trust_ratio: bool = False  # the demonstrator is LAMB
+    expert_cautious: bool = False  # the demonstrator drops sign-disagreeing coordinates
     nominal_lr_spread: float = 1.0  # > 1: episodes scale the LO's nominal term
     run_length_max: int = 0  # > 0: episodes draw where their run's clock ends
     lo: LOSpec = LOSpec()  # the LO's step (actions, expert action) and features
@@ -140,6 +141,7 @@ class EnvSettings:
             expert_b2=self.expert_b2,
             expert_weight_decay=self.expert_weight_decay,
             expert_trust_ratio=self.expert_trust_ratio,
+            expert_cautious=self.expert_cautious,
             nominal_lr_spread=self.nominal_lr_spread,
             run_length_max=self.run_length_max,
             lo=self.lo,

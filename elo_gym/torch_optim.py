@@ -371,7 +371,10 @@ class SmallFcLOpt(torch.optim.Optimizer):
                 positive = (norm_w > 0) & (norm_n > 0)
                 ratio = lr.abs() * norm_w / torch.where(positive, norm_n, 1.0)
                 nominal.mul_(torch.where(positive, ratio, torch.ones_like(ratio)))
-            update.add_(nominal)
+            if self.spec.gated_step:  # as LOSpec.update: the gate replaces the step
+                update = nominal * (1.0 + torch.tanh(out[0]))
+            else:
+                update.add_(nominal)
             if self.spec.nominal_norm_step:  # as LOSpec.update
                 norm = torch.linalg.vector_norm(update)
                 ratio = torch.linalg.vector_norm(nominal) / norm.clamp_min(1e-30)

@@ -500,6 +500,8 @@ def test_presets_write_the_config_they_always_wrote(preset, mode):
         nominal_trust_ratio=False,
         meta_loss_log=False,
         expert_trust_ratio=False,
+        gated_step=False,
+        expert_cautious=False,
     )
     if preset == "cpu":
         added_since.update(

@@ -1135,6 +1135,44 @@ def test_a_trust_ratio_lo_moves_the_copies_as_lamb(data):
             )
 
 
+def test_a_gated_lo_follows_a_cautious_lamb_demonstrator(data):
+    """gated_step with nominal_norm_step, whose nominal term is LAMB at the
+    demonstrator's lr: the expert action moves every copy as cautious LAMB does, up to
+    the dropped coordinates' gate limit (1 - tanh(GATE_ACTION_LIMIT)). From the
+    second step: at init the biases are 0, where LAMB's trust ratio is 1 and the
+    cautious step keeps Adam's size, not the nominal term's norm."""
+    p = core.make_params(data, n_min=20, n_max=20, alpha=1.0)
+    spec = LOSpec(
+        nominal_lr=0.01,
+        nominal_trust_ratio=True,
+        gated_step=True,
+        nominal_norm_step=True,
+    )
+    cfg = core.EnvConfig(
+        task=TASK,
+        num_copies=2,
+        lo=spec,
+        expert_learning_rate=0.01,
+        expert_trust_ratio=True,
+        expert_cautious=True,
+    )
+    state, _, info = core.reset(cfg, core.copy_keys(cfg, 0), p)
+    step = jax.jit(functools.partial(core.step, cfg))
+    state, _, _, _, _, info = step(state, info["expert_action"], p)
+    dropped = 0
+    for _ in range(4):
+        before = state.copies
+        expert = np.asarray(info["expert_update"])
+        dropped += int((expert == 0).sum())
+        state, _, _, _, _, info = step(state, info["expert_action"], p)
+        moved = np.asarray(
+            jax.vmap(core.flatten_rows)(state.copies.params)
+            - jax.vmap(core.flatten_rows)(before.params)
+        )
+        np.testing.assert_allclose(moved, expert, rtol=2e-3, atol=2e-6)
+    assert dropped > 0
+
+
 def test_run_length_max_draws_where_the_clock_ends(data):
     """run_length_max: each copy's run ends at R, log-uniform in [K + N, R_max]
     (``info["run_length"]``), and both the relative-time LO's step features and the

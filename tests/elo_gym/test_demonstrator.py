@@ -60,3 +60,33 @@ def test_expert_is_differentiable_where_a_gradient_was_always_zero(decay_steps):
         )(grads["w"])
         assert np.isnan(reference[0])
         np.testing.assert_array_equal(derivative[1:], reference[1:])
+
+
+@pytest.mark.parametrize("trust_ratio", [False, True])
+def test_a_cautious_expert_drops_the_coordinates_that_disagree_with_the_gradient(
+    trust_ratio,
+):
+    """cautious: Adam's direction with each coordinate whose step has the gradient's
+    sign flipped set to 0, each tensor rescaled by its size over the kept count + 1
+    (Adam's size) or, with the trust ratio, to lr x |W| (LAMB's)."""
+    lr = 1e-2
+    expert = demonstrator.adam_expert(lr, trust_ratio=trust_ratio, cautious=True)
+    adam = optax.scale_by_adam(eps=1e-8)
+    params = _tree(jax.random.PRNGKey(0))
+    state, adam_state = expert.init(params), adam.init(params)
+    dropped = 0
+    for i in range(4):
+        grads = _tree(jax.random.PRNGKey(i + 1))
+        update, state = expert.update(grads, state, params)
+        direction, adam_state = adam.update(grads, adam_state, params)
+        for name in ("w", "b"):
+            u, g = np.asarray(direction[name]), np.asarray(grads[name])
+            keep = u * g > 0
+            dropped += int((~keep).sum())
+            expected = u * keep * (u.size / (keep.sum() + 1.0))
+            if trust_ratio:
+                w = np.asarray(params[name])
+                expected = expected * np.linalg.norm(w) / np.linalg.norm(expected)
+            np.testing.assert_allclose(update[name], -lr * expected, rtol=1e-4)
+        params = optax.apply_updates(params, update)
+    assert dropped > 0  # momentum disagreed with some gradient

@@ -54,6 +54,11 @@ OLD_LO_JSON = """{
         ),
         (dict(scheduled_step=True), "lacks: set nominal_lr > 0"),
         (dict(nominal_norm_step=True), "lacks: set nominal_lr > 0"),
+        (dict(gated_step=True), "gates the nominal term, which an LO without"),
+        (
+            dict(nominal_lr=0.01, gated_step=True, tangential_step=True),
+            "no additive learned step for tangential_step",
+        ),
     ],
 )
 def test_bad_settings_are_named(settings, match):
@@ -80,6 +85,7 @@ def test_numbers_are_normalized_so_equal_specs_hash_alike():
         bool,
         bool,
         bool,
+        bool,
     ]
 
 
@@ -99,7 +105,7 @@ def test_lo_json_written_before_the_spec_loads_and_is_written_alike(tmp_path):
         '  "time_horizon": 0.0,\n  "nominal_schedule": "inverse_sqrt",\n'
         '  "scheduled_step": false,\n  "nominal_norm_step": false,\n'
         '  "tangential_step": false,\n  "fast_second_moment": false,\n'
-        '  "nominal_trust_ratio": false,\n'
+        '  "nominal_trust_ratio": false,\n  "gated_step": false,\n'
     )
     expected = OLD_LO_JSON.replace('  "env"', added + '  "env"')
     assert (tmp_path / "lo.json").read_text() == expected
@@ -348,3 +354,44 @@ def test_nominal_term_is_differentiable_at_zero_moments():
     bias_m, bias_v = 1 - 0.9**t, 1 - 0.999**t
     expected = 0.02 * 0.5 * 0.3 / bias_m * (0.2 / bias_v) ** -1.5 / bias_v
     np.testing.assert_allclose(d_rms[0, 1], expected, rtol=1e-3)
+
+
+def test_a_gated_step_reweights_the_nominal_step_and_its_action_inverts_it():
+    """gated_step: each element's update is the nominal term times 1 + tanh(d), so a
+    silenced LO takes the nominal step, d -> -inf drops an element and the update never
+    leaves the nominal term's signs; ``action`` inverts a gate in (0, 2) and clips
+    beyond it; with nominal_norm_step each tensor keeps the nominal term's norm."""
+    params = {"w": jnp.ones((3, 4)), "b": jnp.zeros((4,)), "s": jnp.float32(0.0)}
+    state = _accumulated(params)
+    spec = LOSpec(nominal_lr=0.02, nominal_decay_steps=10.0, gated_step=True)
+    scale, nominal = spec.row_terms(params, state)
+    nominal = np.asarray(nominal, np.float64)
+    d = np.linspace(-3.0, 3.0, 17)
+    action = jnp.stack([d, np.full(17, 5.0)], -1)  # m is unused
+    update = np.asarray(spec.update(action, scale, nominal), np.float64)
+    np.testing.assert_allclose(update, nominal * (1 + np.tanh(d)), rtol=1e-5)
+    silenced = spec.update(jnp.zeros((17, 2)), scale, nominal)
+    np.testing.assert_allclose(silenced, nominal, rtol=1e-6)
+    assert np.all(update * nominal >= 0)
+    np.testing.assert_allclose(spec.action(update, scale, nominal)[:, 0], d, atol=1e-3)
+    # A cautious demonstrator's 0 and an update against the nominal term: the limit.
+    target = np.where(np.arange(17) % 2 == 0, 0.0, -nominal)
+    limit = lo_spec.GATE_ACTION_LIMIT
+    np.testing.assert_allclose(
+        spec.action(target, scale, nominal)[:, 0], -limit, rtol=1e-3
+    )
+    normed = LOSpec(
+        nominal_lr=0.02,
+        nominal_decay_steps=10.0,
+        gated_step=True,
+        nominal_norm_step=True,
+    )
+    segments = lo_spec.row_segments(params)
+    rows = np.asarray(normed.update(action, scale, nominal, segments), np.float64)
+    start = 0
+    for size in segments:
+        piece = slice(start, start + size)
+        gated = update[piece]
+        expected = gated * np.linalg.norm(nominal[piece]) / np.linalg.norm(gated)
+        np.testing.assert_allclose(rows[piece], expected, rtol=1e-5)
+        start += size

@@ -65,6 +65,15 @@ VARIANTS = [
         nominal_trust_ratio=True,
         adam_scaled_step=True,
     ),
+    dict(nominal_lr=0.02, nominal_decay_steps=3.0, gated_step=True),
+    dict(
+        time_horizon=500.0,
+        nominal_lr=0.01,
+        nominal_schedule="cosine",
+        nominal_trust_ratio=True,
+        gated_step=True,
+        nominal_norm_step=True,
+    ),
 ]
 # The run length the faces are told (a relative-time LO needs it, others ignore it).
 TOTAL_STEPS = 5
