@@ -16,6 +16,7 @@ and learns what to add to it.
 """
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from elo_gym import finite_grad, schedules
@@ -34,9 +35,9 @@ EXPERT_WEIGHT_DECAY = 0.0
 
 def scale_by_cautious_adam(b2: float = EXPERT_B2) -> optax.GradientTransformation:
     """``optax.scale_by_adam`` (eps 1e-8) with each coordinate whose step disagrees
-    in sign with its gradient set to 0, and each tensor rescaled by its number of
-    coordinates over the number kept, so the step's size stays Adam's (Cautious Adam,
-    Liang et al., 2024)."""
+    in sign with its gradient set to 0, and each tensor divided by the fraction kept
+    (at least 1e-3), so the step's size stays Adam's (Cautious Adam, Liang et al.,
+    2024, their code's rescale)."""
     adam = optax.scale_by_adam(b2=b2, eps=ADAM_EPS)
 
     def update(grads, state, params=None):
@@ -44,7 +45,7 @@ def scale_by_cautious_adam(b2: float = EXPERT_B2) -> optax.GradientTransformatio
 
         def masked(u: jax.Array, g: jax.Array) -> jax.Array:
             keep = (u * g > 0).astype(u.dtype)
-            return u * keep * (keep.size / (keep.sum() + 1.0))
+            return u * keep / jnp.maximum(jnp.mean(keep), 1e-3)
 
         return jax.tree.map(masked, direction, grads), state
 

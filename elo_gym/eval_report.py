@@ -19,6 +19,7 @@ SCHEDULED = {
     "adamw_cosine": "AdamW warmup + cosine",
     "adamw_invsqrt": "AdamW lr / sqrt(1 + n / tau)",
     "lamb_cosine": "LAMB warmup + cosine",
+    "cautious_lamb_cosine": "cautious LAMB warmup + cosine",
 }
 
 

@@ -3,7 +3,7 @@
 The library of ``scripts/evaluate.py`` (its command line); :func:`run` does the work.
 
 Trains fresh optimizees of an env's task (same dataset, model and augmentation as the
-env) for H inner steps with each learned optimizer (LO) and with four hand-set
+env) for H inner steps with each learned optimizer (LO) and with five hand-set
 baselines (weight decay 1e-4), each tuned by the final validation loss (mean over
 seeds):
 
@@ -14,7 +14,11 @@ seeds):
   (``elo_gym.schedules.inverse_sqrt_decay``), over an lr x tau grid;
 - ``lamb_cosine``: LAMB (``optax.lamb``, eps 1e-8: Adam's step rescaled per tensor
   to lr x |W|) with ``adamw_cosine``'s schedule, over an lr grid: the default LO's
-  nominal term, tuned per task.
+  nominal term, tuned per task;
+- ``cautious_lamb_cosine``: the same with Cautious Adam's direction (each coordinate
+  whose step disagrees in sign with the gradient dropped,
+  ``demonstrator.scale_by_cautious_adam``), over LAMB's grid: the demonstrator of a
+  gated LO (``LOSpec.gated_step``), tuned per task.
 
 A grid whose pick sits at an edge is extended past it (lr x2 or /2, tau x10 or /10),
 at most ``max_grid_extensions`` times; results.json records each final grid, every
@@ -69,8 +73,8 @@ import tyro
 from tqdm import tqdm
 
 import elo_gym
+from elo_gym import demonstrator, eval_report, schedules, validation
 from elo_gym import envs as tasks
-from elo_gym import eval_report, schedules, validation
 from elo_gym.checkpoint import load_meta_params
 from elo_gym.eval_report import ADAMW
 from elo_gym.inner_loop import eval_steps
@@ -92,13 +96,15 @@ INVSQRT_TAUS = (10.0, 100.0, 1000.0)
 WEIGHT_DECAY = 1e-4
 # The results.json keys of the baseline families (``final`` and ``curves`` name the
 # constant one ``AdamW``, as before there were others).
-BASELINES = ("adamw", "adamw_cosine", "adamw_invsqrt", "lamb_cosine")
+CAUTIOUS_LAMB = "cautious_lamb_cosine"
+BASELINES = ("adamw", "adamw_cosine", "adamw_invsqrt", "lamb_cosine", CAUTIOUS_LAMB)
 # Each family's grid axes and the factor an axis grows by past an edge pick.
 AXES = {
     "adamw": (("lr", 2.0),),
     "adamw_cosine": (("lr", 2.0),),
     "adamw_invsqrt": (("lr", 2.0), ("tau", 10.0)),
     "lamb_cosine": (("lr", 2.0),),
+    CAUTIOUS_LAMB: (("lr", 2.0),),
 }
 
 
@@ -424,7 +430,7 @@ def baseline_optimizer(
     lr = hyper[0]
     if family == "adamw":
         schedule = lr
-    elif family in ("adamw_cosine", "lamb_cosine"):
+    elif family in ("adamw_cosine", "lamb_cosine", CAUTIOUS_LAMB):
         # optax's schedule needs a concrete peak: the unit shape, scaled by lr.
         shape = optax.warmup_cosine_decay_schedule(
             0.0, 1.0, round(warmup_fraction * steps), steps, 0.0
@@ -443,6 +449,13 @@ def baseline_optimizer(
     if family == "lamb_cosine":
         # At lr 0.01 and no weight decay this is the default LO's silenced self.
         return optax.lamb(schedule, eps=ADAM_EPS, weight_decay=weight_decay)
+    if family == CAUTIOUS_LAMB:  # optax.lamb's chain with the cautious direction
+        return optax.chain(
+            demonstrator.scale_by_cautious_adam(),
+            optax.add_decayed_weights(weight_decay),
+            optax.scale_by_trust_ratio(),
+            optax.scale_by_learning_rate(schedule),
+        )
     return optax.adamw(schedule, weight_decay=weight_decay)
 
 
@@ -452,6 +465,7 @@ def _initial_axes(config: EvalConfig, family: str) -> list[tuple]:
         "adamw_cosine": {"lr": config.cosine_lrs},
         "adamw_invsqrt": {"lr": config.invsqrt_lrs, "tau": config.invsqrt_taus},
         "lamb_cosine": {"lr": config.lamb_lrs},
+        CAUTIOUS_LAMB: {"lr": config.lamb_lrs},
     }[family]
     return [(name, values[name], factor) for name, factor in AXES[family]]
 

@@ -107,7 +107,8 @@ def test_results_json_structure(result):
     assert on_disk["eval_steps"] == [0, 8, 16, 20]
     assert on_disk["task"]["hidden_sizes"] == list(HIDDEN)
     assert on_disk["task"]["batch_size"] == BATCH  # from the run's config.json
-    methods = {"a", "a_file", "AdamW", "adamw_cosine", "adamw_invsqrt", "lamb_cosine"}
+    methods = {"a", "a_file", "AdamW", *evaluation.BASELINES[1:]}
+    assert len(methods) == 7  # two LOs, five baselines
     assert set(on_disk["curves"]) == methods and set(on_disk["final"]) == methods
     # 0.01 was the top edge of the constant grid: one round grew it to 0.02.
     assert on_disk["baselines"]["adamw"]["grid"] == {"lr": [1e-6, 0.01, 0.02]}
@@ -126,8 +127,8 @@ def test_results_json_structure(result):
     ]
     assert on_disk["compute"]["wall_seconds"] > 0
     # 2 LOs, 3 constant lrs, 3 cosine lrs, 3 x 3 (lr, tau) of the inverse sqrt and
-    # 3 LAMB lrs.
-    assert len(on_disk["compute"]["seconds_per_run"]) == 2 + 3 + 3 + 9 + 3
+    # 3 lrs of LAMB and of cautious LAMB each.
+    assert len(on_disk["compute"]["seconds_per_run"]) == 2 + 3 + 3 + 9 + 3 + 3
 
 
 def test_best_lr_is_lowest_final_validation_loss(result):
@@ -201,7 +202,7 @@ def test_table_rows(result):
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| method | test accuracy (%) | test loss")
     names = [row.split("|")[1].strip() for row in rows[1:]]
-    cosine, invsqrt, lamb = (res["baselines"][k]["pick"] for k in SCHEDULED)
+    cosine, invsqrt, lamb, cautious = (res["baselines"][k]["pick"] for k in SCHEDULED)
     assert names == [
         "a",
         "a_file",
@@ -209,6 +210,7 @@ def test_table_rows(result):
         f"AdamW warmup + cosine (lr {cosine['lr']:g})",
         f"AdamW lr / sqrt(1 + n / tau) (lr {invsqrt['lr']:g}, tau {invsqrt['tau']:g})",
         f"LAMB warmup + cosine (lr {lamb['lr']:g})",
+        f"cautious LAMB warmup + cosine (lr {cautious['lr']:g})",
     ]
     acc = res["final"]["a"]["test_accuracy"]
     assert f"{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}" in rows[1]
@@ -367,7 +369,7 @@ def test_host_loop_gives_the_scan_curves(runs, result, tmp_path):
         evaluation.run(_config(runs, step_loop="gpu"), tmp_path / "bad")
 
 
-SCHEDULED = ("adamw_cosine", "adamw_invsqrt", "lamb_cosine")
+SCHEDULED = ("adamw_cosine", "adamw_invsqrt", "lamb_cosine", "cautious_lamb_cosine")
 
 
 def test_scheduled_baselines_are_tuned_and_reported(result):
@@ -448,6 +450,24 @@ def test_tune_grid_grows_past_an_edge_until_the_pick_is_inside():
     assert inside["extensions"] == 1 and inside["at_edge"] == []
 
 
+def _cautious_lamb(schedule, weight_decay):
+    """optax.lamb with Adam's coordinates that disagree in sign with the gradient set
+    to 0 and each tensor divided by the fraction kept (Cautious LAMB)."""
+    adam = optax.scale_by_adam(eps=1e-8)
+
+    def update(grads, state, params=None):
+        direction, state = adam.update(grads, state, params)
+        keep = jax.tree.map(lambda u, g: np.sign(u) == np.sign(g), direction, grads)
+        return jax.tree.map(lambda u, k: u * k / k.mean(), direction, keep), state
+
+    return optax.chain(
+        optax.GradientTransformation(adam.init, update),
+        optax.add_decayed_weights(weight_decay),
+        optax.scale_by_trust_ratio(),
+        optax.scale_by_learning_rate(schedule),
+    )
+
+
 @pytest.mark.parametrize("family", SCHEDULED)
 def test_scheduled_programs_equal_optax_with_the_schedule(family):
     """lr and tau traced through one jitted program give the updates of
@@ -459,6 +479,8 @@ def test_scheduled_programs_equal_optax_with_the_schedule(family):
         schedule = optax.warmup_cosine_decay_schedule(0.0, lr, 3, steps, 0.0)
     if family == "lamb_cosine":
         reference = optax.lamb(schedule, eps=1e-8, weight_decay=wd)
+    elif family == "cautious_lamb_cosine":
+        reference = _cautious_lamb(schedule, wd)
     else:
         reference = optax.adamw(schedule, weight_decay=wd)
 

@@ -168,6 +168,7 @@ def _check_quick_study(reproduce, tmp_path: pathlib.Path) -> None:
             "adamw_cosine",
             "adamw_invsqrt",
             "lamb_cosine",
+            "cautious_lamb_cosine",
         }
         assert saved[family]["nominal"]["meta_seeds"] == []
         adamw = saved[family]["adamw"]
@@ -175,6 +176,7 @@ def _check_quick_study(reproduce, tmp_path: pathlib.Path) -> None:
             ("adamw_cosine", {"lr"}),
             ("adamw_invsqrt", {"lr", "tau"}),
             ("lamb_cosine", {"lr"}),
+            ("cautious_lamb_cosine", {"lr"}),
         ):
             entry = saved[family][baseline]
             assert set(entry) == set(adamw) | picked
@@ -194,6 +196,7 @@ def _check_quick_study(reproduce, tmp_path: pathlib.Path) -> None:
             "adamw_cosine",
             "adamw_invsqrt",
             "lamb_cosine",
+            "cautious_lamb_cosine",
         }
         assert saved[grids]["adamw"]["grid"] == {"lr": [0.001, 0.01]}
     text = report.read_text()
@@ -259,6 +262,7 @@ def test_claims_compare_elo_with_every_baseline_and_the_best_adamw_accuracy():
         "adamw_cosine": entry(0.01, 0.97),  # the best AdamW on accuracy
         "adamw_invsqrt": entry(0.04, 0.95),
         "lamb_cosine": entry(0.02, 0.98),  # not an AdamW: never the best AdamW
+        "cautious_lamb_cosine": entry(0.025, 0.99),  # nor this one
     }
     lines = reproduce.claims(table, table)
     for prefix in ("", "held-out family: "):
@@ -268,6 +272,10 @@ def test_claims_compare_elo_with_every_baseline_and_the_best_adamw_accuracy():
             ("adamw_cosine", "not better than adamw_cosine (0.03 vs 0.01"),
             ("adamw_invsqrt", "better than adamw_invsqrt (0.03 vs 0.04; the gap"),
             ("lamb_cosine", "not better than lamb_cosine (0.03 vs 0.02; the gap"),
+            (
+                "cautious_lamb_cosine",
+                "not better than cautious_lamb_cosine (0.03 vs 0.025; the gap",
+            ),
         ):
             expected = f"{prefix}train_loss_10x: elo {verdict}"
             assert any(line.startswith(expected) for line in lines), (prefix, other)
