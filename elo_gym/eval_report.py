@@ -20,6 +20,7 @@ SCHEDULED = {
     "adamw_invsqrt": "AdamW lr / sqrt(1 + n / tau)",
     "lamb_cosine": "LAMB warmup + cosine",
     "cautious_lamb_cosine": "cautious LAMB warmup + cosine",
+    "lamb_b2_95_cosine": "LAMB b2 0.95 warmup + cosine",
 }
 
 

@@ -3,7 +3,7 @@
 The library of ``scripts/evaluate.py`` (its command line); :func:`run` does the work.
 
 Trains fresh optimizees of an env's task (same dataset, model and augmentation as the
-env) for H inner steps with each learned optimizer (LO) and with five hand-set
+env) for H inner steps with each learned optimizer (LO) and with six hand-set
 baselines (weight decay 1e-4), each tuned by the final validation loss (mean over
 seeds):
 
@@ -18,7 +18,10 @@ seeds):
 - ``cautious_lamb_cosine``: the same with Cautious Adam's direction (each coordinate
   whose step disagrees in sign with the gradient dropped,
   ``demonstrator.scale_by_cautious_adam``), over LAMB's grid: the demonstrator of a
-  gated LO (``LOSpec.gated_step``), tuned per task.
+  gated LO (``LOSpec.gated_step``), tuned per task;
+- ``lamb_b2_95_cosine``: ``lamb_cosine`` with Adam's second-moment decay at 0.95
+  instead of 0.999, over LAMB's grid: the default gated LO's demonstrator
+  (``--expert-b2 0.95``), tuned per task.
 
 A grid whose pick sits at an edge is extended past it (lr x2 or /2, tau x10 or /10),
 at most ``max_grid_extensions`` times; results.json records each final grid, every
@@ -97,7 +100,15 @@ WEIGHT_DECAY = 1e-4
 # The results.json keys of the baseline families (``final`` and ``curves`` name the
 # constant one ``AdamW``, as before there were others).
 CAUTIOUS_LAMB = "cautious_lamb_cosine"
-BASELINES = ("adamw", "adamw_cosine", "adamw_invsqrt", "lamb_cosine", CAUTIOUS_LAMB)
+LAMB_B2_95 = "lamb_b2_95_cosine"
+BASELINES = (
+    "adamw",
+    "adamw_cosine",
+    "adamw_invsqrt",
+    "lamb_cosine",
+    CAUTIOUS_LAMB,
+    LAMB_B2_95,
+)
 # Each family's grid axes and the factor an axis grows by past an edge pick.
 AXES = {
     "adamw": (("lr", 2.0),),
@@ -105,6 +116,7 @@ AXES = {
     "adamw_invsqrt": (("lr", 2.0), ("tau", 10.0)),
     "lamb_cosine": (("lr", 2.0),),
     CAUTIOUS_LAMB: (("lr", 2.0),),
+    LAMB_B2_95: (("lr", 2.0),),
 }
 
 
@@ -430,7 +442,7 @@ def baseline_optimizer(
     lr = hyper[0]
     if family == "adamw":
         schedule = lr
-    elif family in ("adamw_cosine", "lamb_cosine", CAUTIOUS_LAMB):
+    elif family in ("adamw_cosine", "lamb_cosine", CAUTIOUS_LAMB, LAMB_B2_95):
         # optax's schedule needs a concrete peak: the unit shape, scaled by lr.
         shape = optax.warmup_cosine_decay_schedule(
             0.0, 1.0, round(warmup_fraction * steps), steps, 0.0
@@ -449,6 +461,8 @@ def baseline_optimizer(
     if family == "lamb_cosine":
         # At lr 0.01 and no weight decay this is the default LO's silenced self.
         return optax.lamb(schedule, eps=ADAM_EPS, weight_decay=weight_decay)
+    if family == LAMB_B2_95:
+        return optax.lamb(schedule, b2=0.95, eps=ADAM_EPS, weight_decay=weight_decay)
     if family == CAUTIOUS_LAMB:  # optax.lamb's chain with the cautious direction
         return optax.chain(
             demonstrator.scale_by_cautious_adam(),
@@ -466,6 +480,7 @@ def _initial_axes(config: EvalConfig, family: str) -> list[tuple]:
         "adamw_invsqrt": {"lr": config.invsqrt_lrs, "tau": config.invsqrt_taus},
         "lamb_cosine": {"lr": config.lamb_lrs},
         CAUTIOUS_LAMB: {"lr": config.lamb_lrs},
+        LAMB_B2_95: {"lr": config.lamb_lrs},
     }[family]
     return [(name, values[name], factor) for name, factor in AXES[family]]
 

@@ -6,11 +6,12 @@ x truncation, and every other setting at ``pes_train``'s defaults, so each metho
 exported LO is the one its own periodic validation picked); trains fresh optimizees
 with each LO for 10x the meta-training horizon, over ``eval_seeds`` optimizee seeds,
 in distribution and on a held-out task family no LO saw in meta-training (``HELDOUT``),
-against five baselines each tuned on validation loss (``scripts/evaluate.py``): AdamW
+against six baselines each tuned on validation loss (``scripts/evaluate.py``): AdamW
 with a constant lr (the paper's 7 values, 0.02 and 0.03), with linear warmup + cosine
 decay to the evaluation length, and with lr / sqrt(1 + n / tau) over lr x tau; LAMB
 with warmup + cosine, the default LO's nominal term with its lr tuned per task; and
-cautious LAMB with the same schedule, the gated LO's demonstrator, tuned alike.
+cautious LAMB and LAMB with b2 0.95 (the default gated LO's demonstrator) with the
+same schedule, tuned alike.
 The ablations (BC only, uniform) and the p_th sweep run with one meta-seed, against
 the constant-lr AdamW only.
 
@@ -60,8 +61,9 @@ ADAMW = "adamw"
 BASELINES = evaluation.BASELINES
 LAMB = "lamb_cosine"
 CAUTIOUS_LAMB = evaluation.CAUTIOUS_LAMB
+LAMB_B2_95 = evaluation.LAMB_B2_95
 # The AdamW ones: the done-when's test accuracy is the best of these.
-ADAMWS = tuple(f for f in BASELINES if f not in (LAMB, CAUTIOUS_LAMB))
+ADAMWS = tuple(f for f in BASELINES if f not in (LAMB, CAUTIOUS_LAMB, LAMB_B2_95))
 # The default LO's nominal term alone (its MLP silenced): the row that shows what the
 # learned part of the LO adds to the schedule it is built on.
 NOMINAL = "nominal"
@@ -387,7 +389,7 @@ def claims(main: dict, heldout: dict) -> list[str]:
             + compare(table, "test_accuracy_10x", "elo", best, False)
             + f" ({best} is the best AdamW on it)"
         )
-        for lamb in (LAMB, CAUTIOUS_LAMB):
+        for lamb in (LAMB, CAUTIOUS_LAMB, LAMB_B2_95):
             if lamb in table:
                 lines.append(
                     prefix + compare(table, "test_accuracy_10x", "elo", lamb, False)
@@ -439,6 +441,7 @@ def plot_methods(
         "adamw_invsqrt": "k:",
         LAMB: "m-.",
         CAUTIOUS_LAMB: "m:",
+        LAMB_B2_95: "c-.",
     }
     for ax, (key, name) in zip(axes, panels, strict=True):
         per_step = key in ("train_loss", "update_norm")
@@ -603,6 +606,8 @@ def _baseline_grids(searches: dict) -> str:
         "lamb_cosine": "LAMB (eps 1e-8) with the same warmup and cosine decay, peak lr",
         CAUTIOUS_LAMB: "cautious LAMB (coordinates whose step disagrees with the "
         "gradient dropped) with the same warmup and cosine decay, peak lr",
+        LAMB_B2_95: "LAMB with b2 0.95 (the gated LO's demonstrator), the same "
+        "warmup and cosine decay, peak lr",
     }
     parts = []
     for family, search in searches.items():

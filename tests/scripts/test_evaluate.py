@@ -108,7 +108,7 @@ def test_results_json_structure(result):
     assert on_disk["task"]["hidden_sizes"] == list(HIDDEN)
     assert on_disk["task"]["batch_size"] == BATCH  # from the run's config.json
     methods = {"a", "a_file", "AdamW", *evaluation.BASELINES[1:]}
-    assert len(methods) == 7  # two LOs, five baselines
+    assert len(methods) == 8  # two LOs, six baselines
     assert set(on_disk["curves"]) == methods and set(on_disk["final"]) == methods
     # 0.01 was the top edge of the constant grid: one round grew it to 0.02.
     assert on_disk["baselines"]["adamw"]["grid"] == {"lr": [1e-6, 0.01, 0.02]}
@@ -127,8 +127,8 @@ def test_results_json_structure(result):
     ]
     assert on_disk["compute"]["wall_seconds"] > 0
     # 2 LOs, 3 constant lrs, 3 cosine lrs, 3 x 3 (lr, tau) of the inverse sqrt and
-    # 3 lrs of LAMB and of cautious LAMB each.
-    assert len(on_disk["compute"]["seconds_per_run"]) == 2 + 3 + 3 + 9 + 3 + 3
+    # 3 lrs of LAMB, cautious LAMB and LAMB at b2 0.95 each.
+    assert len(on_disk["compute"]["seconds_per_run"]) == 2 + 3 + 3 + 9 + 3 + 3 + 3
 
 
 def test_best_lr_is_lowest_final_validation_loss(result):
@@ -202,7 +202,9 @@ def test_table_rows(result):
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| method | test accuracy (%) | test loss")
     names = [row.split("|")[1].strip() for row in rows[1:]]
-    cosine, invsqrt, lamb, cautious = (res["baselines"][k]["pick"] for k in SCHEDULED)
+    cosine, invsqrt, lamb, cautious, lamb95 = (
+        res["baselines"][k]["pick"] for k in SCHEDULED
+    )
     assert names == [
         "a",
         "a_file",
@@ -211,6 +213,7 @@ def test_table_rows(result):
         f"AdamW lr / sqrt(1 + n / tau) (lr {invsqrt['lr']:g}, tau {invsqrt['tau']:g})",
         f"LAMB warmup + cosine (lr {lamb['lr']:g})",
         f"cautious LAMB warmup + cosine (lr {cautious['lr']:g})",
+        f"LAMB b2 0.95 warmup + cosine (lr {lamb95['lr']:g})",
     ]
     acc = res["final"]["a"]["test_accuracy"]
     assert f"{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}" in rows[1]
@@ -369,7 +372,13 @@ def test_host_loop_gives_the_scan_curves(runs, result, tmp_path):
         evaluation.run(_config(runs, step_loop="gpu"), tmp_path / "bad")
 
 
-SCHEDULED = ("adamw_cosine", "adamw_invsqrt", "lamb_cosine", "cautious_lamb_cosine")
+SCHEDULED = (
+    "adamw_cosine",
+    "adamw_invsqrt",
+    "lamb_cosine",
+    "cautious_lamb_cosine",
+    "lamb_b2_95_cosine",
+)
 
 
 def test_scheduled_baselines_are_tuned_and_reported(result):
@@ -481,6 +490,8 @@ def test_scheduled_programs_equal_optax_with_the_schedule(family):
         reference = optax.lamb(schedule, eps=1e-8, weight_decay=wd)
     elif family == "cautious_lamb_cosine":
         reference = _cautious_lamb(schedule, wd)
+    elif family == "lamb_b2_95_cosine":
+        reference = optax.lamb(schedule, b2=0.95, eps=1e-8, weight_decay=wd)
     else:
         reference = optax.adamw(schedule, weight_decay=wd)
 

@@ -169,6 +169,7 @@ def _check_quick_study(reproduce, tmp_path: pathlib.Path) -> None:
             "adamw_invsqrt",
             "lamb_cosine",
             "cautious_lamb_cosine",
+            "lamb_b2_95_cosine",
         }
         assert saved[family]["nominal"]["meta_seeds"] == []
         adamw = saved[family]["adamw"]
@@ -177,6 +178,7 @@ def _check_quick_study(reproduce, tmp_path: pathlib.Path) -> None:
             ("adamw_invsqrt", {"lr", "tau"}),
             ("lamb_cosine", {"lr"}),
             ("cautious_lamb_cosine", {"lr"}),
+            ("lamb_b2_95_cosine", {"lr"}),
         ):
             entry = saved[family][baseline]
             assert set(entry) == set(adamw) | picked
@@ -197,6 +199,7 @@ def _check_quick_study(reproduce, tmp_path: pathlib.Path) -> None:
             "adamw_invsqrt",
             "lamb_cosine",
             "cautious_lamb_cosine",
+            "lamb_b2_95_cosine",
         }
         assert saved[grids]["adamw"]["grid"] == {"lr": [0.001, 0.01]}
     text = report.read_text()
@@ -263,6 +266,7 @@ def test_claims_compare_elo_with_every_baseline_and_the_best_adamw_accuracy():
         "adamw_invsqrt": entry(0.04, 0.95),
         "lamb_cosine": entry(0.02, 0.98),  # not an AdamW: never the best AdamW
         "cautious_lamb_cosine": entry(0.025, 0.99),  # nor this one
+        "lamb_b2_95_cosine": entry(0.026, 0.99),  # nor this one
     }
     lines = reproduce.claims(table, table)
     for prefix in ("", "held-out family: "):
@@ -275,6 +279,10 @@ def test_claims_compare_elo_with_every_baseline_and_the_best_adamw_accuracy():
             (
                 "cautious_lamb_cosine",
                 "not better than cautious_lamb_cosine (0.03 vs 0.025; the gap",
+            ),
+            (
+                "lamb_b2_95_cosine",
+                "not better than lamb_b2_95_cosine (0.03 vs 0.026; the gap",
             ),
         ):
             expected = f"{prefix}train_loss_10x: elo {verdict}"
