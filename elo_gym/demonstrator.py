@@ -52,6 +52,23 @@ def scale_by_cautious_adam(b2: float = EXPERT_B2) -> optax.GradientTransformatio
     return optax.GradientTransformation(adam.init, update)
 
 
+def cautious_adam(
+    learning_rate: optax.ScalarOrSchedule,
+    b2: float = EXPERT_B2,
+    weight_decay: float = 0.0,
+    trust_ratio: bool = False,
+) -> optax.GradientTransformation:
+    """``optax.adamw`` (``optax.lamb`` with ``trust_ratio``) with
+    :func:`scale_by_cautious_adam`'s direction: the cautious demonstrator, and the
+    study's cautious LAMB baseline."""
+    return optax.chain(
+        scale_by_cautious_adam(b2),
+        optax.add_decayed_weights(weight_decay),
+        optax.scale_by_trust_ratio() if trust_ratio else optax.identity(),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
 def adam_expert(
     learning_rate: float = EXPERT_LEARNING_RATE,
     decay_steps: float = 0.0,
@@ -66,20 +83,15 @@ def adam_expert(
     ``weight_decay`` > 0 (decoupled, on every parameter, scaled by the lr);
     ``optax.lamb`` with ``trust_ratio`` (each tensor's update rescaled to lr x |W|;
     eps 1e-8, Adam's, as the LO's nominal term); with ``cautious`` the Adam direction
-    is :func:`scale_by_cautious_adam`'s. Its update is differentiable where Adam's
-    moments are 0 (:mod:`elo_gym.finite_grad`), for truncated backprop through the
-    env."""
+    is :func:`scale_by_cautious_adam`'s (:func:`cautious_adam`). Its update is
+    differentiable where Adam's moments are 0 (:mod:`elo_gym.finite_grad`), for
+    truncated backprop through the env."""
     # A float lr: optax.adam's state has no schedule count.
     lr = learning_rate
     if decay_steps:
         lr = schedules.inverse_sqrt_decay(learning_rate, decay_steps)
     if cautious:
-        adam = optax.chain(
-            scale_by_cautious_adam(b2),
-            optax.add_decayed_weights(weight_decay),
-            optax.scale_by_trust_ratio() if trust_ratio else optax.identity(),
-            optax.scale_by_learning_rate(lr),
-        )
+        adam = cautious_adam(lr, b2, weight_decay, trust_ratio)
     elif trust_ratio:
         adam = optax.lamb(lr, b2=b2, eps=ADAM_EPS, weight_decay=weight_decay)
     elif weight_decay:

@@ -463,12 +463,9 @@ def baseline_optimizer(
         return optax.lamb(schedule, eps=ADAM_EPS, weight_decay=weight_decay)
     if family == LAMB_B2_95:
         return optax.lamb(schedule, b2=0.95, eps=ADAM_EPS, weight_decay=weight_decay)
-    if family == CAUTIOUS_LAMB:  # optax.lamb's chain with the cautious direction
-        return optax.chain(
-            demonstrator.scale_by_cautious_adam(),
-            optax.add_decayed_weights(weight_decay),
-            optax.scale_by_trust_ratio(),
-            optax.scale_by_learning_rate(schedule),
+    if family == CAUTIOUS_LAMB:
+        return demonstrator.cautious_adam(
+            schedule, weight_decay=weight_decay, trust_ratio=True
         )
     return optax.adamw(schedule, weight_decay=weight_decay)
 

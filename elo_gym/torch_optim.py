@@ -351,15 +351,18 @@ class SmallFcLOpt(torch.optim.Optimizer):
             self.spec.raw_adam_ratio,
             clock,
         )
-        update = (out[0] * -step_mult).mul_(torch.exp(out[1] * exp_mult))
-        if self.spec.adam_scaled_step:  # as lo_spec.adam_step_scale
-            ratio = state["momentum"][0] * torch.rsqrt(state["rms"][0] + 1e-6)
-            update.mul_(torch.sqrt(1e-5 + ratio.square().mean()))
-        if self.spec.tangential_step:  # as lo_spec._tangential
-            w = p.reshape(shape).float()
-            squares = w.square().sum()
-            along = (update * w).sum() / squares.clamp_min(1e-30)
-            update.sub_(torch.where(squares > 0, along, torch.zeros_like(along)) * w)
+        if not self.spec.gated_step:  # a gated LO has no learned step of its own
+            update = (out[0] * -step_mult).mul_(torch.exp(out[1] * exp_mult))
+            if self.spec.adam_scaled_step:  # as lo_spec.adam_step_scale
+                ratio = state["momentum"][0] * torch.rsqrt(state["rms"][0] + 1e-6)
+                update.mul_(torch.sqrt(1e-5 + ratio.square().mean()))
+            if self.spec.tangential_step:  # as lo_spec._tangential
+                w = p.reshape(shape).float()
+                squares = w.square().sum()
+                along = (update * w).sum() / squares.clamp_min(1e-30)
+                update.sub_(
+                    torch.where(squares > 0, along, torch.zeros_like(along)) * w
+                )
         if self.spec.nominal_lr > 0:
             lr = self._nominal_lr(clock)
             if self.spec.scheduled_step:  # as LOSpec.tensor_terms
@@ -371,7 +374,7 @@ class SmallFcLOpt(torch.optim.Optimizer):
                 positive = (norm_w > 0) & (norm_n > 0)
                 ratio = lr.abs() * norm_w / torch.where(positive, norm_n, 1.0)
                 nominal.mul_(torch.where(positive, ratio, torch.ones_like(ratio)))
-            if self.spec.gated_step:  # as LOSpec.update: the gate replaces the step
+            if self.spec.gated_step:  # as LOSpec.update
                 update = nominal * (1.0 + torch.tanh(out[0]))
             else:
                 update.add_(nominal)
