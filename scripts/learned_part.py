@@ -4,10 +4,11 @@ Each LO and its silenced self (every MLP weight zero: its nominal term alone, or
 update for an LO without one) train the same fresh optimizees (seeds ``--seed`` ...
 ``--seed + --seeds - 1``) for ``--steps`` inner steps on each family. The learned part's
 effect on a seed is the LO's loss minus its silenced self's on that seed: the training
-loss (mean of the last 40 minibatches, as ``scripts/evaluate.py``) and the final
-validation loss. Reported per family and LO: mean, std and standard error over seeds
-of that difference, and the mean as a percentage of the silenced mean (and, in the
-JSON, every seed's values, to pair two LOs afterwards). Beside it,
+loss (mean of the last 40 minibatches, as ``scripts/evaluate.py``), the final
+validation loss and the final validation accuracy. Reported per family and LO: mean,
+std and standard error over seeds of that difference, and the mean as a percentage of
+the silenced mean (and, in the JSON, every seed's values, to pair two LOs
+afterwards). Beside it,
 each run's weight growth (parameter norm at the end over the start, mean over seeds):
 a training loss lowered by growing the weights, which scales up the logits, is not a
 better optimizer (docs/levers.md, the twenty-fourth screen). This is the paired
@@ -47,6 +48,8 @@ from elo_gym.lo_spec import LOSpec
 
 DEFAULT = "default"  # the family that is the env's own task
 TRAIN_WINDOW = 40  # minibatches averaged into the final training loss (evaluate.py's)
+# The per-seed metrics whose LO-minus-silenced effect is reported.
+EFFECTS = ("train_loss", "valid_loss", "valid_accuracy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,13 +96,14 @@ def family_task(env: str, family: str):
 def per_seed_losses(
     task, spec: LOSpec, meta, data, keys: jax.Array, steps: int
 ) -> dict[str, np.ndarray]:
-    """Each seed's final validation loss, training loss (last 40 minibatches) and
-    weight growth (parameter norm at the end over the start)."""
+    """Each seed's final validation loss and accuracy, training loss (last 40
+    minibatches) and weight growth (parameter norm at the end over the start)."""
     program = validation.lo_curves(task, spec, steps=steps, eval_every=steps)
     # One transfer to the host serves both.
     curves = jax.device_get(program(meta, data, keys))
     return {
         **validation.seed_losses(curves, TRAIN_WINDOW),
+        "valid_accuracy": np.asarray(curves["valid_accuracy"], np.float64)[:, -1],
         "param_norm_ratio": validation.seed_weight_growth(curves),
     }
 
@@ -120,12 +124,12 @@ def paired(lo: dict[str, np.ndarray], silenced: dict[str, np.ndarray]) -> dict:
         "per_seed": {
             who: {
                 metric: [float(v) if np.isfinite(v) else math.inf for v in x[metric]]
-                for metric in ("train_loss", "valid_loss", "param_norm_ratio")
+                for metric in (*EFFECTS, "param_norm_ratio")
             }
             for who, x in (("lo", lo), ("silenced", silenced))
         },
     }
-    for metric in ("train_loss", "valid_loss"):
+    for metric in EFFECTS:
         # A diverged optimizee scores inf, as in the agent's validation, so that the
         # sign of the difference says which of the two diverged.
         lo_m, sil_m = (
@@ -188,22 +192,26 @@ def run(config: PartConfig) -> dict:
 
 
 def table_markdown(result: dict) -> str:
-    """One row per (family, LO): the effect on training and validation loss, and
-    both runs' weight growth."""
+    """One row per (family, LO): the effect on training loss, validation loss and
+    validation accuracy, and both runs' weight growth."""
     lines = [
         "| family | LO | silenced train loss | LO minus silenced (% ± SE) "
-        "| validation loss: LO minus silenced ± SE | weight growth: LO / silenced |",
-        "|---|---|---|---|---|---|",
+        "| validation loss: LO minus silenced ± SE "
+        "| validation accuracy: LO minus silenced ± SE "
+        "| weight growth: LO / silenced |",
+        "|---|---|---|---|---|---|---|",
     ]
     for family, rows in result["families"].items():
         for label, row in rows.items():
             train, valid = row["train_loss"], row["valid_loss"]
+            accuracy = row["valid_accuracy"]
             growth = row["param_norm_ratio"]
             se = 100 * train["stderr"] / train["silenced"]
             lines.append(
                 f"| {family} | {label} | {train['silenced']:.5f} "
                 f"| {train['percent']:+.1f}% ± {se:.1f}% "
                 f"| {valid['minus_silenced']:+.4f} ± {valid['stderr']:.4f} "
+                f"| {accuracy['minus_silenced']:+.4f} ± {accuracy['stderr']:.4f} "
                 f"| {growth['lo']:.2f}x / {growth['silenced']:.2f}x |"
             )
     return "\n".join(lines)

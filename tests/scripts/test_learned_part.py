@@ -60,11 +60,13 @@ def measured(tmp_path_factory):
 def test_an_lo_whose_output_is_zero_equals_its_silenced_self_on_every_seed(measured):
     result, _ = measured
     quiet = result["families"]["8:tanh"]["quiet"]
-    for metric in ("train_loss", "valid_loss"):
+    for metric in learned_part.EFFECTS:
         # Same seeds, same data, same update: the runs are identical, not just close.
         assert quiet[metric]["minus_silenced"] == 0.0
         assert quiet[metric]["std"] == 0.0
         assert quiet[metric]["lo"] == quiet[metric]["silenced"] > 0
+    # 40 Adam steps lift a 10-class net's validation accuracy above chance, not to 1.
+    assert 0.1 < quiet["valid_accuracy"]["silenced"] < 1.0
     growth = quiet["param_norm_ratio"]
     assert growth["lo"] == growth["silenced"]
     assert quiet["per_seed"]["lo"] == quiet["per_seed"]["silenced"]
@@ -74,7 +76,7 @@ def test_every_seeds_values_are_kept_so_two_los_can_be_paired_afterwards(measure
     _, saved = measured
     rows = saved["families"]["8:tanh"]
     loud, quiet = rows["loud"], rows["quiet"]
-    for metric in ("train_loss", "valid_loss"):
+    for metric in learned_part.EFFECTS:
         lo = np.asarray(loud["per_seed"]["lo"][metric])
         silenced = np.asarray(loud["per_seed"]["silenced"][metric])
         assert lo.shape == (2,)
@@ -141,11 +143,13 @@ def test_a_diverged_run_scores_inf_on_its_own_side():
     finite = {
         "train_loss": [0.1, 0.2],
         "valid_loss": [0.3, 0.4],
+        "valid_accuracy": [0.9, 0.8],
         "param_norm_ratio": [2.0, 3.0],
     }
     broken = {
         "train_loss": [0.1, float("nan")],
         "valid_loss": [float("inf"), 0.4],
+        "valid_accuracy": [0.1, 0.8],
         "param_norm_ratio": [2.0, float("nan")],
     }
     as_arrays = lambda d: {k: np.asarray(v) for k, v in d.items()}  # noqa: E731
