@@ -20,8 +20,8 @@ seeds):
   ``demonstrator.scale_by_cautious_adam``), over LAMB's grid: the demonstrator of a
   gated LO (``LOSpec.gated_step``), tuned per task;
 - ``lamb_b2_95_cosine``: ``lamb_cosine`` with Adam's second-moment decay at 0.95
-  instead of 0.999, over LAMB's grid: the default gated LO's demonstrator
-  (``--expert-b2 0.95``), tuned per task.
+  instead of 0.999, over LAMB's grid: the demonstrator of the gated LO of
+  docs/levers.md's thirty-ninth screen (``--expert-b2 0.95``), tuned per task.
 
 A grid whose pick sits at an edge is extended past it (lr x2 or /2, tau x10 or /10),
 at most ``max_grid_extensions`` times; results.json records each final grid, every

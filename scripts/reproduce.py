@@ -10,8 +10,8 @@ against six baselines each tuned on validation loss (``scripts/evaluate.py``): A
 with a constant lr (the paper's 7 values, 0.02 and 0.03), with linear warmup + cosine
 decay to the evaluation length, and with lr / sqrt(1 + n / tau) over lr x tau; LAMB
 with warmup + cosine, the default LO's nominal term with its lr tuned per task; and
-cautious LAMB and LAMB with b2 0.95 (the default gated LO's demonstrator) with the
-same schedule, tuned alike.
+cautious LAMB and LAMB with b2 0.95 (the demonstrators of docs/levers.md's gated LOs)
+with the same schedule, tuned alike.
 The ablations (BC only, uniform) and the p_th sweep run with one meta-seed, against
 the constant-lr AdamW only.
 
@@ -606,7 +606,7 @@ def _baseline_grids(searches: dict) -> str:
         "lamb_cosine": "LAMB (eps 1e-8) with the same warmup and cosine decay, peak lr",
         CAUTIOUS_LAMB: "cautious LAMB (coordinates whose step disagrees with the "
         "gradient dropped) with the same warmup and cosine decay, peak lr",
-        LAMB_B2_95: "LAMB with b2 0.95 (the gated LO's demonstrator), the same "
+        LAMB_B2_95: "LAMB with b2 0.95 (a gated LO's demonstrator), the same "
         "warmup and cosine decay, peak lr",
     }
     parts = []
