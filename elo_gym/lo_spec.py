@@ -257,13 +257,14 @@ class LOSpec:
         if self.gated_step and not self.nominal_lr > 0:
             raise ValueError(
                 "gated_step gates the nominal term, which an LO without one lacks: "
-                "set nominal_lr > 0"
+                "set nominal_lr > 0, or gated_step False (--no-gated-step)"
             )
         if self.gated_step and (self.tangential_step or self.scheduled_step):
             raise ValueError(
                 "gated_step has no additive learned step for tangential_step or "
                 "scheduled_step to act on: turn those off (--no-tangential-step, "
-                "--no-scheduled-step)"
+                "--no-scheduled-step), or gated_step off (--no-gated-step) for an "
+                "additive learned step"
             )
 
     # -- construction and (de)serialization --------------------------------------

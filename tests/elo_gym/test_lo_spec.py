@@ -54,10 +54,10 @@ OLD_LO_JSON = """{
         ),
         (dict(scheduled_step=True), "lacks: set nominal_lr > 0"),
         (dict(nominal_norm_step=True), "lacks: set nominal_lr > 0"),
-        (dict(gated_step=True), "gates the nominal term, which an LO without"),
+        (dict(gated_step=True), "which an LO without one lacks.*--no-gated-step"),
         (
             dict(nominal_lr=0.01, gated_step=True, tangential_step=True),
-            "no additive learned step for tangential_step",
+            "no additive learned step for tangential_step.*--no-gated-step",
         ),
     ],
 )
