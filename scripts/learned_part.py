@@ -99,7 +99,7 @@ def per_seed_losses(
     """Each seed's final validation loss and accuracy, training loss (last 40
     minibatches) and weight growth (parameter norm at the end over the start)."""
     program = validation.lo_curves(task, spec, steps=steps, eval_every=steps)
-    # One transfer to the host serves both.
+    # One transfer to the host serves every metric.
     curves = jax.device_get(program(meta, data, keys))
     return {
         **validation.seed_losses(curves, TRAIN_WINDOW),
