@@ -190,16 +190,19 @@ class Args:
     """Gymnasium id of the ELO env to meta-train on."""
     seed: int = 0
     """Seed of the whole run."""
-    inner: InnerArgs = InnerArgs()
+    # The learned part gates the nominal step, cloned from cautious LAMB at 0.014
+    # before PES (docs/levers.md, the forty-second screen).
+    inner: InnerArgs = InnerArgs(expert_lr=0.014, expert_cautious=True)
     lo: LOSpec = LOSpec(
         adam_scaled_step=True,
         nominal_lr=1e-2,
         time_horizon=200.0,
         nominal_schedule="cosine",
         nominal_trust_ratio=True,
+        gated_step=True,
     )
     """The learned optimizer (elo_gym.lo_spec)."""
-    pes: PESArgs = PESArgs()
+    pes: PESArgs = PESArgs(init_lo="bc")
     run: pes_run.RunArgs = pes_run.RunArgs()
     """The run directory, validation, export and launch (elo_gym.pes_run)."""
 
