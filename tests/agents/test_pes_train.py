@@ -426,7 +426,12 @@ def test_explicit_flags_win_over_the_preset():
         50,
     )
     assert _flat(env="ELO-Digits-MLP", preset="paper").env == "ELO-Digits-MLP"
-    assert (cpu.expert_lr, paper.expert_lr) == (1e-2, 1e-3)
+    assert (cpu.expert_lr, paper.expert_lr) == (0.014, 1e-3)
+    # The cpu preset's learned part gates its nominal step and is cloned from cautious
+    # LAMB before PES (the forty-second screen, docs/levers.md); the paper's is the
+    # paper's additive LO imitating Adam.
+    assert (cpu.gated_step, paper.gated_step) == (True, False)
+    assert (cpu.expert_cautious, paper.expert_cautious) == (True, False)
     # The cpu preset's LO and demonstrator take LAMB's trust ratio (the thirty-first
     # screen, docs/levers.md); the paper's are Adam.
     assert (cpu.nominal_trust_ratio, paper.nominal_trust_ratio) == (True, False)
@@ -438,10 +443,10 @@ def test_explicit_flags_win_over_the_preset():
     # each episode (the twelfth screen, docs/levers.md); the paper's is constant.
     assert (cpu.expert_schedule, paper.expert_schedule) == ("cosine", "inverse_sqrt")
     assert not cpu.expert_decay_steps and not paper.expert_decay_steps
-    # The cpu preset starts the BC modes at the LO's silenced self (output layer
-    # zero); every mode gets its relative-time LO (scaled step, cosine nominal
-    # term); the baselines without BC and the paper start from a random init.
-    assert (cpu.init_lo, paper.init_lo) == ("silenced", None)
+    # The cpu preset starts the BC modes at a clone of the demonstrator; every mode
+    # gets its relative-time LO (scaled step, cosine nominal term); the baselines
+    # without BC and the paper start from a random init.
+    assert (cpu.init_lo, paper.init_lo) == ("bc", None)
     assert (cpu.adam_scaled_step, paper.adam_scaled_step) == (True, False)
     relative = (1e-2, 200.0, "cosine")
     assert (cpu.nominal_lr, cpu.time_horizon, cpu.nominal_schedule) == relative
@@ -459,7 +464,8 @@ def test_explicit_flags_win_over_the_preset():
     assert _flat(mode="naive", adam_scaled_step=False).adam_scaled_step is False
     assert _flat(adam_scaled_step=False).adam_scaled_step is False
     # Without a nominal term there is nothing for the trust ratio to rescale.
-    assert _flat(nominal_lr=0.0, nominal_trust_ratio=False).nominal_lr == 0.0
+    no_nominal = dict(nominal_lr=0.0, nominal_trust_ratio=False, gated_step=False)
+    assert _flat(**no_nominal).nominal_lr == 0.0
     with pytest.raises(ValueError, match="--no-nominal-trust-ratio"):
         _flat(nominal_lr=0.0)
     assert _flat(init_lo="none").init_lo is None
@@ -515,10 +521,12 @@ def test_presets_write_the_config_they_always_wrote(preset, mode):
             nominal_trust_ratio=True,
             expert_trust_ratio=True,
             nominal_lr=0.01,
-            expert_lr=0.01,
+            expert_lr=0.014,
+            gated_step=True,
+            expert_cautious=True,
         )
-        if mode in pes_train.BC_MODES:  # the fourteenth screen's start
-            added_since.update(init_lo="silenced")
+        if mode in pes_train.BC_MODES:  # the forty-second screen's start
+            added_since.update(init_lo="bc")
     argv = ["--preset", preset, "--mode", mode]
     args = pes_train.parse_args(argv).resolved()
     config = runs.args_config(args, exclude=pes_run.LAUNCH)

@@ -28,7 +28,7 @@ EVALUATE = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "evaluate.p
 TINY_PES = (
     "--outer-steps 2 --num-pairs 1 --truncation 3 --n-min 2 --n-max 6 "
     "--eval-every 2 --eval-horizon-factor 1 --eval-seeds 1 "
-    "--hidden-size 8 --checkpoint-every 1 --no-progress"
+    "--hidden-size 8 --checkpoint-every 1 --clone-steps 2 --no-progress"
 )
 # AdamW alone, its grid not grown: the scheduled baselines and the grid search have
 # their own tests (tests/scripts/test_evaluate.py), and compile programs of their own.
@@ -87,7 +87,10 @@ def test_readme_own_task_section_runs_as_written(readme_dir, monkeypatch, capsys
     assert run_dir == pathlib.Path("runs/cnn")
     config = json.loads((run_dir / "config.json").read_text())
     assert (config["env"], config["task"]) == ("ELO-Task", "my_task:make_task")
-    assert config["init_lo"] == "silenced"  # the cpu preset's start, no clone
+    # The cpu preset's start: a clone of the demonstrator, on the user's task.
+    assert config["init_lo"] == str(run_dir / "init_lo")
+    clone = json.loads((run_dir / "init_lo" / "config.json").read_text())
+    assert clone["task"] == "my_task:make_task"
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     assert len(rows) == 2 and all(np.isfinite(float(r["task_loss"])) for r in rows)
     assert np.isfinite(float(rows[-1]["val_lo_valid_loss"]))
