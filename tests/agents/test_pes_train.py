@@ -770,6 +770,7 @@ def test_validation_of_the_silenced_lo_is_an_explicit_zero_mlp_run(nominal_lr):
     args = pes_train.make_args(
         **{**TINY, "nominal_lr": nominal_lr, "eval_seeds": 3, "n_max": 4},
         nominal_trust_ratio=nominal_lr > 0,
+        gated_step=nominal_lr > 0,
     ).resolved()
     cfg, env_params = pes_train.pes_config(args)
     n_max = args.inner.n_max
