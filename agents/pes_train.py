@@ -191,7 +191,8 @@ class Args:
     seed: int = 0
     """Seed of the whole run."""
     # The learned part gates the nominal step, cloned from cautious LAMB at 0.014
-    # before PES (docs/levers.md, the forty-second screen).
+    # before PES, whose meta-loss stays pure behavior cloning (alpha held at 0;
+    # docs/levers.md, the forty-third screen).
     inner: InnerArgs = InnerArgs(expert_lr=0.014, expert_cautious=True)
     lo: LOSpec = LOSpec(
         adam_scaled_step=True,
@@ -202,7 +203,9 @@ class Args:
         gated_step=True,
     )
     """The learned optimizer (elo_gym.lo_spec)."""
-    pes: PESArgs = PESArgs(init_lo="bc")
+    pes: PESArgs = PESArgs(
+        init_lo=CLONE_DEMONSTRATOR, alpha_schedule="hold_linear", hold_fraction=1.0
+    )
     run: pes_run.RunArgs = pes_run.RunArgs()
     """The run directory, validation, export and launch (elo_gym.pes_run)."""
 

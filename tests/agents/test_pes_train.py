@@ -447,6 +447,12 @@ def test_explicit_flags_win_over_the_preset():
     # gets its relative-time LO (scaled step, cosine nominal term); the baselines
     # without BC and the paper start from a random init.
     assert (cpu.init_lo, paper.init_lo) == ("bc", None)
+    # From the clone, the cpu preset's PES keeps the meta-loss pure behavior cloning
+    # (alpha held at 0, the forty-third screen); the paper's anneals it (Eq. 10).
+    hold = ("hold_linear", 1.0)
+    assert (cpu.alpha_schedule, cpu.hold_fraction) == hold
+    assert (paper.alpha_schedule, paper.hold_fraction) == ("linear", 0.2)
+    assert pes_train.schedule_at(pes_train.make_args(), 399).alpha == 0.0
     assert (cpu.adam_scaled_step, paper.adam_scaled_step) == (True, False)
     relative = (1e-2, 200.0, "cosine")
     assert (cpu.nominal_lr, cpu.time_horizon, cpu.nominal_schedule) == relative
@@ -524,9 +530,11 @@ def test_presets_write_the_config_they_always_wrote(preset, mode):
             expert_lr=0.014,
             gated_step=True,
             expert_cautious=True,
+            alpha_schedule="hold_linear",  # the forty-third screen's pure BC
+            hold_fraction=1.0,
         )
         if mode in pes_train.BC_MODES:  # the forty-second screen's start
-            added_since.update(init_lo="bc")
+            added_since.update(init_lo=pes_train.CLONE_DEMONSTRATOR)
     argv = ["--preset", preset, "--mode", mode]
     args = pes_train.parse_args(argv).resolved()
     config = runs.args_config(args, exclude=pes_run.LAUNCH)
