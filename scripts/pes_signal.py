@@ -1,10 +1,11 @@
 """How much signal a PES meta-gradient holds, and whether it points where 10x pays.
 
-Holds the LO fixed at its start (the run's ``--init-lo``: the cpu preset's silenced LO)
-and runs ``--estimates`` PES outer steps of the agent's settings at outer step
-``--at-step`` (its alpha and n_max; default the last, where the meta-loss is the task
-term alone) without updating it: the copies, buffer and accumulators go on as in
-meta-training, and each step's meta-gradient estimate is kept. Reports:
+Holds the LO fixed at its start (the run's ``--init-lo``: the cpu preset's clone of its
+demonstrator, made first in a scratch directory) and runs ``--estimates`` PES outer
+steps of the agent's settings at outer step ``--at-step`` (its alpha and n_max; default
+the last: behavior cloning alone in the cpu preset, the task term alone under Eq. 10's
+``--alpha-schedule linear``) without updating it: the copies, buffer and accumulators
+go on as in meta-training, and each step's meta-gradient estimate is kept. Reports:
 
 - ``agreement``: for k = 1, 2, 4, ... the cosine between the means of two disjoint
   blocks of k consecutive estimates (k x num_pairs antithetic pairs each). Near 0: the
@@ -25,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import sys
+import tempfile
 import time
 
 import jax
@@ -33,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from elo_gym import distributed, pes, validation
+from elo_gym import distributed, pes, runs, validation
 from elo_gym.agents import pes_train
 
 
@@ -63,7 +66,11 @@ def main(argv: list[str] | None = None) -> dict:
     a, rest = parser.parse_known_args(argv)
     args = pes_train.parse_args([*rest, "--no-progress"]).resolved()
     cfg, env_params = pes_train.pes_config(args)
-    state = pes.shard_state(cfg, pes_train.init_state(args, cfg, env_params))
+    with tempfile.TemporaryDirectory() as scratch:
+        if args.pes.init_lo == pes_train.CLONE_DEMONSTRATOR:
+            clone = pes_train.clone_demonstrator(args, pathlib.Path(scratch))
+            args = runs.replace_flat(args, init_lo=str(clone))
+        state = pes.shard_state(cfg, pes_train.init_state(args, cfg, env_params))
     _, whole = distributed.pairs_shardings(args.pes.num_pairs)
     at = args.pes.outer_steps - 1 if a.at_step is None else a.at_step
     values = pes_train.schedule_at(args, at)

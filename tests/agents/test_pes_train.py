@@ -38,6 +38,7 @@ TINY = dict(
     hidden_size=8,
     checkpoint_every=1,
     init_lo="none",  # the cpu preset's clone of the demonstrator: its own tests
+    alpha_schedule="linear",  # Eq. 10, so the task term is in the meta-loss too
     progress=False,
 )
 TINY_FLAGS = [
@@ -61,6 +62,8 @@ TINY_FLAGS = [
     "1",
     "--init-lo",
     "none",
+    "--alpha-schedule",
+    "linear",
     "--no-progress",
 ]
 
@@ -460,7 +463,7 @@ def test_explicit_flags_win_over_the_preset():
     naive = _flat(mode="naive")
     assert (naive.init_lo, naive.adam_scaled_step) == (None, True)
     assert (naive.nominal_lr, naive.time_horizon, naive.nominal_schedule) == relative
-    # The BC weight falls to 0 as alpha reaches 1 (Eq. 10) in every preset and mode.
+    # No floor under the BC weight, max(1 - alpha, 0), in any preset or mode.
     assert (cpu.bc_floor, paper.bc_floor, naive.bc_floor) == (0.0, 0.0, 0.0)
     with pytest.raises(ValueError, match="--bc-floor 0.3 needs behavior cloning"):
         pes_train.make_args(mode="naive", bc_floor=0.3).resolved().validate()

@@ -36,11 +36,12 @@ def test_agreement_of_signal_noise_and_alternation(pes_signal):
 
 def test_tiny_run_reports_its_documented_keys(pes_signal, capsys):
     tiny = "--num-pairs 2 --truncation 4 --n-min 2 --n-max 6 --hidden-sizes 10"
-    tiny += " --batch-size 32 --hidden-size 8 --outer-steps 10"
+    tiny += " --batch-size 32 --hidden-size 8 --outer-steps 10 --clone-steps 2"
     result = pes_signal.main(
         ["--estimates", "4", "--val-seeds", "2", "--moves", "0.01", *tiny.split()]
     )
-    assert (result["at_step"], result["alpha"], result["n_max"]) == (9, 1.0, 6)
+    # The cpu preset: its LO starts as a clone, held by behavior cloning (alpha 0).
+    assert (result["at_step"], result["alpha"], result["n_max"]) == (9, 0.0, 6)
     assert result["num_weights"] == 410  # the LO's MLP of hidden size 8
     assert set(result["agreement"]) == {"1", "2"}
     assert set(result["along_mean"]) == {"descent_0.01", "random_0.01"}
