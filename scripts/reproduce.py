@@ -306,11 +306,17 @@ def baseline_name(family: str, entry: dict) -> str:
     return f"{name} ({picked}{edge if entry.get('at_edge') else ''})"
 
 
+def _json_lo(final: dict) -> dict[str, float | None]:
+    """:func:`_per_lo` with null where a run diverged or a ratio is undefined (JSON
+    has no inf), as the method tables write it."""
+    return {k: v if math.isfinite(v) else None for k, v in _per_lo(final).items()}
+
+
 def _single_entry(final: dict) -> dict:
     """One LO's (or AdamW's) means, with stds over optimizee seeds."""
     entry = {}
-    for key, value in _per_lo(final).items():
-        entry[key] = value if math.isfinite(value) else None
+    for key, value in _json_lo(final).items():
+        entry[key] = value
         name = METRICS[key]
         entry[f"{key}_std"] = None if name.endswith("_ratio") else final[name]["std"]
     return entry
@@ -581,8 +587,8 @@ def run(
         # Each baseline's final grid, configurations and pick, in and out.
         "methods_grids": main["baselines"],
         "heldout_grids": heldout["baselines"],
-        "ablations": {n: _per_lo(ablations["final"][n]) for n in ablations["final"]},
-        "p_th_sweep": {n: _per_lo(p_th["final"][n]) for n in p_th["final"]},
+        "ablations": {n: _json_lo(ablations["final"][n]) for n in ablations["final"]},
+        "p_th_sweep": {n: _json_lo(p_th["final"][n]) for n in p_th["final"]},
         "seconds": {"meta_training": meta_train_s, "meta_training_per_run": seconds},
     }
     eval_s = sum(r["compute"]["wall_seconds"] for r in (main, heldout, ablations, p_th))
