@@ -21,6 +21,7 @@ from elo_gym.lopt import (  # noqa: E402
     small_fc_lopt,
 )
 from elo_gym.registration import ENV_IDS, register_envs  # noqa: E402
+from elo_gym.shipped import pretrained  # noqa: E402
 
 register_envs()
 
@@ -31,6 +32,7 @@ __all__ = [
     "init_meta_params",
     "load_optimizer",
     "meta_params_from_reference",
+    "pretrained",
     "small_fc_lopt",
 ]
 
