@@ -11,11 +11,12 @@ from __future__ import annotations
 import importlib.resources
 import pathlib
 
-# name -> where it came from; the measured numbers are in docs/results.md.
+# name -> where it came from; docs/levers.md (forty-fourth) has its measured effect.
 PRETRAINED = {
     "digits": (
-        "the cpu preset's main job (python agents/pes_train.py, seed 0) at 3592614: "
-        "the study's elo_s0, the lowest validation loss of its three meta-seeds"
+        "the clone of cautious LAMB that the cpu preset's main job makes before PES "
+        "(RUN_DIR/init_lo of python agents/pes_train.py, seed 0, at 3592614): on the "
+        "validation families it gains more than the LOs PES makes from the clones"
     ),
 }
 

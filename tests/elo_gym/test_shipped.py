@@ -12,11 +12,12 @@ from elo_gym.settings import EnvSettings
 
 
 def test_the_shipped_lo_is_the_cpu_presets_and_its_learned_part_trains_faster():
-    """The shipped LO is the cpu preset's (its lo.json spec) with a trained learned
-    part: on fresh digits MLPs at its horizon it ends below its silenced self."""
+    """The shipped LO has the cpu preset's spec (its lo.json) and a trained learned
+    part, the BC agent's clone: on fresh digits MLPs at its horizon it ends below its
+    silenced self."""
     meta, info = checkpoint.load_meta_params(elo_gym.pretrained("digits"))
     assert LOSpec.from_json(info) == pes_train.make_args().lo
-    assert (info["env"], info["mode"]) == ("ELO-Digits-MLP", "elo")
+    assert (info["env"], info["agent"]) == ("ELO-Digits-MLP", "bc")
     task = EnvSettings.from_id("ELO-Digits-MLP").build_task()
     program = validation.lo_curves(
         task, LOSpec.from_json(info), steps=200, eval_every=200
