@@ -366,7 +366,7 @@ def mixture_configs(args: Args) -> list[tuple[pes.PESConfig, core.EnvParams]]:
 def clone_demonstrator(args: Args, run_dir: pathlib.Path) -> pathlib.Path:
     """``--init-lo bc``: the BC agent clones this run's demonstrator on its env, LO
     and mixture into RUN_DIR/init_lo (kept: a resumed run does not clone again)."""
-    out = run_dir / "init_lo"
+    out = run_dir / pes_run.CLONE_DIR
     if not (out / checkpoint.LO_FILE).is_file():
         # The task's and the demonstrator's settings; the clone keeps its own p_th.
         names = ("task", "n_min", "n_max", "batch_size", "hidden_sizes", "data_dir")
@@ -419,7 +419,7 @@ def main(args: Args) -> pathlib.Path:
         if main_process:
             clone_demonstrator(args, run_dir)
         distributed.wait_for_all("elo_gym_init_lo_cloned")
-        args = runs.replace_flat(args, init_lo=str(run_dir / "init_lo"))
+        args = runs.replace_flat(args, init_lo=str(run_dir / pes_run.CLONE_DIR))
     # Sharded first, so that a resumed run restores each shard where it belongs.
     run = runs.open_run(
         run_dir,

@@ -94,6 +94,8 @@ class RunArgs:
 
 # --init-lo's value for the fresh LO with its output layer zeroed (its silenced self).
 SILENCED = "silenced"
+# Where ``--init-lo bc`` puts the clone of the demonstrator, inside the run directory.
+CLONE_DIR = "init_lo"
 
 
 def initial_lo(path: str, spec: LOSpec, template: lopt.MetaParams) -> lopt.MetaParams:
@@ -205,8 +207,15 @@ def summary(run_dir: pathlib.Path) -> str:
                 f"{last['val_lo_minus_silenced_train_loss']:+.4g} ± "
                 f"{last['val_lo_minus_silenced_train_loss_std']:.2g}"
             )
+    los = f"--lo {info['mode']}={run_dir}"
+    clone = run_dir / CLONE_DIR
+    if (clone / checkpoint.LO_FILE).is_file():
+        # The clone PES started from can do better on unseen nets (docs/levers.md,
+        # forty-fourth), so it is evaluated beside the exported LO.
+        los += f" --lo clone={clone}"
+        lines.append(f"the clone of the demonstrator that PES started from: {clone}")
     lines.append(
         "evaluate it at 10x its horizon against tuned AdamW and LAMB: python "
-        f"scripts/evaluate.py --lo {info['mode']}={run_dir} --out {run_dir / 'eval'}"
+        f"scripts/evaluate.py {los} --out {run_dir / 'eval'}"
     )
     return "\n".join(lines)

@@ -18,7 +18,7 @@ import optax
 import pytest
 
 import elo_gym
-from elo_gym import envs, settings
+from elo_gym import envs, pes_run, settings
 from elo_gym.agents import pes_train
 from elo_gym.envs import array_task
 
@@ -91,6 +91,10 @@ def test_readme_own_task_section_runs_as_written(readme_dir, monkeypatch, capsys
     assert config["init_lo"] == str(run_dir / "init_lo")
     clone = json.loads((run_dir / "init_lo" / "config.json").read_text())
     assert clone["task"] == "my_task:make_task"
+    # The run's summary has the clone evaluated beside the exported LO.
+    assert f"--lo elo={run_dir} --lo clone={run_dir / 'init_lo'}" in pes_run.summary(
+        run_dir
+    )
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     assert len(rows) == 2 and all(np.isfinite(float(r["task_loss"])) for r in rows)
     assert np.isfinite(float(rows[-1]["val_lo_valid_loss"]))
