@@ -1,6 +1,6 @@
 """Learned optimizers that ship with the package, loadable offline.
 
-``elo_gym.pretrained("digits")`` is the directory of a meta-trained LO (``lo.msgpack``
+``elo_gym.pretrained("digits")`` is the directory of a trained LO (``lo.msgpack``
 and ``lo.json``), so every face that takes a run directory takes it:
 ``elo_gym.load_optimizer``, ``elo_gym.torch_optim.load``, ``scripts/evaluate.py --lo``
 and ``pes_train --init-lo``.

@@ -16,12 +16,11 @@ def test_the_shipped_lo_is_the_cpu_presets_and_its_learned_part_trains_faster():
     part, the BC agent's clone: on fresh digits MLPs at its horizon it ends below its
     silenced self."""
     meta, info = checkpoint.load_meta_params(elo_gym.pretrained("digits"))
-    assert LOSpec.from_json(info) == pes_train.make_args().lo
+    spec = LOSpec.from_json(info)
+    assert spec == pes_train.make_args().lo
     assert (info["env"], info["agent"]) == ("ELO-Digits-MLP", "bc")
     task = EnvSettings.from_id("ELO-Digits-MLP").build_task()
-    program = validation.lo_curves(
-        task, LOSpec.from_json(info), steps=200, eval_every=200
-    )
+    program = validation.lo_curves(task, spec, steps=200, eval_every=200)
     keys = jax.random.split(jax.random.PRNGKey(200), 4)
     data = task.load_data()
 
